@@ -1,0 +1,88 @@
+"""The pieces every minimizer shares: evaluation counts, the current iterate, the solver
+interface and the stopping test.
+
+A minimizer is an `eqx.Module` holding hyperparameters with two methods:
+
+- `init(fn, iterate, args) -> state`
+- `step(fn, iterate, args, state) -> (iterate, state, counts, result)`
+
+`fn(params, args)` returns `(value, aux)`. The shared loop (`_iterate.py`) owns the stopping test
+(gradient norm against `atol + rtol * |g0|`), the non-finite check, the step budget and the
+callback, so a solver file only says how to take one step.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._results import RESULTS
+
+
+def _zero():
+    return jnp.zeros((), jnp.int32)
+
+
+class Counts(eqx.Module):
+    """Evaluation counts. `fun`: objective-only evaluations (line-search trials); `grad`:
+    value-and-gradient evaluations; `hvp`: Hessian- (or GGN-, Fisher-) vector products;
+    `jvp`/`vjp`: Jacobian products of residual functions; `hessian`: dense Hessians formed."""
+
+    fun: jax.Array = eqx.field(default_factory=_zero)
+    grad: jax.Array = eqx.field(default_factory=_zero)
+    hvp: jax.Array = eqx.field(default_factory=_zero)
+    jvp: jax.Array = eqx.field(default_factory=_zero)
+    vjp: jax.Array = eqx.field(default_factory=_zero)
+    hessian: jax.Array = eqx.field(default_factory=_zero)
+
+    def __add__(self, other: Counts) -> Counts:
+        return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a + b, jnp.int32), self, other)
+
+    @staticmethod
+    def of(**kwargs) -> Counts:
+        return Counts(**{k: jnp.asarray(v, jnp.int32) for k, v in kwargs.items()})
+
+
+class Iterate(eqx.Module):
+    """The current point with what was computed there."""
+
+    params: Any
+    value: jax.Array
+    grad: Any
+    aux: Any
+
+
+def evaluate(fn, params, args) -> Iterate:
+    """Value, gradient and aux of `fn` at `params` (one gradient evaluation)."""
+    (value, aux), grad = jax.value_and_grad(fn, has_aux=True)(params, args)
+    return Iterate(params, value, grad, aux)
+
+
+def default_rtol(dtype) -> float:
+    """Relative gradient tolerance when the user gives none: 1e-6 in float64, and no tighter
+    than about 100 machine epsilons otherwise (1.2e-5 in float32)."""
+    return max(1e-6, 100 * float(jnp.finfo(dtype).eps))
+
+
+class AbstractMinimizer(eqx.Module):
+    """Base class of `jaxopt2.minimize` solvers.
+
+    Subclasses declare `rtol` and `atol` fields: iteration stops when
+    `max|grad| <= atol + rtol * max|grad(params0)|`. `rtol=None` picks a dtype-aware default.
+    """
+
+    rtol: eqx.AbstractVar[float | None]
+    atol: eqx.AbstractVar[float]
+
+    @abc.abstractmethod
+    def init(self, fn, iterate: Iterate, args) -> Any:
+        """The solver state before the first step."""
+
+    @abc.abstractmethod
+    def step(self, fn, iterate: Iterate, args, state) -> tuple[Iterate, Any, Counts, RESULTS]:
+        """One iteration: the new iterate, state, the evaluations it cost and a status
+        (`RESULTS.successful` to keep going, anything else stops the loop)."""

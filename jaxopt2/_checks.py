@@ -1,0 +1,96 @@
+"""Trace-time input validation with messages that say what to fix."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+
+def _name(root: str, path) -> str:
+    return root + jtu.keystr(path)
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _has_nonfinite(x) -> bool:
+    """True if a concrete array holds NaN/inf; evaluated eagerly even inside a `jit` trace."""
+    with jax.ensure_compile_time_eval():
+        return not bool(jnp.all(jnp.isfinite(x)))
+
+
+def check_params(params0, root: str = "params0"):
+    """Every leaf must be a floating-point array; returns the params with leaves as arrays.
+    Concrete leaves are also checked for NaN/inf."""
+    leaves, treedef = jtu.tree_flatten_with_path(params0)
+    if not leaves:
+        raise ValueError(f"`{root}` has no array leaves; pass the initial parameters as a pytree "
+                         "of floating-point arrays.")
+    out = []
+    for path, leaf in leaves:
+        name = _name(root, path)
+        if isinstance(leaf, (bool, int)) or not hasattr(jnp.asarray(leaf), "dtype"):
+            raise TypeError(f"`{name}` is a Python {type(leaf).__name__}; every leaf of `{root}` "
+                            "must be a floating-point array, e.g. jnp.asarray(x, jnp.float32).")
+        try:
+            arr = jnp.asarray(leaf)
+        except TypeError as e:
+            raise TypeError(f"`{name}` of type {type(leaf).__name__} is not an array; every leaf "
+                            f"of `{root}` must be a floating-point array.") from e
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            raise TypeError(
+                f"`{name}` has dtype {arr.dtype}; solvers need floating-point parameters. "
+                f"Convert it with jnp.asarray(..., jnp.float32) (or float64), or move it from "
+                f"`{root}` into `args` if it is data rather than a parameter."
+            )
+        if _is_concrete(arr) and _has_nonfinite(arr):
+            raise ValueError(f"`{name}` contains NaN or infinity; start from finite values.")
+        out.append(arr)
+    return jtu.tree_unflatten(treedef, out)
+
+
+def check_args(args) -> None:
+    """Concrete floating-point leaves of `args` must be finite."""
+    for path, leaf in jtu.tree_flatten_with_path(args)[0]:
+        if isinstance(leaf, (jax.Array, np.ndarray)) and _is_concrete(leaf):
+            if jnp.issubdtype(leaf.dtype, jnp.inexact) and _has_nonfinite(leaf):
+                raise ValueError(f"`{_name('args', path)}` contains NaN or infinity; clean the "
+                                 "data (e.g. drop or impute missing values) before solving.")
+
+
+def wrap_objective(fun, has_aux: bool):
+    """Normalise `fun` to return `(value, aux)`."""
+    if has_aux:
+        return fun
+    return lambda params, args: (fun(params, args), None)
+
+
+def check_objective(fn, params0, args, what: str = "fun") -> None:
+    """Trace `fn(params0, args)` once (no FLOPs) and check it returns a real scalar."""
+    try:
+        out = jax.eval_shape(fn, params0, args)
+    except Exception as e:  # re-raised with the structure the user passed
+        structure = jtu.tree_structure(params0)
+        shapes = jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", params0)
+        raise ValueError(
+            f"Calling `{what}(params0, args)` failed while tracing: {type(e).__name__}: {e}\n"
+            f"params0 has structure {structure} with leaves {shapes}. Check that params0 has the "
+            f"pytree structure and leaf shapes that `{what}` expects, and that `args` is passed "
+            f"as one pytree."
+        ) from e
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"With has_aux=True, `{what}` must return a pair (value, aux); got {out}.")
+    value = out[0]
+    if not isinstance(value, jax.ShapeDtypeStruct):
+        raise TypeError(f"`{what}` must return a JAX scalar; got {type(value).__name__}.")
+    if value.shape != ():
+        raise ValueError(
+            f"`{what}` must return a scalar objective; got shape {value.shape}. Reduce it (e.g. "
+            "jnp.mean of per-example losses), or use a least-squares solver for residual vectors."
+        )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"`{what}` returned dtype {value.dtype}; the objective must be a "
+                        "real floating-point scalar.")

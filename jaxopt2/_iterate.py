@@ -1,0 +1,65 @@
+"""The one loop every minimizer runs in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._base import AbstractMinimizer, Counts, Iterate, default_rtol, evaluate
+from ._results import RESULTS
+from ._tree import result_dtype, tree_all_finite, tree_inf_norm
+
+
+class LoopOutput(eqx.Module):
+    iterate: Iterate
+    state: Any
+    counts: Counts
+    result: RESULTS
+    num_steps: jax.Array
+
+
+def _classify(it: Iterate, tol, result: RESULTS) -> tuple[jax.Array, RESULTS]:
+    """Stopping test shared by all minimizers: returns (done, result)."""
+    finite = tree_all_finite(it.params) & jnp.isfinite(it.value) & tree_all_finite(it.grad)
+    converged = finite & (tree_inf_norm(it.grad) <= tol)
+    result = RESULTS.where(converged, RESULTS.successful, result)
+    result = RESULTS.where(finite, result, RESULTS.nonfinite)
+    # -inf objective (or blown-up params) is divergence rather than an arithmetic accident.
+    diverged = (it.value == -jnp.inf) | ~tree_all_finite(it.params)
+    result = RESULTS.where(diverged & ~jnp.isnan(it.value), RESULTS.diverged, result)
+    done = converged | (result != RESULTS.successful)
+    return done, result
+
+
+def run_minimizer(
+    solver: AbstractMinimizer, fn, params0, args, max_steps: int, callback=None
+) -> LoopOutput:
+    """Run `solver` from `params0` until the gradient test passes, a step reports failure,
+    a non-finite value appears, or `max_steps` steps have been taken."""
+    it0 = evaluate(fn, params0, args)
+    rtol = solver.rtol if solver.rtol is not None else default_rtol(result_dtype(params0))
+    tol = solver.atol + rtol * tree_inf_norm(it0.grad)
+    state0 = solver.init(fn, it0, args)
+    done0, result0 = _classify(it0, tol, RESULTS.successful)
+    carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0)
+
+    def cond(carry):
+        *_, num_steps, done = carry
+        return ~done & (num_steps < max_steps)
+
+    def body(carry):
+        it, state, counts, _, num_steps, _ = carry
+        it, state, step_counts, result = solver.step(fn, it, args, state)
+        num_steps = num_steps + 1
+        done, result = _classify(it, tol, result)
+        if callback is not None:
+            jax.debug.callback(callback, num_steps, it.params, it.value, tree_inf_norm(it.grad))
+        return it, state, counts + step_counts, result, num_steps, done
+
+    it, state, counts, result, num_steps, done = lax.while_loop(cond, body, carry0)
+    result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    return LoopOutput(it, state, counts, result, num_steps)

@@ -1,0 +1,1 @@
+"""Matrix-free curvature operators (placeholder)."""
