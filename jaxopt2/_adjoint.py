@@ -75,7 +75,7 @@ def _implicit_jvp(primals, tangents, *, primal_fn, optimality_fn, tags, linear_s
                                optimality_fn=optimality_fn, tags=tags,
                                linear_solver=linear_solver)
     t_residual = jtu.tree_map(lambda _: None, residual)
-    diff_inputs, static_inputs = eqx.partition(inputs, eqx.is_inexact_array)
+    diff_inputs, static_inputs = eqx.partition(inputs, eqx.is_inexact_array_like)
     t_diff = _fill_zeros(diff_inputs, t_inputs)
     root = jax.lax.stop_gradient(root)
 
@@ -101,7 +101,7 @@ def attach_tangent(out, root, inputs, *, fn):
 def _attach_tangent_jvp(primals, tangents, *, fn):
     out, root, inputs = primals
     _, t_root, t_inputs = tangents
-    diff, static = eqx.partition((root, inputs), eqx.is_inexact_array)
+    diff, static = eqx.partition((root, inputs), eqx.is_inexact_array_like)
     t_diff = _fill_zeros(diff, (t_root, t_inputs))
     _, t_out = jax.jvp(lambda d: fn(*eqx.combine(d, static)), (diff,), (t_diff,))
     return out, t_out

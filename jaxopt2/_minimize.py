@@ -7,6 +7,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import lineax as lx
 from jax.custom_batching import custom_vmap
 
@@ -69,6 +70,10 @@ def minimize(
     check_args(args)
     fn = wrap_objective(fun, has_aux)
     check_objective(fn, params0, args)
+    # Strong dtypes: otherwise a weakly-typed Python scalar in `args` traces differently inside
+    # the derivative rules than here, and the closure-converted `fn` would refuse it.
+    args = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, x.dtype) if eqx.is_array(x) else x, args)
     fn = eqx.filter_closure_convert(fn, params0, args)
     inputs = (fn, args)
 

@@ -1,0 +1,106 @@
+"""Bad input is rejected at trace time with a message that says what to fix."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxopt2
+
+GD = jaxopt2.GradientDescent()
+
+
+def quad(p, a):
+    return jnp.sum((p["w"] - a) ** 2)
+
+
+def test_integer_params_named():
+    with pytest.raises(TypeError, match=r"params0\['w'\].*int32.*floating"):
+        jaxopt2.minimize(quad, {"w": jnp.zeros(3, jnp.int32)}, jnp.ones(3), solver=GD)
+
+
+def test_python_int_leaf_named():
+    with pytest.raises(TypeError, match=r"params0\['w'\].*Python int"):
+        jaxopt2.minimize(quad, {"w": 1}, jnp.ones(3), solver=GD)
+
+
+def test_nonfinite_params_named():
+    with pytest.raises(ValueError, match=r"params0\['w'\].*NaN"):
+        jaxopt2.minimize(quad, {"w": jnp.array([0.0, jnp.nan, 0.0])}, jnp.ones(3), solver=GD)
+
+
+def test_nonfinite_params_named_under_jit():
+    # Concrete values closed over by a jitted function are still checked eagerly.
+    bad = {"w": jnp.array([0.0, jnp.inf, 0.0])}
+    with pytest.raises(ValueError, match=r"params0\['w'\].*NaN or infinity"):
+        jax.jit(lambda a: jaxopt2.minimize(quad, bad, a, solver=GD).params)(jnp.ones(3))
+
+
+def test_nonfinite_args_named():
+    with pytest.raises(ValueError, match=r"args\[1\].*NaN"):
+        jaxopt2.minimize(lambda p, a: jnp.sum((p - a[0] * a[1]) ** 2), jnp.zeros(2),
+                         (jnp.ones(2), jnp.array([1.0, jnp.nan])), solver=GD)
+
+
+def test_mismatched_structure_explained():
+    with pytest.raises(ValueError, match="structure"):
+        jaxopt2.minimize(quad, (jnp.zeros(3),), jnp.ones(3), solver=GD)
+
+
+def test_wrong_shape_explained():
+    with pytest.raises(ValueError, match=r"leaf shapes.*fun"):
+        jaxopt2.minimize(lambda p, a: jnp.sum((p @ a) ** 2), jnp.zeros(4), jnp.ones((3, 3)),
+                         solver=GD)
+
+
+def test_nonscalar_objective():
+    with pytest.raises(ValueError, match=r"scalar objective; got shape \(3,\)"):
+        jaxopt2.minimize(lambda p, a: (p - a) ** 2, jnp.zeros(3), jnp.ones(3), solver=GD)
+
+
+def test_integer_objective():
+    with pytest.raises(TypeError, match="real floating-point scalar"):
+        jaxopt2.minimize(lambda p, a: jnp.sum(p).astype(jnp.int32), jnp.zeros(3), None,
+                         solver=GD)
+
+
+def test_has_aux_requires_pair():
+    with pytest.raises(TypeError, match=r"pair \(value, aux\)"):
+        jaxopt2.minimize(lambda p, a: jnp.sum(p**2), jnp.zeros(3), None, solver=GD,
+                         has_aux=True)
+
+
+def test_has_aux_returned():
+    sol = jaxopt2.minimize(lambda p, a: (jnp.sum((p - 1) ** 2), {"r": p - 1}), jnp.zeros(3),
+                           None, solver=GD, has_aux=True)
+    assert jnp.allclose(sol.aux["r"], sol.params - 1)
+
+
+def test_solver_type_checked():
+    with pytest.raises(TypeError, match="solver"):
+        jaxopt2.minimize(quad, {"w": jnp.zeros(3)}, jnp.ones(3), solver="lbfgs")
+
+
+def test_max_steps_checked():
+    with pytest.raises(ValueError, match="max_steps"):
+        jaxopt2.minimize(quad, {"w": jnp.zeros(3)}, jnp.ones(3), solver=GD, max_steps=-1)
+
+
+def test_already_optimal_takes_no_step():
+    sol = jaxopt2.minimize(quad, {"w": jnp.ones(3)}, jnp.ones(3), solver=GD)
+    assert int(sol.stats["num_steps"]) == 0 and bool(sol.success)
+
+
+def test_callback_called_each_step():
+    seen = []
+    sol = jaxopt2.minimize(quad, {"w": jnp.zeros(3)}, jnp.arange(3.0), solver=GD,
+                           callback=lambda k, p, v, g: seen.append((int(k), float(v))))
+    jax.block_until_ready(sol.params)
+    assert [k for k, _ in seen] == list(range(1, int(sol.stats["num_steps"]) + 1))
+    assert all(b[1] <= a[1] for a, b in zip(seen, seen[1:]))
+
+
+def test_closed_over_values_are_differentiated():
+    def outer(c):
+        return jaxopt2.minimize(lambda p, a: jnp.sum((p - c) ** 2), jnp.zeros(2), None,
+                                solver=GD).params.sum()
+    assert jnp.allclose(jax.grad(outer)(1.5), 2.0, atol=1e-5)

@@ -1,0 +1,161 @@
+"""The contract every public minimizer keeps (solvers register in tests/solvers.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt2
+from jaxopt2 import RESULTS
+
+from .solvers import MINIMIZERS
+
+NAMES = sorted(MINIMIZERS)
+
+
+def make_problem(seed, n=40, d=4, dtype=jnp.float64):
+    """A strongly convex L2-regularised logistic regression with pytree params."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(seed))
+    X = jax.random.normal(kx, (n, d), dtype)
+    w_true = jax.random.normal(kw, (d,), dtype)
+    y = (X @ w_true > 0).astype(dtype)
+    return X, y, jnp.asarray(0.1, dtype)
+
+
+def objective(params, args):
+    X, y, lam = args
+    z = X @ params["w"] + params["b"]
+    loss = jnp.mean(jnp.logaddexp(0.0, z) - y * z)
+    return loss + 0.5 * lam * (jnp.sum(params["w"] ** 2) + params["b"] ** 2)
+
+
+def params0(d=4, dtype=jnp.float64):
+    return {"w": jnp.zeros(d, dtype), "b": jnp.zeros((), dtype)}
+
+
+@jax.jit
+def reference_solution(args):
+    """Dense Newton with jnp.linalg.solve, 30 steps: the ground truth."""
+    flat0, unravel = jax.flatten_util.ravel_pytree(params0(args[0].shape[-1], args[0].dtype))
+    f = lambda x: objective(unravel(x), args)
+    newton = lambda x, _: (x - jnp.linalg.solve(jax.hessian(f)(x), jax.grad(f)(x)), None)
+    return unravel(jax.lax.scan(newton, flat0, None, length=30)[0])
+
+
+def solve(name, args, dtype=jnp.float64, throw=True, **kw):
+    factory, budget = MINIMIZERS[name]
+    d = args[0].shape[-1]
+    return jaxopt2.minimize(objective, params0(d, dtype), args, solver=factory(),
+                            max_steps=kw.pop("max_steps", budget), throw=throw, **kw)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_converges_to_reference(name):
+    args = make_problem(0)
+    sol = jax.jit(lambda a: solve(name, a))(args)
+    ref = reference_solution(args)
+    assert sol.status == RESULTS.successful
+    np.testing.assert_allclose(sol.params["w"], ref["w"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sol.params["b"], ref["b"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sol.value, objective(ref, args), rtol=1e-8)
+    assert int(sol.stats["num_steps"]) >= 1 and int(sol.stats["num_grad"]) >= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_equals_loop(name):
+    batch = [make_problem(s) for s in range(3)]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batch)
+    vsol = jax.jit(jax.vmap(lambda a: solve(name, a)))(stacked)
+    single = jax.jit(lambda a: solve(name, a))
+    for i, args in enumerate(batch):
+        sol = single(args)
+        np.testing.assert_allclose(vsol.params["w"][i], sol.params["w"], rtol=1e-6, atol=1e-8)
+        assert vsol.status._value[i] == sol.status._value
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_kept(name):
+    args = make_problem(1, dtype=jnp.float32)
+    sol = jax.jit(lambda a: solve(name, a, dtype=jnp.float32))(args)
+    assert sol.params["w"].dtype == jnp.float32 and sol.params["b"].dtype == jnp.float32
+    assert sol.value.dtype == jnp.float32
+    assert sol.status == RESULTS.successful
+    ref = reference_solution(jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), args))
+    np.testing.assert_allclose(sol.params["w"], ref["w"], rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_recompilation(name):
+    traces = []
+
+    def counted(params, args):
+        traces.append(1)
+        return objective(params, args)
+
+    factory, budget = MINIMIZERS[name]
+    run = jax.jit(lambda a: jaxopt2.minimize(counted, params0(), a, solver=factory(),
+                                             max_steps=budget).params)
+    run(make_problem(0))
+    n = len(traces)
+    run(make_problem(1))
+    assert len(traces) == n
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_max_steps_status(name):
+    args = make_problem(0)
+    sol = solve(name, args, throw=False, max_steps=1)
+    assert sol.status == RESULTS.max_steps_reached
+    assert int(sol.stats["num_steps"]) == 1
+    with pytest.raises(RuntimeError, match="max_steps"):
+        solve(name, args, throw=True, max_steps=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_status_and_vmap_isolation(name):
+    batch = [make_problem(s) for s in range(3)]
+    X, y, lam = batch[1]
+    batch[1] = (X.at[0, 0].set(jnp.nan), y, lam)  # one poisoned problem
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batch)
+    # throw=True must not raise under vmap: statuses are per problem.
+    vsol = jax.jit(jax.vmap(lambda a: solve(name, a, throw=True)))(stacked)
+    codes = np.asarray(vsol.status._value)
+    assert codes[1] == RESULTS.nonfinite._value
+    assert codes[0] == codes[2] == RESULTS.successful._value
+    for i in (0, 2):
+        ref = reference_solution(batch[i])
+        np.testing.assert_allclose(vsol.params["w"][i], ref["w"], rtol=1e-4, atol=1e-5)
+    # Unbatched and traced (so the input check cannot see it): reported, or raised.
+    sol = jax.jit(lambda a: solve(name, a, throw=False))(batch[1])
+    assert sol.status == RESULTS.nonfinite
+    with pytest.raises(Exception, match="NaN or infinity"):
+        jax.block_until_ready(jax.jit(lambda a: solve(name, a).params)(batch[1]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_implicit_gradient_matches_finite_differences(name):
+    X, y, _ = make_problem(2)
+
+    def outer(lam):
+        sol = solve(name, (X, y, lam))
+        return jnp.sum(sol.params["w"] ** 2) + sol.value
+
+    lam = jnp.asarray(0.3)
+    g = jax.jit(jax.grad(outer))(lam)
+    h = 1e-4
+    outer_jit = jax.jit(outer)
+    fd = (outer_jit(lam + h) - outer_jit(lam - h)) / (2 * h)
+    np.testing.assert_allclose(g, fd, rtol=1e-4)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(outer))(lam), g, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tuple_pytree_params(name):
+    X, y, lam = make_problem(3)
+    factory, budget = MINIMIZERS[name]
+    fun = lambda p, a: objective({"w": p[0], "b": p[1][0]}, a)
+    sol = jaxopt2.minimize(fun, (jnp.zeros(4), [jnp.zeros(())]), (X, y, lam),
+                           solver=factory(), max_steps=budget)
+    ref = reference_solution((X, y, lam))
+    assert isinstance(sol.params, tuple) and isinstance(sol.params[1], list)
+    np.testing.assert_allclose(sol.params[0], ref["w"], rtol=1e-4, atol=1e-5)
