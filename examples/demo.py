@@ -1,0 +1,186 @@
+"""jaxopt2's main demo: every minimizer on L2-regularised logistic regression.
+
+    python examples/demo.py --config configs/default.yaml
+
+Prints a table (iterations, evaluations, compile and run time, final gradient norm, status)
+and saves a convergence plot (relative gradient norm against iterations and against time).
+Runs unchanged on CPU, GPU or TPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DEFAULTS = {
+    "dataset": "breast_cancer",
+    "synthetic": {"n": 2000, "d": 50},
+    "l2": 1e-3,
+    "dtype": "float64",
+    "rtol": 1e-8,
+    "max_steps": 500,
+    "solvers": ["GradientDescent", "LBFGS", "BFGS", "Newton", "NewtonCG", "RegularizedNewton",
+                "DampedNewton"],
+    "output_dir": "outputs/demo",
+}
+
+
+def load_config(path: str | None) -> dict:
+    config = dict(DEFAULTS)
+    if path:
+        import yaml
+
+        with open(path) as f:
+            config.update(yaml.safe_load(f) or {})
+    return config
+
+
+def load_data(config, dtype):
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.preprocessing import StandardScaler
+
+    name = config["dataset"]
+    if name == "breast_cancer":
+        X, y = load_breast_cancer(return_X_y=True)
+    elif name == "digits":
+        X, y = load_digits(return_X_y=True)
+        y = (y >= 5).astype(float)
+    elif name == "synthetic":
+        rng = np.random.default_rng(0)
+        n, d = config["synthetic"]["n"], config["synthetic"]["d"]
+        X = rng.standard_normal((n, d)) * np.logspace(0, -2, d)
+        y = (X @ rng.standard_normal(d) + rng.logistic(size=n) > 0).astype(float)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; use breast_cancer, digits or synthetic")
+    X = StandardScaler().fit_transform(X) if name != "synthetic" else X
+    return X.astype(dtype), y.astype(dtype)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML config (defaults built in)")
+    parser.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
+    cli = parser.parse_args(argv)
+    config = load_config(cli.config)
+    if cli.output_dir:
+        config["output_dir"] = cli.output_dir
+
+    import jax
+
+    if config["dtype"] == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+    from tqdm import tqdm
+
+    import jaxopt2
+
+    dtype = jnp.dtype(config["dtype"])
+    X, y = load_data(config, dtype)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    lam = config["l2"]
+
+    def objective(params, data):
+        X, y = data
+        z = X @ params["w"] + params["b"]
+        return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 0.5 * lam * jnp.sum(params["w"] ** 2)
+
+    params0 = {"w": jnp.zeros(X.shape[1], dtype), "b": jnp.zeros((), dtype)}
+    grad_fn = jax.jit(jax.grad(objective))
+    g0 = float(jaxopt2._tree.tree_inf_norm(grad_fn(params0, (X, y))))
+    print(f"jaxopt2 demo: logistic regression on {config['dataset']} "
+          f"(n={X.shape[0]}, d={X.shape[1]}, l2={lam}, {dtype}, device={jax.devices()[0]})")
+
+    rows, histories = [], {}
+    names = [s for s in config["solvers"] if hasattr(jaxopt2, s)]
+    for name in tqdm(names, desc="solvers", file=sys.stdout):
+        solver = getattr(jaxopt2, name)(rtol=config["rtol"])
+        run = jax.jit(lambda data, solver=solver: jaxopt2.minimize(
+            objective, params0, data, solver=solver, max_steps=config["max_steps"], throw=False))
+        t = time.perf_counter()
+        compiled = run.lower((X, y)).compile()
+        compile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        sol = jax.block_until_ready(compiled((X, y)))
+        run_s = time.perf_counter() - t
+        gnorm = float(jaxopt2._tree.tree_inf_norm(grad_fn(sol.params, (X, y)))) / g0
+        stats = {k: int(v) for k, v in sol.stats.items()}
+        status = "ok" if bool(sol.success) else _status_name(sol.status)
+        rows.append((name, stats["num_steps"], stats["num_grad"] + stats["num_fun"],
+                     stats["num_hvp"], compile_s, run_s, gnorm, float(sol.value), status))
+        histories[name] = _history(jaxopt2, objective, params0, (X, y), solver, config, g0,
+                                   run_s, stats["num_steps"])
+
+    header = ("solver", "iters", "f/g evals", "HVPs", "compile s", "run s", "|g|/|g0|",
+              "objective", "status")
+    print(_table(header, rows))
+    out = config["output_dir"]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(_table(header, rows) + "\n")
+    path = _plot(histories, out, config)
+    print(f"saved {path}")
+    return 0
+
+
+def _status_name(status) -> str:
+    from jaxopt2 import RESULTS
+
+    for name in RESULTS._name_to_item:
+        if bool(status == getattr(RESULTS, name)):
+            return name
+    return "?"
+
+
+def _history(jaxopt2, objective, params0, data, solver, config, g0, run_s, num_steps):
+    """Per-step relative gradient norms, recorded by a second run with a host callback
+    (kept out of the timed run); time axis spread evenly over the timed run."""
+    seen = []
+    sol = jaxopt2.minimize(objective, params0, data, solver=solver,
+                           max_steps=config["max_steps"], throw=False,
+                           callback=lambda k, p, v, g: seen.append(float(g) / g0))
+    sol.params["b"].block_until_ready()
+    grads = [1.0] + seen
+    times = [run_s * i / max(num_steps, 1) for i in range(len(grads))]
+    return grads, times
+
+
+def _table(header, rows) -> str:
+    def fmt(x):
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+    cells = [list(header)] + [[fmt(x) for x in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _plot(histories, out, config) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, (grads, times) in histories.items():
+        a1.semilogy(range(len(grads)), grads, label=name)
+        a2.semilogy(times, grads, label=name)
+    a1.set(xlabel="iteration", ylabel="|grad|_inf / |grad(0)|_inf", xscale="symlog")
+    a2.set(xlabel="run time (s, compile excluded)", ylabel="|grad|_inf / |grad(0)|_inf")
+    for a in (a1, a2):
+        a.axhline(config["rtol"], color="gray", ls=":", lw=1)
+        a.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    fig.suptitle(f"L2-regularised logistic regression ({config['dataset']})")
+    fig.tight_layout()
+    path = os.path.join(out, "convergence.png")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
