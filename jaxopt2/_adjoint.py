@@ -53,6 +53,13 @@ def _default_solver(tags, root):
     return lx.GMRES(rtol=tol, atol=tol)
 
 
+def _is_differentiable(x) -> bool:
+    """Floating arrays and Python floats (a Python float in `args` can carry a tangent)."""
+    if isinstance(x, (float, complex)):
+        return True
+    return eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
 def _fill_zeros(diff, tangent):
     """Materialise symbolic-zero (`None`) tangents as zeros matching `diff`."""
     if tangent is None:
@@ -75,7 +82,7 @@ def _implicit_jvp(primals, tangents, *, primal_fn, optimality_fn, tags, linear_s
                                optimality_fn=optimality_fn, tags=tags,
                                linear_solver=linear_solver)
     t_residual = jtu.tree_map(lambda _: None, residual)
-    diff_inputs, static_inputs = eqx.partition(inputs, eqx.is_inexact_array_like)
+    diff_inputs, static_inputs = eqx.partition(inputs, _is_differentiable)
     t_diff = _fill_zeros(diff_inputs, t_inputs)
     root = jax.lax.stop_gradient(root)
 
@@ -101,7 +108,7 @@ def attach_tangent(out, root, inputs, *, fn):
 def _attach_tangent_jvp(primals, tangents, *, fn):
     out, root, inputs = primals
     _, t_root, t_inputs = tangents
-    diff, static = eqx.partition((root, inputs), eqx.is_inexact_array_like)
+    diff, static = eqx.partition((root, inputs), _is_differentiable)
     t_diff = _fill_zeros(diff, (t_root, t_inputs))
     _, t_out = jax.jvp(lambda d: fn(*eqx.combine(d, static)), (diff,), (t_diff,))
     return out, t_out

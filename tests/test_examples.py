@@ -22,3 +22,12 @@ def test_demo_smoke(tmp_path):
     assert len(rows) == 2
     assert all(line.rstrip(" |").endswith("ok") for line in rows), table
     assert (tmp_path / "convergence.png").stat().st_size > 10_000
+
+
+def test_readme_quickstart_runs(capsys):
+    text = (ROOT / "README.md").read_text()
+    code = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("jaxopt2._results.RESULTS<>")  # successful has an empty message
+    assert len(out) == 2 and float(out[1]) != 0.0
