@@ -1,0 +1,222 @@
+"""Gradient-regularized Newton: (H + λI) steps with λ tied to the gradient norm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import jax.tree_util as jtu
+import lineax as lx
+from jax import lax
+
+from .._base import AbstractMinimizer, Counts, Iterate, evaluate
+from .._curvature import hessian
+from .._krylov import truncated_cg
+from .._results import RESULTS
+from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_size, tree_where
+
+# Objective values carry rounding of about eps·|f|. Acceptance tests compare a decrease of f
+# with a bound that goes to zero near a minimizer, so they are relaxed by this many eps·|f|;
+# otherwise float32 solves stall (every trial rejected) before the gradient test can pass.
+_ROUNDOFF = 100.0
+
+
+def roundoff_slack(value, params):
+    """How far below zero a computed decrease f(x) − f(x₊) may fall and still be rounding
+    noise. eps is that of the least precise of f and the parameter leaves: a float32 leaf
+    makes f noisy at float32 level even when f itself is float64."""
+    eps = max(float(jnp.finfo(d).eps) for d in [value.dtype]
+              + [leaf.dtype for leaf in jtu.tree_leaves(params)])
+    return _ROUNDOFF * eps * jnp.abs(value)
+
+
+def cg_budget(params, cg_max_iters: int | None) -> int:
+    """Default CG iteration cap: twice the number of parameters (CG is exact in n steps in
+    exact arithmetic; the slack absorbs rounding), never below 10."""
+    return cg_max_iters if cg_max_iters is not None else max(2 * tree_size(params), 10)
+
+
+def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_iters: int):
+    """Build `solve(λ) -> (d, matvecs)` with (H + λI) d ≈ −g, for an operator built once.
+
+    - "cg": truncated CG on v ↦ Hv + λv to ‖residual‖ ≤ cg_rtol·‖g‖. With H indefinite and λ
+      too small, CG stops at negative curvature and returns its last (descent) iterate.
+    - "dense": H is materialised once (n products, counted as one dense Hessian) and each λ
+      costs one Cholesky factorisation; a failed factorisation gives NaNs, which the caller's
+      acceptance test rejects, so λ grows until H + λI is positive definite.
+    A `lx.DiagonalLinearOperator` is solved elementwise, with negative entries clipped to 0.
+    Returns `(solve, counts)`; `counts` is the cost of building the solver.
+    """
+    if linear_solver == "dense":
+        flat_g, unravel = ravel(grad)
+        eye = jnp.eye(flat_g.size, dtype=flat_g.dtype)
+        h = jax.vmap(lambda e: ravel(op.mv(unravel(e)))[0])(eye).astype(flat_g.dtype)
+        h = 0.5 * (h + h.T)
+
+        def solve_dense(lam):
+            factor = jnp.linalg.cholesky(h + lam.astype(h.dtype) * eye)
+            return unravel(jsl.cho_solve((factor, True), -flat_g)), jnp.zeros((), jnp.int32)
+
+        return solve_dense, Counts.of(hessian=1)
+
+    if isinstance(op, lx.DiagonalLinearOperator):
+        def solve_diagonal(lam):
+            def leaf(g, dg):
+                denom = jnp.maximum(dg + lam, lam)
+                safe = jnp.where(denom > 0, denom, 1)
+                return jnp.where(denom > 0, -g / safe, 0).astype(g.dtype)
+
+            return jtu.tree_map(leaf, grad, op.diagonal), jnp.zeros((), jnp.int32)
+
+        return solve_diagonal, Counts()
+
+    b = tree_neg(grad)
+
+    def solve_cg(lam):
+        cg = truncated_cg(lambda v: tree_axpy(lam, v, op.mv(v)), b, rtol=cg_rtol,
+                          max_iters=cg_max_iters)
+        return cg.x, cg.num_iters
+
+    return solve_cg, Counts()
+
+
+class _RNState(eqx.Module):
+    gamma: jax.Array  # γ for the next step (adaptive variant); λ = ‖g‖/γ
+    lam: jax.Array  # λ of the last accepted step
+    retries: jax.Array  # rejected trials in the last step
+
+
+class RegularizedNewton(AbstractMinimizer):
+    """Gradient-regularized Newton method (Algorithm 1 of Semenov, Jaggi & Doikov):
+
+        λₖ = ‖gₖ‖ / γₖ,    xₖ₊ = xₖ − (Hₖ + λₖ I)⁻¹ gₖ,
+
+    accepted when f(xₖ) − f(xₖ₊) ≥ ‖∇f(xₖ₊)‖² / (8λₖ); then γ ← 2γ for the next step.
+    Otherwise γ ← γ/2 and the step is re-solved from xₖ with the larger λ, reusing the
+    curvature operator built once per step. The test only compares f and ‖∇f‖, so Hₖ need not
+    be the Hessian: with a Gauss-Newton, Fisher or diagonal approximation the method keeps a
+    global (linear, for logistic and softmax regression) rate. Accepted steps never increase
+    f (up to rounding: the test is relaxed by 100·eps·|f(xₖ)|, so that float32 can finish).
+    Near a strict minimizer γ keeps doubling, λ → 0 and the steps become Newton steps.
+
+    `variant="fixed"` is the classical special case (Mishchenko 2021; Doikov & Nesterov
+    2021) λₖ = √(L‖gₖ‖), with `lipschitz=L` an estimate of the Hessian's Lipschitz constant.
+    It takes every step without a test: with the exact Hessian of a convex f and a true L it
+    converges globally at O(1/k²), but a too-small L or an approximate / indefinite H can
+    increase f. Prefer the default adaptive variant unless L is known.
+
+    When to use it: Newton-type speed with global convergence and no line search, robust to
+    inexact curvature; a good default for convex ML losses (logistic, softmax, GLMs) and for
+    nonconvex problems with a Gauss-Newton / Fisher curvature.
+
+    **Arguments:**
+
+    - `curvature`: `curvature(fun, params, args) -> lineax operator`, with `fun(params,
+      args) -> scalar`; default the exact Hessian (`jaxopt2.curvature.hessian`). A GGN, Fisher
+      or `lx.DiagonalLinearOperator` (solved elementwise) work the same way.
+    - `gamma0`: initial γ. A poor choice only costs retries: γ halves per rejection and
+      doubles per acceptance, so it adapts geometrically in both directions.
+    - `max_retries`: rejected trials allowed per step before giving up with
+      `RESULTS.line_search_failed` (the iterate is then left unchanged).
+    - `linear_solver`: "cg" (matrix-free truncated CG; each product counted in `num_hvp`) or
+      "dense" (flatten the params, form H and Cholesky-solve; small problems only).
+    - `cg_rtol`: relative residual tolerance of the inner CG solve (default 1e-4).
+    - `cg_max_iters`: CG iteration cap; default twice the number of parameters.
+
+    Each trial costs one inner solve and one value-and-gradient evaluation.
+
+    References: A. Semenov, M. Jaggi, N. Doikov, "Gradient-Normalized Smoothness for
+    Optimization with Approximate Hessians", arXiv:2506.13710 (2025); K. Mishchenko,
+    "Regularized Newton method with global O(1/k²) convergence", SIAM J. Optim. 2023;
+    N. Doikov, Yu. Nesterov, "Gradient regularization of Newton method with Bregman
+    distances", Math. Program. 2024.
+
+    ```python
+    import jax, jax.numpy as jnp, jaxopt2
+    X, y = jax.random.normal(jax.random.PRNGKey(0), (100, 5)), jnp.arange(100.0) % 2
+    fun = lambda w, a: jnp.mean(jnp.logaddexp(0.0, a[0] @ w) - a[1] * (a[0] @ w)) + 1e-3 * w @ w
+    sol = jaxopt2.minimize(fun, jnp.zeros(5), (X, y), solver=jaxopt2.RegularizedNewton())
+    ```
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    curvature: Callable = hessian
+    variant: str = "adaptive"
+    gamma0: float = 1.0
+    lipschitz: float | None = None
+    max_retries: int = 40
+    linear_solver: str = "cg"
+    cg_rtol: float = 1e-4
+    cg_max_iters: int | None = None
+
+    def __check_init__(self):
+        if self.variant not in ("adaptive", "fixed"):
+            raise ValueError(f"`variant` must be 'adaptive' or 'fixed'; got {self.variant!r}.")
+        if self.variant == "fixed" and self.lipschitz is None:
+            raise ValueError("variant='fixed' uses λ = √(L‖g‖) and needs `lipschitz=L` (an "
+                             "estimate of the Hessian's Lipschitz constant); use "
+                             "variant='adaptive' if L is unknown.")
+        if self.linear_solver not in ("cg", "dense"):
+            raise ValueError(f"`linear_solver` must be 'cg' or 'dense'; got "
+                             f"{self.linear_solver!r}.")
+
+    def init(self, fn, iterate: Iterate, args) -> _RNState:
+        dtype = iterate.value.dtype
+        return _RNState(jnp.asarray(self.gamma0, dtype), jnp.zeros((), dtype),
+                        jnp.zeros((), jnp.int32))
+
+    def step(self, fn, iterate: Iterate, args, state: _RNState):
+        dtype = iterate.value.dtype
+        op = self.curvature(lambda p, a: fn(p, a)[0], iterate.params, args)
+        solve, build_counts = shifted_solver(op, iterate.grad, self.linear_solver, self.cg_rtol,
+                                             cg_budget(iterate.params, self.cg_max_iters))
+        gnorm = tree_norm(iterate.grad).astype(dtype)
+
+        def trial(lam):
+            d, matvecs = solve(lam)
+            return evaluate(fn, tree_axpy(1.0, d, iterate.params), args), matvecs
+
+        if self.variant == "fixed":
+            lam = jnp.sqrt(jnp.asarray(self.lipschitz, dtype) * gnorm)
+            new, matvecs = trial(lam)
+            counts = build_counts + Counts.of(grad=1, hvp=matvecs)
+            return (new, _RNState(state.gamma, lam, jnp.zeros((), jnp.int32)), counts,
+                    RESULTS.successful)
+
+        # γ stays within [1/√max, √max] so that λ = ‖g‖/γ and the test never overflow.
+        big = jnp.sqrt(jnp.asarray(jnp.finfo(dtype).max, dtype))
+        safe_gnorm = jnp.where(gnorm > 0, gnorm, 1)
+        slack = roundoff_slack(iterate.value, iterate.params)
+
+        def attempt(gamma):
+            new, matvecs = trial(gnorm / gamma)
+            # ‖g₊‖²/(8λ) written with γ, so that g = 0 (a converged batch member) gives 0.
+            bound = gamma * tree_dot(new.grad, new.grad).astype(dtype) / (8 * safe_gnorm)
+            ok = jnp.isfinite(new.value) & (iterate.value - new.value >= bound - slack)
+            return new, ok, matvecs
+
+        # One loop for the first trial and the retries (traced once): γ is halved before
+        # every trial, so it starts at 2γ.
+        def cond(c):
+            _, _, ok, k, _ = c
+            return ~ok & (k <= self.max_retries)
+
+        def body(c):
+            gamma, _, _, k, matvecs = c
+            gamma = jnp.maximum(gamma / 2, 1 / big)
+            new, ok, m = attempt(gamma)
+            return gamma, new, ok, k + 1, matvecs + m
+
+        zero = jnp.zeros((), jnp.int32)
+        gamma, new, ok, k, matvecs = lax.while_loop(
+            cond, body, (2 * state.gamma, iterate, jnp.array(False), zero, zero))
+        new = tree_where(ok, new, iterate)
+        next_gamma = jnp.where(ok, jnp.minimum(2 * gamma, big), gamma).astype(dtype)
+        lam = jnp.where(ok, gnorm / gamma, state.lam).astype(dtype)
+        result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
+        counts = build_counts + Counts.of(grad=k, hvp=matvecs)
+        return new, _RNState(next_gamma, lam, k - 1), counts, result
