@@ -7,6 +7,12 @@ from ._base import AbstractMinimizer as AbstractMinimizer
 from ._minimize import minimize as minimize
 from ._results import RESULTS as RESULTS
 from ._solution import Solution as Solution
+from ._solver.damped_newton import DampedNewton as DampedNewton
 from ._solver.gradient_descent import GradientDescent as GradientDescent
+from ._solver.newton import Newton as Newton
+from ._solver.newton_cg import NewtonCG as NewtonCG
+from ._solver.quasi_newton import BFGS as BFGS
+from ._solver.quasi_newton import LBFGS as LBFGS
+from ._solver.regularized_newton import RegularizedNewton as RegularizedNewton
 
 __version__ = "0.1.0"

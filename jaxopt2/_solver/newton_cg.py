@@ -1,0 +1,203 @@
+"""Inexact (truncated) Newton: matrix-free CG on the curvature, globalised by a line search or
+a Steihaug trust region."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .._base import AbstractMinimizer, Counts, Iterate, evaluate
+from .._curvature import hessian
+from .._krylov import truncated_cg
+from .._results import RESULTS
+from .._tree import tree_add, tree_dot, tree_neg, tree_norm, tree_size
+from .newton import _noise, newton_line_search
+
+_ETA_MAX = 0.5  # forcing terms are capped here: early steps need only a rough direction
+_EW_GAMMA, _EW_ALPHA = 0.9, 2.0  # Eisenstat–Walker choice 2
+# Trust region (Nocedal & Wright, Alg. 4.1): accept when ρ > _ACCEPT; shrink the radius to
+# ‖p‖/4 when ρ < 1/4; double it when ρ > 3/4 and the step reached the boundary.
+_ACCEPT, _SHRINK_BELOW, _GROW_ABOVE = 0.1, 0.25, 0.75
+_MAX_RADIUS = 1e10
+
+
+class _NewtonCGState(eqx.Module):
+    grad_norm: jax.Array  # ‖∇f‖ at the last accepted step (for Eisenstat–Walker)
+    eta: jax.Array  # the forcing term used there
+    radius: jax.Array  # trust-region radius (unused with the line search)
+    cg_steps: jax.Array  # CG iterations taken at the last step (diagnostic)
+
+
+class NewtonCG(AbstractMinimizer):
+    """Inexact Newton with conjugate gradients (truncated Newton, Newton-CG).
+
+    Each step solves H pₖ = −gₖ approximately, H = `curvature(f, xₖ, args)` (the Hessian by
+    default), by preconditioned CG stopped at the relative residual ‖H p + g‖ ≤ ηₖ‖g‖, at
+    negative curvature, or after `max_cg_steps` products. Every CG iterate is a descent
+    direction, and on negative curvature at the first CG step the direction is −g, so an
+    indefinite H (a saddle region of a non-convex f) never produces an ascent step.
+
+    The forcing term ηₖ (`forcing`) decides how accurately to solve:
+
+    - `"eisenstat_walker"` (default), choice 2 of Eisenstat & Walker (1996):
+      ηₖ = 0.9 (‖gₖ‖/‖gₖ₋₁‖)², raised to 0.9 ηₖ₋₁² when that exceeds 0.1 (so η does not drop
+      abruptly after one lucky step), capped at 0.5. It is scale-invariant: loose solves while
+      far away, tightening as the gradient falls quadratically, which gives superlinear local
+      convergence without over-solving early.
+    - `"sqrt"`: ηₖ = min(0.5, √‖gₖ‖) (Nocedal & Wright, §7.1); simple but depends on the
+      scale of f.
+    - a float: a constant ηₖ (linear local convergence at that rate).
+
+    Globalisation: by default Armijo backtracking from the full step pₖ (taken outright when
+    its predicted decrease is below the rounding of f and f does not measurably rise). With
+    `trust_region=True`, CG is the Steihaug–Toint method confined to ‖p‖ ≤ Δₖ (stepping to
+    the boundary on negative curvature), and the step is accepted when the ratio
+    ρ = (f(xₖ) − f(xₖ + p)) / (−gᵀp − ½pᵀHp) of actual to predicted reduction exceeds 0.1;
+    Δ shrinks to ‖p‖/4 when ρ < 1/4 and doubles when ρ > 3/4 on the boundary. A rejected step
+    keeps the iterate and costs one objective evaluation (the gradient is only evaluated at
+    accepted points). Prefer the trust region on non-convex problems with large indefinite
+    regions; the line search is cheaper per step on convex ones. A trust region that shrinks
+    to nothing (no decrease possible) is reported as `RESULTS.line_search_failed`.
+
+    **Arguments:**
+
+    - `curvature`: `curvature(fun, params, args) -> lineax operator` with `fun(params, args)`
+      the scalar objective; built once per step and used through its `mv`. Default
+      `jaxopt2.curvature.hessian` (exact Hessian-vector products). For f(x) = L(m(x)) a
+      Gauss–Newton operator is positive semidefinite and often cheaper, e.g.
+      `lambda f, p, a: jaxopt2.curvature.gauss_newton(model_fn, loss_fn, p, a)`.
+    - `preconditioner`: optional `preconditioner(fun, params, args, operator) -> (r -> M⁻¹r)`,
+      M symmetric positive definite (Jacobi, Nyström, …), built once per step.
+    - `max_cg_steps`: CG budget per step; `None` means min(2n, 200) for n parameters (exact
+      arithmetic needs at most n; the cap bounds the cost per step on large problems, where
+      the forcing term usually stops CG much earlier).
+    - `initial_radius`: the first trust-region radius (only with `trust_region=True`).
+
+    Counts: every CG product is one `num_hvp` (plus one per trust-region step, for the
+    predicted reduction); the line search or trust-region trials add `num_fun`/`num_grad`.
+
+    References: R. S. Dembo and T. Steihaug, "Truncated-Newton algorithms for large-scale
+    unconstrained optimization", Math. Prog. 26 (1983); S. C. Eisenstat and H. F. Walker,
+    "Choosing the forcing terms in an inexact Newton method", SIAM J. Sci. Comput. 17 (1996);
+    T. Steihaug, "The conjugate gradient method and trust regions in large scale
+    optimization", SIAM J. Numer. Anal. 20 (1983); Nocedal & Wright, Numerical Optimization,
+    2nd ed., §7.1.
+
+    ```python
+    import jax.numpy as jnp, jaxopt2
+    rosen = lambda p, a: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+    sol = jaxopt2.minimize(rosen, jnp.array([-1.2, 1.0]), solver=jaxopt2.NewtonCG())
+    sol = jaxopt2.minimize(rosen, jnp.array([-1.2, 1.0]),
+                           solver=jaxopt2.NewtonCG(trust_region=True))
+    ```
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    curvature: Callable | None = None
+    preconditioner: Callable | None = None
+    trust_region: bool = False
+    max_cg_steps: int | None = None
+    forcing: str | float = "eisenstat_walker"
+    initial_radius: float = 1.0
+    c1: float = 1e-4
+    max_backtracks: int = 30
+
+    def __check_init__(self):
+        if isinstance(self.forcing, str):
+            if self.forcing not in ("eisenstat_walker", "sqrt"):
+                raise ValueError(f"`forcing` must be 'eisenstat_walker', 'sqrt' or a float in "
+                                 f"(0, 1); got {self.forcing!r}.")
+        elif not 0 < self.forcing < 1:
+            raise ValueError(f"A constant `forcing` must lie in (0, 1); got {self.forcing}.")
+        if self.max_cg_steps is not None and self.max_cg_steps < 1:
+            raise ValueError(f"`max_cg_steps` must be a positive int; got {self.max_cg_steps}.")
+        if self.initial_radius <= 0:
+            raise ValueError(f"`initial_radius` must be positive; got {self.initial_radius}.")
+
+    def init(self, fn, iterate: Iterate, args) -> _NewtonCGState:
+        dtype = iterate.value.dtype
+        return _NewtonCGState(
+            grad_norm=tree_norm(iterate.grad).astype(dtype),
+            eta=jnp.asarray(_ETA_MAX, dtype),
+            radius=jnp.asarray(self.initial_radius, dtype),
+            cg_steps=jnp.zeros((), jnp.int32),
+        )
+
+    def _forcing_term(self, state: _NewtonCGState, grad_norm):
+        dtype = state.eta.dtype
+        if not isinstance(self.forcing, str):
+            return jnp.asarray(self.forcing, dtype)
+        if self.forcing == "sqrt":
+            eta = jnp.sqrt(grad_norm)
+        else:
+            ratio = grad_norm / jnp.where(state.grad_norm > 0, state.grad_norm, 1.0)
+            eta = _EW_GAMMA * ratio**_EW_ALPHA
+            floor = _EW_GAMMA * state.eta**_EW_ALPHA
+            eta = jnp.where(floor > 0.1, jnp.maximum(eta, floor), eta)
+        # below eps the CG residual test cannot be met and would only burn the budget
+        eps = jnp.finfo(dtype).eps
+        return jnp.clip(eta, eps, _ETA_MAX).astype(dtype)
+
+    def step(self, fn, iterate: Iterate, args, state: _NewtonCGState):
+        def objective(p, a):
+            return fn(p, a)[0]
+
+        curvature = hessian if self.curvature is None else self.curvature
+        operator = curvature(objective, iterate.params, args)
+        precond = (None if self.preconditioner is None
+                   else self.preconditioner(objective, iterate.params, args, operator))
+        n = tree_size(iterate.params)
+        max_cg = min(2 * n, 200) if self.max_cg_steps is None else self.max_cg_steps
+        grad_norm = tree_norm(iterate.grad).astype(state.eta.dtype)
+        eta = self._forcing_term(state, grad_norm)
+        radius = state.radius if self.trust_region else None
+        cg = truncated_cg(operator.mv, tree_neg(iterate.grad), rtol=eta, max_iters=max_cg,
+                          precond=precond, radius=radius)
+        if self.trust_region:
+            return self._trust_region_step(fn, iterate, args, state, operator, cg, grad_norm,
+                                           eta)
+        new, counts, result = newton_line_search(fn, iterate, cg.x, args, self.c1,
+                                                 self.max_backtracks)
+        new_state = _NewtonCGState(grad_norm, eta, state.radius, cg.num_iters)
+        return new, new_state, counts + Counts.of(hvp=cg.num_iters), result
+
+    def _trust_region_step(self, fn, iterate, args, state, operator, cg, grad_norm, eta):
+        dtype = state.radius.dtype
+        p = cg.x
+        predicted = -(tree_dot(iterate.grad, p) + 0.5 * tree_dot(p, operator.mv(p)))
+        trial = tree_add(iterate.params, p)
+        value = fn(trial, args)[0]
+        actual = iterate.value - value
+        # Near the minimizer both reductions fall below the rounding of f and ρ is noise;
+        # an interior step (the model's own minimizer) is then trustworthy, so take it
+        # (Conn, Gould & Toint, Trust-Region Methods, §17.4.2). A boundary step of a collapsed
+        # radius is not: it must keep shrinking until the failure is reported.
+        noise = _noise(iterate)
+        tiny = ~cg.hit_boundary & (jnp.abs(actual) <= noise) & (predicted <= noise)
+        rho = jnp.where(tiny, 1.0, actual / jnp.where(predicted > 0, predicted, 1.0))
+        accept = jnp.isfinite(value) & (tiny | ((predicted > 0) & (rho > _ACCEPT)))
+        step_norm = tree_norm(p).astype(dtype)
+        radius = jnp.where(
+            ~accept | (rho < _SHRINK_BELOW),
+            0.25 * step_norm,
+            jnp.where((rho > _GROW_ABOVE) & cg.hit_boundary,
+                      jnp.minimum(2 * state.radius, _MAX_RADIUS), state.radius),
+        ).astype(dtype)
+        new = lax.cond(accept, lambda: evaluate(fn, trial, args), lambda: iterate)
+        # A radius that no longer moves x in this precision means no decrease can be found.
+        x_norm = tree_norm(iterate.params).astype(dtype)
+        stuck = ~accept & (radius <= jnp.finfo(dtype).eps * jnp.maximum(x_norm, 1.0))
+        result = RESULTS.where(stuck, RESULTS.line_search_failed, RESULTS.successful)
+        new_state = _NewtonCGState(
+            grad_norm=jnp.where(accept, grad_norm, state.grad_norm),
+            eta=jnp.where(accept, eta, state.eta),
+            radius=radius,
+            cg_steps=cg.num_iters,
+        )
+        counts = Counts.of(fun=1, grad=accept.astype(jnp.int32), hvp=cg.num_iters + 1)
+        return new, new_state, counts, result
