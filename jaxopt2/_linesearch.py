@@ -3,8 +3,9 @@
 - `backtracking`: Armijo sufficient decrease, f(x + t d) ≤ f(x) + c₁ t gᵀd, shrinking t.
   Objective-only trials; the gradient is evaluated once, at the accepted point.
 - `zoom_wolfe`: strong Wolfe conditions by bracketing and zoom (Nocedal & Wright, Alg. 3.5/3.6)
-  with safeguarded cubic interpolation; each trial evaluates value and
-  gradient, so the accepted point's gradient comes for free.
+  with safeguarded cubic interpolation, and Hager-Zhang's approximate Wolfe test once f changes
+  are within rounding; each trial evaluates value and gradient, so the accepted point's
+  gradient comes for free.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._base import Counts, Iterate
-from ._tree import tree_axpy, tree_dot
+from ._tree import tree_axpy, tree_dot, tree_where
 
 
 class LineSearchResult(eqx.Module):
@@ -35,7 +36,9 @@ def backtracking(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, shrink
         return fn(tree_axpy(t, direction, it.params), args)[0]
 
     def accept(t, value):
-        return jnp.isfinite(value) & (value <= it.value + c1 * t * slope)
+        # `value < it.value` too: when c1·t·slope is below the rounding of f, the Armijo test
+        # alone would accept steps that do not move, and the solver would stall silently.
+        return jnp.isfinite(value) & (value <= it.value + c1 * t * slope) & (value < it.value)
 
     def cond(c):
         t, value, k = c
@@ -66,18 +69,34 @@ def zoom_wolfe(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, c2=0.9,
     """Strong Wolfe line search: find t with
     f(x + t d) ≤ f(x) + c₁ t gᵀd and |∇f(x + t d)ᵀd| ≤ c₂ |gᵀd|.
 
-    Phase 1 expands t (doubling) until the minimum is bracketed; phase 2 shrinks the bracket
-    by safeguarded cubic interpolation. Every trial costs one value-and-gradient evaluation.
-    If no Wolfe point is found within `max_trials`, the best Armijo point seen is returned, and
-    `ok` is False only if not even that exists.
+    Phase 1 extrapolates (a cubic step, kept within [2t, 10t]) until the minimum is bracketed;
+    phase 2 shrinks the bracket by cubic interpolation safeguarded to the middle 80% of the
+    bracket, so it shrinks at least tenfold when the minimizer sits near an end (Nocedal &
+    Wright, Numerical Optimization, 2nd ed., Alg. 3.5/3.6). Every trial costs one
+    value-and-gradient evaluation, so the accepted point's gradient comes for free.
+
+    Near a minimizer the decrease c₁ t gᵀd drops below the rounding error of f, and a search
+    that compares values alone fails although progress is still possible. So a trial with
+    f(x + t d) ≤ f(x) + ε|f(x)| (ε = max(1e-6, √eps): 1e-6 in float64 as in CG_DESCENT,
+    3.5e-4 in float32) is also accepted when its slope
+    satisfies Hager & Zhang's approximate Wolfe conditions, c₂ gᵀd ≤ ∇f(x + t d)ᵀd ≤
+    (1 − 2c₁) |gᵀd| (SIAM J. Optim. 16(1), 2005), and within that band the bracket is updated
+    from the slope's sign alone (as in Hager & Zhang's update rule).
+
+    If no acceptable point is found within `max_trials` (or the bracket shrinks below the
+    dtype's resolution), the lowest Armijo point seen is returned; `ok` is False only if there
+    is none, or if `d` is not a descent direction. On failure the iterate is unchanged.
     """
-    dtype = it.value.dtype
     f0 = it.value
     slope0 = tree_dot(it.grad, direction)
+    dtype = jnp.result_type(f0.dtype, slope0.dtype)
+    f0, slope0 = f0.astype(dtype), slope0.astype(dtype)
+    tiny = float(jnp.finfo(dtype).eps)
+    descent = slope0 < 0
 
     def trial(t):
         new = _evaluate_at(fn, it, direction, t, args)
-        return new, tree_dot(new.grad, direction)
+        return new, new.value.astype(dtype), tree_dot(new.grad, direction).astype(dtype)
 
     def armijo(t, f):
         return jnp.isfinite(f) & (f <= f0 + c1 * t * slope0)
@@ -85,71 +104,85 @@ def zoom_wolfe(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, c2=0.9,
     def curvature(s):
         return jnp.abs(s) <= c2 * jnp.abs(slope0)
 
-    zero = jnp.zeros((), dtype)
-    init_step = jnp.asarray(init_step, dtype)
-    new0, s0 = trial(init_step)
-    # State: current trial (t, f, s, iterate); bracket [lo, hi] with values/slopes at lo, hi;
-    # `bracketed` once hi is known; `best` is the best Armijo point so far.
-    state = dict(
-        t=init_step, f=new0.value, s=s0, it=new0,
-        lo=zero, f_lo=f0, s_lo=slope0, hi=zero, f_hi=f0, s_hi=slope0,
-        bracketed=jnp.array(False), k=jnp.ones((), jnp.int32),
-        best=it, best_t=zero,
-    )
+    noise = max(1e-6, tiny ** 0.5) * jnp.abs(f0)
 
-    def done(st):
-        return armijo(st["t"], st["f"]) & curvature(st["s"])
+    def sufficient(t, f, s):
+        approx = jnp.isfinite(f) & (f <= f0 + noise) & (s <= (1 - 2 * c1) * jnp.abs(slope0))
+        return armijo(t, f) | approx
+
+    zero = jnp.zeros((), dtype)
+    # The objective is traced once, inside the loop: each pass evaluates the pending trial t.
+    # [lo, hi] is the bracket once `bracketed` (lo = 0 at first). `best` is the lowest Armijo
+    # point seen (or the Wolfe point), the fallback; within rounding noise `lo` may move on
+    # slopes alone, but `best` only ever holds a real decrease.
+    state = dict(t=jnp.asarray(init_step, dtype), lo=zero, f_lo=f0, s_lo=slope0, hi=zero,
+                 f_hi=f0, s_hi=slope0, bracketed=jnp.array(False), k=jnp.zeros((), jnp.int32),
+                 done=jnp.array(False), best=it, best_t=zero)
 
     def cond(st):
-        return ~done(st) & (st["k"] < max_trials)
+        width = jnp.abs(st["hi"] - st["lo"])
+        stalled = st["bracketed"] & (width <= tiny * jnp.maximum(st["hi"], st["lo"]))
+        return descent & ~st["done"] & ~stalled & (st["k"] < max_trials)
 
     def body(st):
-        t, f, s = st["t"], st["f"], st["s"]
-        ok_armijo = armijo(t, f) & (f < st["f_lo"])
-        improve = ok_armijo & (f < st["best"].value)
-        best = jax.tree_util.tree_map(lambda a, b: jnp.where(improve, a, b), st["it"], st["best"])
-        best_t = jnp.where(improve, t, st["best_t"])
-        # Update bracket per Nocedal & Wright: if t violates Armijo (or f >= f_lo), t becomes hi;
-        # otherwise t becomes lo, and if slope has the wrong sign the old lo becomes hi.
-        to_hi = ~ok_armijo
-        flip = ok_armijo & (s * (st["hi"] - st["lo"]) >= 0) & st["bracketed"]
-        expand_flip = ok_armijo & ~st["bracketed"] & (s >= 0)
-        new_hi = jnp.where(to_hi, t, jnp.where(flip | expand_flip, st["lo"], st["hi"]))
-        f_hi = jnp.where(to_hi, f, jnp.where(flip | expand_flip, st["f_lo"], st["f_hi"]))
-        s_hi = jnp.where(to_hi, s, jnp.where(flip | expand_flip, st["s_lo"], st["s_hi"]))
-        new_lo = jnp.where(ok_armijo, t, st["lo"])
-        f_lo = jnp.where(ok_armijo, f, st["f_lo"])
-        s_lo = jnp.where(ok_armijo, s, st["s_lo"])
-        bracketed = st["bracketed"] | to_hi | expand_flip
-        # Next trial: expand while not bracketed, else interpolate inside the bracket.
-        t_interp = _cubic_min(new_lo, f_lo, s_lo, new_hi, f_hi, s_hi)
-        t_next = jnp.where(bracketed, t_interp, jnp.minimum(2.0 * t, max_step))
-        new_it, s_next = trial(t_next)
-        return dict(t=t_next, f=new_it.value, s=s_next, it=new_it, lo=new_lo, f_lo=f_lo,
-                    s_lo=s_lo, hi=new_hi, f_hi=f_hi, s_hi=s_hi, bracketed=bracketed,
-                    k=st["k"] + 1, best=best, best_t=best_t)
+        t, lo, hi = st["t"], st["lo"], st["hi"]
+        new_it, f, s = trial(t)
+        wolfe = sufficient(t, f, s) & curvature(s)
+        # Nocedal & Wright's bracket update: a trial without sufficient decrease becomes `hi`;
+        # one with decrease becomes `lo`, and if the slope there points back towards the old
+        # `lo` (or upward while still extrapolating), the old `lo` becomes `hi`. Within rounding
+        # noise of f(x) values cannot rank points, so the slope alone decides: t becomes `lo`
+        # when the slope there points into the rest of the bracket.
+        in_noise = jnp.isfinite(f) & (jnp.abs(f - f0) <= noise)
+        toward_hi = jnp.where(st["bracketed"], s * (hi - t) < 0, s < 0)
+        decrease = jnp.where(in_noise, toward_hi, armijo(t, f) & (f < st["f_lo"]))
+        flip = decrease & jnp.where(st["bracketed"], s * (hi - lo) >= 0, s >= 0)
+        take_t = ~decrease
+        new_hi = jnp.where(take_t, t, jnp.where(flip, lo, hi))
+        f_hi = jnp.where(take_t, f, jnp.where(flip, st["f_lo"], st["f_hi"]))
+        s_hi = jnp.where(take_t, s, jnp.where(flip, st["s_lo"], st["s_hi"]))
+        new_lo = jnp.where(decrease, t, lo)
+        f_lo = jnp.where(decrease, f, st["f_lo"])
+        s_lo = jnp.where(decrease, s, st["s_lo"])
+        bracketed = st["bracketed"] | take_t | flip
+        keep = wolfe | (armijo(t, f) & (f < st["best"].value.astype(dtype)))
+        best = tree_where(keep, new_it, st["best"])
+        best_t = jnp.where(keep, t, st["best_t"])
+
+        # One cubic serves both phases: inside the bracket, or extrapolated from the previous
+        # point through t.
+        ends = jnp.where(bracketed, jnp.stack([new_lo, f_lo, s_lo, new_hi, f_hi, s_hi]),
+                         jnp.stack([lo, st["f_lo"], st["s_lo"], t, f, s]))
+        cubic = _cubic_min(*ends)
+        a, b = jnp.minimum(new_lo, new_hi), jnp.maximum(new_lo, new_hi)
+        # No cubic: bisect, unless f(hi) overflowed; then hi says nothing about the scale, so
+        # shrink tenfold towards lo.
+        overflow = ~jnp.isfinite(f_hi) | ~jnp.isfinite(s_hi)
+        t_zoom = jnp.where(jnp.isfinite(cubic), cubic,
+                           jnp.where(overflow, new_lo + 0.1 * (new_hi - new_lo), 0.5 * (a + b)))
+        t_zoom = jnp.clip(t_zoom, a + 0.1 * (b - a), b - 0.1 * (b - a))
+        # A cubic with no minimizer ahead means f still looks unbounded along d: go tenfold.
+        t_ext = jnp.where(jnp.isfinite(cubic) & (cubic > t), cubic, 10.0 * t)
+        t_ext = jnp.minimum(jnp.clip(t_ext, 2.0 * t, 10.0 * t), max_step)
+        t_next = jnp.where(bracketed, t_zoom, t_ext).astype(dtype)
+        return dict(t=t_next, lo=new_lo, f_lo=f_lo, s_lo=s_lo, hi=new_hi, f_hi=f_hi, s_hi=s_hi,
+                    bracketed=bracketed, k=st["k"] + 1, done=wolfe, best=best, best_t=best_t)
 
     st = lax.while_loop(cond, body, state)
-    wolfe = done(st)
-    last_better = armijo(st["t"], st["f"]) & (st["f"] < st["best"].value)
-    use_last = wolfe | last_better
-    final = jax.tree_util.tree_map(lambda a, b: jnp.where(use_last, a, b), st["it"], st["best"])
-    t = jnp.where(use_last, st["t"], st["best_t"])
-    ok = (slope0 < 0) & (use_last | (st["best_t"] > 0))
-    final = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), final, it)
-    return LineSearchResult(final, jnp.where(ok, t, zero), ok, Counts.of(grad=st["k"]))
+    ok = descent & (st["best_t"] > 0)
+    final = tree_where(ok, st["best"], it)
+    return LineSearchResult(final, jnp.where(ok, st["best_t"], zero), ok, Counts.of(grad=st["k"]))
 
 
 def _cubic_min(a, fa, sa, b, fb, sb):
-    """Minimizer of the cubic interpolating (a, fa, sa), (b, fb, sb), safeguarded to stay in
-    the middle 80% of [a, b]; bisection when the cubic is degenerate."""
-    d1 = sa + sb - 3.0 * (fa - fb) / jnp.where(a == b, 1.0, a - b)
+    """Minimizer of the cubic through (a, fa, sa) and (b, fb, sb) (N&W eq. 3.59); NaN when the
+    cubic has no local minimizer or the data are degenerate, so callers pick their fallback."""
+    diff = a - b
+    safe = jnp.where(diff == 0, 1.0, diff)
+    d1 = sa + sb - 3.0 * (fa - fb) / safe
     disc = d1 * d1 - sa * sb
     d2 = jnp.sign(b - a) * jnp.sqrt(jnp.maximum(disc, 0.0))
     denom = sb - sa + 2.0 * d2
+    bad = (diff == 0) | (disc < 0) | (denom == 0) | ~jnp.isfinite(d1)
     t = b - (b - a) * (sb + d2 - d1) / jnp.where(denom == 0, 1.0, denom)
-    lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
-    width = hi - lo
-    bad = ~jnp.isfinite(t) | (disc < 0) | (denom == 0)
-    t = jnp.where(bad, 0.5 * (a + b), t)
-    return jnp.clip(t, lo + 0.1 * width, hi - 0.1 * width)
+    return jnp.where(bad | ~jnp.isfinite(t), jnp.nan, t)

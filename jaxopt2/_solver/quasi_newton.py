@@ -1,0 +1,257 @@
+"""Quasi-Newton minimizers with a strong-Wolfe line search: `LBFGS` (limited memory, any
+pytree) and `BFGS` (dense inverse-Hessian approximation on the flattened parameters).
+
+Both share one step: take d = −Hₖ gₖ from the current inverse-Hessian approximation, search
+along it with `zoom_wolfe`, then update Hₖ with the pair sₖ = xₖ₊₁ − xₖ, yₖ = gₖ₊₁ − gₖ unless
+the curvature sₖᵀyₖ is too small to keep Hₖ positive definite. When d is not a descent
+direction, or the search along it fails, the memory is discarded and the step is retried from
+steepest descent; only a failure from steepest descent ends the solve with
+`RESULTS.line_search_failed`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jax import lax
+
+from .._base import AbstractMinimizer, Iterate
+from .._linesearch import zoom_wolfe
+from .._results import RESULTS
+from .._tree import (
+    ravel,
+    result_dtype,
+    tree_axpy,
+    tree_dot,
+    tree_inf_norm,
+    tree_neg,
+    tree_norm,
+    tree_scale,
+    tree_sub,
+    tree_where,
+)
+
+
+class _QNState(eqx.Module):
+    memory: Any
+    # True when the memory holds no usable curvature: the next step is steepest descent.
+    empty: jax.Array
+
+
+def _safe_div(a, b):
+    return a / jnp.where(b == 0, jnp.ones_like(b), b)
+
+
+class _AbstractQuasiNewton(AbstractMinimizer):
+    """The step shared by LBFGS and BFGS; subclasses say how the inverse-Hessian approximation
+    is stored, applied and updated."""
+
+    rtol: eqx.AbstractVar[float | None]
+    atol: eqx.AbstractVar[float]
+    c1: eqx.AbstractVar[float]
+    c2: eqx.AbstractVar[float]
+    max_linesearch_steps: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def _init_memory(self, params, dtype) -> Any:
+        """The empty memory (fixed shapes, so later steps never recompile)."""
+
+    @abc.abstractmethod
+    def _apply(self, memory, grad) -> Any:
+        """The direction −H·grad (only used when the memory is not empty)."""
+
+    @abc.abstractmethod
+    def _update(self, memory, s, y, sy, yy, accept, empty) -> Any:
+        """Add the pair (s, y) when `accept`; when `empty`, start from a fresh memory."""
+
+    def init(self, fn, iterate: Iterate, args) -> _QNState:
+        memory = self._init_memory(iterate.params, result_dtype(iterate.params))
+        return _QNState(memory, jnp.array(True))
+
+    def step(self, fn, iterate: Iterate, args, state: _QNState):
+        g = iterate.grad
+        dtype = result_dtype(iterate.params)
+        qn_dir = self._apply(state.memory, g)
+        slope = tree_dot(g, qn_dir)
+        use_qn = ~state.empty & (slope < 0) & jnp.isfinite(slope)
+        direction = tree_where(use_qn, qn_dir, tree_neg(g))
+        # Steepest descent has no scale: make its first trial step about unit length.
+        sd_step = jnp.minimum(1.0, _safe_div(1.0, tree_inf_norm(g)))
+        init_step = jnp.where(use_qn, 1.0, sd_step).astype(dtype)
+        ls = zoom_wolfe(fn, iterate, direction, args, init_step, c1=self.c1, c2=self.c2,
+                        max_trials=self.max_linesearch_steps)
+        new = ls.iterate
+
+        s = tree_sub(new.params, iterate.params)
+        y = tree_sub(new.grad, g)
+        sy = tree_dot(s, y).astype(dtype)
+        yy = tree_dot(y, y).astype(dtype)
+        # Positive curvature keeps H positive definite; Wolfe guarantees it in exact
+        # arithmetic, rounding does not, so skip pairs with relatively tiny sᵀy.
+        threshold = jnp.finfo(dtype).eps * tree_norm(s) * tree_norm(y)
+        accept = ls.ok & jnp.isfinite(sy) & jnp.isfinite(yy) & (sy > threshold)
+        # Steepest descent (chosen, or forced by a bad direction) starts a fresh memory.
+        empty = ~use_qn
+        memory = self._update(state.memory, s, y, sy, yy, accept, empty)
+        # A failed search from a quasi-Newton direction only discards the memory: the next
+        # step retries from steepest descent at the same point.
+        new_empty = jnp.where(ls.ok, empty & ~accept, True)
+        result = RESULTS.where(ls.ok | use_qn, RESULTS.successful, RESULTS.line_search_failed)
+        return new, _QNState(memory, new_empty), ls.counts, result
+
+
+class _LBFGSMemory(eqx.Module):
+    s: Any  # pytree like params, each leaf with a leading `history` axis
+    y: Any
+    rho: jax.Array  # 1 / sᵢᵀyᵢ
+    head: jax.Array  # slot the next pair goes into
+    count: jax.Array  # number of valid pairs
+    gamma: jax.Array  # initial scaling sᵀy / yᵀy from the newest pair
+
+
+class LBFGS(_AbstractQuasiNewton):
+    """Limited-memory BFGS with a strong-Wolfe line search.
+
+    The direction is d = −Hₖ gₖ, with Hₖ the BFGS inverse-Hessian approximation built from
+    the last `history` pairs sᵢ = xᵢ₊₁ − xᵢ, yᵢ = gᵢ₊₁ − gᵢ over H⁰ = γI, γ = sᵀy / yᵀy of the
+    newest pair, applied by the two-loop recursion in O(history · n) (Nocedal & Wright,
+    Numerical Optimization, 2nd ed., Alg. 7.4; Liu & Nocedal 1989). The step length comes from
+    `zoom_wolfe`, trying t = 1 first; the first step (and any restart) is steepest descent with
+    trial length min(1, 1/‖g‖∞). Pairs with sᵀy ≤ eps·‖s‖‖y‖ are skipped.
+
+    Use it for smooth unconstrained problems of any size when Hessian-vector products are
+    unavailable or too costly; it is the default most users of the old jaxopt expect. The
+    (s, y) pairs are stored leaf by leaf as pytrees with a leading `history` axis, so params
+    are never flattened and every leaf keeps its dtype.
+
+    - `history`: number of (s, y) pairs kept (memory cost 2·history·n).
+    - `c1`, `c2`: sufficient-decrease and curvature constants of the strong Wolfe conditions.
+    - `max_linesearch_steps`: trials per line search (each one value and gradient).
+
+    ```python
+    import jax.numpy as jnp, jaxopt2
+    fun = lambda p, a: jnp.sum((p["w"] - a) ** 2) + jnp.sum(p["w"] ** 4) + p["b"] ** 2
+    params0 = {"w": jnp.zeros(3), "b": jnp.ones(())}
+    sol = jaxopt2.minimize(fun, params0, jnp.arange(3.0), solver=jaxopt2.LBFGS())
+    ```
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    history: int = 10
+    c1: float = 1e-4
+    c2: float = 0.9
+    max_linesearch_steps: int = 30
+
+    def __check_init__(self):
+        if not isinstance(self.history, int) or self.history < 1:
+            raise ValueError(f"`history` must be a positive int; got {self.history!r}.")
+
+    def _init_memory(self, params, dtype):
+        buf = jtu.tree_map(lambda p: jnp.zeros((self.history,) + p.shape, p.dtype), params)
+        return _LBFGSMemory(s=buf, y=buf, rho=jnp.zeros(self.history, dtype),
+                            head=jnp.zeros((), jnp.int32), count=jnp.zeros((), jnp.int32),
+                            gamma=jnp.ones((), dtype))
+
+    def _apply(self, memory: _LBFGSMemory, grad):
+        m = self.history
+        dtype = memory.rho.dtype
+
+        def pair(j):
+            # j = 0 is the newest pair; slots j >= count are unfilled and get zero weight.
+            i = (memory.head - 1 - j) % m
+            s_i = jtu.tree_map(lambda a: a[i], memory.s)
+            y_i = jtu.tree_map(lambda a: a[i], memory.y)
+            return s_i, y_i, memory.rho[i], j < memory.count
+
+        def newest_first(q, j):
+            s_i, y_i, rho_i, valid = pair(j)
+            alpha = jnp.where(valid, rho_i * tree_dot(s_i, q).astype(dtype), 0.0)
+            return tree_axpy(-alpha, y_i, q), alpha
+
+        def oldest_first(r, j_alpha):
+            j, alpha = j_alpha
+            s_i, y_i, rho_i, valid = pair(j)
+            beta = rho_i * tree_dot(y_i, r).astype(dtype)
+            return tree_axpy(jnp.where(valid, alpha - beta, 0.0), s_i, r), None
+
+        js = jnp.arange(m)
+        q, alphas = lax.scan(newest_first, grad, js)
+        r = tree_scale(memory.gamma, q)
+        r, _ = lax.scan(oldest_first, r, (js, alphas), reverse=True)
+        return tree_neg(r)
+
+    def _update(self, memory: _LBFGSMemory, s, y, sy, yy, accept, empty):
+        head = jnp.where(empty, 0, memory.head)
+        count = jnp.where(empty, 0, memory.count)
+
+        def put(buf, v):
+            return buf.at[head].set(jnp.where(accept, v, buf[head]))
+
+        rho = memory.rho.at[head].set(jnp.where(accept, _safe_div(1.0, sy), memory.rho[head]))
+        return _LBFGSMemory(
+            s=jtu.tree_map(put, memory.s, s),
+            y=jtu.tree_map(put, memory.y, y),
+            rho=rho,
+            head=jnp.where(accept, (head + 1) % self.history, head),
+            count=jnp.where(accept, jnp.minimum(count + 1, self.history), count),
+            gamma=jnp.where(accept, _safe_div(sy, yy), memory.gamma),
+        )
+
+
+class BFGS(_AbstractQuasiNewton):
+    """BFGS with a dense inverse-Hessian approximation and a strong-Wolfe line search.
+
+    Keeps Hₖ ≈ ∇²f(xₖ)⁻¹ as an n × n matrix over the flattened parameters
+    (`jax.flatten_util.ravel_pytree`; mixed-dtype leaves are promoted for the matrix and cast
+    back for the step) and updates it by the rank-two inverse update, with ρ = 1/yᵀs,
+
+        Hₖ₊₁ = (I − ρ s yᵀ) Hₖ (I − ρ y sᵀ) + ρ s sᵀ,
+
+    expanded so it costs O(n²) per step (no solves, no inversions). Before the first update
+    H₀ = (yᵀs / yᵀy) I (Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 6.1 and
+    eq. 6.20). With exact line searches it finds the minimizer of an n-dimensional quadratic in
+    n steps, and Hₙ is then the exact inverse Hessian.
+
+    Use it for small and medium problems (n up to a few thousand) where n² memory is cheap and
+    the full curvature model pays off; use `LBFGS` beyond that. Fields as for `LBFGS`.
+
+    ```python
+    import jax.numpy as jnp, jaxopt2
+    fun = lambda x, a: jnp.sum((x - a) ** 2) + jnp.sum(x ** 4)
+    sol = jaxopt2.minimize(fun, jnp.zeros(3), jnp.arange(3.0), solver=jaxopt2.BFGS())
+    ```
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    c1: float = 1e-4
+    c2: float = 0.9
+    max_linesearch_steps: int = 30
+
+    def _init_memory(self, params, dtype):
+        flat, _ = ravel(params)
+        return jnp.eye(flat.size, dtype=flat.dtype)
+
+    def _apply(self, memory, grad):
+        flat, unravel = ravel(grad)
+        return unravel(-(memory @ flat.astype(memory.dtype)))
+
+    def _update(self, memory, s, y, sy, yy, accept, empty):
+        dtype = memory.dtype
+        s = ravel(s)[0].astype(dtype)
+        y = ravel(y)[0].astype(dtype)
+        sy, yy = sy.astype(dtype), yy.astype(dtype)
+        eye = jnp.eye(s.size, dtype=dtype)
+        h = jnp.where(empty, _safe_div(sy, yy) * eye, memory)
+        rho = _safe_div(1.0, sy)
+        hy = h @ y
+        # (I − ρ s yᵀ) H (I − ρ y sᵀ) + ρ s sᵀ multiplied out, so no n × n products.
+        new = (h - rho * (jnp.outer(hy, s) + jnp.outer(s, hy))
+               + (rho * rho * jnp.dot(y, hy) + rho) * jnp.outer(s, s))
+        return jnp.where(accept, new, memory)
