@@ -73,7 +73,6 @@ def main(argv=None) -> int:
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
-    import numpy as np
     from tqdm import tqdm
 
     import jaxopt2
@@ -154,7 +153,8 @@ def _table(header, rows) -> str:
 
     cells = [list(header)] + [[fmt(x) for x in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+             for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import jax.tree_util as jtu
 
 def tree_dot(x, y):
     """Sum over leaves of <x_leaf, y_leaf>, accumulated in the widest leaf dtype."""
-    parts = [jnp.vdot(a, b) for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y))]
+    parts = [jnp.vdot(a, b) for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y), strict=True)]
     return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
 
 

@@ -96,7 +96,7 @@ def test_callback_called_each_step():
                            callback=lambda k, p, v, g: seen.append((int(k), float(v))))
     jax.block_until_ready(sol.params)
     assert [k for k, _ in seen] == list(range(1, int(sol.stats["num_steps"]) + 1))
-    assert all(b[1] <= a[1] for a, b in zip(seen, seen[1:]))
+    assert all(b[1] <= a[1] for a, b in zip(seen, seen[1:], strict=False))
 
 
 def test_closed_over_values_are_differentiated():

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import lax
 
-from .._base import AbstractMinimizer, Counts, Iterate, evaluate
+from .._base import AbstractMinimizer, Counts, Iterate
 from .._linesearch import backtracking
 from .._results import RESULTS
-from .._tree import ravel, tree_add, tree_dot, tree_where
+from .._tree import ravel
 
 # Damping for an indefinite or singular Hessian: τ starts at max(0, −min Hᵢᵢ) + β‖H‖_F and is
 # multiplied by _GROWTH until H + τI has a Cholesky factor. Once τ ≥ ‖H‖₂ (≤ ‖H‖_F) it must
@@ -77,25 +77,12 @@ class Newton(AbstractMinimizer):
 
 
 def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials):
-    """Armijo backtracking from the full step, plus one exception: when the whole predicted
-    decrease −gᵀd is below the rounding of f, no comparison of f values can confirm it, and
-    near a minimizer a Newton-type step is then the best information there is. The full step
-    is taken if f did not measurably rise (the ε|f| slack of Hager & Zhang's approximate
-    Wolfe conditions, SIAM J. Optim. 16, 2005). Without this, tight tolerances end in
-    `line_search_failed` one or two steps short of them."""
-    ls = backtracking(fn, iterate, direction, args, 1.0, c1=c1, max_trials=max_trials)
-    noise = _noise(iterate)
-    slope = tree_dot(iterate.grad, direction)
-    unresolved = ~ls.ok & (slope < 0) & (-slope <= noise)
-
-    def full_step():
-        new = evaluate(fn, tree_add(iterate.params, direction), args)
-        flat = jnp.isfinite(new.value) & (new.value - iterate.value <= noise)
-        return tree_where(flat, new, ls.iterate), flat
-
-    new, ok = lax.cond(unresolved, full_step, lambda: (ls.iterate, ls.ok))
-    result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
-    return new, ls.counts + Counts.of(grad=unresolved.astype(jnp.int32)), result
+    """Armijo backtracking from the full step, accepting a full step whose predicted decrease
+    is below the rounding of f (see `backtracking`'s `noise`)."""
+    ls = backtracking(fn, iterate, direction, args, 1.0, c1=c1, max_trials=max_trials,
+                      noise=_noise(iterate))
+    result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
+    return ls.iterate, ls.counts, result
 
 
 def _noise(iterate: Iterate):
