@@ -25,7 +25,8 @@ class CGResult(eqx.Module):
     hit_boundary: jax.Array
 
 
-def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, radius=None):
+def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, radius=None,
+                 energy_tol=None):
     """Preconditioned truncated CG from x₀ = 0.
 
     `precond(r)` applies M⁻¹ (symmetric positive definite) or is None. With `radius`, the
@@ -33,6 +34,8 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
     current direction on negative curvature or when a step would leave the region.
     On negative curvature at the first iteration (x still 0) the result is b itself, scaled to
     the boundary when a radius is given, so callers always get a descent direction for b = −g.
+    With `energy_tol` = τ, the residual test additionally requires ‖r‖² ≤ τ·bᵀx (bᵀx = xᵀAx
+    for a CG iterate: the residual small against the energy of the step taken so far).
     """
     apply_m = (lambda r: r) if precond is None else precond
     x0 = tree_zeros_like(b)
@@ -75,7 +78,10 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
         z_new = apply_m(r_new)
         rz_new = tree_dot(r_new, z_new)
         p_new = tree_axpy(rz_new / jnp.where(rz == 0, 1.0, rz), p, z_new)
-        converged = jnp.sqrt(tree_dot(r_new, r_new)) <= tol
+        rr = tree_dot(r_new, r_new)
+        converged = jnp.sqrt(rr) <= tol
+        if energy_tol is not None:
+            converged = converged & (rr <= energy_tol * tree_dot(b, x_new))
         stop = negative | hit | converged
         return (x_new, r_new, p_new, rz_new, k + 1, stop, converged & ~negative & ~hit,
                 negative, hit)
@@ -83,3 +89,28 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
     init = (x0, b, z0, rz0, jnp.zeros((), jnp.int32), b_norm <= tol, b_norm <= tol, false, false)
     x, _, _, _, k, _, conv, neg, bnd = lax.while_loop(cond, body, init)
     return CGResult(x, k, conv, neg, bnd)
+
+
+EW_ETA_MAX = 0.5  # forcing terms are capped here: early steps need only a rough direction
+_EW_GAMMA, _EW_ALPHA = 0.9, 2.0  # Eisenstat–Walker choice 2
+
+
+def eisenstat_walker(grad_norm, prev_grad_norm, prev_eta, dtype):
+    """Forcing term ηₖ for an inexact Newton solve, choice 2 of Eisenstat & Walker (1996):
+
+        ηₖ = 0.9 (‖gₖ‖ / ‖gₖ₋₁‖)²,   raised to 0.9 ηₖ₋₁² when that exceeds 0.1,
+
+    then clipped to [eps, 0.5]. The inner solve stops at ‖H p + g‖ ≤ ηₖ‖gₖ‖. It is
+    scale-invariant, loose far from the minimizer (η = 0.5 while ‖g‖ does not fall) and
+    tightens as ‖g‖ falls quadratically, which keeps superlinear local convergence without
+    over-solving early; the safeguard stops η from dropping abruptly after one lucky step.
+    Below eps the residual test cannot be met and would only burn the CG budget.
+    A zero `prev_grad_norm` is treated as 1. Start with prev_grad_norm = ‖g₀‖ and
+    prev_eta = 0.5, which gives η₀ = 0.5.
+    """
+    ratio = grad_norm / jnp.where(prev_grad_norm > 0, prev_grad_norm, 1.0)
+    eta = _EW_GAMMA * ratio**_EW_ALPHA
+    floor = _EW_GAMMA * prev_eta**_EW_ALPHA
+    eta = jnp.where(floor > 0.1, jnp.maximum(eta, floor), eta)
+    eps = jnp.finfo(dtype).eps
+    return jnp.clip(eta, eps, EW_ETA_MAX).astype(dtype)

@@ -273,6 +273,60 @@ def test_aicn_step_size_formula():
     np.testing.assert_allclose(aicn_step_size(L, g), alphas[np.argmin(m)], atol=2e-4)
 
 
+# ---------------------------------------------------------------- inner CG tolerance
+
+
+def test_eisenstat_walker_formula():
+    from jaxopt2._krylov import eisenstat_walker
+
+    f64 = jnp.float64
+    # ηₖ = 0.9 (‖gₖ‖/‖gₖ₋₁‖)² when the safeguard 0.9 ηₖ₋₁² ≤ 0.1 ...
+    np.testing.assert_allclose(eisenstat_walker(0.3, 1.0, 0.2, f64), 0.9 * 0.3**2)
+    # ... else at least that safeguard (0.9 · 0.4² = 0.144 > 0.1) ...
+    np.testing.assert_allclose(eisenstat_walker(0.1, 1.0, 0.4, f64), 0.9 * 0.4**2)
+    np.testing.assert_allclose(eisenstat_walker(0.5, 1.0, 0.4, f64), 0.9 * 0.5**2)
+    # ... capped at 0.5 (the first step, from η₋₁ = 0.5 and an unchanged gradient, is 0.5),
+    np.testing.assert_allclose(eisenstat_walker(2.0, 2.0, 0.5, f64), 0.5)
+    np.testing.assert_allclose(eisenstat_walker(3.0, 1.0, 0.5, f64), 0.5)
+    # floored at eps, a zero previous norm read as 1, and the dtype kept.
+    np.testing.assert_allclose(eisenstat_walker(1e-20, 1.0, 1e-3, f64), np.finfo(np.float64).eps)
+    np.testing.assert_allclose(eisenstat_walker(0.1, 0.0, 1e-3, f64), 0.9 * 0.1**2)
+    eta = eisenstat_walker(jnp.float32(1e-4), jnp.float32(1.0), jnp.float32(0.01), jnp.float32)
+    assert eta.dtype == jnp.float32
+    np.testing.assert_allclose(eta, np.finfo(np.float32).eps)
+
+
+def ill_conditioned_logreg(n=400, d=40, cond=1e4, seed=0):
+    # H ≈ ¼ XᵀX/n + 1e-3·I with column scales s: eigenvalues from ≈ 1e-3 to ≈ 1e-3·cond.
+    rng = np.random.default_rng(seed)
+    s = np.logspace(np.log10(np.sqrt(4e-3 * cond)), -2, d)
+    X = rng.standard_normal((n, d)) * s
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ (0.3 * rng.standard_normal(d) / s)))).astype(float)
+    return jnp.asarray(X), jnp.asarray(y)
+
+
+def logreg_weak(p, a):
+    X, y = a
+    z = X @ p["w"] + p["b"]
+    return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 0.5e-3 * (p["w"] @ p["w"] + p["b"] ** 2)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_adaptive_inner_tolerance_saves_hvps(name):
+    args = ill_conditioned_logreg()
+    p0 = logreg_p0(40)
+    ref = dense_newton(logreg_weak, p0, args)
+    sols = {}
+    for key, kw in (("adaptive", {}), ("fixed", {"cg_rtol": 1e-8})):
+        sols[key] = jaxopt2.minimize(logreg_weak, p0, args, solver=SOLVERS[name](**kw))
+        assert sols[key].status == RESULTS.successful
+        assert_tree_close(sols[key].params, ref, rtol=1e-6, atol=1e-7)
+    assert SOLVERS[name]().cg_rtol is None  # adaptive is the default
+    assert int(sols["adaptive"].stats["num_hvp"]) < int(sols["fixed"].stats["num_hvp"])
+    # the forcing terms used tighten towards the end
+    assert float(sols["adaptive"].state.eta) < 1e-2
+
+
 # ---------------------------------------------------------------- dtypes, jit, vmap
 
 
@@ -310,3 +364,7 @@ def test_invalid_configuration():
         jaxopt2.RegularizedNewton(variant="cubic")
     with pytest.raises(ValueError, match="linear_solver"):
         jaxopt2.RegularizedNewton(linear_solver="qr")
+    with pytest.raises(ValueError, match="cg_rtol"):
+        jaxopt2.RegularizedNewton(cg_rtol=1.5)
+    with pytest.raises(ValueError, match="cg_rtol"):
+        jaxopt2.DampedNewton(cg_rtol=-1e-4)

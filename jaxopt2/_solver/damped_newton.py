@@ -11,10 +11,19 @@ from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate
 from .._curvature import hessian
-from .._krylov import truncated_cg
+from .._krylov import EW_ETA_MAX, truncated_cg
 from .._results import RESULTS
-from .._tree import tree_axpy, tree_dot, tree_neg, tree_where
-from .regularized_newton import cg_budget, roundoff_slack
+from .._tree import tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
+from .regularized_newton import cg_budget, check_cg_rtol, inner_rtol, roundoff_slack
+
+# The adaptive forcing term is capped lower than NewtonCG's 0.5. The step stays sound for any
+# CG iterate (see the class docstring), but AICN's α and the L carried between steps are
+# meant for the Newton direction: with η near 0.5 the direction is closer to a scaled
+# gradient, Gₖ² = −gᵀd understates the decrement by rᵀH⁻¹r, and L is then fitted to the
+# cubic model along that direction, so more (shorter) steps are taken. Measured on logistic
+# regression (n=4000, d=200, cond 1e4; breast cancer, raw features): the cap 0.1 takes
+# 622 / 111 Hessian-vector products in 6 / 16 steps, the cap 0.5 703 / 116 in 7 / 24.
+_ETA_CAP = 0.1
 
 
 def aicn_step_size(lipschitz, decrement):
@@ -27,6 +36,8 @@ class _DNState(eqx.Module):
     lipschitz: jax.Array  # the L used at the last step (backtracking estimate or the given L)
     step_size: jax.Array  # α of the last step
     decrement: jax.Array  # Newton decrement G = √(gᵀH⁻¹g) at the last step
+    grad_norm: jax.Array  # ‖g‖ where the last accepted step started (for Eisenstat–Walker)
+    eta: jax.Array  # the inner CG relative tolerance used there
 
 
 class DampedNewton(AbstractMinimizer):
@@ -50,10 +61,19 @@ class DampedNewton(AbstractMinimizer):
       is solved once per step. After `max_backtracks` failures the solve stops with
       `RESULTS.line_search_failed`.
 
-    Hₖ⁻¹gₖ is computed matrix-free by truncated CG on the curvature operator (relative
-    tolerance `cg_rtol`, default 1e-4; products counted in `num_hvp`). On negative curvature
-    CG returns its last iterate, still a descent direction, and Gₖ² = −gₖᵀdₖ is then only a
-    local model: the backtracking test governs, so keep `lipschitz=None` for nonconvex f.
+    Hₖ⁻¹gₖ is computed matrix-free by truncated CG on the curvature operator, stopped at
+    ‖Hₖdₖ + gₖ‖ ≤ ηₖ‖gₖ‖ (products counted in `num_hvp`). `cg_rtol=None` (default) chooses
+    ηₖ by Eisenstat & Walker's choice 2, as in `NewtonCG`: ηₖ = 0.9 (‖gₖ‖/‖gₖ₋₁‖)², raised
+    to 0.9 ηₖ₋₁² when that exceeds 0.1, clipped to [eps, 0.1] (capped lower than NewtonCG's
+    0.5: the AICN step size is tuned to the Newton direction, so a rough d costs extra
+    steps); a float fixes η (e.g. 1e-4, the former default). An inexact dₖ keeps the step
+    sound: every CG iterate from 0 satisfies dₖᵀHₖdₖ = −gₖᵀdₖ (its residual is orthogonal
+    to dₖ), so Gₖ² = −gₖᵀdₖ is the exact local norm ‖dₖ‖²ₓ of the direction taken, and the
+    cubic bound along dₖ, its minimizer αₖ and the backtracking test hold as stated with dₖ
+    in place of −Hₖ⁻¹gₖ; only Gₖ then underestimates the true decrement (by rᵀHₖ⁻¹r for the
+    residual r). On negative curvature CG returns its last iterate, still a descent
+    direction, and Gₖ² = −gₖᵀdₖ is then only a local model: the backtracking test governs,
+    so keep `lipschitz=None` for nonconvex f.
     `curvature` follows the `NewtonCG` convention, `curvature(fun, params, args) -> lineax
     operator`, default the exact Hessian.
 
@@ -83,19 +103,27 @@ class DampedNewton(AbstractMinimizer):
     lipschitz: float | None = None
     lipschitz0: float = 1.0
     max_backtracks: int = 50
-    cg_rtol: float = 1e-4
+    cg_rtol: float | None = None
     cg_max_iters: int | None = None
+
+    def __check_init__(self):
+        check_cg_rtol(self.cg_rtol)
 
     def init(self, fn, iterate: Iterate, args) -> _DNState:
         dtype = iterate.value.dtype
         # Backtracking halves L at the start of every step, so store twice the first guess.
         L = 2 * self.lipschitz0 if self.lipschitz is None else self.lipschitz
-        return _DNState(jnp.asarray(L, dtype), jnp.ones((), dtype), jnp.zeros((), dtype))
+        return _DNState(jnp.asarray(L, dtype), jnp.ones((), dtype), jnp.zeros((), dtype),
+                        tree_norm(iterate.grad).astype(dtype), jnp.asarray(EW_ETA_MAX, dtype))
 
     def step(self, fn, iterate: Iterate, args, state: _DNState):
         dtype = iterate.value.dtype
         op = self.curvature(lambda p, a: fn(p, a)[0], iterate.params, args)
-        cg = truncated_cg(op.mv, tree_neg(iterate.grad), rtol=self.cg_rtol,
+        gnorm = tree_norm(iterate.grad).astype(dtype)
+        eta = inner_rtol(self.cg_rtol, gnorm, state.grad_norm, state.eta, dtype)
+        if self.cg_rtol is None:
+            eta = jnp.minimum(eta, _ETA_CAP).astype(dtype)
+        cg = truncated_cg(op.mv, tree_neg(iterate.grad), rtol=eta,
                           max_iters=cg_budget(iterate.params, self.cg_max_iters))
         direction = cg.x
         # d is a CG iterate for H d = −g from 0, so dᵀHd = −gᵀd: the squared decrement.
@@ -110,7 +138,7 @@ class DampedNewton(AbstractMinimizer):
             alpha = aicn_step_size(L, decrement)
             new = evaluate(fn, point(alpha), args)
             counts = Counts.of(grad=1, hvp=cg.num_iters)
-            return new, _DNState(L, alpha, decrement), counts, RESULTS.successful
+            return new, _DNState(L, alpha, decrement, gnorm, eta), counts, RESULTS.successful
 
         # Below L·G ≈ √eps the step is the Newton step to working precision, so a smaller L
         # would only cost extra doublings when it has to grow again.
@@ -144,4 +172,6 @@ class DampedNewton(AbstractMinimizer):
         new = tree_where(ok, new, iterate)
         result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
         counts = Counts.of(fun=k, grad=1, hvp=cg.num_iters)
-        return new, _DNState(L.astype(dtype), alpha, decrement), counts, result
+        new_state = _DNState(L.astype(dtype), alpha, decrement,
+                             jnp.where(ok, gnorm, state.grad_norm), jnp.where(ok, eta, state.eta))
+        return new, new_state, counts, result

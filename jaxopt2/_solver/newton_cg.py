@@ -12,13 +12,12 @@ from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate
 from .._curvature import hessian
-from .._krylov import truncated_cg
+from .._krylov import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._results import RESULTS
 from .._tree import tree_add, tree_dot, tree_neg, tree_norm, tree_size
 from .newton import _noise, newton_line_search
 
-_ETA_MAX = 0.5  # forcing terms are capped here: early steps need only a rough direction
-_EW_GAMMA, _EW_ALPHA = 0.9, 2.0  # Eisenstat–Walker choice 2
+_ETA_MAX = EW_ETA_MAX  # every forcing term is capped here (early steps need a rough direction)
 # Trust region (Nocedal & Wright, Alg. 4.1): accept when ρ > _ACCEPT; shrink the radius to
 # ‖p‖/4 when ρ < 1/4; double it when ρ > 3/4 and the step reached the boundary.
 _ACCEPT, _SHRINK_BELOW, _GROW_ABOVE = 0.1, 0.25, 0.75
@@ -132,16 +131,11 @@ class NewtonCG(AbstractMinimizer):
         dtype = state.eta.dtype
         if not isinstance(self.forcing, str):
             return jnp.asarray(self.forcing, dtype)
-        if self.forcing == "sqrt":
-            eta = jnp.sqrt(grad_norm)
-        else:
-            ratio = grad_norm / jnp.where(state.grad_norm > 0, state.grad_norm, 1.0)
-            eta = _EW_GAMMA * ratio**_EW_ALPHA
-            floor = _EW_GAMMA * state.eta**_EW_ALPHA
-            eta = jnp.where(floor > 0.1, jnp.maximum(eta, floor), eta)
+        if self.forcing != "sqrt":
+            return eisenstat_walker(grad_norm, state.grad_norm, state.eta, dtype)
         # below eps the CG residual test cannot be met and would only burn the budget
         eps = jnp.finfo(dtype).eps
-        return jnp.clip(eta, eps, _ETA_MAX).astype(dtype)
+        return jnp.clip(jnp.sqrt(grad_norm), eps, _ETA_MAX).astype(dtype)
 
     def step(self, fn, iterate: Iterate, args, state: _NewtonCGState):
         def objective(p, a):

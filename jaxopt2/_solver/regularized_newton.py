@@ -14,7 +14,7 @@ from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate
 from .._curvature import hessian
-from .._krylov import truncated_cg
+from .._krylov import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._results import RESULTS
 from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_size, tree_where
 
@@ -22,6 +22,15 @@ from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_size, 
 # with a bound that goes to zero near a minimizer, so they are relaxed by this many eps·|f|;
 # otherwise float32 solves stall (every trial rejected) before the gradient test can pass.
 _ROUNDOFF = 100.0
+
+# With an adaptive inner tolerance, CG for (H + λI)p = −g also runs until ‖r‖² ≤ θλ·(−gᵀp),
+# θ = _ENERGY. For a CG iterate rᵀp = 0 and −gᵀp = pᵀ(H + λI)p, so on a quadratic
+# g₊ = r − λp and f − f₊ = ½pᵀHp + λ‖p‖², and the acceptance test ‖g₊‖² ≤ 8λ(f − f₊) reads
+# ‖r‖² ≤ 4λpᵀHp + 7λ²‖p‖², implied by ‖r‖² ≤ 4λ(−gᵀp). Without this a loose η (up to 0.5)
+# with λ ≪ ‖H‖ leaves a residual the test rejects however often the step is retried, and λ
+# is driven up by orders of magnitude before γ recovers. θ = 1 keeps a margin of 4 for the
+# non-quadratic part.
+_ENERGY = 1.0
 
 
 def roundoff_slack(value, params):
@@ -39,11 +48,27 @@ def cg_budget(params, cg_max_iters: int | None) -> int:
     return cg_max_iters if cg_max_iters is not None else max(2 * tree_size(params), 10)
 
 
-def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_iters: int):
+def inner_rtol(cg_rtol, grad_norm, prev_grad_norm, prev_eta, dtype):
+    """The relative tolerance of this step's inner CG solve: the fixed `cg_rtol`, or, when it
+    is None, the Eisenstat–Walker forcing term from the gradient norms of this and the last
+    accepted step (`jaxopt2._krylov.eisenstat_walker`)."""
+    if cg_rtol is None:
+        return eisenstat_walker(grad_norm, prev_grad_norm, prev_eta, dtype)
+    return jnp.asarray(cg_rtol, dtype)
+
+
+def check_cg_rtol(cg_rtol):
+    if cg_rtol is not None and not 0 <= cg_rtol < 1:
+        raise ValueError(f"`cg_rtol` must be None (adaptive) or a float in [0, 1); got "
+                         f"{cg_rtol}.")
+
+
+def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_iters: int, energy=None):
     """Build `solve(λ) -> (d, matvecs)` with (H + λI) d ≈ −g, for an operator built once.
 
-    - "cg": truncated CG on v ↦ Hv + λv to ‖residual‖ ≤ cg_rtol·‖g‖. With H indefinite and λ
-      too small, CG stops at negative curvature and returns its last (descent) iterate.
+    - "cg": truncated CG on v ↦ Hv + λv to ‖residual‖ ≤ cg_rtol·‖g‖ (`cg_rtol` a scalar,
+      possibly traced; the same for every λ). With H indefinite and λ too small, CG stops at
+      negative curvature and returns its last (descent) iterate.
     - "dense": H is materialised once (n products, counted as one dense Hessian) and each λ
       costs one Cholesky factorisation; a failed factorisation gives NaNs, which the caller's
       acceptance test rejects, so λ grows until H + λI is positive definite.
@@ -77,7 +102,8 @@ def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_iters: int):
 
     def solve_cg(lam):
         cg = truncated_cg(lambda v: tree_axpy(lam, v, op.mv(v)), b, rtol=cg_rtol,
-                          max_iters=cg_max_iters)
+                          max_iters=cg_max_iters,
+                          energy_tol=None if energy is None else energy * lam)
         return cg.x, cg.num_iters
 
     return solve_cg, Counts()
@@ -87,6 +113,8 @@ class _RNState(eqx.Module):
     gamma: jax.Array  # γ for the next step (adaptive variant); λ = ‖g‖/γ
     lam: jax.Array  # λ of the last accepted step
     retries: jax.Array  # rejected trials in the last step
+    grad_norm: jax.Array  # ‖g‖ where the last accepted step started (for Eisenstat–Walker)
+    eta: jax.Array  # the inner CG relative tolerance used there
 
 
 class RegularizedNewton(AbstractMinimizer):
@@ -123,7 +151,17 @@ class RegularizedNewton(AbstractMinimizer):
       `RESULTS.line_search_failed` (the iterate is then left unchanged).
     - `linear_solver`: "cg" (matrix-free truncated CG; each product counted in `num_hvp`) or
       "dense" (flatten the params, form H and Cholesky-solve; small problems only).
-    - `cg_rtol`: relative residual tolerance of the inner CG solve (default 1e-4).
+    - `cg_rtol`: relative residual tolerance η of the inner CG solve,
+      ‖(H + λI)p + g‖ ≤ η‖g‖. `None` (default) chooses it per step by Eisenstat & Walker's
+      choice 2, as in `NewtonCG`: ηₖ = 0.9 (‖gₖ‖/‖gₖ₋₁‖)², raised to 0.9 ηₖ₋₁² when that
+      exceeds 0.1, clipped to [eps, 0.5] (η₀ = 0.5). Rough solves while far away, tightening
+      as ‖g‖ falls, so the local rate is kept without over-solving early (the shift λ makes
+      the early systems well conditioned as well). Rejected trials of a step re-solve with
+      the same η. The adaptive solve also continues until ‖r‖² ≤ λ·(−gᵀp) for its residual
+      r and step p, which on a quadratic guarantees the acceptance test below; otherwise a
+      rough step with λ ≪ ‖H‖ would be rejected however often it is retried. A float fixes
+      η alone (e.g. 1e-4, the former default). The test compares only f and ‖∇f‖, so an
+      inexact solve can cost a retry but never lets f increase.
     - `cg_max_iters`: CG iteration cap; default twice the number of parameters.
 
     Each trial costs one inner solve and one value-and-gradient evaluation.
@@ -150,7 +188,7 @@ class RegularizedNewton(AbstractMinimizer):
     lipschitz: float | None = None
     max_retries: int = 40
     linear_solver: str = "cg"
-    cg_rtol: float = 1e-4
+    cg_rtol: float | None = None
     cg_max_iters: int | None = None
 
     def __check_init__(self):
@@ -163,18 +201,24 @@ class RegularizedNewton(AbstractMinimizer):
         if self.linear_solver not in ("cg", "dense"):
             raise ValueError(f"`linear_solver` must be 'cg' or 'dense'; got "
                              f"{self.linear_solver!r}.")
+        check_cg_rtol(self.cg_rtol)
 
     def init(self, fn, iterate: Iterate, args) -> _RNState:
         dtype = iterate.value.dtype
         return _RNState(jnp.asarray(self.gamma0, dtype), jnp.zeros((), dtype),
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), tree_norm(iterate.grad).astype(dtype),
+                        jnp.asarray(EW_ETA_MAX, dtype))
 
     def step(self, fn, iterate: Iterate, args, state: _RNState):
         dtype = iterate.value.dtype
         op = self.curvature(lambda p, a: fn(p, a)[0], iterate.params, args)
-        solve, build_counts = shifted_solver(op, iterate.grad, self.linear_solver, self.cg_rtol,
-                                             cg_budget(iterate.params, self.cg_max_iters))
         gnorm = tree_norm(iterate.grad).astype(dtype)
+        # One η per step: every trial (retries included) solves to the same tolerance.
+        eta = inner_rtol(self.cg_rtol, gnorm, state.grad_norm, state.eta, dtype)
+        solve, build_counts = shifted_solver(
+            op, iterate.grad, self.linear_solver, eta,
+            cg_budget(iterate.params, self.cg_max_iters),
+            energy=_ENERGY if self.cg_rtol is None else None)
 
         def trial(lam):
             d, matvecs = solve(lam)
@@ -184,8 +228,8 @@ class RegularizedNewton(AbstractMinimizer):
             lam = jnp.sqrt(jnp.asarray(self.lipschitz, dtype) * gnorm)
             new, matvecs = trial(lam)
             counts = build_counts + Counts.of(grad=1, hvp=matvecs)
-            return (new, _RNState(state.gamma, lam, jnp.zeros((), jnp.int32)), counts,
-                    RESULTS.successful)
+            return (new, _RNState(state.gamma, lam, jnp.zeros((), jnp.int32), gnorm, eta),
+                    counts, RESULTS.successful)
 
         # γ stays within [1/√max, √max] so that λ = ‖g‖/γ and the test never overflow.
         big = jnp.sqrt(jnp.asarray(jnp.finfo(dtype).max, dtype))
@@ -219,4 +263,7 @@ class RegularizedNewton(AbstractMinimizer):
         lam = jnp.where(ok, gnorm / gamma, state.lam).astype(dtype)
         result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
         counts = build_counts + Counts.of(grad=k, hvp=matvecs)
-        return new, _RNState(next_gamma, lam, k - 1), counts, result
+        # A failed step ends the solve; keep the last accepted step's history for EW anyway.
+        new_state = _RNState(next_gamma, lam, k - 1, jnp.where(ok, gnorm, state.grad_norm),
+                             jnp.where(ok, eta, state.eta))
+        return new, new_state, counts, result
