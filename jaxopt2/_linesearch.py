@@ -65,7 +65,7 @@ def backtracking(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, shrink
     ok = accept(t, value) & (slope < 0)
     t = jnp.where(ok, t, jnp.zeros_like(t))
     new = _evaluate_at(fn, it, direction, t, args)
-    new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, it)
+    new = tree_where(ok, new, it)
     return LineSearchResult(new, t, ok, Counts.of(fun=k, grad=1))
 
 
