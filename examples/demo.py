@@ -89,7 +89,10 @@ def main(argv=None) -> int:
 
     params0 = {"w": jnp.zeros(X.shape[1], dtype), "b": jnp.zeros((), dtype)}
     grad_fn = jax.jit(jax.grad(objective))
-    g0 = float(jaxopt2._tree.tree_inf_norm(grad_fn(params0, (X, y))))
+
+    def inf_norm(tree) -> float:
+        return max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(tree))
+    g0 = inf_norm(grad_fn(params0, (X, y)))
     print(f"jaxopt2 demo: logistic regression on {config['dataset']} "
           f"(n={X.shape[0]}, d={X.shape[1]}, l2={lam}, {dtype}, device={jax.devices()[0]})")
 
@@ -105,9 +108,9 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         sol = jax.block_until_ready(compiled((X, y)))
         run_s = time.perf_counter() - t
-        gnorm = float(jaxopt2._tree.tree_inf_norm(grad_fn(sol.params, (X, y)))) / g0
+        gnorm = inf_norm(grad_fn(sol.params, (X, y))) / g0
         stats = {k: int(v) for k, v in sol.stats.items()}
-        status = "ok" if bool(sol.success) else _status_name(sol.status)
+        status = "ok" if bool(sol.success) else jaxopt2.status_name(sol.status)
         rows.append((name, stats["num_steps"], stats["num_grad"] + stats["num_fun"],
                      stats["num_hvp"], compile_s, run_s, gnorm, float(sol.value), status))
         histories[name] = _history(jaxopt2, objective, params0, (X, y), solver, config, g0,
@@ -123,15 +126,6 @@ def main(argv=None) -> int:
     path = _plot(histories, out, config)
     print(f"saved {path}")
     return 0
-
-
-def _status_name(status) -> str:
-    from jaxopt2 import RESULTS
-
-    for name in RESULTS._name_to_item:
-        if bool(status == getattr(RESULTS, name)):
-            return name
-    return "?"
 
 
 def _history(jaxopt2, objective, params0, data, solver, config, g0, run_s, num_steps):

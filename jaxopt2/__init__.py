@@ -6,6 +6,7 @@ from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
 from ._base import AbstractMinimizer as AbstractMinimizer
 from ._minimize import minimize as minimize
 from ._results import RESULTS as RESULTS
+from ._results import status_name as status_name
 from ._solution import Solution as Solution
 from ._solver.damped_newton import DampedNewton as DampedNewton
 from ._solver.gradient_descent import GradientDescent as GradientDescent

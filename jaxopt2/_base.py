@@ -62,6 +62,15 @@ def evaluate(fn, params, args) -> Iterate:
     return Iterate(params, value, grad, aux)
 
 
+def roundoff(value, params, factor: float):
+    """`factor` roundings of the objective `value`: changes in f below this are not
+    measurable. eps is that of the least precise of f and the parameter leaves, since a
+    float32 leaf rounds the terms of f it enters even when f itself is float64."""
+    leaves = jax.tree_util.tree_leaves(params) + [value]
+    eps = max(float(jnp.finfo(leaf.dtype).eps) for leaf in leaves)
+    return factor * eps * jnp.abs(value)
+
+
 def default_rtol(dtype) -> float:
     """Relative gradient tolerance when the user gives none: 1e-6 in float64, 3·√eps otherwise
     (1e-3 in float32). A line search that compares objective values can only resolve gradients

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
-from ._tree import tree_dot
+from ._tree import result_dtype, tree_dot
 
 
 def _check_square(op: lx.AbstractLinearOperator, name: str):
@@ -32,10 +32,6 @@ def _check_square(op: lx.AbstractLinearOperator, name: str):
 def _check_positive(value, name: str):
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive Python int, got {value!r}.")
-
-
-def _widest_dtype(structure):
-    return jnp.result_type(*[leaf.dtype for leaf in jtu.tree_leaves(structure)])
 
 
 def _rademacher(key, structure):
@@ -139,7 +135,7 @@ def trace(op: lx.AbstractLinearOperator, key, num_probes: int, *, batch_size=Non
     _check_square(op, "trace")
     _check_positive(num_probes, "num_probes")
     structure = op.in_structure()
-    dtype = _widest_dtype(structure)
+    dtype = result_dtype(structure)
 
     def estimate(key):
         z = _rademacher(key, structure)

@@ -15,7 +15,7 @@ from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from ._base import AbstractMinimizer
 from ._checks import check_args, check_objective, check_params, wrap_objective
 from ._iterate import run_minimizer
-from ._results import RESULTS
+from ._results import RESULTS, status_name
 from ._solution import Solution
 
 
@@ -106,18 +106,11 @@ def raise_if_failed(token, status: RESULTS):
     code = status._value
     if not isinstance(code, jax.core.Tracer):
         if int(code) != RESULTS.successful._value:
-            raise RuntimeError(f"jaxopt2: solve failed ({_name(int(code))}): "
+            raise RuntimeError(f"jaxopt2: solve failed ({status_name(status)}): "
                                f"{RESULTS[status]}\nPass throw=False to return the status "
                                "instead of raising.")
         return token
     return _checked(token, code)
-
-
-def _name(code: int) -> str:
-    for name in RESULTS._name_to_item:
-        if getattr(RESULTS, name)._value == code:
-            return name
-    return str(code)
 
 
 @custom_vmap

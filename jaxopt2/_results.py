@@ -38,3 +38,12 @@ class RESULTS(eqx.Enumeration):
         "problem has a minimizer (add regularization or constraints) and that `fun` is correct."
     )
 
+
+def status_name(status: RESULTS) -> str:
+    """The name of a concrete (unbatched) status, e.g. `"max_steps_reached"`; the message
+    itself is `RESULTS[status]`."""
+    code = int(status._value)
+    for name in RESULTS._name_to_item:
+        if getattr(RESULTS, name)._value == code:
+            return name
+    raise ValueError(f"{code} is not a RESULTS code")

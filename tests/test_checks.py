@@ -104,3 +104,12 @@ def test_closed_over_values_are_differentiated():
         return jaxopt2.minimize(lambda p, a: jnp.sum((p - c) ** 2), jnp.zeros(2), None,
                                 solver=GD).params.sum()
     assert jnp.allclose(jax.grad(outer)(1.5), 2.0, atol=1e-5)
+
+
+def test_status_name_and_raised_message():
+    quartic = lambda p, a: jnp.sum((p["w"] - a) ** 4)  # one gradient step cannot solve it
+    sol = jaxopt2.minimize(quartic, {"w": jnp.zeros(3)}, jnp.arange(3.0), solver=GD,
+                           max_steps=1, throw=False)
+    assert jaxopt2.status_name(sol.status) == "max_steps_reached"
+    with pytest.raises(RuntimeError, match=r"\(max_steps_reached\).*Increase `max_steps`"):
+        jaxopt2.minimize(quartic, {"w": jnp.zeros(3)}, jnp.arange(3.0), solver=GD, max_steps=1)

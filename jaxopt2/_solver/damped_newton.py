@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._base import AbstractMinimizer, Counts, Iterate, evaluate
+from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
 from .._krylov import EW_ETA_MAX, truncated_cg
 from .._results import RESULTS
 from .._tree import tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
-from .regularized_newton import cg_budget, check_cg_rtol, inner_rtol, roundoff_slack
+from .regularized_newton import ROUNDOFF, cg_budget, check_cg_rtol, inner_rtol
 
 # The adaptive forcing term is capped lower than NewtonCG's 0.5. The step stays sound for any
 # CG iterate (see the class docstring), but AICN's α and the L carried between steps are
@@ -144,7 +144,7 @@ class DampedNewton(AbstractMinimizer):
         # would only cost extra doublings when it has to grow again.
         eps = jnp.finfo(dtype).eps
         floor = jnp.sqrt(eps) / jnp.where(decrement > 0, decrement, 1)
-        slack = roundoff_slack(iterate.value, iterate.params)
+        slack = roundoff(iterate.value, iterate.params, ROUNDOFF)
 
         def attempt(L):
             alpha = aicn_step_size(L, decrement)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import lax
 
-from .._base import AbstractMinimizer, Counts, Iterate
+from .._base import AbstractMinimizer, Counts, Iterate, roundoff
 from .._linesearch import backtracking
 from .._results import RESULTS
 from .._tree import ravel
@@ -80,18 +80,9 @@ def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials):
     """Armijo backtracking from the full step, accepting a full step whose predicted decrease
     is below the rounding of f (see `backtracking`'s `noise`)."""
     ls = backtracking(fn, iterate, direction, args, 1.0, c1=c1, max_trials=max_trials,
-                      noise=_noise(iterate))
+                      noise=roundoff(iterate.value, iterate.params, 10.0))
     result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
     return ls.iterate, ls.counts, result
-
-
-def _noise(iterate: Iterate):
-    """A few roundings of the objective: differences below this are not measurable. The
-    coarsest dtype among the parameters counts too, since a float32 leaf rounds the terms of
-    f it enters even when f itself is float64."""
-    leaves = jax.tree_util.tree_leaves(iterate.params) + [iterate.value]
-    eps = max(float(jnp.finfo(leaf.dtype).eps) for leaf in leaves)
-    return 10 * eps * jnp.abs(iterate.value)
 
 
 def _damped_cholesky(h, max_tries: int):

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._base import AbstractMinimizer, Counts, Iterate, evaluate
+from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
 from .._krylov import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._results import RESULTS
 from .._tree import tree_add, tree_dot, tree_neg, tree_norm, tree_size
-from .newton import _noise, newton_line_search
+from .newton import newton_line_search
 
 _ETA_MAX = EW_ETA_MAX  # every forcing term is capped here (early steps need a rough direction)
 # Trust region (Nocedal & Wright, Alg. 4.1): accept when ρ > _ACCEPT; shrink the radius to
@@ -171,7 +171,7 @@ class NewtonCG(AbstractMinimizer):
         # an interior step (the model's own minimizer) is then trustworthy, so take it
         # (Conn, Gould & Toint, Trust-Region Methods, §17.4.2). A boundary step of a collapsed
         # radius is not: it must keep shrinking until the failure is reported.
-        noise = _noise(iterate)
+        noise = roundoff(iterate.value, iterate.params, 10.0)
         tiny = ~cg.hit_boundary & (jnp.abs(actual) <= noise) & (predicted <= noise)
         rho = jnp.where(tiny, 1.0, actual / jnp.where(predicted > 0, predicted, 1.0))
         accept = jnp.isfinite(value) & (tiny | ((predicted > 0) & (rho > _ACCEPT)))

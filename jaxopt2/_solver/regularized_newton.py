@@ -12,7 +12,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jax import lax
 
-from .._base import AbstractMinimizer, Counts, Iterate, evaluate
+from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
 from .._krylov import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._results import RESULTS
@@ -21,7 +21,7 @@ from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_size, 
 # Objective values carry rounding of about eps·|f|. Acceptance tests compare a decrease of f
 # with a bound that goes to zero near a minimizer, so they are relaxed by this many eps·|f|;
 # otherwise float32 solves stall (every trial rejected) before the gradient test can pass.
-_ROUNDOFF = 100.0
+ROUNDOFF = 100.0
 
 # With an adaptive inner tolerance, CG for (H + λI)p = −g also runs until ‖r‖² ≤ θλ·(−gᵀp),
 # θ = _ENERGY. For a CG iterate rᵀp = 0 and −gᵀp = pᵀ(H + λI)p, so on a quadratic
@@ -31,15 +31,6 @@ _ROUNDOFF = 100.0
 # is driven up by orders of magnitude before γ recovers. θ = 1 keeps a margin of 4 for the
 # non-quadratic part.
 _ENERGY = 1.0
-
-
-def roundoff_slack(value, params):
-    """How far below zero a computed decrease f(x) − f(x₊) may fall and still be rounding
-    noise. eps is that of the least precise of f and the parameter leaves: a float32 leaf
-    makes f noisy at float32 level even when f itself is float64."""
-    eps = max(float(jnp.finfo(d).eps) for d in [value.dtype]
-              + [leaf.dtype for leaf in jtu.tree_leaves(params)])
-    return _ROUNDOFF * eps * jnp.abs(value)
 
 
 def cg_budget(params, cg_max_iters: int | None) -> int:
@@ -234,7 +225,7 @@ class RegularizedNewton(AbstractMinimizer):
         # γ stays within [1/√max, √max] so that λ = ‖g‖/γ and the test never overflow.
         big = jnp.sqrt(jnp.asarray(jnp.finfo(dtype).max, dtype))
         safe_gnorm = jnp.where(gnorm > 0, gnorm, 1)
-        slack = roundoff_slack(iterate.value, iterate.params)
+        slack = roundoff(iterate.value, iterate.params, ROUNDOFF)
 
         def attempt(gamma):
             new, matvecs = trial(gnorm / gamma)
