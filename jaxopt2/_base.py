@@ -28,9 +28,10 @@ def _zero():
 
 
 class Counts(eqx.Module):
-    """Evaluation counts. `fun`: objective-only evaluations (line-search trials); `grad`:
-    value-and-gradient evaluations; `hvp`: Hessian- (or GGN-, Fisher-) vector products;
-    `jvp`/`vjp`: Jacobian products of residual functions; `hessian`: dense Hessians formed."""
+    """Evaluation counts. `fun`: function-only evaluations (line-search trials, residuals);
+    `grad`: value-and-gradient evaluations; `hvp`: Hessian- (or GGN-, Fisher-) vector products;
+    `jvp`/`vjp`: Jacobian products of residual functions; `hessian`: dense Hessians formed;
+    `jac`: dense Jacobians formed."""
 
     fun: jax.Array = eqx.field(default_factory=_zero)
     grad: jax.Array = eqx.field(default_factory=_zero)
@@ -38,6 +39,7 @@ class Counts(eqx.Module):
     jvp: jax.Array = eqx.field(default_factory=_zero)
     vjp: jax.Array = eqx.field(default_factory=_zero)
     hessian: jax.Array = eqx.field(default_factory=_zero)
+    jac: jax.Array = eqx.field(default_factory=_zero)
 
     def __add__(self, other: Counts) -> Counts:
         return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a + b, jnp.int32), self, other)
@@ -96,3 +98,65 @@ class AbstractMinimizer(eqx.Module):
     def step(self, fn, iterate: Iterate, args, state) -> tuple[Iterate, Any, Counts, RESULTS]:
         """One iteration: the new iterate, state, the evaluations it cost and a status
         (`RESULTS.successful` to keep going, anything else stops the loop)."""
+
+
+class Point(eqx.Module):
+    """The current point of a least-squares, root-finding or fixed-point solve: `y`, the
+    function's output `f = fn(y, args)[0]` (residuals, F(y) or g(y)) and its aux."""
+
+    y: Any
+    f: Any
+    aux: Any
+
+
+def evaluate_point(fn, y, args) -> Point:
+    f, aux = fn(y, args)
+    return Point(y, f, aux)
+
+
+class AbstractIterativeSolver(eqx.Module):
+    """Base class of the least-squares, root-finding and fixed-point solvers.
+
+    `fn(y, args)` returns `(f, aux)`. Unlike minimizers, these solvers own their stopping test
+    (least squares stop on MINPACK's relative rules, root finders on ‖F‖, fixed-point
+    iterations on ‖g(y) − y‖), so `init` and `step` report `done` themselves; the shared loop
+    (`_iterate.run_solver`) adds the non-finite check, the step budget and the callback.
+    """
+
+    @abc.abstractmethod
+    def init(self, fn, point: Point, args) -> tuple[Any, Counts, jax.Array, RESULTS]:
+        """`(state, counts, done, result)` at the starting point (`point.f` is already
+        evaluated and counted). `done` is True if `point` already solves the problem."""
+
+    @abc.abstractmethod
+    def step(self, fn, point: Point, args, state
+             ) -> tuple[Point, Any, Counts, jax.Array, RESULTS]:
+        """One iteration: `(point, state, counts, done, result)`. `done` with
+        `RESULTS.successful` means converged; any other result stops the loop with it."""
+
+
+class AbstractLeastSquaresSolver(AbstractIterativeSolver):
+    """Solvers for `jaxopt2.least_squares`: minimize ½‖r(y)‖² over y."""
+
+
+class AbstractRootFinder(AbstractIterativeSolver):
+    """Solvers for `jaxopt2.root_find`: find y with F(y) = 0 (F maps y's pytree to itself).
+    Also accepted by `jaxopt2.fixed_point`, which hands them F(y) = g(y) − y."""
+
+
+class AbstractFixedPointSolver(AbstractIterativeSolver):
+    """Solvers for `jaxopt2.fixed_point`: find y with g(y) = y. `point.f` holds g(y)."""
+
+
+def default_root_rtol(dtype) -> float:
+    """Relative residual tolerance of root finders and fixed-point solvers when the user gives
+    none: √eps (1.5e-8 in float64, 3.5e-4 in float32). Unlike a minimizer's line search,
+    ‖F‖ itself is resolved to about eps·scale, so no square-root floor applies to it; √eps
+    leaves Newton-type methods one quadratic step from full precision."""
+    return float(jnp.finfo(dtype).eps) ** 0.5
+
+
+def residual_converged(norm, norm0, rtol, atol, dtype):
+    """‖F(y)‖∞ ≤ atol + rtol·‖F(y₀)‖∞, with `rtol=None` meaning `default_root_rtol`."""
+    rtol = default_root_rtol(dtype) if rtol is None else rtol
+    return norm <= atol + rtol * norm0

@@ -94,3 +94,41 @@ def check_objective(fn, params0, args, what: str = "fun") -> None:
     if not jnp.issubdtype(value.dtype, jnp.floating):
         raise TypeError(f"`{what}` returned dtype {value.dtype}; the objective must be a "
                         "real floating-point scalar.")
+
+
+def check_vector_output(fn, y0, args, what: str, square: bool) -> None:
+    """Trace `fn(y0, args)` once and check it returns `(f, aux)` with `f` a pytree of real
+    floating-point arrays; with `square=True`, `f` must match `y0`'s structure and shapes
+    (root finding and fixed points map a point to a point)."""
+    try:
+        out = jax.eval_shape(fn, y0, args)
+    except Exception as e:
+        shapes = jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", y0)
+        raise ValueError(
+            f"Calling `{what}(y0, args)` failed while tracing: {type(e).__name__}: {e}\n"
+            f"The initial point has leaves {shapes}. Check that it has the pytree structure and "
+            f"leaf shapes that `{what}` expects, and that `args` is passed as one pytree."
+        ) from e
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"With has_aux=True, `{what}` must return a pair (output, aux); got "
+                        f"{out}.")
+    f = out[0]
+    for path, leaf in jtu.tree_flatten_with_path(f)[0]:
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            raise TypeError(f"`{what}` output{jtu.keystr(path)} is a {type(leaf).__name__}; "
+                            "it must be a JAX array.")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(f"`{what}` output{jtu.keystr(path)} has dtype {leaf.dtype}; it must "
+                            "be real floating point.")
+    if not jtu.tree_leaves(f):
+        raise ValueError(f"`{what}` returned no arrays; it must return residuals.")
+    if square:
+        y_shapes = jtu.tree_map(lambda x: x.shape, y0)
+        f_shapes = jtu.tree_map(lambda x: x.shape, f)
+        if jtu.tree_structure(f) != jtu.tree_structure(y0) or y_shapes != f_shapes:
+            raise ValueError(
+                f"`{what}` must return a pytree with the same structure and leaf shapes as the "
+                f"initial point (a square system); got {f_shapes} for a point with "
+                f"{y_shapes}. For over- or under-determined systems use "
+                "jaxopt2.least_squares."
+            )

@@ -9,7 +9,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._base import AbstractMinimizer, Counts, Iterate, default_rtol, evaluate
+from ._base import (
+    AbstractIterativeSolver,
+    AbstractMinimizer,
+    Counts,
+    Iterate,
+    Point,
+    default_rtol,
+    evaluate,
+    evaluate_point,
+)
 from ._results import RESULTS
 from ._tree import result_dtype, tree_all_finite, tree_inf_norm
 
@@ -63,3 +72,47 @@ def run_minimizer(
     it, state, counts, result, num_steps, done = lax.while_loop(cond, body, carry0)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
     return LoopOutput(it, state, counts, result, num_steps)
+
+
+class SolverOutput(eqx.Module):
+    point: Point
+    state: Any
+    counts: Counts
+    result: RESULTS
+    num_steps: jax.Array
+
+
+def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, callback=None,
+               measure=None) -> SolverOutput:
+    """Run a least-squares, root-finding or fixed-point `solver` from `y0` until it reports
+    `done`, a non-finite value appears, or `max_steps` steps have been taken. `measure(point)`
+    is the scalar the callback reports (e.g. ½‖r‖² or ‖F‖∞)."""
+    point0 = evaluate_point(fn, y0, args)
+    state0, counts0, done0, result0 = solver.init(fn, point0, args)
+    done0, result0 = _classify_point(point0, done0, result0)
+    carry0 = (point0, state0, Counts.of(fun=1) + counts0, result0, jnp.zeros((), jnp.int32),
+              done0)
+
+    def cond(carry):
+        *_, num_steps, done = carry
+        return ~done & (num_steps < max_steps)
+
+    def body(carry):
+        point, state, counts, _, num_steps, _ = carry
+        point, state, step_counts, done, result = solver.step(fn, point, args, state)
+        num_steps = num_steps + 1
+        done, result = _classify_point(point, done, result)
+        if callback is not None:
+            jax.debug.callback(callback, num_steps, point.y, measure(point))
+        return point, state, counts + step_counts, result, num_steps, done
+
+    point, state, counts, result, num_steps, done = lax.while_loop(cond, body, carry0)
+    result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    return SolverOutput(point, state, counts, result, num_steps)
+
+
+def _classify_point(point: Point, done, result: RESULTS):
+    finite = tree_all_finite(point.y) & tree_all_finite(point.f)
+    result = RESULTS.where(finite, result, RESULTS.nonfinite)
+    done = jnp.asarray(done) | (result != RESULTS.successful)
+    return done, result

@@ -7,15 +7,13 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import lineax as lx
-from jax.custom_batching import custom_vmap
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from ._base import AbstractMinimizer
-from ._checks import check_args, check_objective, check_params, wrap_objective
+from ._checks import check_objective
+from ._front import check_max_steps, check_solver, prepare, raise_if_failed, stats
 from ._iterate import run_minimizer
-from ._results import RESULTS, status_name
 from ._solution import Solution
 
 
@@ -61,19 +59,10 @@ def minimize(
                            solver=jaxopt2.GradientDescent())
     ```
     """
-    if not isinstance(solver, AbstractMinimizer):
-        raise TypeError(f"`solver` must be a jaxopt2 minimizer such as jaxopt2.LBFGS(); got "
-                        f"{type(solver).__name__}.")
-    if not isinstance(max_steps, int) or max_steps < 0:
-        raise ValueError(f"`max_steps` must be a non-negative Python int; got {max_steps!r}.")
-    params0 = check_params(params0)
-    check_args(args)
-    fn = wrap_objective(fun, has_aux)
+    check_solver(solver, AbstractMinimizer, "jaxopt2.LBFGS()", "minimize")
+    check_max_steps(max_steps)
+    params0, fn, args = prepare(fun, params0, args, has_aux, "params0")
     check_objective(fn, params0, args)
-    # Strong dtypes: otherwise a weakly-typed Python scalar in `args` traces differently inside
-    # the derivative rules than here, and the closure-converted `fn` would refuse it.
-    args = jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, x.dtype) if eqx.is_array(x) else x, args)
     fn = eqx.filter_closure_convert(fn, params0, args)
     inputs = (fn, args)
 
@@ -93,44 +82,6 @@ def minimize(
     status = out.result
     if throw:
         params = raise_if_failed(params, status)
-    c = out.counts
-    stats = dict(num_steps=out.num_steps, num_fun=c.fun, num_grad=c.grad, num_hvp=c.hvp,
-                 num_jvp=c.jvp, num_vjp=c.vjp, num_hessian=c.hessian)
-    return Solution(params=params, value=value, status=status, stats=stats, state=out.state,
+    return Solution(params=params, value=value, status=status,
+                    stats=stats(out.counts, out.num_steps), state=out.state,
                     aux=aux if has_aux else None)
-
-
-def raise_if_failed(token, status: RESULTS):
-    """Raise `status`'s message unless it is `successful`; a no-op under `vmap` (each
-    problem's status is reported instead). Returns `token` with the check attached."""
-    code = status._value
-    if not isinstance(code, jax.core.Tracer):
-        if int(code) != RESULTS.successful._value:
-            raise RuntimeError(f"jaxopt2: solve failed ({status_name(status)}): "
-                               f"{RESULTS[status]}\nPass throw=False to return the status "
-                               "instead of raising.")
-        return token
-    return _checked(token, code)
-
-
-@custom_vmap
-def _check_unbatched(token, code):
-    return eqx.branched_error_if(token, code != RESULTS.successful._value, code,
-                                 RESULTS._index_to_message)
-
-
-@_check_unbatched.def_vmap
-def _check_batched(axis_size, in_batched, token, code):
-    del axis_size, code
-    return token, in_batched[0]
-
-
-@jax.custom_jvp
-def _checked(token, code):
-    return _check_unbatched(token, code)
-
-
-@_checked.defjvp
-def _checked_jvp(primals, tangents):
-    token, code = primals
-    return _checked(token, code), tangents[0]

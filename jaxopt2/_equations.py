@@ -1,0 +1,207 @@
+"""The front doors for systems of equations: `least_squares`, `root_find` and `fixed_point`.
+
+Each has the shape of `minimize` and knows its optimality condition, which is what
+`ImplicitAdjoint` differentiates:
+
+- least squares: ∇(½‖r(y, θ)‖²) = J(y)ᵀ r(y) = 0 (symmetric, PSD at a minimum: CG);
+- root finding: F(y, θ) = 0 (unsymmetric: GMRES);
+- fixed points: g(y, θ) − y = 0 (unsymmetric: GMRES).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import lineax as lx
+
+from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
+from ._base import (
+    AbstractFixedPointSolver,
+    AbstractLeastSquaresSolver,
+    AbstractRootFinder,
+    Point,
+)
+from ._checks import check_vector_output
+from ._front import check_max_steps, check_solver, prepare, raise_if_failed, stats
+from ._iterate import run_solver
+from ._solution import Solution
+from ._tree import tree_dot, tree_inf_norm, tree_sub
+
+
+def _solve(fn, y0, args, *, solver, max_steps, adjoint, has_aux, throw, callback,
+           optimality, tags, measure):
+    fn = eqx.filter_closure_convert(fn, y0, args)
+    inputs = (fn, args)
+
+    def primal(y0, inputs):
+        fn, args = inputs
+        out = run_solver(solver, fn, y0, args, max_steps, callback, measure)
+        return out.point.y, out
+
+    y, out = adjoint.apply(primal, optimality, y0, inputs, tags)
+    f, aux = attach_tangent((out.point.f, out.point.aux), y, inputs,
+                            fn=lambda p, i: i[0](p, i[1]))
+    status = out.result
+    if throw:
+        y = raise_if_failed(y, status)
+    return Solution(params=y, value=f, status=status, stats=stats(out.counts, out.num_steps),
+                    state=out.state, aux=aux if has_aux else None)
+
+
+def least_squares(
+    residual_fn: Callable,
+    params0: Any,
+    args: Any = None,
+    *,
+    solver: AbstractLeastSquaresSolver,
+    max_steps: int = 256,
+    adjoint: AbstractAdjoint = ImplicitAdjoint(),
+    has_aux: bool = False,
+    throw: bool = True,
+    callback: Callable | None = None,
+) -> Solution:
+    """Minimize ½‖r(params, args)‖² over `params`, starting from `params0`.
+
+    **Arguments:**
+
+    - `residual_fn`: `residual_fn(params, args) -> residuals`, any pytree of floating-point
+      arrays of any shapes (or `(residuals, aux)` with `has_aux=True`).
+    - `params0`: initial parameters, any pytree of floating-point arrays. Dtypes are kept.
+    - `args`: data and hyperparameters, passed unchanged (never flattened, may be sharded).
+    - `solver`: e.g. `jaxopt2.LevenbergMarquardt()` or `jaxopt2.GaussNewton()`.
+    - `max_steps`, `adjoint`, `throw`, `callback`: as in `jaxopt2.minimize`; the callback
+      receives `(step, params, cost)` with cost = ½‖r‖².
+
+    **Returns** a `Solution` whose `value` is the residual pytree at the solution (the cost is
+    `0.5 * sum(r**2)`). The solution is differentiable in `args` by the implicit function
+    theorem on Jᵀr = 0.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp, jaxopt2
+    t = jnp.linspace(0.0, 1.0, 20)
+    y = 2.0 * jnp.exp(-3.0 * t)
+    fit = lambda p, a: p["A"] * jnp.exp(-p["k"] * a[0]) - a[1]
+    sol = jaxopt2.least_squares(fit, {"A": 1.0, "k": 1.0}, (t, y),
+                                solver=jaxopt2.LevenbergMarquardt())
+    ```
+    """
+    check_solver(solver, AbstractLeastSquaresSolver, "jaxopt2.LevenbergMarquardt()",
+                 "least_squares")
+    check_max_steps(max_steps)
+    params0, fn, args = prepare(residual_fn, params0, args, has_aux, "params0")
+    check_vector_output(fn, params0, args, "residual_fn", square=False)
+
+    def optimality(params, inputs):
+        fn, args = inputs
+        r, vjp = jax.vjp(lambda p: fn(p, args)[0], params)
+        return vjp(r)[0]
+
+    return _solve(fn, params0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
+                  has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
+                  tags=(lx.symmetric_tag, lx.positive_semidefinite_tag), measure=_cost)
+
+
+def root_find(
+    fn: Callable,
+    y0: Any,
+    args: Any = None,
+    *,
+    solver: AbstractRootFinder,
+    max_steps: int = 256,
+    adjoint: AbstractAdjoint = ImplicitAdjoint(),
+    has_aux: bool = False,
+    throw: bool = True,
+    callback: Callable | None = None,
+) -> Solution:
+    """Find `y` with `fn(y, args) = 0`, starting from `y0`.
+
+    **Arguments:**
+
+    - `fn`: `fn(y, args) -> F`, where `F` has the pytree structure and leaf shapes of `y`
+      (a square system; use `least_squares` otherwise), or `(F, aux)` with `has_aux=True`.
+    - `y0`: the initial point, any pytree of floating-point arrays. Dtypes are kept.
+    - `solver`: e.g. `jaxopt2.NewtonKrylov()`, `jaxopt2.RootNewton()`, `jaxopt2.Broyden()` or
+      `jaxopt2.Bisection(lower, upper)` for scalar equations.
+    - `max_steps`, `adjoint`, `throw`, `callback`: as in `jaxopt2.minimize`; the callback
+      receives `(step, y, max|F(y)|)`.
+
+    **Returns** a `Solution` whose `value` is `F` at the root. The root is differentiable in
+    `args` by the implicit function theorem on F(y, args) = 0.
+    """
+    check_solver(solver, AbstractRootFinder, "jaxopt2.NewtonKrylov()", "root_find")
+    check_max_steps(max_steps)
+    y0, fn, args = prepare(fn, y0, args, has_aux, "y0")
+    check_vector_output(fn, y0, args, "fn", square=True)
+
+    def optimality(y, inputs):
+        fn, args = inputs
+        return fn(y, args)[0]
+
+    return _solve(fn, y0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
+                  has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
+                  tags=(), measure=lambda p: tree_inf_norm(p.f))
+
+
+def fixed_point(
+    fn: Callable,
+    y0: Any,
+    args: Any = None,
+    *,
+    solver: AbstractFixedPointSolver | AbstractRootFinder,
+    max_steps: int = 256,
+    adjoint: AbstractAdjoint = ImplicitAdjoint(),
+    has_aux: bool = False,
+    throw: bool = True,
+    callback: Callable | None = None,
+) -> Solution:
+    """Find `y` with `fn(y, args) = y`, starting from `y0`.
+
+    **Arguments:**
+
+    - `fn`: `fn(y, args) -> g`, with the pytree structure and leaf shapes of `y` (or
+      `(g, aux)` with `has_aux=True`).
+    - `y0`: the initial point, any pytree of floating-point arrays. Dtypes are kept.
+    - `solver`: `jaxopt2.FixedPointIteration()`, `jaxopt2.Anderson()`, or any root finder
+      (e.g. `jaxopt2.NewtonKrylov()`), which is then applied to g(y) − y.
+    - `max_steps`, `adjoint`, `throw`, `callback`: as in `jaxopt2.minimize`; the callback
+      receives `(step, y, max|g(y) − y|)`.
+
+    **Returns** a `Solution` whose `value` is `g` at the fixed point. The fixed point is
+    differentiable in `args` by the implicit function theorem on g(y, args) − y = 0, which is
+    what deep-equilibrium layers need.
+    """
+    check_solver(solver, (AbstractFixedPointSolver, AbstractRootFinder),
+                 "jaxopt2.Anderson()", "fixed_point")
+    check_max_steps(max_steps)
+    y0, fn, args = prepare(fn, y0, args, has_aux, "y0")
+    check_vector_output(fn, y0, args, "fn", square=True)
+
+    def optimality(y, inputs):
+        fn, args = inputs
+        return tree_sub(fn(y, args)[0], y)
+
+    if isinstance(solver, AbstractRootFinder):
+        g = fn
+
+        def residual(y, args):
+            out, aux = g(y, args)
+            return tree_sub(out, y), aux
+
+        sol = _solve(residual, y0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
+                     has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
+                     tags=(), measure=lambda p: tree_inf_norm(p.f))
+        # Report g(y) = (g(y) − y) + y, as the fixed-point solvers do.
+        value = jax.tree_util.tree_map(lambda r, y: r + y, sol.value, sol.params)
+        return eqx.tree_at(lambda s: s.value, sol, value)
+    return _solve(fn, y0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
+                  has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
+                  tags=(), measure=lambda p: tree_inf_norm(tree_sub(p.f, p.y)))
+
+
+def _cost(point: Point):
+    return 0.5 * tree_dot(point.f, point.f)
