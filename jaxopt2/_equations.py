@@ -125,7 +125,7 @@ def root_find(
     - `fn`: `fn(y, args) -> F`, where `F` has the pytree structure and leaf shapes of `y`
       (a square system; use `least_squares` otherwise), or `(F, aux)` with `has_aux=True`.
     - `y0`: the initial point, any pytree of floating-point arrays. Dtypes are kept.
-    - `solver`: e.g. `jaxopt2.NewtonKrylov()`, `jaxopt2.RootNewton()`, `jaxopt2.Broyden()` or
+    - `solver`: e.g. `jaxopt2.NewtonKrylov()`, `jaxopt2.NewtonRaphson()`, `jaxopt2.Broyden()` or
       `jaxopt2.Bisection(lower, upper)` for scalar equations.
     - `max_steps`, `adjoint`, `throw`, `callback`: as in `jaxopt2.minimize`; the callback
       receives `(step, y, max|F(y)|)`.
@@ -192,9 +192,13 @@ def fixed_point(
             out, aux = g(y, args)
             return tree_sub(out, y), aux
 
+        def root_optimality(y, inputs):  # inputs[0] is the residual g(y) − y here
+            fn, args = inputs
+            return fn(y, args)[0]
+
         sol = _solve(residual, y0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
-                     has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
-                     tags=(), measure=lambda p: tree_inf_norm(p.f))
+                     has_aux=has_aux, throw=throw, callback=callback,
+                     optimality=root_optimality, tags=(), measure=lambda p: tree_inf_norm(p.f))
         # Report g(y) = (g(y) − y) + y, as the fixed-point solvers do.
         value = jax.tree_util.tree_map(lambda r, y: r + y, sol.value, sol.params)
         return eqx.tree_at(lambda s: s.value, sol, value)

@@ -33,6 +33,11 @@ class RESULTS(eqx.Enumeration):
         "damping/regularization, increase the linear solver's iteration budget, or use a "
         "solver that handles indefinite curvature (NewtonCG, RegularizedNewton)."
     )
+    bracket_invalid = (
+        "The function has the same sign at `lower` and `upper`, so the bracket holds no sign "
+        "change. Pass `lower`/`upper` with F(lower)·F(upper) ≤ 0, or omit both to search "
+        "outwards from y0."
+    )
     diverged = (
         "The iterates diverged: the objective kept decreasing without bound. Check that the "
         "problem has a minimizer (add regularization or constraints) and that `fun` is correct."

@@ -14,3 +14,25 @@ MINIMIZERS = {
     "RegularizedNewton": (lambda: jaxopt2.RegularizedNewton(), 100),
     "DampedNewton": (lambda: jaxopt2.DampedNewton(), 100),
 }
+
+# Solvers of the equation front doors, run by tests/test_equations_contract.py: name ->
+# (factory, budget). Root finders are also run through `fixed_point` (on g(y) − y).
+LEAST_SQUARES = {
+    "LevenbergMarquardt": (lambda: jaxopt2.LevenbergMarquardt(), 100),
+    "LevenbergMarquardt-cg": (lambda: jaxopt2.LevenbergMarquardt(linear_solver="cg"), 100),
+    "GaussNewton": (lambda: jaxopt2.GaussNewton(), 100),
+    "GaussNewton-cg": (lambda: jaxopt2.GaussNewton(linear_solver="cg"), 100),
+}
+ROOT_FINDERS = {
+    "NewtonRaphson": (lambda: jaxopt2.NewtonRaphson(), 50),
+    "NewtonKrylov": (lambda: jaxopt2.NewtonKrylov(), 50),
+    "Broyden": (lambda: jaxopt2.Broyden(), 100),
+}
+SCALAR_ROOT_FINDERS = {
+    "Bisection": (lambda: jaxopt2.Bisection(lower=-10.0, upper=10.0), 200),
+    "Bisection-expanding": (lambda: jaxopt2.Bisection(), 200),
+}
+FIXED_POINT = {
+    "FixedPointIteration": (lambda: jaxopt2.FixedPointIteration(), 400),
+    "Anderson": (lambda: jaxopt2.Anderson(), 100),
+}

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxopt2
@@ -113,3 +114,55 @@ def test_status_name_and_raised_message():
     assert jaxopt2.status_name(sol.status) == "max_steps_reached"
     with pytest.raises(RuntimeError, match=r"\(max_steps_reached\).*Increase `max_steps`"):
         jaxopt2.minimize(quartic, {"w": jnp.zeros(3)}, jnp.arange(3.0), solver=GD, max_steps=1)
+
+
+# --- The equation front doors share the checks and add their own.
+
+FPI = jaxopt2.FixedPointIteration()
+
+
+def test_root_find_rejects_non_square_system():
+    with pytest.raises(ValueError, match=r"same structure and leaf shapes.*least_squares"):
+        jaxopt2.root_find(lambda y, a: jnp.concatenate([y, y]), jnp.zeros(2), None,
+                          solver=jaxopt2.NewtonRaphson())
+
+
+def test_fixed_point_rejects_changed_structure():
+    with pytest.raises(ValueError, match="same structure"):
+        jaxopt2.fixed_point(lambda y, a: (y["x"],), {"x": jnp.zeros(2)}, None, solver=FPI)
+
+
+def test_equation_doors_check_solver_kind():
+    with pytest.raises(TypeError, match=r"jaxopt2.least_squares.*LevenbergMarquardt.*LBFGS"):
+        jaxopt2.least_squares(lambda p, a: p - a, jnp.zeros(2), jnp.ones(2),
+                              solver=jaxopt2.LBFGS())
+    with pytest.raises(TypeError, match=r"jaxopt2.root_find.*FixedPointIteration"):
+        jaxopt2.root_find(lambda y, a: y - a, jnp.zeros(2), jnp.ones(2), solver=FPI)
+
+
+def test_equation_doors_check_inputs():
+    with pytest.raises(TypeError, match=r"y0\['x'\].*int32"):
+        jaxopt2.fixed_point(lambda y, a: y, {"x": jnp.zeros(2, jnp.int32)}, None, solver=FPI)
+    with pytest.raises(ValueError, match=r"args.*NaN"):
+        jaxopt2.fixed_point(lambda y, a: 0.5 * y + a, jnp.zeros(2), jnp.array([0.0, jnp.nan]),
+                            solver=FPI)
+    with pytest.raises(TypeError, match=r"residual_fn.*output.*int32"):
+        jaxopt2.least_squares(lambda p, a: jnp.round(p).astype(jnp.int32), jnp.zeros(2), None,
+                              solver=jaxopt2.LevenbergMarquardt())
+    with pytest.raises(ValueError, match=r"Calling `fn\(y0, args\)` failed"):
+        jaxopt2.fixed_point(lambda y, a: a @ y, jnp.zeros(3), jnp.ones((2, 2)), solver=FPI)
+    with pytest.raises(ValueError, match="max_steps"):
+        jaxopt2.fixed_point(lambda y, a: 0.5 * y, jnp.ones(2), None, solver=FPI, max_steps=1.5)
+
+
+def test_fixed_point_aux_and_callback():
+    seen = []
+    sol = jaxopt2.fixed_point(lambda y, a: (0.5 * y + a, {"double": 2 * y}), jnp.zeros(2),
+                              jnp.ones(2), solver=FPI, has_aux=True,
+                              callback=lambda k, y, r: seen.append(float(r)))
+    jax.block_until_ready(sol.params)
+    assert jnp.allclose(sol.params, 2.0, rtol=1e-7)
+    assert jnp.allclose(sol.aux["double"], 2 * sol.params)
+    assert len(seen) == int(sol.stats["num_steps"])
+    # max|g(y) − y| halves every step for this map
+    np.testing.assert_allclose(np.array(seen[1:]) / np.array(seen[:-1]), 0.5, rtol=1e-6)

@@ -1,0 +1,215 @@
+"""Systems of equations with jaxopt2: least squares, root finding and fixed points.
+
+    python examples/equations.py --config configs/equations.yaml
+
+Three problems, each through its front door:
+
+1. Curve fitting (`least_squares`): a Gaussian peak on a linear baseline, fitted to noisy
+   spectra with pytree parameters, by Levenberg–Marquardt and Gauss–Newton; a whole batch of
+   spectra is fitted at once with `vmap`, and the sensitivity of the fitted peak centre to the
+   data comes from `jax.grad` (implicit differentiation, no unrolling).
+2. The 1-D Bratu problem −u'' = λ eᵘ (`root_find`) by Jacobian-free Newton–Krylov, which finds
+   the Jacobian's banded structure by itself; du/dλ by implicit differentiation.
+3. A deep-equilibrium layer y = tanh(W y + U x) (`fixed_point`) by Anderson acceleration and
+   plain iteration, with the gradient of a loss on y* with respect to W.
+
+Prints a table (steps, evaluations, compile and run time, residual, status) and saves a plot.
+Runs unchanged on CPU, GPU or TPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+DEFAULTS = {
+    "dtype": "float64",
+    "curve_fit": {"points": 200, "batch": 64, "noise": 0.02},
+    "bratu": {"n": 10000, "lam": 1.0},
+    "deq": {"width": 256, "batch": 32, "contraction": 0.9},
+    "max_steps": 200,
+    "output_dir": "outputs/equations",
+}
+
+
+def load_config(path: str | None) -> dict:
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    if path:
+        import yaml
+
+        with open(path) as f:
+            for key, value in (yaml.safe_load(f) or {}).items():
+                if isinstance(value, dict):
+                    config[key].update(value)
+                else:
+                    config[key] = value
+    return config
+
+
+def timed(fn, *args):
+    """(result, compile seconds, run seconds) of a jitted call."""
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    run = time.perf_counter() - start
+    return out, max(first - run, 0.0), run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML config (defaults built in)")
+    parser.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
+    cli = parser.parse_args(argv)
+    config = load_config(cli.config)
+    if cli.output_dir:
+        config["output_dir"] = cli.output_dir
+
+    import jax
+
+    if config["dtype"] == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxopt2
+
+    dtype = jnp.dtype(config["dtype"])
+    max_steps = int(config["max_steps"])
+    rows = []
+
+    def record(problem, solver, sol, compile_s, run_s, residual):
+        status = np.asarray(sol.status._value)
+        ok = bool(np.all(status == jaxopt2.RESULTS.successful._value))
+        steps = np.asarray(sol.stats["num_steps"])
+        evals = {k: int(np.max(v)) for k, v in sol.stats.items() if k != "num_steps"}
+        evals = ", ".join(f"{k[4:]} {v}" for k, v in evals.items() if v)
+        rows.append((problem, solver, int(np.max(steps)), evals, compile_s, run_s,
+                     float(residual), "ok" if ok else "FAILED"))
+
+    # 1. Curve fitting --------------------------------------------------------------------
+    cf = config["curve_fit"]
+    t = jnp.linspace(-1.0, 1.0, int(cf["points"]), dtype=dtype)
+
+    def model(p, t):
+        peak = p["peak"]
+        return (peak["height"] * jnp.exp(-0.5 * ((t - peak["centre"]) / peak["width"]) ** 2)
+                + p["baseline"][0] + p["baseline"][1] * t)
+
+    key = jax.random.PRNGKey(0)
+    kc, kn = jax.random.split(key)
+    centres = jax.random.uniform(kc, (int(cf["batch"]),), dtype, -0.3, 0.3)
+    true = {"peak": {"height": jnp.asarray(1.5, dtype), "centre": centres,
+                     "width": jnp.asarray(0.15, dtype)},
+            "baseline": jnp.asarray([0.2, -0.1], dtype)}
+    clean = jax.vmap(lambda c: model(with_centre(true, c), t))(centres)
+    data = clean + cf["noise"] * jax.random.normal(kn, clean.shape, dtype)
+    p0 = {"peak": {"height": jnp.asarray(1.0, dtype), "centre": jnp.asarray(0.0, dtype),
+                   "width": jnp.asarray(0.3, dtype)},
+          "baseline": jnp.zeros(2, dtype)}
+    residual = lambda p, y: model(p, t) - y
+
+    for name, solver in [("LevenbergMarquardt", jaxopt2.LevenbergMarquardt()),
+                         ("GaussNewton", jaxopt2.GaussNewton())]:
+        fit = jax.jit(jax.vmap(lambda y, solver=solver: jaxopt2.least_squares(
+            residual, p0, y, solver=solver, max_steps=max_steps)))
+        sol, c, r = timed(fit, data)
+        err = jnp.max(jnp.abs(sol.params["peak"]["centre"] - centres))
+        record(f"curve fit ×{int(cf['batch'])}", name, sol, c, r, err)
+    fit_one = lambda y: jaxopt2.least_squares(residual, p0, y,
+                                              solver=jaxopt2.LevenbergMarquardt()).params
+    sensitivity = jax.jit(jax.grad(lambda y: fit_one(y)["peak"]["centre"]))(data[0])
+
+    # 2. Bratu ------------------------------------------------------------------------------
+    br = config["bratu"]
+    n = int(br["n"])
+    h = 1.0 / (n + 1)
+
+    def bratu(u, lam):
+        padded = jnp.pad(u, 1)
+        return (2 * u - padded[:-2] - padded[2:]) / h**2 - lam * jnp.exp(u)
+
+    solve_bratu = jax.jit(lambda lam: jaxopt2.root_find(
+        bratu, jnp.zeros(n, dtype), lam, solver=jaxopt2.NewtonKrylov(), max_steps=max_steps))
+    lam = jnp.asarray(br["lam"], dtype)
+    sol_b, c, r = timed(solve_bratu, lam)
+    record(f"Bratu n={n}", "NewtonKrylov", sol_b, c, r, jnp.max(jnp.abs(sol_b.value)))
+    du_dlam = jax.jit(jax.jacfwd(lambda lam: solve_bratu(lam).params))(lam)
+
+    # 3. Deep-equilibrium layer -------------------------------------------------------------
+    dq = config["deq"]
+    width, batch = int(dq["width"]), int(dq["batch"])
+    kw, ku, kx = jax.random.split(jax.random.PRNGKey(1), 3)
+    W = jax.random.normal(kw, (width, width), dtype)
+    W = dq["contraction"] * W / jnp.linalg.norm(W, 2)
+    U = jax.random.normal(ku, (width, 8), dtype) / jnp.sqrt(8.0)
+    xs = jax.random.normal(kx, (batch, 8), dtype)
+    layer = lambda y, a: jnp.tanh(a[0] @ y + a[1] @ a[2])
+
+    for name, solver in [("Anderson", jaxopt2.Anderson()),
+                         ("FixedPointIteration", jaxopt2.FixedPointIteration())]:
+        deq = jax.jit(jax.vmap(lambda x, solver=solver: jaxopt2.fixed_point(
+            layer, jnp.zeros(width, dtype), (W, U, x), solver=solver, max_steps=max_steps),
+            in_axes=0))
+        sol, c, r = timed(deq, xs)
+        res = jnp.max(jnp.abs(sol.value - sol.params))
+        record(f"DEQ width {width} ×{batch}", name, sol, c, r, res)
+
+    def deq_loss(W):
+        y = jax.vmap(lambda x: jaxopt2.fixed_point(layer, jnp.zeros(width, dtype), (W, U, x),
+                                                   solver=jaxopt2.Anderson()).params)(xs)
+        return jnp.mean(y**2)
+
+    grad_W = jax.jit(jax.grad(deq_loss))(W)
+
+    # Report --------------------------------------------------------------------------------
+    header = ("| problem | solver | steps (max) | evaluations (max) | compile s | run s | "
+              "error / residual | status |\n|---|---|---|---|---|---|---|---|")
+    lines = [header] + [f"| {p} | {s} | {k} | {e} | {c:.2f} | {r:.4f} | {res:.2e} | {st} |"
+                        for p, s, k, e, c, r, res, st in rows]
+    table = "\n".join(lines)
+    print(table)
+    print(f"\nd centre / d data: max |.| = {float(jnp.max(jnp.abs(sensitivity))):.3e}; "
+          f"du/dλ at the midpoint = {float(du_dlam[n // 2]):.4f}; "
+          f"|d loss / dW| = {float(jnp.linalg.norm(grad_W)):.3e}")
+    out = config["output_dir"]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    _plot(out, t, data[0], model, fit_one(data[0]),
+          sol_b.params, du_dlam)
+    return 0 if all(row[-1] == "ok" for row in rows) else 1
+
+
+def with_centre(params, centre):
+    return {"peak": {**params["peak"], "centre": centre}, "baseline": params["baseline"]}
+
+
+def _plot(out, t, y, model, params, u, du):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(t, y, ".", ms=3, label="data")
+    a.plot(t, model(params, t), label="Levenberg–Marquardt fit")
+    a.set(title="Gaussian peak on a baseline", xlabel="t")
+    a.legend()
+    x = np.linspace(0, 1, len(u) + 2)[1:-1]
+    b.plot(x, u, label="u (Bratu, λ = given)")
+    b.plot(x, du, label="du/dλ (implicit)")
+    b.set(title="Bratu problem by Newton–Krylov", xlabel="x")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "equations.png"), dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

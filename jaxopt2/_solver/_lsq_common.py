@@ -1,0 +1,337 @@
+"""Pieces shared by the least-squares solvers (`LevenbergMarquardt`, `GaussNewton`).
+
+- the dense/matrix-free switch and the dense Jacobian of the raveled residual;
+- the SVD of the scaled Jacobian J D⁻¹ = U S Vᵀ and, from it, the Levenberg-Marquardt step
+  p(λ) = −D⁻¹ V S(S² + λ)⁻¹ Uᵀr in closed form for every λ, with Moré's safeguarded Newton
+  iteration for the trust-region parameter;
+- damped CGLS (matrix-free) for min ‖J p + r‖² + λ‖p‖²;
+- MINPACK's relative stopping tests and the gradient (cosine) test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .._base import Counts
+from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_zeros_like
+
+# `linear_solver="auto"` forms J when it is small: few parameters (an SVD costs O(m n²)) and
+# a Jacobian that fits comfortably in memory (4e6 entries = 32 MB in float64).
+DENSE_MAX_PARAMS = 1000
+DENSE_MAX_ENTRIES = 4_000_000
+LINEAR_SOLVERS = ("auto", "dense", "cg")
+
+
+def check_common(solver) -> None:
+    if solver.linear_solver not in LINEAR_SOLVERS:
+        raise ValueError(f"`linear_solver` must be one of {LINEAR_SOLVERS}; "
+                         f"got {solver.linear_solver!r}.")
+    for name in ("ftol", "xtol", "gtol"):
+        value = getattr(solver, name)
+        if value is not None and not value >= 0:
+            raise ValueError(f"`{name}` must be a float >= 0 (or None for the default); "
+                             f"got {value!r}.")
+    if solver.cg_max_iters is not None and solver.cg_max_iters < 1:
+        raise ValueError(f"`cg_max_iters` must be a positive int or None; "
+                         f"got {solver.cg_max_iters!r}.")
+
+
+def use_dense(linear_solver: str, y, f) -> bool:
+    """Static choice of the inner solve from the problem's shapes."""
+    if linear_solver != "auto":
+        return linear_solver == "dense"
+    n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(y))
+    m = sum(leaf.size for leaf in jax.tree_util.tree_leaves(f))
+    return n <= DENSE_MAX_PARAMS and m * n <= DENSE_MAX_ENTRIES
+
+
+def working_dtype(y, f):
+    """The precision the solver works in: the widest float among parameters and residuals
+    (a float32 problem stays float32)."""
+    leaves = jax.tree_util.tree_leaves((y, f))
+    return jnp.result_type(*leaves)
+
+
+def tolerances(solver, dtype):
+    """(ftol, xtol, gtol) with `None` replaced by √eps of the working dtype."""
+    root_eps = float(jnp.finfo(dtype).eps) ** 0.5
+    pick = lambda v: root_eps if v is None else float(v)  # noqa: E731
+    return pick(solver.ftol), pick(solver.xtol), pick(solver.gtol)
+
+
+def cg_budget(solver, n: int) -> int:
+    return min(2 * n, 200) if solver.cg_max_iters is None else solver.cg_max_iters
+
+
+# --- dense path -------------------------------------------------------------------------------
+
+
+def flat_problem(fn, y, args, dtype):
+    """`x0, unravel, rflat` with rflat(x) the raveled residual of the raveled parameters."""
+    x0, unravel = ravel(y)
+    x0 = x0.astype(dtype)
+
+    def rflat(x):
+        return ravel(fn(unravel(x), args)[0])[0].astype(dtype)
+
+    return x0, unravel, rflat
+
+
+def dense_jacobian(rflat, x, m: int):
+    """J = ∂r/∂x by forward mode when n ≤ m (n products), else reverse mode (m products)."""
+    n = x.size
+    return (jax.jacfwd if n <= m else jax.jacrev)(rflat)(x)
+
+
+class ScaledSVD(eqx.Module):
+    """J D⁻¹ = U S Vᵀ at the current point, kept without U: `c` = Uᵀr is all that the step
+    needs, and ‖J p‖ follows from S and Vᵀ(D p)."""
+
+    s: jax.Array  # (k,) singular values, k = min(m, n)
+    vt: jax.Array  # (k, n)
+    c: jax.Array  # (k,) Uᵀ r
+    rank_tol: jax.Array  # singular values at or below this are treated as zero
+    u: jax.Array | None  # (m, k), kept only when a second right-hand side is needed
+
+
+def scaled_svd(jac, diag, r, keep_u: bool = False) -> ScaledSVD:
+    u, s, vt = jnp.linalg.svd(jac / diag, full_matrices=False)
+    m, n = jac.shape
+    tol = jnp.max(s, initial=0.0) * max(m, n) * jnp.finfo(s.dtype).eps
+    return ScaledSVD(s, vt, u.T @ r, tol, u if keep_u else None)
+
+
+def svd_coefficients(svd: ScaledSVD, lam, c=None):
+    """b = Vᵀ(D p) for the damped solution of min ‖J p + ρ‖² + λ‖D p‖² with Uᵀρ = c
+    (default ρ = r): b = −S(S² + λ)⁻¹c; at λ = 0 the minimum-norm Gauss-Newton step −S⁺c
+    (directions with zero singular value get no component: a rank-deficient J is fine)."""
+    c = svd.c if c is None else c
+    live = svd.s > svd.rank_tol
+    denom = svd.s**2 + lam
+    denom = jnp.where(live & (denom > 0), denom, 1.0)
+    return jnp.where(live, -svd.s * c / denom, 0.0)
+
+
+def model_decrease(svd: ScaledSVD, b):
+    """‖r‖² − ‖r + J p‖² for the step with Vᵀ(D p) = b (p in the row space of J D⁻¹)."""
+    sb = svd.s * b
+    return -2.0 * jnp.dot(svd.c, sb) - jnp.dot(sb, sb)
+
+
+def lm_parameter(svd: ScaledSVD, delta, lam_prev, max_iters: int = 10):
+    """The Levenberg-Marquardt parameter λ ≥ 0 for the region ‖D p‖ ≤ Δ (Moré 1978, §5).
+
+    λ = 0 when the Gauss-Newton step has ‖D p‖ ≤ 1.1Δ. Otherwise Newton's method on
+    φ(λ) = 1/Δ − 1/‖D p(λ)‖ (nearly linear in λ), safeguarded by bounds l ≤ λ ≤ u that
+    shrink with the sign of φ, stopped when |‖D p‖ − Δ| ≤ 0.1Δ. With the SVD each φ(λ) is O(k),
+    so the iteration costs nothing next to forming J.
+    """
+    dtype = svd.s.dtype
+    tiny = jnp.finfo(dtype).tiny
+    live = svd.s > svd.rank_tol
+    s2 = jnp.where(live, svd.s**2, 1.0)
+    w2 = jnp.where(live, (svd.s * svd.c) ** 2, 0.0)
+
+    def phi_and_slope(lam):
+        denom = jnp.where(lam > 0, s2 + lam, s2)
+        norm = jnp.sqrt(jnp.sum(w2 / denom**2))
+        dnorm = -jnp.sum(w2 / denom**3) / jnp.where(norm > 0, norm, 1.0)
+        return norm - delta, dnorm, norm
+
+    phi0, dphi0, _ = phi_and_slope(jnp.zeros((), dtype))
+    gn_inside = phi0 <= 0.1 * delta
+    # The Newton step from λ = 0 underestimates the root (φ is convex) when J has full rank.
+    full_rank = jnp.all(live) & (svd.s.shape[0] == svd.vt.shape[1])
+    lower = jnp.where(full_rank & (dphi0 < 0), -phi0 / jnp.where(dphi0 < 0, dphi0, -1.0), 0.0)
+    gnorm = jnp.sqrt(jnp.sum(w2))  # ‖D⁻¹Jᵀr‖
+    upper = gnorm / delta
+    upper = jnp.where(upper > 0, upper, tiny / jnp.minimum(delta, 0.1))
+    lam = jnp.clip(lam_prev, lower, upper)
+    norm0 = phi0 + delta
+    lam = jnp.where(lam > 0, lam, gnorm / jnp.where(norm0 > 0, norm0, 1.0))
+
+    def cond(c):
+        _, _, _, k, stop = c
+        return ~stop & (k < max_iters)
+
+    def body(c):
+        lam, lower, upper, k, _ = c
+        outside = (lam <= lower) | (lam >= upper)
+        lam = jnp.where(outside, jnp.maximum(0.001 * upper, jnp.sqrt(lower * upper)), lam)
+        lam = jnp.maximum(lam, tiny)
+        phi, dphi, norm = phi_and_slope(lam)
+        stop = jnp.abs(phi) <= 0.1 * delta
+        lower = jnp.where(phi > 0, jnp.maximum(lower, lam), lower)
+        upper = jnp.where(phi < 0, jnp.minimum(upper, lam), upper)
+        newton = -(phi / jnp.where(dphi < 0, dphi, -1.0)) * (norm / delta)
+        lam_next = jnp.where(stop, lam, jnp.maximum(lower, lam + newton))
+        return lam_next, lower, upper, k + 1, stop
+
+    init = (lam.astype(dtype), lower.astype(dtype), upper.astype(dtype),
+            jnp.zeros((), jnp.int32), gn_inside)
+    lam, *_ = lax.while_loop(cond, body, init)
+    return jnp.where(gn_inside, jnp.zeros((), dtype), lam)
+
+
+def column_cosine(jac, r, rnorm):
+    """max_j |J_jᵀ r| / (‖J_j‖ ‖r‖) over the nonzero columns: the cosine of the angle between
+    r and the columns of J (MINPACK's gtol measure; 0 at a stationary point)."""
+    colnorm = jnp.linalg.norm(jac, axis=0)
+    cos = jnp.abs(jac.T @ r) / jnp.where(colnorm > 0, colnorm * rnorm, 1.0)
+    cos = jnp.where((colnorm > 0) & (rnorm > 0), cos, 0.0)
+    return jnp.max(cos, initial=0.0), colnorm
+
+
+# --- matrix-free path -------------------------------------------------------------------------
+
+
+def linearize(fn, y, args):
+    """`(r, J·, Jᵀ·)` at y from one evaluation of fn; the transpose of the linearization is
+    the vector-Jacobian product, so both share the stored forward pass."""
+    r, jvp = jax.linearize(lambda p: fn(p, args)[0], y)
+    transpose = jax.linear_transpose(jvp, y)
+    return r, jvp, lambda u: transpose(u)[0]
+
+
+class CGLSResult(eqx.Module):
+    x: Any
+    residual_sq: jax.Array  # ‖r + J x‖² (the linear model's sum of squares at x)
+    num_iters: jax.Array
+
+
+def cgls(jvp, vjp, r, g, lam, *, rtol, max_iters: int, dtype) -> CGLSResult:
+    """Damped CGLS from x = 0 for min ‖J x + r‖² + λ‖x‖², i.e. (JᵀJ + λI) x = −Jᵀr = −g.
+
+    Mathematically CG on the normal equations, but the residual q = −r − J x is updated in
+    residual space, which loses less to rounding than forming JᵀJ products (Björck, Numerical
+    Methods for Least Squares Problems, §7.4). Stops at ‖Jᵀq − λx‖ ≤ rtol·‖g‖, at zero
+    curvature (possible only with λ = 0 and J d = 0), or after `max_iters` (one jvp and one vjp
+    each). The model's sum of squares ‖q‖² comes for free, which is what the predicted
+    reduction needs.
+    """
+    gnorm = jnp.sqrt(tree_dot(g, g)).astype(dtype)
+    tol = rtol * gnorm
+    s0 = tree_neg(g)
+    gamma0 = (gnorm * gnorm).astype(dtype)
+
+    def cond(c):
+        *_, k, stop = c
+        return ~stop & (k < max_iters)
+
+    def body(c):
+        x, q, d, gamma, k, _ = c
+        t = jvp(d)
+        delta = (tree_dot(t, t) + lam * tree_dot(d, d)).astype(dtype)
+        flat = delta <= 0
+        alpha = jnp.where(flat, 0.0, gamma / jnp.where(flat, 1.0, delta))
+        x = tree_axpy(alpha, d, x)
+        q = tree_axpy(-alpha, t, q)
+        s = tree_axpy(-lam, x, vjp(q))
+        gamma_new = tree_dot(s, s).astype(dtype)
+        d = tree_axpy(gamma_new / jnp.where(gamma > 0, gamma, 1.0), d, s)
+        stop = flat | (jnp.sqrt(gamma_new) <= tol)
+        return x, q, d, gamma_new, k + 1, stop
+
+    init = (tree_zeros_like(g), tree_neg(r), s0, gamma0, jnp.zeros((), jnp.int32),
+            gnorm <= 0)
+    x, q, _, _, k, _ = lax.while_loop(cond, body, init)
+    return CGLSResult(x, tree_dot(q, q).astype(dtype), k)
+
+
+PROBES = 4
+
+
+def column_norms_estimate(vjp, r):
+    """‖J e_j‖ estimated from `PROBES` products Jᵀu with fixed Rademacher u (Hutchinson's
+    diagonal estimator: E[(Jᵀu)_j²] = ‖J e_j‖²). Relative error about √(2/probes) per column,
+    plenty for a diagonal scaling; the probes are fixed so that the solve is deterministic."""
+    leaves, treedef = jax.tree_util.tree_flatten(r)
+    keys = jax.random.split(jax.random.PRNGKey(0), max(len(leaves), 1))
+    probes = [jax.random.rademacher(k, (PROBES, *leaf.shape), leaf.dtype)
+              for k, leaf in zip(keys, leaves, strict=False)]
+    products = jax.vmap(lambda u: vjp(jax.tree_util.tree_unflatten(treedef, u)))(probes)
+    return jax.tree_util.tree_map(lambda v: jnp.sqrt(jnp.mean(v**2, axis=0)), products)
+
+
+def rayleigh_norm(jvp, g, dtype):
+    """‖J g‖ / ‖g‖: a lower bound on ‖J‖₂ along the gradient (one jvp). It stands in for the
+    column norms in the matrix-free gradient test, which is then only stricter."""
+    jg = jvp(g)
+    gg = tree_dot(g, g).astype(dtype)
+    return jnp.sqrt(tree_dot(jg, jg).astype(dtype) / jnp.where(gg > 0, gg, 1.0))
+
+
+class ScaledLinearization(eqx.Module):
+    """Matrix-free view of A = J D⁻¹ at the current point (z = D p coordinates)."""
+
+    r: Any
+    jvp: Any  # z -> A z
+    vjp: Any  # u -> Aᵀ u
+    diag: Any  # D, a pytree like y
+    g: Any  # Aᵀ r = D⁻¹ Jᵀ r
+    rnorm: jax.Array
+    gnorm: jax.Array
+    jnorm: jax.Array  # ‖A g‖/‖g‖
+    cos: jax.Array  # ‖g‖ / (‖A g‖/‖g‖ · ‖r‖): the gradient-cosine stand-in
+    counts: Any
+
+
+def scaled_linearization(fn, y, args, diag_prev, scale: bool, dtype) -> ScaledLinearization:
+    """Linearize at y and scale by D = max(D_prev, estimated column norms) (zeros → 1; D = I
+    with `scale=False`). CGLS on J D⁻¹ is Jacobi-preconditioned CG on the normal equations,
+    which keeps badly scaled parameters from stalling a truncated inner solve."""
+    r, jvp0, vjp0 = linearize(fn, y, args)
+    tmap = jax.tree_util.tree_map
+    if scale:
+        est = column_norms_estimate(vjp0, r)
+        diag = tmap(jnp.maximum, diag_prev, est)
+        diag = tmap(lambda d: jnp.where(d > 0, d, jnp.ones_like(d)), diag)
+    else:
+        diag = tmap(jnp.ones_like, diag_prev)
+    jvp = lambda z: jvp0(tmap(jnp.divide, z, diag))  # noqa: E731
+    vjp = lambda u: tmap(jnp.divide, vjp0(u), diag)  # noqa: E731
+    g = vjp(r)
+    rnorm = jnp.sqrt(tree_dot(r, r)).astype(dtype)
+    gnorm = jnp.sqrt(tree_dot(g, g)).astype(dtype)
+    jnorm = rayleigh_norm(jvp, g, dtype)
+    cos = gnorm / jnp.where(jnorm * rnorm > 0, jnorm * rnorm, 1.0)
+    counts = Counts.of(fun=1, vjp=1 + (PROBES if scale else 0), jvp=1)
+    return ScaledLinearization(r, jvp, vjp, diag, g, rnorm, gnorm, jnorm, cos, counts)
+
+
+# --- stopping tests ---------------------------------------------------------------------------
+
+
+def reductions(rnorm, rnorm_new, predicted_sq):
+    """MINPACK's relative reductions of ‖r‖²: `actual` = 1 − (‖r₊‖/‖r‖)² (−1 when the
+    residual grew tenfold or is not finite), `predicted` = the model's decrease of ‖r‖² over
+    ‖r‖², and their ratio ρ (0 when nothing is predicted)."""
+    safe = jnp.where(rnorm > 0, rnorm, 1.0)
+    grew = ~(0.1 * rnorm_new < rnorm)  # also True for NaN
+    actual = jnp.where(grew, -1.0, 1.0 - (rnorm_new / safe) ** 2)
+    predicted = predicted_sq / safe**2
+    ratio = jnp.where(predicted != 0, actual / jnp.where(predicted != 0, predicted, 1.0), 0.0)
+    return actual, predicted, ratio
+
+
+def ftol_test(actual, predicted, ratio, tol):
+    """Both the actual and the predicted relative reductions of ‖r‖² are at most `tol`."""
+    return (jnp.abs(actual) <= tol) & (predicted <= tol) & (ratio <= 2.0)
+
+
+def at_floor(rnorm, dtype):
+    """r = 0 exactly, or ‖r‖² underflows: nothing left to reduce."""
+    return rnorm**2 <= jnp.finfo(dtype).tiny
+
+
+def stalled_success(cos, rnorm, rnorm0, dtype):
+    """Whether a solve that can no longer make progress (tolerances below what the dtype
+    resolves, or no decrease found) is nonetheless converged: the residual is nearly
+    orthogonal to the range of J (cos ≤ eps^¼) or was reduced to √eps of its start."""
+    eps = jnp.finfo(dtype).eps
+    return (cos <= eps**0.25) | (rnorm <= jnp.sqrt(eps) * rnorm0)
