@@ -34,6 +34,9 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/least_squares.py
+	$(BIN)/python benchmarks/root_find.py
+	$(BIN)/python benchmarks/fixed_point.py
 
 lint: $(VENV)/.lint
 	$(BIN)/ruff check jaxopt2 tests examples benchmarks

@@ -161,6 +161,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write(text)
+    if not args.quick:
+        harness.write_section("fixed_point", "#" + text)
     print(f"\nwrote {os.path.relpath(args.out)}")
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 import traceback
@@ -220,3 +221,22 @@ def guarded(fn: Callable[[], Result], solver: str, family: str) -> Result:
         print(traceback.format_exc(limit=4))
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return Result(solver, family, error=msg[:200], status="error")
+
+
+RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def write_section(name: str, text: str, path: str = RESULTS_MD) -> None:
+    """Replace the section `name` of RESULTS.md (between `<!-- section:name -->` and
+    `<!-- /section:name -->`) with `text`, or append it: each benchmark script owns its
+    section, and hand-written text outside the markers survives a re-run."""
+    begin, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = open(path).read() if os.path.exists(path) else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + block
+    with open(path, "w") as fh:
+        fh.write(new)

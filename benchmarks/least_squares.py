@@ -589,6 +589,10 @@ def main(argv=None):
                   default=str)
     with open(out_md, "w") as fh:
         fh.write(markdown(rows, summary, meta))
+    if not args.quick and not args.problems and not args.solvers:
+        from harness import write_section
+
+        write_section("least_squares", "#" + markdown(rows, summary, meta))  # "# x" -> "## x"
     print("\n" + "\n".join(markdown(rows, summary, meta).splitlines()[6:8 + len(summary) + 2]))
     print(f"\nwrote {os.path.relpath(out_json)} and {os.path.relpath(out_md)} "
           f"({meta['total_s']:.0f} s)")

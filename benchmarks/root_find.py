@@ -174,6 +174,10 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "root_find.md"), "w") as f:
         f.write("# Root finding benchmark (float64, one thread)\n\n" + table + "\n")
+    if set(opts.problems) == set(PROBLEMS):  # a full run owns RESULTS.md's section
+        from harness import write_section
+
+        write_section("root_find", "## Root finding (float64, one thread)\n\n" + table)
 
 
 if __name__ == "__main__":

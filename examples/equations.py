@@ -25,9 +25,11 @@ import time
 
 DEFAULTS = {
     "dtype": "float64",
-    "curve_fit": {"points": 200, "batch": 64, "noise": 0.02},
+    "curve_fit": {"points": 200, "batch": 64, "noise": 0.02,
+                  "solvers": ["LevenbergMarquardt", "GaussNewton"]},
     "bratu": {"n": 10000, "lam": 1.0},
-    "deq": {"width": 256, "batch": 32, "contraction": 0.9},
+    "deq": {"width": 256, "batch": 32, "contraction": 0.9,
+            "solvers": ["Anderson", "FixedPointIteration"]},
     "max_steps": 200,
     "output_dir": "outputs/equations",
 }
@@ -113,8 +115,8 @@ def main(argv=None) -> int:
           "baseline": jnp.zeros(2, dtype)}
     residual = lambda p, y: model(p, t) - y
 
-    for name, solver in [("LevenbergMarquardt", jaxopt2.LevenbergMarquardt()),
-                         ("GaussNewton", jaxopt2.GaussNewton())]:
+    for name in cf["solvers"]:
+        solver = getattr(jaxopt2, name)()
         fit = jax.jit(jax.vmap(lambda y, solver=solver: jaxopt2.least_squares(
             residual, p0, y, solver=solver, max_steps=max_steps)))
         sol, c, r = timed(fit, data)
@@ -150,8 +152,8 @@ def main(argv=None) -> int:
     xs = jax.random.normal(kx, (batch, 8), dtype)
     layer = lambda y, a: jnp.tanh(a[0] @ y + a[1] @ a[2])
 
-    for name, solver in [("Anderson", jaxopt2.Anderson()),
-                         ("FixedPointIteration", jaxopt2.FixedPointIteration())]:
+    for name in dq["solvers"]:
+        solver = getattr(jaxopt2, name)()
         deq = jax.jit(jax.vmap(lambda x, solver=solver: jaxopt2.fixed_point(
             layer, jnp.zeros(width, dtype), (W, U, x), solver=solver, max_steps=max_steps),
             in_axes=0))

@@ -166,3 +166,16 @@ def test_fixed_point_aux_and_callback():
     assert len(seen) == int(sol.stats["num_steps"])
     # max|g(y) − y| halves every step for this map
     np.testing.assert_allclose(np.array(seen[1:]) / np.array(seen[:-1]), 0.5, rtol=1e-6)
+
+
+def test_equation_doors_raise_on_failure():
+    cubic = lambda y, a: y**3 - a  # one Newton step from 1.0 cannot solve it
+    with pytest.raises(RuntimeError, match=r"\(max_steps_reached\)"):
+        jaxopt2.root_find(cubic, jnp.ones(2), jnp.full(2, 5.0), solver=jaxopt2.NewtonRaphson(),
+                          max_steps=1)
+    with pytest.raises(RuntimeError, match=r"\(max_steps_reached\)"):
+        jaxopt2.least_squares(cubic, jnp.ones(2), jnp.full(2, 5.0),
+                              solver=jaxopt2.GaussNewton(), max_steps=1)
+    with pytest.raises(RuntimeError, match=r"\(max_steps_reached\)"):
+        jaxopt2.fixed_point(lambda y, a: 0.9 * y + a, jnp.ones(2), jnp.ones(2), solver=FPI,
+                            max_steps=1)
