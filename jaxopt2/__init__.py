@@ -1,8 +1,11 @@
 """jaxopt2: differentiable second-order solvers for JAX."""
 
 from . import curvature as curvature
+from . import implicit as implicit
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
+from ._adjoint import Neumann as Neumann
+from ._adjoint import UnrolledAdjoint as UnrolledAdjoint
 from ._base import AbstractFixedPointSolver as AbstractFixedPointSolver
 from ._base import AbstractLeastSquaresSolver as AbstractLeastSquaresSolver
 from ._base import AbstractMinimizer as AbstractMinimizer
@@ -29,5 +32,9 @@ from ._solver.quasi_newton import BFGS as BFGS
 from ._solver.quasi_newton import LBFGS as LBFGS
 from ._solver.regularized_newton import RegularizedNewton as RegularizedNewton
 from ._solver.root_newton import NewtonRaphson as NewtonRaphson
+from .implicit import custom_fixed_point as custom_fixed_point
+from .implicit import custom_root as custom_root
+from .implicit import root_jvp as root_jvp
+from .implicit import root_vjp as root_vjp
 
 __version__ = "0.1.0"

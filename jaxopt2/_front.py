@@ -42,15 +42,15 @@ def stats(counts: Counts, num_steps) -> dict:
                 num_hessian=counts.hessian, num_jac=counts.jac)
 
 
-def raise_if_failed(token, status: RESULTS):
+def raise_if_failed(token, status: RESULTS,
+                    hint: str = "Pass throw=False to return the status instead of raising."):
     """Raise `status`'s message unless it is `successful`; a no-op under `vmap` (each
     problem's status is reported instead). Returns `token` with the check attached."""
     code = status._value
     if not isinstance(code, jax.core.Tracer):
         if int(code) != RESULTS.successful._value:
             raise RuntimeError(f"jaxopt2: solve failed ({status_name(status)}): "
-                               f"{RESULTS[status]}\nPass throw=False to return the status "
-                               "instead of raising.")
+                               f"{RESULTS[status]}\n{hint}")
         return token
     return _checked(token, code)
 

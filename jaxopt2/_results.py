@@ -38,6 +38,13 @@ class RESULTS(eqx.Enumeration):
         "change. Pass `lower`/`upper` with F(lower)·F(upper) ≤ 0, or omit both to search "
         "outwards from y0."
     )
+    adjoint_failed = (
+        "The linear solve of implicit differentiation did not converge: the Hessian (or "
+        "Jacobian) at the solution may be singular or indefinite, e.g. at a saddle point or "
+        "with unpenalised directions. Add regularization, or pass "
+        "ImplicitAdjoint(linear_solver=...) with a solver for such systems (lx.GMRES, lx.LU) "
+        "or a larger iteration budget. The derivatives of the failed problems are NaN."
+    )
     diverged = (
         "The iterates diverged: the objective kept decreasing without bound. Check that the "
         "problem has a minimizer (add regularization or constraints) and that `fun` is correct."
