@@ -132,3 +132,11 @@ def check_vector_output(fn, y0, args, what: str, square: bool) -> None:
                 f"{y_shapes}. For over- or under-determined systems use "
                 "jaxopt2.least_squares."
             )
+        y_dtypes = jtu.tree_map(lambda x: x.dtype, y0)
+        f_dtypes = jtu.tree_map(lambda x: x.dtype, f)
+        if y_dtypes != f_dtypes:
+            raise TypeError(
+                f"`{what}` must return the dtypes of the initial point; got {f_dtypes} for a "
+                f"point with {y_dtypes}. A float64 constant or a NumPy scalar in `{what}` "
+                "probably promoted it: cast the output (or the constants) to the point's dtype."
+            )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from ._loops import while_loop
 from ._tree import tree_axpy, tree_dot, tree_zeros_like
 
 
@@ -87,7 +87,7 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
                 negative, hit)
 
     init = (x0, b, z0, rz0, jnp.zeros((), jnp.int32), b_norm <= tol, b_norm <= tol, false, false)
-    x, _, _, _, k, _, conv, neg, bnd = lax.while_loop(cond, body, init)
+    x, _, _, _, k, _, conv, neg, bnd = while_loop(cond, body, init, max_steps=max_iters)
     return CGResult(x, k, conv, neg, bnd)
 
 

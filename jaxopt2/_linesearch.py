@@ -13,9 +13,9 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from ._base import Counts, Iterate
+from ._loops import while_loop
 from ._tree import tree_axpy, tree_dot, tree_where
 
 
@@ -61,7 +61,7 @@ def backtracking(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, shrink
         return t, fn(tree_axpy(t, direction, it.params), args)[0].astype(dtype), k + 1
 
     init = (init_step, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-    t, value, k = lax.while_loop(cond, body, init)
+    t, value, k = while_loop(cond, body, init, max_steps=max_trials + 1)
     ok = accept(t, value) & (slope < 0)
     t = jnp.where(ok, t, jnp.zeros_like(t))
     new = _evaluate_at(fn, it, direction, t, args)
@@ -179,7 +179,7 @@ def zoom_wolfe(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, c2=0.9,
         return dict(t=t_next, lo=new_lo, f_lo=f_lo, s_lo=s_lo, hi=new_hi, f_hi=f_hi, s_hi=s_hi,
                     bracketed=bracketed, k=st["k"] + 1, done=wolfe, best=best, best_t=best_t)
 
-    st = lax.while_loop(cond, body, state)
+    st = while_loop(cond, body, state, max_steps=max_trials)
     ok = descent & (st["best_t"] > 0)
     final = tree_where(ok, st["best"], it)
     return LineSearchResult(final, jnp.where(ok, st["best_t"], zero), ok, Counts.of(grad=st["k"]))

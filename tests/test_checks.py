@@ -179,3 +179,9 @@ def test_equation_doors_raise_on_failure():
     with pytest.raises(RuntimeError, match=r"\(max_steps_reached\)"):
         jaxopt2.fixed_point(lambda y, a: 0.9 * y + a, jnp.ones(2), jnp.ones(2), solver=FPI,
                             max_steps=1)
+
+
+def test_square_doors_reject_dtype_promotion():
+    with pytest.raises(TypeError, match="dtypes of the initial point"):
+        jaxopt2.fixed_point(lambda y, a: jnp.tanh(y.astype(jnp.float64) + a),
+                            jnp.zeros(3, jnp.float32), jnp.ones(3), solver=FPI)

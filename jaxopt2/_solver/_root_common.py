@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._base import Point
+from .._loops import while_loop
 from .._tree import tree_axpy, tree_dot, tree_norm, tree_where, tree_zeros_like
 
 
@@ -57,7 +58,7 @@ def backtrack(fn, point: Point, direction, args, *, phi0, slope, decrease, c1: f
         return t, Point(y, f, aux), (0.5 * tree_dot(f, f)).astype(dtype), k + 1
 
     init = (jnp.ones((), dtype), point, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-    t, trial, phi, k = lax.while_loop(cond, body, init)
+    t, trial, phi, k = while_loop(cond, body, init, max_steps=max_trials)
     ok = accept(t, phi)
     return Backtrack(tree_where(ok, trial, point), jnp.where(ok, t, 0.0), ok, k)
 
@@ -172,7 +173,8 @@ def gmres(matvec, b, *, rtol, max_iters: int, restart: int, precond=None, x0=Non
             return j + 1, basis, hess, rot, g, cs.at[j].set(c_j), sn.at[j].set(s_j), breakdown
 
         init = (jnp.zeros((), jnp.int32), basis, hess, rot, g, cs, sn, jnp.array(False))
-        j, basis, hess, rot, g, _, _, breakdown = lax.while_loop(inner_cond, inner_body, init)
+        j, basis, hess, rot, g, _, _, breakdown = while_loop(inner_cond, inner_body, init,
+                                                             max_steps=m)
         # Solve the j×j triangular system, padded to m×m with a unit diagonal.
         active = jnp.arange(m) < j
         r_mat = jnp.where(active[:, None] & active[None, :], rot[:m], 0.0)
@@ -196,5 +198,6 @@ def gmres(matvec, b, *, rtol, max_iters: int, restart: int, precond=None, x0=Non
     if x0 is None:
         x0, r0 = tree_zeros_like(b), b
     init = (x0, r0, tree_norm(r0).astype(dtype), jnp.zeros((), jnp.int32), jnp.array(False))
-    x, r, r_norm, k, _ = lax.while_loop(outer_cond, cycle, init)
+    x, r, r_norm, k, _ = while_loop(outer_cond, cycle, init,
+                                    max_steps=max(1, -(-max_iters // m)) + 1)
     return GMRESResult(x, r, r_norm, k, r_norm <= tol)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
 from .._krylov import EW_ETA_MAX, truncated_cg
+from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
 from .regularized_newton import ROUNDOFF, cg_budget, check_cg_rtol, inner_rtol
@@ -166,8 +166,9 @@ class DampedNewton(AbstractMinimizer):
             return L, alpha, ok, k + 1
 
         L0 = jnp.maximum(state.lipschitz / 2, floor).astype(dtype)
-        L, alpha, ok, k = lax.while_loop(
-            cond, body, (L0 / 2, jnp.ones((), dtype), jnp.array(False), jnp.zeros((), jnp.int32)))
+        L, alpha, ok, k = while_loop(
+            cond, body, (L0 / 2, jnp.ones((), dtype), jnp.array(False), jnp.zeros((), jnp.int32)),
+            max_steps=self.max_backtracks + 1)
         new = evaluate(fn, point(jnp.where(ok, alpha, jnp.zeros_like(alpha))), args)
         new = tree_where(ok, new, iterate)
         result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)

@@ -6,10 +6,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, roundoff
 from .._linesearch import backtracking
+from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import ravel
 
@@ -107,6 +107,6 @@ def _damped_cholesky(h, max_tries: int):
         return jnp.linalg.cholesky(h + tau * eye), tau, k + 1
 
     zero = jnp.zeros((), h.dtype)
-    factor, tau, _ = lax.while_loop(cond, body, (jnp.linalg.cholesky(h), zero,
-                                                 jnp.zeros((), jnp.int32)))
+    factor, tau, _ = while_loop(cond, body, (jnp.linalg.cholesky(h), zero,
+                                                 jnp.zeros((), jnp.int32)), max_steps=max_tries)
     return factor, tau

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import jax.tree_util as jtu
 import lineax as lx
-from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
 from .._krylov import EW_ETA_MAX, eisenstat_walker, truncated_cg
+from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_size, tree_where
 
@@ -247,8 +247,9 @@ class RegularizedNewton(AbstractMinimizer):
             return gamma, new, ok, k + 1, matvecs + m
 
         zero = jnp.zeros((), jnp.int32)
-        gamma, new, ok, k, matvecs = lax.while_loop(
-            cond, body, (2 * state.gamma, iterate, jnp.array(False), zero, zero))
+        gamma, new, ok, k, matvecs = while_loop(
+            cond, body, (2 * state.gamma, iterate, jnp.array(False), zero, zero),
+            max_steps=self.max_retries + 1)
         new = tree_where(ok, new, iterate)
         next_gamma = jnp.where(ok, jnp.minimum(2 * gamma, big), gamma).astype(dtype)
         lam = jnp.where(ok, gnorm / gamma, state.lam).astype(dtype)
