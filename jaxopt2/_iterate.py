@@ -7,7 +7,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from ._base import (
     AbstractIterativeSolver,
@@ -19,6 +18,7 @@ from ._base import (
     evaluate,
     evaluate_point,
 )
+from ._loops import while_loop
 from ._results import RESULTS
 from ._tree import result_dtype, tree_all_finite, tree_inf_norm
 
@@ -69,7 +69,8 @@ def run_minimizer(
             jax.debug.callback(callback, num_steps, it.params, it.value, tree_inf_norm(it.grad))
         return it, state, counts + step_counts, result, num_steps, done
 
-    it, state, counts, result, num_steps, done = lax.while_loop(cond, body, carry0)
+    it, state, counts, result, num_steps, done = while_loop(cond, body, carry0,
+                                                            max_steps=max_steps)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
     return LoopOutput(it, state, counts, result, num_steps)
 
@@ -106,7 +107,8 @@ def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, ca
             jax.debug.callback(callback, num_steps, point.y, measure(point))
         return point, state, counts + step_counts, result, num_steps, done
 
-    point, state, counts, result, num_steps, done = lax.while_loop(cond, body, carry0)
+    point, state, counts, result, num_steps, done = while_loop(cond, body, carry0,
+                                                               max_steps=max_steps)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
     return SolverOutput(point, state, counts, result, num_steps)
 

@@ -27,6 +27,10 @@ def unrolled_loops(checkpoints: int | None):
         _UNROLLED.reset(token)
 
 
+def is_unrolled() -> bool:
+    return _UNROLLED.get() is not None
+
+
 def while_loop(cond, body, init, *, max_steps: int):
     """`lax.while_loop(cond, body, init)`, or, when unrolling, a checkpointed loop of at most
     `max_steps` iterations (with `checkpoints` ≈ √max_steps unless given)."""

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._base import Counts
+from .._loops import is_unrolled, while_loop
 from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_zeros_like
 
 # `linear_solver="auto"` forms J when it is small: few parameters (an SVD costs O(m n²)) and
@@ -123,59 +124,122 @@ def model_decrease(svd: ScaledSVD, b):
     return -2.0 * jnp.dot(svd.c, sb) - jnp.dot(sb, sb)
 
 
-def lm_parameter(svd: ScaledSVD, delta, lam_prev, max_iters: int = 10):
-    """The Levenberg-Marquardt parameter λ ≥ 0 for the region ‖D p‖ ≤ Δ (Moré 1978, §5).
+def one_kernel(f, *operands):
+    """`f(*operands)`, run as the body of a while loop that makes exactly one trip.
 
-    λ = 0 when the Gauss-Newton step has ‖D p‖ ≤ 1.1Δ. Otherwise Newton's method on
-    φ(λ) = 1/Δ − 1/‖D p(λ)‖ (nearly linear in λ), safeguarded by bounds l ≤ λ ≤ u that
-    shrink with the sign of φ, stopped when |‖D p‖ − Δ| ≤ 0.1Δ. With the SVD each φ(λ) is O(k),
-    so the iteration costs nothing next to forming J.
-    """
-    dtype = svd.s.dtype
-    tiny = jnp.finfo(dtype).tiny
-    live = svd.s > svd.rank_tol
-    s2 = jnp.where(live, svd.s**2, 1.0)
-    w2 = jnp.where(live, (svd.s * svd.c) ** 2, 0.0)
+    XLA:CPU compiles every fusion of a program as its own kernel (~10-20 ms of compile time
+    each), but a small while loop (no custom calls, about a kilobyte of operands) as a single
+    one. Wrapping a run of scalar bookkeeping this way cuts compile time severalfold; the
+    numbers are unchanged. The trip count is hidden behind an optimization barrier so that
+    XLA does not unroll the single trip back into the enclosing computation. Output leaves
+    start from an operand leaf of the same shape and dtype when there is one (a zero
+    vector would cost a kernel of its own)."""
+    if jax.default_backend() != "cpu" or is_unrolled():
+        # Elsewhere a loop costs a host round trip per trip, and unrolled (reverse-mode)
+        # differentiation needs straight-line code: the trick is for XLA:CPU's compiler only.
+        return f(*operands)
+    out_shape = jax.eval_shape(f, *operands)
+    pool = jax.tree_util.tree_leaves(operands)
 
-    def phi_and_slope(lam):
-        denom = jnp.where(lam > 0, s2 + lam, s2)
-        norm = jnp.sqrt(jnp.sum(w2 / denom**2))
-        dnorm = -jnp.sum(w2 / denom**3) / jnp.where(norm > 0, norm, 1.0)
-        return norm - delta, dnorm, norm
+    def start(sd):
+        for leaf in pool:
+            if leaf.shape == sd.shape and leaf.dtype == sd.dtype:
+                return leaf
+        return jnp.zeros(sd.shape, sd.dtype)
 
-    phi0, dphi0, _ = phi_and_slope(jnp.zeros((), dtype))
-    gn_inside = phi0 <= 0.1 * delta
-    # The Newton step from λ = 0 underestimates the root (φ is convex) when J has full rank.
-    full_rank = jnp.all(live) & (svd.s.shape[0] == svd.vt.shape[1])
-    lower = jnp.where(full_rank & (dphi0 < 0), -phi0 / jnp.where(dphi0 < 0, dphi0, -1.0), 0.0)
-    gnorm = jnp.sqrt(jnp.sum(w2))  # ‖D⁻¹Jᵀr‖
-    upper = gnorm / delta
-    upper = jnp.where(upper > 0, upper, tiny / jnp.minimum(delta, 0.1))
-    lam = jnp.clip(lam_prev, lower, upper)
-    norm0 = phi0 + delta
-    lam = jnp.where(lam > 0, lam, gnorm / jnp.where(norm0 > 0, norm0, 1.0))
-
-    def cond(c):
-        _, _, _, k, stop = c
-        return ~stop & (k < max_iters)
+    out0 = jax.tree_util.tree_map(start, out_shape)
+    go = lax.optimization_barrier(jnp.array(True))
 
     def body(c):
-        lam, lower, upper, k, _ = c
-        outside = (lam <= lower) | (lam >= upper)
-        lam = jnp.where(outside, jnp.maximum(0.001 * upper, jnp.sqrt(lower * upper)), lam)
-        lam = jnp.maximum(lam, tiny)
-        phi, dphi, norm = phi_and_slope(lam)
-        stop = jnp.abs(phi) <= 0.1 * delta
-        lower = jnp.where(phi > 0, jnp.maximum(lower, lam), lower)
-        upper = jnp.where(phi < 0, jnp.minimum(upper, lam), upper)
-        newton = -(phi / jnp.where(dphi < 0, dphi, -1.0)) * (norm / delta)
-        lam_next = jnp.where(stop, lam, jnp.maximum(lower, lam + newton))
-        return lam_next, lower, upper, k + 1, stop
+        _, ops, _ = c
+        return jnp.array(False), ops, f(*ops)
 
-    init = (lam.astype(dtype), lower.astype(dtype), upper.astype(dtype),
-            jnp.zeros((), jnp.int32), gn_inside)
-    lam, *_ = lax.while_loop(cond, body, init)
-    return jnp.where(gn_inside, jnp.zeros((), dtype), lam)
+    return lax.while_loop(lambda c: c[0], body, (go, operands, out0))[2]
+
+
+# Entries of `lm_solve`'s packed output.
+LM_LAM, LM_NORM, LM_DECREASE, LM_SB2 = 3, 4, 5, 6
+
+
+def lm_solve(s, c, rank_tol, n: int, delta, lam_prev, max_iters: int = 10):
+    """The Levenberg-Marquardt parameter λ ≥ 0 for the region ‖D p‖ ≤ Δ (Moré 1978, §5), with
+    ‖D p(λ)‖, ‖r‖² − ‖r + J p(λ)‖² and ‖S b‖², packed in one vector (entries `LM_LAM`,
+    `LM_NORM`, `LM_DECREASE`, `LM_SB2`).
+
+    λ = 0 when the Gauss-Newton step has ‖D p‖ ≤ 1.1Δ. Otherwise Newton's method on
+    φ(λ) = 1/Δ − 1/‖D p(λ)‖ (nearly linear in λ), safeguarded by bounds l ≤ λ ≤ u that shrink
+    with the sign of φ, stopped when |‖D p‖ − Δ| ≤ 0.1Δ. With the SVD each φ(λ) is O(k), so
+    the iteration costs nothing next to forming J.
+
+    One while loop does all of it: trip 0 evaluates φ at λ = 0 (the Gauss-Newton step, and
+    the safeguards l, u), the next trips are Moré's iterations, and a last trip evaluates the
+    final λ when the iteration budget ran out. Each trip is a single reduction over the k
+    singular values, so on small problems XLA:CPU compiles the loop as one kernel.
+    """
+    dtype = s.dtype
+    tiny = jnp.finfo(dtype).tiny
+    full_rank = s.shape[0] == n
+    zero = jnp.zeros((), dtype)
+
+    def evaluate(lam):
+        """‖D p‖, d‖D p‖/dλ, the model decrease and ‖S b‖² at λ, with ‖D⁻¹Jᵀr‖ and whether
+        no singular value is zero: one reduction."""
+        live = s > rank_tol
+        s2 = jnp.where(live, s**2, 1.0)
+        w2 = jnp.where(live, (s * c) ** 2, 0.0)
+        denom = jnp.where(lam > 0, s2 + lam, s2)
+        terms = jnp.stack([w2 / denom**2, w2 / denom**3, w2 / denom, w2 * s2 / denom**2, w2,
+                           jnp.where(live, 0.0, 1.0)])
+        sq, cube, lin, sb2, g2, dead = jnp.sum(terms, axis=1)
+        norm = jnp.sqrt(sq)
+        dnorm = -cube / jnp.where(norm > 0, norm, 1.0)
+        # Uᵀr = c, S b = −S²(S² + λ)⁻¹c: ‖r‖² − ‖r + J p‖² = −2cᵀSb − ‖Sb‖².
+        return norm, dnorm, 2.0 * lin - sb2, sb2, jnp.sqrt(g2), dead == 0
+
+    def step(lam, lower, upper, k):
+        setup = k == 0
+        final = k > max_iters  # the budget ran out: evaluate the last λ, change nothing
+        outside = (lam <= lower) | (lam >= upper)
+        guarded = jnp.where(outside, jnp.maximum(0.001 * upper, jnp.sqrt(lower * upper)), lam)
+        guarded = jnp.maximum(guarded, tiny)
+        lam_eval = jnp.where(setup, zero, jnp.where(final, lam, guarded))
+        norm, dnorm, decrease, sb2, gnorm, no_dead = evaluate(lam_eval)
+        phi = norm - delta
+        # Trip 0: λ = 0 is the answer when the Gauss-Newton step lies within 1.1Δ; otherwise
+        # the safeguards and the starting λ (Moré 1978, §5).
+        gn_inside = phi <= 0.1 * delta
+        # The Newton step from λ = 0 underestimates the root (φ is convex) when J has full rank.
+        lower0 = jnp.where(full_rank & no_dead & (dnorm < 0),
+                           -phi / jnp.where(dnorm < 0, dnorm, -1.0), 0.0)
+        upper0 = gnorm / delta
+        upper0 = jnp.where(upper0 > 0, upper0, tiny / jnp.minimum(delta, 0.1))
+        lam0 = jnp.clip(lam_prev, lower0, upper0)
+        lam0 = jnp.where(lam0 > 0, lam0, gnorm / jnp.where(norm > 0, norm, 1.0))
+        # Moré's safeguarded Newton iteration.
+        stop = jnp.abs(phi) <= 0.1 * delta
+        lower1 = jnp.where(phi > 0, jnp.maximum(lower, lam_eval), lower)
+        upper1 = jnp.where(phi < 0, jnp.minimum(upper, lam_eval), upper)
+        newton = -(phi / jnp.where(dnorm < 0, dnorm, -1.0)) * (norm / delta)
+        lam1 = jnp.where(stop, lam_eval, jnp.maximum(lower1, lam_eval + newton))
+        done = jnp.where(setup, gn_inside, stop | final)
+        lam = jnp.where(setup, lam0, jnp.where(final, lam_eval, lam1))
+        lower = jnp.where(setup, lower0, lower1)
+        upper = jnp.where(setup, upper0, upper1)
+        # One packed vector instead of seven scalars: one fusion writes the whole carry.
+        out = jnp.stack([lam, lower, upper, jnp.where(done & ~setup, lam_eval, zero), norm,
+                         decrease, sb2])
+        return out, k + 1, done
+
+    def cond(carry):
+        return ~carry[2]
+
+    def body(carry):
+        (lam, lower, upper, *_), k, _ = carry
+        return step(lam, lower, upper, k)
+
+    init = (jnp.stack([jnp.asarray(lam_prev, dtype), zero, zero, zero, zero, zero, zero]),
+            jnp.zeros((), jnp.int32), jnp.array(False))
+    return while_loop(cond, body, init, max_steps=max_iters + 2)[0]
 
 
 def column_cosine(jac, r, rnorm):
@@ -239,7 +303,7 @@ def cgls(jvp, vjp, r, g, lam, *, rtol, max_iters: int, dtype) -> CGLSResult:
 
     init = (tree_zeros_like(g), tree_neg(r), s0, gamma0, jnp.zeros((), jnp.int32),
             gnorm <= 0)
-    x, q, _, _, k, _ = lax.while_loop(cond, body, init)
+    x, q, _, _, k, _ = while_loop(cond, body, init, max_steps=max_iters)
     return CGLSResult(x, tree_dot(q, q).astype(dtype), k)
 
 

@@ -7,10 +7,10 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from .._base import AbstractLeastSquaresSolver, Counts, Point
 from .._krylov import EW_ETA_MAX, eisenstat_walker
+from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import ravel, tree_axpy, tree_dot, tree_norm, tree_where, tree_zeros_like
 from . import _lsq_common as lsq
@@ -132,7 +132,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
             return t, new, value, k + 1
 
         init = (jnp.ones((), dtype), point, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-        t, new, value, k = lax.while_loop(cond, body, init)
+        t, new, value, k = while_loop(cond, body, init, max_steps=_MAX_TRIALS)
         ok = ~stationary & (k > 0) & armijo(t, value)
         new = tree_where(ok, new, point)
         rnorm_new = jnp.sqrt(value)

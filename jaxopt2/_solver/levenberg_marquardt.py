@@ -30,6 +30,7 @@ class _DenseState(eqx.Module):
     rnorm0: jax.Array
     cos: jax.Array  # gradient cosine at the current point
     stale: jax.Array  # the SVD is not yet of the current point's Jacobian (new point)
+    rnorm: jax.Array  # ‖r‖ at the current point
 
 
 class _FreeState(eqx.Module):
@@ -151,7 +152,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
                             jnp.zeros((r.size, k), dtype) if self.geodesic else None)
         zero = jnp.zeros((), dtype)
         state = _DenseState(svd, jnp.ones(n, dtype), zero, zero, jnp.array(True), rnorm,
-                            jnp.ones((), dtype), jnp.array(True))
+                            jnp.ones((), dtype), jnp.array(True), rnorm)
         return state, Counts(), lsq.at_floor(rnorm, dtype), RESULTS.successful
 
     def _diag(self, old, colnorm, first):
@@ -174,7 +175,8 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         eps = jnp.finfo(dtype).eps
         x, unravel, rflat = lsq.flat_problem(fn, point.y, args, dtype)
         r = ravel(point.f)[0].astype(dtype)
-        rnorm = jnp.linalg.norm(r)
+        rnorm = state.rnorm
+        n, factor = x.size, self.factor
 
         def refresh():
             """J, D, the SVD of J D⁻¹ and the gradient cosine at the current point."""
@@ -185,56 +187,76 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
         svd, diag, cos = lax.cond(state.stale, refresh,
                                   lambda: (state.svd, state.diag, state.cos))
+        xnorm = jnp.linalg.norm(diag * x)  # ‖D y‖
+
         # Δ₀ = factor·‖D y₀‖, once D is known (the first step).
-        xnorm0 = jnp.linalg.norm(diag * x)
-        delta0 = jnp.where(xnorm0 > 0, self.factor * xnorm0, self.factor)
+        delta0 = jnp.where(xnorm > 0, factor * xnorm, factor)
         delta = jnp.where(state.first & state.stale, delta0, state.delta).astype(dtype)
-        stationary = (cos <= gtol) | lsq.at_floor(rnorm, dtype)
-        lam = lsq.lm_parameter(svd, delta, state.lam)
+        # λ with the step's norm and model decrease, packed in one vector (one loop, one
+        # kernel on small problems); the scalar work after the trial evaluation is one kernel
+        # too (`lsq.one_kernel`). Otherwise they are most of the program's fusions.
+        lm = lsq.lm_solve(svd.s, svd.c, svd.rank_tol, n, delta, state.lam)
+        lam = lm[lsq.LM_LAM]
         b = lsq.svd_coefficients(svd, lam)
-        znorm = jnp.linalg.norm(b)
         extra = Counts()
         if self.geodesic:
             b, extra = self._geodesic(rflat, x, svd, diag, lam, b)
+            # ‖D p‖ (V has orthonormal columns), the model decrease and ‖S b‖² of the new b,
+            # in place of those of the λ-step (whose norm still clips the first Δ).
+            lm = jnp.concatenate([lm, jnp.stack([jnp.linalg.norm(b), lsq.model_decrease(svd, b),
+                                                 jnp.sum((svd.s * b) ** 2)])])
+        geo = 7 if self.geodesic else 0
         p = (svd.vt.T @ b) / diag
-        pnorm = jnp.linalg.norm(b)  # ‖D p‖ (V has orthonormal columns)
-        # MINPACK clips the (generous) initial radius to the first step's length.
-        delta = jnp.where(state.first, jnp.minimum(delta, znorm), delta)
 
         x_new = x + p
         y_new = unravel(x_new)
         f_new, aux_new = fn(y_new, args)
         r_new = ravel(f_new)[0].astype(dtype)
         rnorm_new = jnp.linalg.norm(r_new)
-        actual, predicted, ratio = lsq.reductions(rnorm, rnorm_new, lsq.model_decrease(svd, b))
-        safe_r = jnp.where(rnorm > 0, rnorm, 1.0)
-        dirder = -(jnp.sum((svd.s * b) ** 2) + lam * pnorm**2) / safe_r**2
+        xnorm_new = jnp.linalg.norm(diag * x_new)
 
-        # Radius update (Moré 1978, §4 and MINPACK): shrink by a factor in [0.1, 0.5] found
-        # by interpolating the actual reduction, expand to 2‖D p‖ on a good step.
-        shrink = jnp.where(actual >= 0, 0.5,
-                           0.5 * dirder / jnp.where(dirder + 0.5 * actual != 0,
-                                                    dirder + 0.5 * actual, 1.0))
-        shrink = jnp.where(~(0.1 * rnorm_new < rnorm) | (shrink < 0.1), 0.1, shrink)
-        poor = ratio <= 0.25
-        good = ~poor & ((lam == 0) | (ratio >= 0.75))
-        delta = jnp.where(poor, shrink * jnp.minimum(delta, 10.0 * pnorm),
-                          jnp.where(good, 2.0 * pnorm, delta)).astype(dtype)
-        lam = jnp.where(poor, lam / shrink, jnp.where(good, 0.5 * lam, lam)).astype(dtype)
-        accept = ~stationary & (ratio >= _ACCEPT) & jnp.isfinite(rnorm_new)
+        def after(lm, first, rnorm, rnorm_new, delta, xnorm, xnorm_new, cos, rnorm0):
+            lam, znorm = lm[lsq.LM_LAM], lm[lsq.LM_NORM]
+            if geo:
+                pnorm, decrease, sb2 = lm[geo], lm[geo + 1], lm[geo + 2]
+            else:
+                pnorm, decrease, sb2 = znorm, lm[lsq.LM_DECREASE], lm[lsq.LM_SB2]
+            stationary = (cos <= gtol) | lsq.at_floor(rnorm, dtype)
+            # MINPACK clips the (generous) initial radius to the first step's length.
+            delta = jnp.where(first, jnp.minimum(delta, znorm), delta)
+            actual, predicted, ratio = lsq.reductions(rnorm, rnorm_new, decrease)
+            safe_r = jnp.where(rnorm > 0, rnorm, 1.0)
+            dirder = -(sb2 + lam * pnorm**2) / safe_r**2
+            # Radius update (Moré 1978, §4 and MINPACK): shrink by a factor in [0.1, 0.5]
+            # found by interpolating the actual reduction, expand to 2‖D p‖ on a good step.
+            shrink = jnp.where(actual >= 0, 0.5,
+                               0.5 * dirder / jnp.where(dirder + 0.5 * actual != 0,
+                                                        dirder + 0.5 * actual, 1.0))
+            shrink = jnp.where(~(0.1 * rnorm_new < rnorm) | (shrink < 0.1), 0.1, shrink)
+            poor = ratio <= 0.25
+            good = ~poor & ((lam == 0) | (ratio >= 0.75))
+            delta = jnp.where(poor, shrink * jnp.minimum(delta, 10.0 * pnorm),
+                              jnp.where(good, 2.0 * pnorm, delta)).astype(dtype)
+            lam = jnp.where(poor, lam / shrink, jnp.where(good, 0.5 * lam, lam)).astype(dtype)
+            accept = ~stationary & (ratio >= _ACCEPT) & jnp.isfinite(rnorm_new)
+            rnorm_now = jnp.where(accept, rnorm_new, rnorm)
+            xnorm = jnp.where(accept, xnorm_new, xnorm)
+            tried = ~stationary
+            converged = stationary | lsq.at_floor(rnorm_now, dtype) | (tried & (
+                lsq.ftol_test(actual, predicted, ratio, ftol) | (delta <= xtol * xnorm)))
+            stalled = tried & (lsq.ftol_test(actual, predicted, ratio, eps)
+                               | (delta <= eps * xnorm))
+            ok = converged | lsq.stalled_success(cos, rnorm_now, rnorm0, dtype)
+            done = converged | stalled
+            result = RESULTS.where(done & ~ok, RESULTS.line_search_failed, RESULTS.successful)
+            return accept, delta, lam, rnorm_now, done, result
+
+        accept, delta, lam, rnorm_now, done, result = lsq.one_kernel(
+            after, lm, state.first, rnorm, rnorm_new, delta, xnorm, xnorm_new, cos,
+            state.rnorm0)
         new = tree_where(accept, Point(y_new, f_new, aux_new), point)
-        rnorm_now = jnp.where(accept, rnorm_new, rnorm)
-        xnorm = jnp.linalg.norm(diag * jnp.where(accept, x_new, x))
-
-        tried = ~stationary
-        converged = stationary | lsq.at_floor(rnorm_now, dtype) | (tried & (
-            lsq.ftol_test(actual, predicted, ratio, ftol) | (delta <= xtol * xnorm)))
-        stalled = tried & (lsq.ftol_test(actual, predicted, ratio, eps) | (delta <= eps * xnorm))
-        ok = converged | lsq.stalled_success(cos, rnorm_now, state.rnorm0, dtype)
-        done = converged | stalled
-        result = RESULTS.where(done & ~ok, RESULTS.line_search_failed, RESULTS.successful)
         new_state = _DenseState(svd, diag, delta, lam, state.first & ~accept, state.rnorm0, cos,
-                                accept)
+                                accept, rnorm_now)
         fresh = state.stale.astype(jnp.int32)
         counts = Counts.of(fun=1 + fresh, jac=fresh) + extra
         return new, new_state, counts, done, result
