@@ -29,7 +29,7 @@ import lineax as lx
 from ._front import raise_if_failed
 from ._loops import unrolled_loops
 from ._results import RESULTS
-from ._tree import result_dtype, tree_all_finite, tree_axpy, tree_dot, tree_neg, tree_sub
+from ._tree import ravel, result_dtype, tree_all_finite, tree_axpy, tree_dot, tree_neg, tree_sub
 
 
 class AbstractAdjoint(eqx.Module):
@@ -99,7 +99,9 @@ class ImplicitAdjoint(AbstractAdjoint):
 
     - `linear_solver`: how the adjoint system (∂ₓF) v = w is solved: any lineax solver
       (`lx.CG`, `lx.GMRES`, `lx.BiCGStab`, or a dense `lx.LU()`/`lx.Cholesky()` for small
-      problems, which materialises ∂ₓF), or `jaxopt2.Neumann(steps)`. `None` (default) is
+      problems, which materialises ∂ₓF), or `jaxopt2.Neumann(steps)`. `None` (default): up to
+      1000 unknowns, a dense solve (∂ₓF formed from batched products, then an eigen- or
+      least-squares pseudo-inverse, so singular but consistent systems are fine); above that,
       matrix-free conjugate gradients for symmetric systems (minimisation, least squares) and
       GMRES otherwise, to relative and absolute tolerance eps^0.75 in float64 (eps^0.6 in
       lower precision).
@@ -130,6 +132,9 @@ class ImplicitAdjoint(AbstractAdjoint):
             # (custom_linear_solve hands this the transposed map for the transposed solve.)
             if isinstance(solver, Neumann):
                 x, ok = solver.solve(matvec, b)  # approximate by design: only finiteness
+            elif solver is None and _size(b) <= DENSE_MAX:
+                x = _dense_solve(matvec, b, symmetric, eps)
+                ok = tree_all_finite(x) & (_norm(tree_sub(matvec(x), b)) <= eps**0.5 * _norm(b))
             else:
                 op = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: b),
                                                tags=frozenset(tags))
@@ -148,6 +153,28 @@ class ImplicitAdjoint(AbstractAdjoint):
             return x
 
         return jax.lax.custom_linear_solve(matvec, rhs, solve, solve, symmetric=symmetric)
+
+
+DENSE_MAX = 1000  # the default adjoint solve is dense up to this many unknowns
+
+
+def _dense_solve(matvec, b, symmetric: bool, eps: float):
+    """Solve by forming the (small) matrix: n batched products, then a pseudo-inverse (an
+    eigendecomposition when symmetric, else least squares), so a singular but consistent
+    system (unpenalised directions, a redundant parametrisation) still gets its minimum-norm
+    solution; an inconsistent one fails the caller's residual test."""
+    flat_b, unravel = ravel(b)
+    n = flat_b.size
+    columns = jax.vmap(lambda v: ravel(matvec(unravel(v)))[0], out_axes=1)
+    A = columns(jnp.eye(n, dtype=flat_b.dtype))
+    if symmetric:
+        w, Q = jnp.linalg.eigh(0.5 * (A + A.T))
+        cutoff = n * eps * jnp.max(jnp.abs(w), initial=0.0)
+        inv = jnp.where(jnp.abs(w) > cutoff, 1.0 / jnp.where(w == 0, 1.0, w), 0.0)
+        x = Q @ (inv * (Q.T @ flat_b))
+    else:
+        x = jnp.linalg.lstsq(A, flat_b)[0]
+    return unravel(x)
 
 
 def _default_solver(tags, eps: float):

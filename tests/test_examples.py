@@ -52,3 +52,11 @@ def test_readme_equations_snippet_runs(capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3
     assert abs(float(out[0].split()[0]) - 1.3) < 1e-4  # exact data: the rate is recovered
+
+
+def test_readme_implicit_snippet_runs(capsys):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Implicit differentiation", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    exec(compile("import jax, jax.numpy as jnp\n" + code, "README.md", "exec"), {})
+    assert abs(float(capsys.readouterr().out) - 1 / 12) < 1e-6
