@@ -48,35 +48,20 @@ benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
+# isort: off
+# First, before jax and NumPy are imported: one thread, one core (single_thread.py).
+from single_thread import PINNED_CPU
+# isort: on
+
 import argparse
-import os
-import sys
-
-# Single-threaded and pinned to one core before jax / NumPy are imported (see run_all.py).
-_pre = argparse.ArgumentParser(add_help=False)
-_pre.add_argument("--cpu", type=int, default=None)
-_pre.add_argument("--no-pin", action="store_true")
-_pin_args, _ = _pre.parse_known_args()
-PINNED_CPU = None
-if not _pin_args.no_pin and hasattr(os, "sched_setaffinity"):
-    _allowed = sorted(os.sched_getaffinity(0))
-    PINNED_CPU = _pin_args.cpu if _pin_args.cpu is not None else _allowed[0]
-    os.sched_setaffinity(0, {PINNED_CPU})
-THREAD_ENV = {
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
-for _k, _v in THREAD_ENV.items():
-    os.environ.setdefault(_k, _v)
-
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import functools  # noqa: E402
 import importlib.metadata  # noqa: E402
+import os
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402

@@ -12,22 +12,20 @@ Compile time = first call − steady-state run time; run time = median of `--rep
 
 from __future__ import annotations
 
+# isort: off
+# First, before jax and NumPy are imported: one thread, one core (single_thread.py).
+import single_thread  # noqa: F401
+# isort: on
+
 import argparse
 import os
-import sys
-
-# Single-threaded and pinned, as in run_all.py; must happen before jax/NumPy are imported.
-if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-for _k, _v in {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1"}.items():
-    os.environ.setdefault(_k, _v)
-
 import statistics  # noqa: E402
+import sys
 import time  # noqa: E402
 
 import jax  # noqa: E402
+
+# Single-threaded and pinned, as in run_all.py; must happen before jax/NumPy are imported.
 
 jax.config.update("jax_enable_x64", True)
 

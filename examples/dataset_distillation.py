@@ -23,11 +23,22 @@ curve, and `metrics.json` / `results.md`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
+
+# examples/ is not on sys.path when the tests load this file by path; _common lives there
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    enable_x64,
+    markdown_table,
+    parse_cli,
+    prepare_output_dir,
+    pyplot,
+    save_figure,
+    write_metrics,
+    write_results,
+)
 
 DEFAULTS = {
     "dtype": "float64",
@@ -46,16 +57,6 @@ DEFAULTS = {
 }
 
 
-def load_config(path: str | None) -> dict:
-    config = dict(DEFAULTS)
-    if path:
-        import yaml
-
-        with open(path) as f:
-            config.update(yaml.safe_load(f) or {})
-    return config
-
-
 def load_data(config, dtype):
     """Digits scaled to [0, 1], split into training and test sets."""
     import numpy as np
@@ -69,18 +70,9 @@ def load_data(config, dtype):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML config (defaults built in)")
-    parser.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
-    cli = parser.parse_args(argv)
-    config = load_config(cli.config)
-    if cli.output_dir:
-        config["output_dir"] = cli.output_dir
-
+    config = parse_cli(__doc__, DEFAULTS, argv, nested=False)
+    enable_x64(config)
     import jax
-
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import numpy as np
     import optax
@@ -169,7 +161,7 @@ def main(argv=None) -> int:
 
     header = ("outer step", "train loss (real data)", "test acc", "inner steps",
               "inner status")
-    table = _table(header, rows)
+    table = markdown_table(header, rows)
     print(table)
     summary = (f"test accuracy of softmax regression trained on 10 images: distilled "
                f"{distilled_acc:.4f}, random real {base_acc.mean():.4f} ± {base_acc.std():.4f} "
@@ -180,10 +172,8 @@ def main(argv=None) -> int:
     print(f"first outer step (compile + run) {compile_s:.1f} s, {config['outer_steps']} outer "
           f"steps {loop_s:.1f} s, total {total_s:.1f} s")
 
-    out = config["output_dir"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n\n" + summary + "\n")
+    out = prepare_output_dir(config)
+    write_results(out, table, summary)
     metrics = {
         "outer_loss": losses, "distilled_test_acc": distilled_acc,
         "random_real_test_acc": base_acc.tolist(), "start_test_acc": float(base_acc[0]),
@@ -191,8 +181,7 @@ def main(argv=None) -> int:
         "inner_all_ok": all(r[4] == "ok" for r in rows) and bool(base_ok.all()),
         "seconds": {"first_step": compile_s, "outer_loop": loop_s, "total": total_s},
     }
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    write_metrics(out, metrics)
     np.save(os.path.join(out, "distilled_images.npy"), np.asarray(images).reshape(-1, 8, 8))
     paths = _plot(np.asarray(images0), np.asarray(images), losses, base_acc[0], distilled_acc,
                   out)
@@ -200,23 +189,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _table(header, rows) -> str:
-    def fmt(x):
-        return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-    cells = [list(header)] + [[fmt(x) for x in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def _plot(images0, images, losses, acc0, acc, out) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     # third row: what tells the classes apart (the 10 distilled images share a large common
     # part, which the classifier's biases and softmax largely ignore)
@@ -235,9 +209,7 @@ def _plot(images0, images, losses, acc0, acc, out) -> list[str]:
                 ax.set_xlabel(str(k))
         axes[row, 4].set_title(title, fontsize=9, loc="left")
     fig.tight_layout()
-    images_path = os.path.join(out, "distilled_images.png")
-    fig.savefig(images_path, dpi=120)
-    plt.close(fig)
+    images_path = save_figure(fig, out, "distilled_images.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(losses)
@@ -245,9 +217,7 @@ def _plot(images0, images, losses, acc0, acc, out) -> list[str]:
            title="Dataset distillation (digits, 10 images)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    loss_path = os.path.join(out, "outer_loss.png")
-    fig.savefig(loss_path, dpi=120)
-    plt.close(fig)
+    loss_path = save_figure(fig, out, "outer_loss.png")
     return [images_path, loss_path]
 
 

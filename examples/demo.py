@@ -9,10 +9,21 @@ Runs unchanged on CPU, GPU or TPU.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
+
+# examples/ is not on sys.path when the tests load this file by path; _common lives there
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    enable_x64,
+    markdown_table,
+    parse_cli,
+    prepare_output_dir,
+    pyplot,
+    save_figure,
+    write_results,
+)
 
 DEFAULTS = {
     "dataset": "breast_cancer",
@@ -25,16 +36,6 @@ DEFAULTS = {
                 "DampedNewton"],
     "output_dir": "outputs/demo",
 }
-
-
-def load_config(path: str | None) -> dict:
-    config = dict(DEFAULTS)
-    if path:
-        import yaml
-
-        with open(path) as f:
-            config.update(yaml.safe_load(f) or {})
-    return config
 
 
 def load_data(config, dtype):
@@ -60,18 +61,10 @@ def load_data(config, dtype):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML config (defaults built in)")
-    parser.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
-    cli = parser.parse_args(argv)
-    config = load_config(cli.config)
-    if cli.output_dir:
-        config["output_dir"] = cli.output_dir
-
+    # a file's `synthetic:` replaces the default whole (no nested merge)
+    config = parse_cli(__doc__, DEFAULTS, argv)
+    enable_x64(config)
     import jax
-
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     from tqdm import tqdm
 
@@ -118,11 +111,10 @@ def main(argv=None) -> int:
 
     header = ("solver", "iters", "f/g evals", "HVPs", "compile s", "run s", "|g|/|g0|",
               "objective", "status")
-    print(_table(header, rows))
-    out = config["output_dir"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(_table(header, rows) + "\n")
+    table = markdown_table(header, rows, ".3g")
+    print(table)
+    out = prepare_output_dir(config)
+    write_results(out, table)
     path = _plot(histories, out, config)
     print(f"saved {path}")
     return 0
@@ -141,24 +133,8 @@ def _history(jaxopt2, objective, params0, data, solver, config, g0, run_s, num_s
     return grads, times
 
 
-def _table(header, rows) -> str:
-    def fmt(x):
-        return f"{x:.3g}" if isinstance(x, float) else str(x)
-
-    cells = [list(header)] + [[fmt(x) for x in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def _plot(histories, out, config) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for name, (grads, times) in histories.items():
         a1.semilogy(range(len(grads)), grads, label=name)
@@ -171,9 +147,7 @@ def _plot(histories, out, config) -> str:
     a1.legend(fontsize=8)
     fig.suptitle(f"L2-regularised logistic regression ({config['dataset']})")
     fig.tight_layout()
-    path = os.path.join(out, "convergence.png")
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, out, "convergence.png")
 
 
 if __name__ == "__main__":

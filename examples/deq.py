@@ -28,12 +28,23 @@ steps per forward pass, the estimated ‖W‖₂) and saves the loss curve (PNG)
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
 import time
+
+# examples/ is not on sys.path when the tests load this file by path; _common lives there
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    enable_x64,
+    markdown_table,
+    parse_cli,
+    prepare_output_dir,
+    pyplot,
+    save_figure,
+    write_metrics,
+    write_results,
+)
 
 DEFAULTS = {
     "dtype": "float32",
@@ -51,20 +62,6 @@ DEFAULTS = {
 }
 
 
-def load_config(path: str | None) -> dict:
-    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
-    if path:
-        import yaml
-
-        with open(path) as f:
-            for key, value in (yaml.safe_load(f) or {}).items():
-                if isinstance(value, dict):
-                    config[key].update(value)
-                else:
-                    config[key] = value
-    return config
-
-
 def load_data(config, dtype):
     """Digits scaled to [0, 1], split into training and test sets."""
     import numpy as np
@@ -78,18 +75,9 @@ def load_data(config, dtype):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML config (defaults built in)")
-    parser.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
-    cli = parser.parse_args(argv)
-    config = load_config(cli.config)
-    if cli.output_dir:
-        config["output_dir"] = cli.output_dir
-
+    config = parse_cli(__doc__, DEFAULTS, argv)
+    enable_x64(config)
     import jax
-
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import numpy as np
     import optax
@@ -212,7 +200,7 @@ def main(argv=None) -> int:
 
     header = ("epoch", "train loss", "train acc", "test acc", "Anderson steps (train)",
               "Anderson steps (test)", "‖W‖₂", "fixed points")
-    table = _table(header, rows)
+    table = markdown_table(header, rows)
     print(table)
     mean_steps = float(np.mean([r[4] for r in rows]))
     summary = (f"training loss {rows[0][1]:.4f} (epoch 1) -> {rows[-1][1]:.4f} (epoch "
@@ -223,10 +211,8 @@ def main(argv=None) -> int:
     print(f"first training step (compile + run) {compile_s:.1f} s, training {train_s:.1f} s, "
           f"total {total_s:.1f} s")
 
-    out = config["output_dir"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n\n" + summary + "\n")
+    out = prepare_output_dir(config)
+    write_results(out, table, summary)
     metrics = {
         "epoch_train_loss": [r[1] for r in rows], "epoch_train_acc": [r[2] for r in rows],
         "epoch_test_acc": [r[3] for r in rows], "anderson_steps_train": [r[4] for r in rows],
@@ -235,31 +221,16 @@ def main(argv=None) -> int:
         "step_losses": losses,
         "seconds": {"first_step": compile_s, "training": train_s, "total": total_s},
     }
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    write_metrics(out, metrics)
     path = _plot(losses, n_batches, rows, out)
     print(f"saved {path}")
     return 0
 
 
-def _table(header, rows) -> str:
-    def fmt(x):
-        return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-    cells = [list(header)] + [[fmt(x) for x in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def _plot(losses, n_batches, rows, out) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     a1.semilogy(np.arange(1, len(losses) + 1) / n_batches, losses, alpha=0.4,
@@ -278,10 +249,7 @@ def _plot(losses, n_batches, rows, out) -> str:
         a.grid(alpha=0.3)
     fig.suptitle("Deep-equilibrium classifier on digits (implicit differentiation)")
     fig.tight_layout()
-    path = os.path.join(out, "training.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, "training.png")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,20 @@ Runs unchanged on CPU, GPU or TPU.
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
+import sys
+
+# examples/ is not on sys.path when the tests load this file by path; _common lives there
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    enable_x64,
+    parse_cli,
+    prepare_output_dir,
+    pyplot,
+    save_figure,
+    timed,
+    write_results,
+)
 
 DEFAULTS = {
     "dtype": "float64",
@@ -35,46 +46,10 @@ DEFAULTS = {
 }
 
 
-def load_config(path: str | None) -> dict:
-    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
-    if path:
-        import yaml
-
-        with open(path) as f:
-            for key, value in (yaml.safe_load(f) or {}).items():
-                if isinstance(value, dict):
-                    config[key].update(value)
-                else:
-                    config[key] = value
-    return config
-
-
-def timed(fn, *args):
-    """(result, compile seconds, run seconds) of a jitted call."""
-    import jax
-
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    run = time.perf_counter() - start
-    return out, max(first - run, 0.0), run
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML config (defaults built in)")
-    parser.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
-    cli = parser.parse_args(argv)
-    config = load_config(cli.config)
-    if cli.output_dir:
-        config["output_dir"] = cli.output_dir
-
+    config = parse_cli(__doc__, DEFAULTS, argv)
+    enable_x64(config)
     import jax
-
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import numpy as np
 
@@ -178,10 +153,8 @@ def main(argv=None) -> int:
     print(f"\nd centre / d data: max |.| = {float(jnp.max(jnp.abs(sensitivity))):.3e}; "
           f"du/dλ at the midpoint = {float(du_dlam[n // 2]):.4f}; "
           f"|d loss / dW| = {float(jnp.linalg.norm(grad_W)):.3e}")
-    out = config["output_dir"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
+    out = prepare_output_dir(config)
+    write_results(out, table)
     _plot(out, t, data[0], model, fit_one(data[0]),
           sol_b.params, du_dlam)
     return 0 if all(row[-1] == "ok" for row in rows) else 1
@@ -192,11 +165,9 @@ def with_centre(params, centre):
 
 
 def _plot(out, t, y, model, params, u, du):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(t, y, ".", ms=3, label="data")
@@ -209,8 +180,7 @@ def _plot(out, t, y, model, params, u, du):
     b.set(title="Bratu problem by Newton–Krylov", xlabel="x")
     b.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "equations.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, out, "equations.png")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,22 @@ the best single λ from a `vmap`-ed grid search for comparison; a plot of the va
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
+
+# examples/ is not on sys.path when the tests load this file by path; _common lives there
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    enable_x64,
+    markdown_table,
+    parse_cli,
+    prepare_output_dir,
+    pyplot,
+    save_figure,
+    write_metrics,
+    write_results,
+)
 
 DEFAULTS = {
     "dtype": "float64",
@@ -51,20 +62,6 @@ DEFAULTS = {
     "print_every": 5,
     "output_dir": "outputs/hyperparameter_optimization",
 }
-
-
-def load_config(path: str | None) -> dict:
-    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
-    if path:
-        import yaml
-
-        with open(path) as f:
-            for key, value in (yaml.safe_load(f) or {}).items():
-                if isinstance(value, dict):
-                    config[key].update(value)
-                else:
-                    config[key] = value
-    return config
 
 
 def load_data(config, dtype):
@@ -101,18 +98,9 @@ def load_data(config, dtype):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML config (defaults built in)")
-    parser.add_argument("--output-dir", default=None, help="overrides the config's output_dir")
-    cli = parser.parse_args(argv)
-    config = load_config(cli.config)
-    if cli.output_dir:
-        config["output_dir"] = cli.output_dir
-
+    config = parse_cli(__doc__, DEFAULTS, argv)
+    enable_x64(config)
     import jax
-
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import numpy as np
     import optax
@@ -214,7 +202,7 @@ def main(argv=None) -> int:
 
     header = ("outer step", "val loss", "test loss", "test acc", "inner steps", "inner status",
               "min λ", "median λ", "max λ")
-    table = _table(header, rows)
+    table = markdown_table(header, rows)
     print(table)
     summary = (f"per-feature λ: validation loss {history[0]:.4f} -> {history[-1]:.4f}, test "
                f"loss {rows[0][2]:.4f} -> {rows[-1][2]:.4f}, test accuracy {rows[0][3]:.4f} "
@@ -226,10 +214,8 @@ def main(argv=None) -> int:
     print(f"first outer step (compile + run) {compile_s:.1f} s, {config['outer_steps']} outer "
           f"steps {loop_s:.1f} s, total {total_s:.1f} s")
 
-    out = config["output_dir"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n\n" + summary + "\n")
+    out = prepare_output_dir(config)
+    write_results(out, table, summary)
     metrics = {
         "num_hyperparameters": d, "val_loss": history, "test_loss": test_history,
         "test_loss_first": rows[0][2], "test_loss_last": rows[-1][2],
@@ -242,31 +228,16 @@ def main(argv=None) -> int:
         "final_l2": np.exp(np.asarray(theta)).tolist(),
         "seconds": {"first_step": compile_s, "outer_loop": loop_s, "total": total_s},
     }
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    write_metrics(out, metrics)
     path = _plot(history, test_history, float(g_loss[best]), np.exp(np.asarray(theta)), out)
     print(f"saved {path}")
     return 0
 
 
-def _table(header, rows) -> str:
-    def fmt(x):
-        return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-    cells = [list(header)] + [[fmt(x) for x in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def _plot(history, test_history, grid_best, lam, out) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     a1.plot(range(len(history)), history, label="validation, per-feature λ (Adam)")
@@ -279,10 +250,7 @@ def _plot(history, test_history, grid_best, lam, out) -> str:
     a2.set(xlabel="log10 λⱼ after training", ylabel="features")
     fig.suptitle("Per-feature L2 weights by implicit differentiation (digits, logistic)")
     fig.tight_layout()
-    path = os.path.join(out, "validation_loss.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, "validation_loss.png")
 
 
 if __name__ == "__main__":
