@@ -23,6 +23,7 @@ import single_thread  # noqa: F401
 
 import argparse
 import os
+import re
 import statistics  # noqa: E402
 import sys
 from importlib.metadata import version  # noqa: E402
@@ -160,7 +161,7 @@ def main(argv=None):
     with open(args.out, "w") as fh:
         fh.write(text)
     if not args.quick:
-        harness.write_section("fixed_point", "#" + text)
+        harness.write_section("fixed_point", re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M))
     print(f"\nwrote {os.path.relpath(args.out)}")
 
 

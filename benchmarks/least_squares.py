@@ -57,6 +57,7 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import os
 import platform  # noqa: E402
+import re
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys
@@ -575,7 +576,8 @@ def main(argv=None):
     if not args.quick and not args.problems and not args.solvers:
         from harness import write_section
 
-        write_section("least_squares", "#" + markdown(rows, summary, meta))  # "# x" -> "## x"
+        md = re.sub(r"^(#+) ", r"#\1 ", markdown(rows, summary, meta), flags=re.M)
+        write_section("least_squares", md)  # headings one level down inside RESULTS.md
     print("\n" + "\n".join(markdown(rows, summary, meta).splitlines()[6:8 + len(summary) + 2]))
     print(f"\nwrote {os.path.relpath(out_json)} and {os.path.relpath(out_md)} "
           f"({meta['total_s']:.0f} s)")
