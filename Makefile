@@ -37,6 +37,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/least_squares.py
 	$(BIN)/python benchmarks/root_find.py
 	$(BIN)/python benchmarks/fixed_point.py
+	$(BIN)/python benchmarks/hypergradient.py
 
 lint: $(VENV)/.lint
 	$(BIN)/ruff check jaxopt2 tests examples benchmarks

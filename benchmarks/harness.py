@@ -235,7 +235,8 @@ def write_section(name: str, text: str, path: str = RESULTS_MD) -> None:
     old = open(path).read() if os.path.exists(path) else ""
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        new = head + block + ("\n" + tail if tail else "")
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + block
     with open(path, "w") as fh:
