@@ -200,6 +200,12 @@ class UnrolledAdjoint(AbstractAdjoint):
 
     checkpoints: int | None = None
 
+    def __check_init__(self):
+        if self.checkpoints is not None and not (isinstance(self.checkpoints, int)
+                                                 and self.checkpoints >= 1):
+            raise ValueError(f"`checkpoints` must be a positive int or None; "
+                             f"got {self.checkpoints!r}.")
+
     def apply(self, primal_fn, optimality_fn, params0, inputs, tags):
         del optimality_fn, tags
         with unrolled_loops(self.checkpoints):
@@ -241,6 +247,7 @@ def _implicit_jvp(primals, tangents, *, primal_fn, optimality_fn, tags, adjoint)
 
 def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: ImplicitAdjoint):
     """−(∂ₓF)⁻¹ ∂_θF·θ̇ at x = root: the tangent of the root along the input tangent θ̇."""
+    _check_square(optimality_fn, root, inputs)
     diff_inputs, static_inputs = eqx.partition(inputs, _is_differentiable)
     t_diff = _fill_zeros(diff_inputs, t_inputs)
     # No stop_gradient on root: differentiating this rule again (second derivatives) must see
@@ -259,6 +266,18 @@ def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: Impli
     link = 0.0 * sum(jnp.sum(leaf) for leaf in jtu.tree_leaves(rhs))
     rhs = jtu.tree_map(lambda r: r + link.astype(r.dtype), rhs)
     return adjoint.solve(matvec, tree_neg(rhs), root, tags)
+
+
+def _check_square(optimality_fn, root, inputs):
+    """The implicit function theorem needs F(x, θ) with x's structure, shapes and dtypes."""
+    out = jax.eval_shape(lambda x: optimality_fn(x, inputs), root)
+    spec = lambda t: jtu.tree_map(lambda x: (x.shape, jnp.dtype(x.dtype).name), t)  # noqa: E731
+    if jtu.tree_structure(out) != jtu.tree_structure(root) or spec(out) != spec(root):
+        raise ValueError(
+            "The optimality condition must return a pytree with the structure, shapes and dtypes "
+            f"of the solution (a square system): got {spec(out)} for a solution with "
+            f"{spec(root)}. For custom_root, check that optimality_fn(root, *args) returns "
+            "one residual per unknown (e.g. the gradient, or g(x) − x for a fixed point).")
 
 
 @eqx.filter_custom_jvp

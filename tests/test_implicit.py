@@ -219,3 +219,16 @@ def test_projected_gradient_fixed_point_nonnegative_least_squares():
     J = jax.jacobian(lambda y: nnls(jnp.zeros(3), y, None))(y)
     np.testing.assert_allclose(J[free], dxf_dy, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(J[~free], 0.0, atol=1e-9)
+
+
+def test_bad_optimality_condition_and_options_rejected():
+    @implicit.custom_root(lambda x, a: jnp.concatenate([x - a, x]))  # two residuals per unknown
+    def bad(x0, a):
+        return a
+
+    with pytest.raises(ValueError, match="structure, shapes and dtypes"):
+        jax.grad(lambda a: bad(jnp.zeros(2), a).sum())(jnp.ones(2))
+    with pytest.raises(ValueError, match="checkpoints"):
+        jaxopt2.UnrolledAdjoint(checkpoints=0)
+    with pytest.raises(ValueError, match="steps"):
+        jaxopt2.Neumann(steps=0)
