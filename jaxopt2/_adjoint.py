@@ -19,6 +19,7 @@ problems whose optimality condition is not available).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -105,6 +106,11 @@ class ImplicitAdjoint(AbstractAdjoint):
       matrix-free conjugate gradients for symmetric systems (minimisation, least squares) and
       GMRES otherwise, to relative and absolute tolerance eps^0.75 in float64 (eps^0.6 in
       lower precision).
+    - `preconditioner`: optional, with NewtonCG's protocol
+      `preconditioner(fun, params, args, operator) -> (v -> M⁻¹v)` (only `operator`, the
+      adjoint system, is passed; the others are None), e.g.
+      `jaxopt2.sketch.NystromPreconditioner(rank=50)`. With it the adjoint is solved by
+      preconditioned CG at any size (the system must be symmetric positive definite).
     - `throw`: if the solve fails (e.g. CG on an indefinite or singular Hessian), that
       problem's derivatives are NaN, and with `throw=True` (default) an error says why (never
       under `vmap`, where one failure must not stop the others).
@@ -115,6 +121,7 @@ class ImplicitAdjoint(AbstractAdjoint):
 
     linear_solver: lx.AbstractLinearSolver | Neumann | None = None
     throw: bool = True
+    preconditioner: Callable | None = None
 
     def apply(self, primal_fn, optimality_fn, params0, inputs, tags):
         return _implicit(params0, inputs, primal_fn=primal_fn, optimality_fn=optimality_fn,
@@ -132,6 +139,16 @@ class ImplicitAdjoint(AbstractAdjoint):
             # (custom_linear_solve hands this the transposed map for the transposed solve.)
             if isinstance(solver, Neumann):
                 x, ok = solver.solve(matvec, b)  # approximate by design: only finiteness
+            elif self.preconditioner is not None and symmetric:
+                op = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: b),
+                                               tags=frozenset(tags))
+                apply = self.preconditioner(None, None, None, op)
+                precond = lx.FunctionLinearOperator(apply, jax.eval_shape(lambda: b),
+                                                    tags=frozenset(tags))
+                chosen = solver if solver is not None else _default_solver(tags, eps)
+                x = lx.linear_solve(op, b, chosen, options={"preconditioner": precond},
+                                    throw=False).value
+                ok = tree_all_finite(x) & (_norm(tree_sub(matvec(x), b)) <= eps**0.5 * _norm(b))
             elif solver is None and _size(b) <= DENSE_MAX:
                 x = _dense_solve(matvec, b, symmetric, eps)
                 ok = tree_all_finite(x) & (_norm(tree_sub(matvec(x), b)) <= eps**0.5 * _norm(b))

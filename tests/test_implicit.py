@@ -232,3 +232,18 @@ def test_bad_optimality_condition_and_options_rejected():
         jaxopt2.UnrolledAdjoint(checkpoints=0)
     with pytest.raises(ValueError, match="steps"):
         jaxopt2.Neumann(steps=0)
+
+
+def test_preconditioned_adjoint_cg():
+    data = ridge_data(7)
+    X = data[0]
+    diag = jnp.sum(X**2, axis=0) / N + jnp.exp(THETA)  # the Hessian's diagonal (Jacobi)
+    jacobi = lambda fun, params, args, op: (lambda v: v / diag)
+    adjoint = jaxopt2.ImplicitAdjoint(preconditioner=jacobi)
+    g = jax.jit(jax.grad(lambda t: outer(t, data, adjoint)))(THETA)
+    np.testing.assert_allclose(g, ridge_hypergradient_closed_form(THETA, *data), rtol=1e-9,
+                               atol=1e-14)
+    # the preconditioner is really used: a useless one (M⁻¹ = 0) makes the solve fail
+    broken = jaxopt2.ImplicitAdjoint(preconditioner=lambda *_: (lambda v: 0.0 * v), throw=False)
+    g_bad = jax.jit(jax.grad(lambda t: outer(t, data, broken)))(THETA)
+    assert np.all(np.isnan(g_bad))
