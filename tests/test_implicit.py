@@ -247,3 +247,12 @@ def test_preconditioned_adjoint_cg():
     broken = jaxopt2.ImplicitAdjoint(preconditioner=lambda *_: (lambda v: 0.0 * v), throw=False)
     g_bad = jax.jit(jax.grad(lambda t: outer(t, data, broken)))(THETA)
     assert np.all(np.isnan(g_bad))
+
+
+def test_nystrom_preconditioned_adjoint():
+    data = ridge_data(8)
+    adjoint = jaxopt2.ImplicitAdjoint(
+        preconditioner=jaxopt2.sketch.NystromPreconditioner(rank=4))
+    g = jax.jit(jax.grad(lambda t: outer(t, data, adjoint)))(THETA)
+    np.testing.assert_allclose(g, ridge_hypergradient_closed_form(THETA, *data), rtol=1e-9,
+                               atol=1e-14)
