@@ -38,6 +38,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/root_find.py
 	$(BIN)/python benchmarks/fixed_point.py
 	$(BIN)/python benchmarks/hypergradient.py
+	$(BIN)/python benchmarks/sketch.py
 
 lint: $(VENV)/.lint
 	$(BIN)/ruff check jaxopt2 tests examples benchmarks
