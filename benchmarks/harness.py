@@ -241,3 +241,14 @@ def write_section(name: str, text: str, path: str = RESULTS_MD) -> None:
         new = old.rstrip("\n") + ("\n\n" if old else "") + block
     with open(path, "w") as fh:
         fh.write(new)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo ("unknown" elsewhere), for the machine line."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -71,7 +71,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import mgh  # noqa: E402
 import numpy as np  # noqa: E402
-from harness import Config, compile_jax, measure, timed  # noqa: E402
+from harness import Config, compile_jax, cpu_name, measure, timed  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUTPUTS = os.path.join(HERE, "..", "outputs")
@@ -485,14 +485,7 @@ def selected_solvers(wanted) -> list[str]:
 
 
 def machine_info(args, cfg, total, load_start) -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     from importlib.metadata import version
 
     return dict(

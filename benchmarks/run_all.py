@@ -177,14 +177,7 @@ def main(argv=None):
 
 
 def machine_info(args, cfg, total, missing, load_start) -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = harness.cpu_name()
     from importlib.metadata import version
 
     return dict(

@@ -178,27 +178,39 @@ def extreme_eigenvalues(op: lx.AbstractLinearOperator, key, num_iters: int):
     n, dtype = flat.size, flat.dtype
     # The Krylov space has at most n dimensions; more steps would only break down.
     k = min(num_iters, n)
-    tiny = jnp.finfo(dtype).eps
 
     def matvec(q):
         return jax.flatten_util.ravel_pytree(op.mv(unravel(q)))[0].astype(dtype)
 
     q0 = jax.random.normal(key, (n,), dtype)
-    basis = jnp.zeros((k, n), dtype).at[0].set(q0 / jnp.linalg.norm(q0))
+    alphas, betas, alive = lanczos(matvec, q0 / jnp.linalg.norm(q0), k)
+    # Steps after a breakdown are decoupled (β = 0); giving them α₀, a Rayleigh quotient of the
+    # live block and so inside its spectrum, leaves the smallest and largest Ritz values alone.
+    alphas = jnp.where(alive, alphas, alphas[0])
+    tridiagonal = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+    ritz = jnp.linalg.eigvalsh(tridiagonal)
+    return ritz[0], ritz[-1]
+
+
+def lanczos(matvec, q0, steps: int):
+    """`steps` Lanczos steps from the unit vector q0 with full reorthogonalisation (shared by
+    `extreme_eigenvalues` and stochastic Lanczos quadrature). Returns the diagonal α, the
+    off-diagonal β (length steps − 1) and the mask of live steps; after a breakdown (β = 0:
+    an invariant Krylov space) later steps are masked out."""
+    n, dtype = q0.size, q0.dtype
+    tiny = jnp.finfo(dtype).eps
+    basis = jnp.zeros((steps, n), dtype).at[0].set(q0)
 
     def step(j, carry):
         basis, alphas, betas, alive, scale = carry
-        q = basis[j]
-        w = matvec(q)
-        alpha = jnp.vdot(q, w)
-        # Classical Gram-Schmidt against the whole basis, twice ("twice is enough"): this
-        # subsumes the three-term recurrence and keeps Q orthonormal to working precision.
+        w = matvec(basis[j])
+        alpha = jnp.vdot(basis[j], w)
+        # Classical Gram–Schmidt against the whole basis, twice: keeps Q orthonormal, so no
+        # spurious copies of converged Ritz values distort the quadrature weights.
         w = w - basis.T @ (basis @ w)
         w = w - basis.T @ (basis @ w)
         beta = jnp.linalg.norm(w)
         scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
-        # An exactly invariant Krylov space gives β = 0; a β at rounding level is harmless,
-        # since the normalised residual is then a fresh direction orthogonal to Q.
         next_alive = alive[j] & (beta > tiny * scale)
         q_next = jnp.where(next_alive, w / jnp.where(next_alive, beta, 1), 0)
         basis = basis.at[j + 1].set(q_next, mode="drop")
@@ -209,15 +221,10 @@ def extreme_eigenvalues(op: lx.AbstractLinearOperator, key, num_iters: int):
 
     init = (
         basis,
-        jnp.zeros(k, dtype),
-        jnp.zeros(k, dtype),
-        jnp.zeros(k, bool).at[0].set(True),
+        jnp.zeros(steps, dtype),
+        jnp.zeros(steps, dtype),
+        jnp.zeros(steps, bool).at[0].set(True),
         jnp.zeros((), dtype),
     )
-    _, alphas, betas, alive, _ = jax.lax.fori_loop(0, k, step, init)
-    # Steps after a breakdown are decoupled (β = 0); giving them α₀, a Rayleigh quotient of the
-    # live block and so inside its spectrum, leaves the smallest and largest Ritz values alone.
-    alphas = jnp.where(alive, alphas, alphas[0])
-    tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    ritz = jnp.linalg.eigvalsh(tridiagonal)
-    return ritz[0], ritz[-1]
+    _, alphas, betas, alive, _ = jax.lax.fori_loop(0, steps, step, init)
+    return alphas, betas[:-1], alive

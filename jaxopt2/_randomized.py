@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
-from ._estimators import _check_positive, _check_square
+from ._estimators import _check_positive, _check_square, lanczos
 from ._tree import ravel
 
 
@@ -185,44 +185,6 @@ def hutchpp(op: lx.AbstractLinearOperator, num_matvecs: int, key):
     return top + rest
 
 
-def _lanczos(matvec, q0, steps: int):
-    """`steps` Lanczos steps from the unit vector q0 with full reorthogonalisation, as in
-    `_estimators.extreme_eigenvalues` (which does not expose its tridiagonal T, hence this
-    copy). Returns the diagonal α, off-diagonal β (length steps − 1) and the mask of live
-    steps; after a breakdown (β = 0: invariant Krylov space) later steps are masked out."""
-    n, dtype = q0.size, q0.dtype
-    tiny = jnp.finfo(dtype).eps
-    basis = jnp.zeros((steps, n), dtype).at[0].set(q0)
-
-    def step(j, carry):
-        basis, alphas, betas, alive, scale = carry
-        w = matvec(basis[j])
-        alpha = jnp.vdot(basis[j], w)
-        # Classical Gram–Schmidt against the whole basis, twice: keeps Q orthonormal, so no
-        # spurious copies of converged Ritz values distort the quadrature weights.
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
-        next_alive = alive[j] & (beta > tiny * scale)
-        q_next = jnp.where(next_alive, w / jnp.where(next_alive, beta, 1), 0)
-        basis = basis.at[j + 1].set(q_next, mode="drop")
-        alphas = alphas.at[j].set(jnp.where(alive[j], alpha, 0))
-        betas = betas.at[j].set(jnp.where(next_alive, beta, 0))
-        alive = alive.at[j + 1].set(next_alive, mode="drop")
-        return basis, alphas, betas, alive, scale
-
-    init = (
-        basis,
-        jnp.zeros(steps, dtype),
-        jnp.zeros(steps, dtype),
-        jnp.zeros(steps, bool).at[0].set(True),
-        jnp.zeros((), dtype),
-    )
-    _, alphas, betas, alive, _ = jax.lax.fori_loop(0, steps, step, init)
-    return alphas, betas[:-1], alive
-
-
 def slq(op: lx.AbstractLinearOperator, key, num_probes: int, lanczos_steps: int):
     """Stochastic Lanczos quadrature: a discrete approximation of the spectral density
     μ = (1/n) Σᵢ δ(λᵢ) of a symmetric operator A.
@@ -255,7 +217,7 @@ def slq(op: lx.AbstractLinearOperator, key, num_probes: int, lanczos_steps: int)
 
     def one_probe(key):
         v = jax.random.rademacher(key, (n,), dtype) / math.sqrt(n)
-        alphas, betas, alive = _lanczos(matvec, v, steps)
+        alphas, betas, alive = lanczos(matvec, v, steps)
         # Masked steps form a decoupled block (β = 0) whose eigenvectors have no weight on v;
         # α₀ (a Rayleigh quotient, so positive for PD A) keeps their nodes harmless under log.
         alphas = jnp.where(alive, alphas, alphas[0])
