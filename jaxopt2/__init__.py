@@ -33,6 +33,8 @@ from ._solver.quasi_newton import BFGS as BFGS
 from ._solver.quasi_newton import LBFGS as LBFGS
 from ._solver.regularized_newton import RegularizedNewton as RegularizedNewton
 from ._solver.root_newton import NewtonRaphson as NewtonRaphson
+from ._solver.sketched_newton import SketchedNewton as SketchedNewton
+from ._solver.subspace_newton import SubspaceNewton as SubspaceNewton
 from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
 from .implicit import root_jvp as root_jvp

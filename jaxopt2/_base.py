@@ -90,6 +90,13 @@ class AbstractMinimizer(eqx.Module):
     rtol: eqx.AbstractVar[float | None]
     atol: eqx.AbstractVar[float]
 
+    def convert_objective(self, fn, params0, args):
+        """`fn` with the arrays it closes over made explicit inputs
+        (`eqx.filter_closure_convert`), so that implicit differentiation sees them. The result
+        only accepts `args` of the example's shapes; a solver that also evaluates `fn` on
+        other shapes (subsamples of the data) overrides this."""
+        return eqx.filter_closure_convert(fn, params0, args)
+
     @abc.abstractmethod
     def init(self, fn, iterate: Iterate, args) -> Any:
         """The solver state before the first step."""

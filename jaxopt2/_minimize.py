@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import equinox as eqx
 import jax
 import lineax as lx
 
@@ -63,7 +62,7 @@ def minimize(
     check_max_steps(max_steps)
     params0, fn, args = prepare(fun, params0, args, has_aux, "params0")
     check_objective(fn, params0, args)
-    fn = eqx.filter_closure_convert(fn, params0, args)
+    fn = solver.convert_objective(fn, params0, args)
     inputs = (fn, args)
 
     def primal(params0, inputs):

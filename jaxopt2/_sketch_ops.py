@@ -133,6 +133,18 @@ def sparse_sign_sketch(
     """
     structure, n, dtype = _structure(structure, dtype)
     _check_k(k, n, "sparse_sign_sketch")
+    rows, values = sparse_sign_pattern(key, n, k, nonzeros, dtype)
+    flat_rows = rows.reshape(-1)
+
+    def flat_fn(x):
+        return jax.ops.segment_sum((values * x[:, None]).reshape(-1), flat_rows, num_segments=k)
+
+    return _operator(flat_fn, structure, dtype)
+
+
+def sparse_sign_pattern(key, n: int, k: int, nonzeros: int, dtype):
+    """The nonzeros of an k × n sparse sign sketch: `rows` (n × s, distinct within a row of
+    the pattern, i.e. within a column of S) and `values` (n × s, ±1/√s), s = min(nonzeros, k)."""
     s = min(nonzeros, k)
     row_key, sign_key = jax.random.split(key)
     # Floyd's algorithm, vectorised over columns: s rounds give a uniform s-subset of
@@ -144,12 +156,7 @@ def sparse_sign_sketch(
         taken = jnp.any(rows == t[:, None], axis=1)
         rows = jnp.concatenate([rows, jnp.where(taken, j, t)[:, None]], axis=1)
     values = jax.random.rademacher(sign_key, (n, s), dtype) / math.sqrt(s)
-    flat_rows = rows.reshape(-1)
-
-    def flat_fn(x):
-        return jax.ops.segment_sum((values * x[:, None]).reshape(-1), flat_rows, num_segments=k)
-
-    return _operator(flat_fn, structure, dtype)
+    return rows, values
 
 
 def row_sampling_sketch(

@@ -2,7 +2,28 @@
 Every public solver adds itself here: a name and a zero-argument factory giving a configured
 instance, plus the step budget it needs on the small strongly convex contract problem."""
 
+import jax
+import jax.numpy as jnp
+
 import jaxopt2
+
+
+def logistic_sqrt_hessian(params, args):
+    """∇²f = BᵀB + λI for the contract problem (tests/test_contract.py: the mean logistic loss
+    of the margins X w + b plus (λ/2)(‖w‖² + b²)), with params as a dict or as the tuple
+    (w, [b]) of its pytree test; B's columns follow the flattened params."""
+    X, _, lam = args
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def margins(v):
+        p = unravel(v)
+        w, b = (p["w"], p["b"]) if isinstance(p, dict) else (p[0], p[1][0])
+        return X @ w + b
+
+    z, A = margins(flat), jax.jacfwd(margins)(flat)  # A: the (n, d) design matrix
+    p = jax.nn.sigmoid(z)
+    return jnp.sqrt(p * (1 - p) / X.shape[0])[:, None] * A, lam
+
 
 MINIMIZERS = {
     "GradientDescent": (lambda: jaxopt2.GradientDescent(), 2000),
@@ -13,6 +34,11 @@ MINIMIZERS = {
     "BFGS": (lambda: jaxopt2.BFGS(), 200),
     "RegularizedNewton": (lambda: jaxopt2.RegularizedNewton(), 100),
     "DampedNewton": (lambda: jaxopt2.DampedNewton(), 100),
+    "SketchedNewton": (lambda: jaxopt2.SketchedNewton(sketch_size=20), 200),
+    "SketchedNewton-sqrt": (lambda: jaxopt2.SketchedNewton(sketch_size=20, sketch="sparse_sign",
+                                                           sqrt_hessian=logistic_sqrt_hessian),
+                            200),
+    "SubspaceNewton": (lambda: jaxopt2.SubspaceNewton(subspace_dim=2), 400),
 }
 
 # Solvers of the equation front doors, run by tests/test_equations_contract.py: name ->
