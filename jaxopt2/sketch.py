@@ -1,4 +1,4 @@
-"""Sketching and randomized linear algebra (work in progress towards issue 6).
+"""Sketching and randomized linear algebra.
 
 - Sketching operators S (k × n) as lineax operators over flat vectors or pytrees, from a PRNG
   key: `gaussian_sketch`, `rademacher_sketch`, `srht_sketch` (randomized orthogonal transform
@@ -10,6 +10,11 @@
   usable as `NewtonCG(preconditioner=...)` and `ImplicitAdjoint(preconditioner=...)`.
 - `randomized_eigh`, `randomized_svd` (range finder with power iterations), `hutchpp`
   (Hutch++ traces), `slq` and `logdet_slq` (stochastic Lanczos quadrature).
+- `sketch_and_project(A, b, key, sketch_size=...)`: randomized iterative sketching (block
+  Kaczmarz, Gaussian sketch-and-project) for large consistent linear systems.
+
+The solvers built on sketches are `jaxopt2.SketchedNewton` (Newton sketch and subsampled
+Newton for finite sums) and `jaxopt2.SubspaceNewton` (randomized subspace Newton).
 
 ```python
 import jax, jaxopt2
@@ -32,3 +37,5 @@ from ._sketch_ops import rademacher_sketch as rademacher_sketch
 from ._sketch_ops import row_sampling_sketch as row_sampling_sketch
 from ._sketch_ops import sparse_sign_sketch as sparse_sign_sketch
 from ._sketch_ops import srht_sketch as srht_sketch
+from ._sketch_project import SketchAndProjectInfo as SketchAndProjectInfo
+from ._sketch_project import sketch_and_project as sketch_and_project
