@@ -48,6 +48,11 @@ LEAST_SQUARES = {
     "LevenbergMarquardt-cg": (lambda: jaxopt2.LevenbergMarquardt(linear_solver="cg"), 100),
     "GaussNewton": (lambda: jaxopt2.GaussNewton(), 100),
     "GaussNewton-cg": (lambda: jaxopt2.GaussNewton(linear_solver="cg"), 100),
+    # rank 2 < 3 parameters: a genuinely low-rank sketch with a flat remainder
+    "LevenbergMarquardt-cg-nystrom": (lambda: jaxopt2.LevenbergMarquardt(
+        linear_solver="cg", preconditioner=jaxopt2.sketch.NystromPreconditioner(rank=2)), 100),
+    "GaussNewton-cg-nystrom": (lambda: jaxopt2.GaussNewton(
+        linear_solver="cg", preconditioner=jaxopt2.sketch.NystromPreconditioner(rank=2)), 100),
 }
 ROOT_FINDERS = {
     "NewtonRaphson": (lambda: jaxopt2.NewtonRaphson(), 50),

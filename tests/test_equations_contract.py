@@ -141,7 +141,7 @@ IDS = [f"{door}-{name}" for door, name, *_ in CASES]
 WRAPPED_IDS = [f"{door}-{name}" for door, name, *_ in WRAPPED]
 # Variants of one solver (another inner solve, another start-up) share its loop and tracing:
 # they skip the recompilation and max_steps checks, to keep the suite's compile time down.
-VARIANTS = ("-cg", "-expanding")
+VARIANTS = ("-cg", "-expanding", "-nystrom")
 BASE = [case for case in CASES if not case[1].endswith(VARIANTS)]
 BASE_IDS = [f"{door}-{name}" for door, name, *_ in BASE]
 

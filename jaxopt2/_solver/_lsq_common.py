@@ -4,22 +4,26 @@
 - the SVD of the scaled Jacobian J D⁻¹ = U S Vᵀ and, from it, the Levenberg-Marquardt step
   p(λ) = −D⁻¹ V S(S² + λ)⁻¹ Uᵀr in closed form for every λ, with Moré's safeguarded Newton
   iteration for the trust-region parameter;
-- damped CGLS (matrix-free) for min ‖J p + r‖² + λ‖p‖²;
+- damped CGLS (matrix-free) for min ‖J p + r‖² + λ‖p‖², and its preconditioned variant (PCG
+  on the normal equations with a user preconditioner, e.g. Nyström);
 - MINPACK's relative stopping tests and the gradient (cosine) test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 from jax import lax
 
 from .._base import Counts
 from .._loops import is_unrolled, while_loop
-from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_zeros_like
+from .._nystrom import NystromPreconditioner, nystrom_preconditioner
+from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_size, tree_zeros_like
 
 # `linear_solver="auto"` forms J when it is small: few parameters (an SVD costs O(m n²)) and
 # a Jacobian that fits comfortably in memory (4e6 entries = 32 MB in float64).
@@ -40,6 +44,17 @@ def check_common(solver) -> None:
     if solver.cg_max_iters is not None and solver.cg_max_iters < 1:
         raise ValueError(f"`cg_max_iters` must be a positive int or None; "
                          f"got {solver.cg_max_iters!r}.")
+    if solver.preconditioner is not None:
+        if not callable(solver.preconditioner):
+            raise ValueError("`preconditioner` must be a callable "
+                             "`preconditioner(fun, params, args, operator) -> (v -> M⁻¹v)` "
+                             f"or None; got {solver.preconditioner!r}.")
+        # Silently dropping it would hide a configuration mistake: the dense path solves by
+        # SVD and has no iterative solve to precondition. ("auto" may still pick the dense
+        # path for a small problem; there the preconditioner is simply unused.)
+        if solver.linear_solver == "dense":
+            raise ValueError("`preconditioner` applies to the matrix-free inner solve only; "
+                             "use linear_solver='cg' (or 'auto') with it, or drop it.")
 
 
 def use_dense(linear_solver: str, y, f) -> bool:
@@ -305,6 +320,133 @@ def cgls(jvp, vjp, r, g, lam, *, rtol, max_iters: int, dtype) -> CGLSResult:
             gnorm <= 0)
     x, q, _, _, k, _ = while_loop(cond, body, init, max_steps=max_iters)
     return CGLSResult(x, tree_dot(q, q).astype(dtype), k)
+
+
+# --- preconditioned matrix-free path ----------------------------------------------------------
+
+_SYM_PSD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
+
+
+def normal_operator(jvp, vjp, structure) -> lx.FunctionLinearOperator:
+    """AᵀA as a lineax operator (symmetric, PSD) from A = J D⁻¹'s products: one jvp and one
+    vjp of the stored linearization per product, vmappable over a batch of vectors.
+
+    Gradients are stopped: the operator only builds a preconditioner, which steers the inner
+    solve (the exact solution does not depend on it), so under unrolled differentiation it is
+    treated as a constant, as is usual; differentiating a sketch's QR, Cholesky and SVD would
+    cost work and give NaN at repeated eigenvalues."""
+    def mv(z):
+        return lax.stop_gradient(vjp(jvp(z)))
+
+    return lx.FunctionLinearOperator(mv, structure, tags=_SYM_PSD)
+
+
+def build_preconditioner(preconditioner, fn, y, args, lin, lam) -> tuple[Callable, Counts]:
+    """M⁻¹ ≈ (AᵀA + λI)⁻¹ for the damped normal equations of `lin` (A = J D⁻¹, z = D p) and
+    the products its construction cost (as `num_jvp`/`num_vjp`).
+
+    The protocol is NewtonCG's, `preconditioner(fun, params, args, operator)`, here in the
+    variables CGLS works in: `fun(z, args) = ½‖r(D⁻¹z)‖²`, `params = D y` and `operator` =
+    AᵀA, the Gauss-Newton curvature of `fun` at `params`.
+
+    A `NystromPreconditioner` is built with μ = its `mu` + λ, i.e. for AᵀA + λI, the system
+    CGLS solves (Frangella, Tropp & Udell 2023, where μ is the regulariser). The
+    sketch of AᵀA itself does not depend on λ; μ only sets the flat part of P⁻¹, which with a
+    large λ (far from a solution, after rejected steps) keeps the captured eigenvalues from
+    being scaled below the damped tail. Its `rank` products (min(rank, n)) are counted. A
+    custom preconditioner is called as is and its own products are not counted."""
+    tmap = jax.tree_util.tree_map
+    structure = jax.eval_shape(lambda: lin.g)
+    op = normal_operator(lin.jvp, lin.vjp, structure)
+    if isinstance(preconditioner, NystromPreconditioner):
+        rank = min(preconditioner.rank, tree_size(y))
+        mu = jnp.asarray(preconditioner.mu, lin.rnorm.dtype) + lam
+        apply = nystrom_preconditioner(op, rank, jax.random.key(preconditioner.seed), mu)
+        return apply, Counts.of(jvp=rank, vjp=rank)
+
+    def objective(z, a):
+        f = fn(tmap(jnp.divide, z, lin.diag), a)[0]
+        return 0.5 * tree_dot(f, f)
+
+    z = tmap(jnp.multiply, lin.diag, y)
+    return preconditioner(objective, z, args, op), Counts()
+
+
+def pcgls(jvp, vjp, r, g, lam, precond, *, rtol, max_iters: int, dtype):
+    """`cgls` with a symmetric positive definite preconditioner M on the normal equations:
+    PCG on (AᵀA + λI) x = −g, each product one jvp and one vjp (preconditioned CGLS, cf.
+    Björck, Numerical Methods for Least Squares Problems, ch. 7, here with a general M on the
+    normal equations rather than a split one on A).
+
+    As in `cgls` the least-squares residual q = −r − A x is updated in residual space and the
+    normal-equations residual s = Aᵀq − λx recomputed from it, never recurred, so rounding does
+    not accumulate in s; M only changes the search directions (d = M⁻¹s + β d). The stopping
+    test is the same unpreconditioned one, ‖s‖ ≤ rtol·‖g‖, so a preconditioner changes the cost
+    of a step, not its accuracy. Returns (CGLSResult, broken): `broken` when M⁻¹s came back
+    non-finite or with sᵀM⁻¹s ≤ 0 (M not positive definite) while the problem's own s was
+    finite; the solve then stopped and x must not be used.
+    """
+    gnorm = jnp.sqrt(tree_dot(g, g)).astype(dtype)
+    tol = rtol * gnorm
+
+    def unusable(gamma, live):
+        # The system's own quantities are finite (a NaN problem is the outer loop's business,
+        # reported as non-finite) but the preconditioned ones are not, or M is not SPD.
+        return live & ~(jnp.isfinite(gamma) & (gamma > 0))
+
+    s0 = tree_neg(g)
+    z0 = precond(s0)
+    gamma0 = tree_dot(s0, z0).astype(dtype)
+    broken0 = unusable(gamma0, jnp.isfinite(gnorm) & (gnorm > 0))
+
+    def cond(c):
+        *_, k, stop, _ = c
+        return ~stop & (k < max_iters)
+
+    def body(c):
+        x, q, d, gamma, k, _, _ = c
+        t = jvp(d)
+        delta = (tree_dot(t, t) + lam * tree_dot(d, d)).astype(dtype)
+        flat = delta <= 0
+        # an overflowing direction (M⁻¹ off by orders of magnitude) would stall silently
+        overflow = ~jnp.isfinite(delta) & jnp.isfinite(gamma)
+        alpha = jnp.where(flat | overflow, 0.0, gamma / jnp.where(flat, 1.0, delta))
+        x = tree_axpy(alpha, d, x)
+        q = tree_axpy(-alpha, t, q)
+        s = tree_axpy(-lam, x, vjp(q))
+        ss = tree_dot(s, s).astype(dtype)
+        converged = jnp.sqrt(ss) <= tol
+        z = precond(s)
+        gamma_new = tree_dot(s, z).astype(dtype)
+        broken = overflow | unusable(gamma_new, jnp.isfinite(ss) & ~converged)
+        d = tree_axpy(gamma_new / jnp.where(gamma > 0, gamma, 1.0), d, z)
+        return x, q, d, gamma_new, k + 1, flat | converged | broken, broken
+
+    init = (tree_zeros_like(g), tree_neg(r), z0, gamma0, jnp.zeros((), jnp.int32),
+            (gnorm <= 0) | broken0, broken0)
+    x, q, _, _, k, _, broken = while_loop(cond, body, init, max_steps=max_iters)
+    return CGLSResult(x, tree_dot(q, q).astype(dtype), k), broken
+
+
+def inner_solver(preconditioner, fn, y, args, lin, lam, *, rtol, max_iters: int, dtype):
+    """`(solve, counts)`: `solve(r, g) -> (CGLSResult, broken)` solves the damped normal
+    equations (AᵀA + λI) x = −g of `lin` (A = J D⁻¹) for the right-hand side ρ, g = Aᵀρ, and
+    `counts` is what building it cost. Without a preconditioner this is exactly `cgls` (and
+    `broken` is None), so that path's program is unchanged; with one, M⁻¹ is built once here
+    and shared by every solve with this A and λ (LM's geodesic correction included)."""
+    if preconditioner is None:
+        def solve(r, g):
+            return cgls(lin.jvp, lin.vjp, r, g, lam, rtol=rtol, max_iters=max_iters,
+                        dtype=dtype), None
+
+        return solve, Counts()
+    precond, counts = build_preconditioner(preconditioner, fn, y, args, lin, lam)
+
+    def solve(r, g):
+        return pcgls(lin.jvp, lin.vjp, r, g, lam, precond, rtol=rtol, max_iters=max_iters,
+                     dtype=dtype)
+
+    return solve, counts
 
 
 PROBES = 4

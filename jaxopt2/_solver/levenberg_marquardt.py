@@ -3,6 +3,7 @@ matrix-free variant for large problems."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -41,6 +42,9 @@ class _FreeState(eqx.Module):
     gnorm: jax.Array  # ‖Jᵀr‖ at the last step (for the forcing term)
     rnorm0: jax.Array
     cos: jax.Array  # gradient cosine estimate at the last linearization
+    # With a preconditioner only (None otherwise, which leaves that program as it was): the
+    # preconditioned CG iterations summed over the solve (geodesic solves included).
+    pcg_iters: jax.Array | None = None
 
 
 class LevenbergMarquardt(AbstractLeastSquaresSolver):
@@ -71,17 +75,45 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     - `"cg"`: matrix-free; J is never formed. Products J v and Jᵀu come from one
       linearization per step (`num_jvp`, `num_vjp`), and damped CGLS solves the system to the
       Eisenstat-Walker relative tolerance. Moré's secular equation cannot be solved cheaply
-      here, so λ itself is the parameter: D = I, λ₀ = 1e-3·‖J g‖²/‖g‖² (g = Jᵀr), and Nielsen's
-      update λ ← λ·max(1/3, 1 − (2ρ − 1)³) on acceptance, λ ← νλ, ν ← 2ν on rejection
-      (Madsen, Nielsen & Tingleff, "Methods for non-linear least squares problems", 2004).
+      here, so λ itself is the parameter: D holds column norms estimated from four Jᵀu
+      products (the largest seen so far; D = I with `scale=False`), CGLS runs on J D⁻¹ in
+      z = D p, λ₀ = 1e-3·‖J g‖²/‖g‖² (g = D⁻¹Jᵀr), and Nielsen's update
+      λ ← λ·max(1/3, 1 − (2ρ − 1)³) on acceptance, λ ← νλ, ν ← 2ν on rejection (Madsen,
+      Nielsen & Tingleff, "Methods for non-linear least squares problems", 2004).
       Memory stays about the size of the data.
     - `"auto"` (default): dense when n ≤ 1000 parameters and m·n ≤ 4e6, else cg.
+
+    **Preconditioning** (`preconditioner`, matrix-free path only): with
+    `preconditioner=jaxopt2.sketch.NystromPreconditioner(rank=k)` the inner solve becomes
+    preconditioned CG on the damped normal equations (D⁻¹JᵀJD⁻¹ + λI) z = −D⁻¹Jᵀr, each
+    iteration still one jvp and one vjp, with M⁻¹ the Nyström preconditioner of Frangella, Tropp
+    & Udell (2023) built at every step from a rank-k sketch of D⁻¹JᵀJD⁻¹ (k products, batched
+    by `vmap`) with shift μ = λ + its `mu`: the top k eigenvalues are flattened to about the
+    k-th one plus λ, and CG only has to resolve the rest. Any callable with NewtonCG's protocol,
+    `preconditioner(fun, params, args, operator) -> (v -> M⁻¹v)`, M symmetric positive definite,
+    works too; it is called once per step with `operator` = D⁻¹JᵀJD⁻¹ (a lineax operator tagged
+    symmetric and PSD, products by jvp and vjp of the step's linearization) in the scaled
+    variables z = D y, `fun(z, args) = ½‖r(D⁻¹z)‖²`, `params` = D y (λ is not passed: only the
+    Nyström class receives it, through μ).
+
+    It pays when J D⁻¹ has a few large, well-separated singular values above a flat or slowly
+    decaying tail (ill-conditioned features, nearly collinear columns): plain CGLS then stalls
+    on the budget `cg_max_iters` and the truncated steps stagnate, while the preconditioned
+    solve converges in a few dozen iterations. Costs per step: k extra jvp/vjp pairs, counted in
+    `num_jvp`/`num_vjp` (a custom preconditioner's own products are not), O(n k) memory and an
+    n×k QR and SVD. Because λ itself conditions the early systems, those steps need only a
+    few iterations either way, and there the sketch dominates the count: keep k near the
+    number of large singular values. The preconditioned iterations summed over the solve are
+    `sol.state.pcg_iters` (None without a preconditioner). A preconditioner that returns
+    non-finite values, or one with vᵀM⁻¹v ≤ 0, stops the solve at the current point with
+    `RESULTS.linear_solve_failed` (its step is never taken). With `linear_solver="dense"` it
+    is rejected at construction; on a small problem that `"auto"` solves densely it is unused.
 
     **Stopping** (MINPACK's relative rules, all reported as `RESULTS.successful`):
 
     - `ftol`: the actual and predicted relative reductions of ‖r‖² are both ≤ ftol (and
       ρ ≤ 2). This is what stops large-residual problems at a local minimum.
-    - `xtol`: Δ ≤ xtol·‖D y‖ (cg: ‖p‖ ≤ xtol·‖y‖). This stops zero-residual problems.
+    - `xtol`: Δ ≤ xtol·‖D y‖ (cg: ‖D p‖ ≤ xtol·‖D y‖). This stops zero-residual problems.
     - `gtol`: the cosine between r and every column of J is ≤ gtol (cg: ‖Jᵀr‖ ≤
       gtol·‖r‖·‖J g‖/‖g‖, a stricter stand-in for the column norms).
     - r = 0, or ‖r‖² below the dtype's smallest normal number.
@@ -101,12 +133,13 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     **Arguments:** `ftol`, `xtol`, `gtol` as above; `factor`: Δ₀ = factor·‖D y₀‖ (MINPACK's
     default 100); `scale`; `linear_solver`; `geodesic`; `cg_max_iters`: CGLS budget per step
-    (`None`: min(2n, 200)).
+    (`None`: min(2n, 200)); `preconditioner` (None: plain CGLS).
 
     Reference: J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and theory",
     Numerical Analysis, Lecture Notes in Mathematics 630 (1978); M. K. Transtrum and
     J. P. Sethna, "Improvements to the Levenberg-Marquardt algorithm for nonlinear
-    least-squares minimization", arXiv:1201.5885 (2012).
+    least-squares minimization", arXiv:1201.5885 (2012); Z. Frangella, J. A. Tropp and
+    M. Udell, "Randomized Nyström preconditioning", SIAM J. Matrix Anal. Appl. 44 (2023).
 
     ```python
     import jax.numpy as jnp, jaxopt2
@@ -126,6 +159,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     linear_solver: str = "auto"
     geodesic: bool = False
     cg_max_iters: int | None = None
+    preconditioner: Callable | None = None
 
     def __check_init__(self):
         lsq.check_common(self)
@@ -140,8 +174,9 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         rnorm = jnp.linalg.norm(r)
         if not lsq.use_dense(self.linear_solver, point.y, point.f):
             one = jnp.ones((), dtype)
+            iters = None if self.preconditioner is None else jnp.zeros((), jnp.int32)
             state = _FreeState(tree_zeros_like(point.y), -one, 2 * one,
-                               jnp.asarray(EW_ETA_MAX, dtype), rnorm, rnorm, one)
+                               jnp.asarray(EW_ETA_MAX, dtype), rnorm, rnorm, one, iters)
             return state, Counts(), lsq.at_floor(rnorm, dtype), RESULTS.successful
         # J is formed at the start of the first step, not here: one Jacobian (and SVD) site
         # in the compiled program instead of two halves compile time.
@@ -295,25 +330,43 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         max_iters = lsq.cg_budget(self, n)
 
         def attempt():
-            cg = lsq.cgls(jvp, vjp, r, g, lam, rtol=eta, max_iters=max_iters, dtype=dtype)
-            z, pred, extra = cg.x, rnorm**2 - cg.residual_sq, Counts()
+            # The preconditioner (if any) is built here, not at a stationary point, once per
+            # step: A = J D⁻¹ and λ are both fixed within a step (a rejection re-linearizes).
+            solve, sketch = lsq.inner_solver(self.preconditioner, fn, point.y, args, lin, lam,
+                                             rtol=eta, max_iters=max_iters, dtype=dtype)
+            cg, broken = solve(r, g)
+            z, pred, extra, iters = cg.x, rnorm**2 - cg.residual_sq, Counts(), cg.num_iters
             if self.geodesic:
-                z, extra = self._free_geodesic(fn, point.y, args, jvp, vjp, z, diag, lam,
-                                               eta, max_iters, dtype)
+                z, extra, geo_cg, broken_geo = self._free_geodesic(fn, point.y, args, jvp, vjp,
+                                                                   solve, z, diag)
                 model = tree_add(r, jvp(z))
                 pred = rnorm**2 - tree_norm(model).astype(dtype) ** 2
+                if broken is not None:
+                    iters, broken = iters + geo_cg, broken | broken_geo
             y_new = tree_add(point.y, tmap(jnp.divide, z, diag))
             f_new, aux_new = fn(y_new, args)
             counts = Counts.of(fun=1, jvp=cg.num_iters, vjp=cg.num_iters) + extra
-            return Point(y_new, f_new, aux_new), tree_norm(z).astype(dtype), pred, counts
+            out = (Point(y_new, f_new, aux_new), tree_norm(z).astype(dtype), pred, counts)
+            if broken is None:
+                return out
+            return out[:3] + (counts + sketch, broken, iters)
 
         def skip():
-            return point, jnp.zeros((), dtype), jnp.zeros((), dtype), Counts.of(fun=0)
+            out = (point, jnp.zeros((), dtype), jnp.zeros((), dtype), Counts.of(fun=0))
+            if self.preconditioner is None:
+                return out
+            return out + (jnp.array(False), jnp.zeros((), jnp.int32))
 
-        trial, pnorm, pred, counts = lax.cond(stationary, skip, attempt)
+        trial, pnorm, pred, counts, *pcg = lax.cond(stationary, skip, attempt)
         rnorm_new = tree_norm(trial.f).astype(dtype)
         actual, predicted, ratio = lsq.reductions(rnorm, rnorm_new, pred)
         accept = ~stationary & (ratio >= _ACCEPT) & jnp.isfinite(rnorm_new)
+        if pcg:
+            # A broken preconditioner leaves no usable step: keep the point and stop with
+            # linear_solve_failed (below), rather than let the λ loop chase a NaN step or
+            # a truncated one pass the xtol test.
+            broken, iters = pcg
+            accept = accept & ~broken
         new = tree_where(accept, trial, point)
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
         lam_next = jnp.where(accept, lam * shrink, lam * state.nu).astype(dtype)
@@ -328,20 +381,29 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         ok = converged | lsq.stalled_success(cos, rnorm_now, state.rnorm0, dtype)
         done = converged | stalled
         result = RESULTS.where(done & ~ok, RESULTS.line_search_failed, RESULTS.successful)
-        new_state = _FreeState(diag, lam_next, nu, eta, gnorm, state.rnorm0, cos)
+        pcg_iters = None
+        if pcg:
+            done = done | broken
+            result = RESULTS.where(broken, RESULTS.linear_solve_failed, result)
+            pcg_iters = state.pcg_iters + iters
+        new_state = _FreeState(diag, lam_next, nu, eta, gnorm, state.rnorm0, cos, pcg_iters)
         counts = counts + lin.counts
         return new, new_state, counts, done, result
 
-    def _free_geodesic(self, fn, y, args, jvp, vjp, z, diag, lam, eta, max_iters, dtype):
+    def _free_geodesic(self, fn, y, args, jvp, vjp, solve, z, diag):
+        """The matrix-free geodesic correction, by `solve` (the step's damped inner solve, with
+        its preconditioner if any). Returns the step, its counts, its inner iterations and
+        whether the preconditioner broke (None without one)."""
         v = jax.tree_util.tree_map(jnp.divide, z, diag)
 
         def directional(q):
             return jax.jvp(lambda u: fn(u, args)[0], (q,), (v,))[1]
 
         rvv = jax.jvp(directional, (y,), (v,))[1]
-        cg = lsq.cgls(jvp, vjp, rvv, vjp(rvv), lam, rtol=eta, max_iters=max_iters, dtype=dtype)
+        cg, broken = solve(rvv, vjp(rvv))
         a = cg.x
         use = (2.0 * tree_norm(a) <= _GEODESIC_ALPHA * tree_norm(z)) & jnp.isfinite(
             tree_norm(a))
         step = tree_where(use, jax.tree_util.tree_map(lambda u, w: u + 0.5 * w, z, a), z)
-        return step, Counts.of(fun=1, jvp=3 + cg.num_iters, vjp=1 + cg.num_iters)
+        counts = Counts.of(fun=1, jvp=3 + cg.num_iters, vjp=1 + cg.num_iters)
+        return step, counts, cg.num_iters, broken
