@@ -69,6 +69,33 @@ def backtracking(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, shrink
     return LineSearchResult(new, t, ok, Counts.of(fun=k, grad=1))
 
 
+def backtracking_grad_first(fn, it: Iterate, direction, args, *, c1=1e-4, shrink=0.5,
+                            max_trials=30, noise=None) -> LineSearchResult:
+    """`backtracking` from the unit step for methods whose unit step is nearly always
+    accepted (Newton-type steps): the first trial evaluates value and gradient together, so an
+    accepted unit step costs one value-and-gradient instead of a value plus a value-and-
+    gradient (on data-bound objectives, two passes over the data instead of three). A
+    rejected unit step falls back to `backtracking` from t = shrink."""
+    dtype = it.value.dtype
+    one = jnp.ones((), dtype)
+    first = _evaluate_at(fn, it, direction, one, args)
+    slope = tree_dot(it.grad, direction)
+    armijo = (first.value <= it.value + c1 * slope) & (first.value < it.value)
+    if noise is not None:
+        armijo = armijo | ((-slope <= noise) & (first.value - it.value <= noise))
+    ok = jnp.isfinite(first.value) & armijo & (slope < 0)
+
+    def accepted():
+        return LineSearchResult(first, one, jnp.array(True), Counts.of(grad=1))
+
+    def fallback():
+        ls = backtracking(fn, it, direction, args, shrink * one, c1=c1, shrink=shrink,
+                          max_trials=max_trials - 1, noise=noise)
+        return LineSearchResult(ls.iterate, ls.step_size, ls.ok, ls.counts + Counts.of(grad=1))
+
+    return jax.lax.cond(ok, accepted, fallback)
+
+
 def _evaluate_at(fn, it, direction, t, args):
     params = tree_axpy(t, direction, it.params)
     (value, aux), grad = jax.value_and_grad(fn, has_aux=True)(params, args)

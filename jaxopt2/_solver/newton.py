@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from .._base import AbstractMinimizer, Counts, Iterate, roundoff
-from .._linesearch import backtracking
+from .._linesearch import backtracking, backtracking_grad_first
 from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import ravel
@@ -76,11 +78,14 @@ class Newton(AbstractMinimizer):
         return new, _NewtonState(tau.astype(iterate.value.dtype)), counts, result
 
 
-def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials):
+def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials,
+                       grad_first: bool = False):
     """Armijo backtracking from the full step, accepting a full step whose predicted decrease
-    is below the rounding of f (see `backtracking`'s `noise`)."""
-    ls = backtracking(fn, iterate, direction, args, 1.0, c1=c1, max_trials=max_trials,
-                      noise=roundoff(iterate.value, iterate.params, 10.0))
+    is below the rounding of f (see `backtracking`'s `noise`). `grad_first`: evaluate the
+    gradient with the first trial (`backtracking_grad_first`)."""
+    search = backtracking_grad_first if grad_first else partial(backtracking, init_step=1.0)
+    ls = search(fn, iterate, direction, args, c1=c1, max_trials=max_trials,
+                noise=roundoff(iterate.value, iterate.params, 10.0))
     result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
     return ls.iterate, ls.counts, result
 

@@ -97,7 +97,9 @@ class SketchedNewton(AbstractMinimizer):
     `rtol`/`atol` (stopping test on the exact gradient), `c1`, `max_backtracks`.
 
     Counts per step: one dense (sketched) Hessian (`num_hessian`), one `sqrt_hessian` call
-    as `num_jac` (Newton sketch only), the line search's `num_fun` and one `num_grad`. The
+    as `num_jac` (Newton sketch only), and one `num_grad`: the unit step is tried with value
+    and gradient together, since it is nearly always accepted; backtracking (`num_fun`) only
+    when it is not. The
     parameters are flattened and H̃ is dense, so d should stay in the thousands.
 
     References: M. Pilanci and M. J. Wainwright, "Newton sketch: a near linear-time
@@ -179,7 +181,7 @@ class SketchedNewton(AbstractMinimizer):
         factor, tau = _damped_cholesky(0.5 * (h + h.T), self.max_damping_tries)
         d = jsl.cho_solve((factor, True), -g)
         new, ls_counts, result = newton_line_search(fn, iterate, unravel(d), args, self.c1,
-                                                    self.max_backtracks)
+                                                    self.max_backtracks, grad_first=True)
         return new, _SketchState(key, tau.astype(iterate.value.dtype)), counts + ls_counts, result
 
     def _subsampled_hessian(self, fn, unravel, x, args, key):

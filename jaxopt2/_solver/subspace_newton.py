@@ -42,7 +42,8 @@ class SubspaceNewton(AbstractMinimizer):
     principal k × k submatrix) or `"gaussian"` (an orthonormalised Gaussian d × k matrix).
     `seed`: the PRNG seed; the key is split once per step and kept in the state.
 
-    Counts per step: k `num_hvp`, plus the line search's `num_fun` and one `num_grad`.
+    Counts per step: k `num_hvp` and one `num_grad` (the unit step is tried with value and
+    gradient together), plus `num_fun` and one more `num_grad` when it must backtrack.
 
     Reference: R. M. Gower, D. Kovalev, F. Lieder and P. Richtárik, "RSN: Randomized Subspace
     Newton", NeurIPS 2019; for the coordinate case, Qu, Richtárik, Takáč and Fercoq, "SDNA:
@@ -91,6 +92,6 @@ class SubspaceNewton(AbstractMinimizer):
         factor, tau = _damped_cholesky(0.5 * (projected + projected.T), self.max_damping_tries)
         z = jsl.cho_solve((factor, True), -(basis.T @ g))
         new, counts, result = newton_line_search(fn, iterate, unravel(basis @ z), args, self.c1,
-                                                 self.max_backtracks)
+                                                 self.max_backtracks, grad_first=True)
         counts = counts + Counts.of(hvp=k)
         return new, _SubspaceState(key, tau.astype(iterate.value.dtype)), counts, result
