@@ -39,6 +39,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/fixed_point.py
 	$(BIN)/python benchmarks/hypergradient.py
 	$(BIN)/python benchmarks/sketch.py
+	$(BIN)/python benchmarks/logistic.py
 
 lint: $(VENV)/.lint
 	$(BIN)/ruff check jaxopt2 tests examples benchmarks
