@@ -40,6 +40,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/hypergradient.py
 	$(BIN)/python benchmarks/sketch.py
 	$(BIN)/python benchmarks/logistic.py
+	$(BIN)/python benchmarks/optimizers.py
 
 lint: $(VENV)/.lint
 	$(BIN)/ruff check jaxopt2 tests examples benchmarks

@@ -1,6 +1,7 @@
 """Examples run in CI at a small size (configs/smoke.yaml)."""
 
 import importlib.util
+import json
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,3 +61,37 @@ def test_readme_implicit_snippet_runs(capsys):
     code = section.split("```python", 1)[1].split("```", 1)[0]
     exec(compile("import jax, jax.numpy as jnp\n" + code, "README.md", "exec"), {})
     assert abs(float(capsys.readouterr().out) - 1 / 12) < 1e-6
+
+
+def test_train_mlp_example_smoke(tmp_path):
+    example = _load("train_mlp")
+    assert example.main(["--config", str(ROOT / "configs" / "train_mlp_smoke.yaml"),
+                         "--output-dir", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for name in ("digits", "regression"):
+        runs = metrics["problems"][name]["runs"]
+        assert len(runs) == 2  # regularized_newton, tuned adam
+        assert all(r["losses"][-1] < r["losses"][0] for r in runs), name  # all made progress
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def _readme_snippet(title):
+    section = (ROOT / "README.md").read_text().split(f"## {title}", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_readme_sketching_snippet_runs(capsys):
+    exec(compile(_readme_snippet("Sketching"), "README.md", "exec"), {})
+    steps, hvps = (int(v) for v in capsys.readouterr().out.split())
+    assert 1 <= steps <= 40 and hvps >= 1
+
+
+def test_readme_optimizers_snippet_runs(capsys):
+    exec(compile(_readme_snippet("Curvature-aware optimizers"), "README.md", "exec"), {})
+    import jax
+    import jax.numpy as jnp
+
+    final = float(capsys.readouterr().out)
+    X = jax.random.normal(jax.random.key(0), (256, 8))
+    initial = float(jnp.mean(jnp.sin(X @ jnp.ones(8)) ** 2))  # v = 0 predicts 0
+    assert final < 0.3 * initial
