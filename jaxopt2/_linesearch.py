@@ -26,6 +26,16 @@ class LineSearchResult(eqx.Module):
     counts: Counts
 
 
+def _armijo(value0, slope, t, value, c1, noise):
+    """The sufficient-decrease test of a trial f(x + t d) = `value` from f(x) = `value0`."""
+    # `value < value0` too: when c1·t·slope is below the rounding of f, the Armijo test alone
+    # would accept steps that do not move, and the solver would stall silently.
+    armijo = (value <= value0 + c1 * t * slope) & (value < value0)
+    if noise is not None:
+        armijo = armijo | ((-t * slope <= noise) & (value - value0 <= noise))
+    return jnp.isfinite(value) & armijo
+
+
 def backtracking(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, shrink=0.5,
                  max_trials=30, noise=None) -> LineSearchResult:
     """Armijo backtracking from `init_step`. On failure the iterate is unchanged (`ok=False`).
@@ -44,12 +54,7 @@ def backtracking(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, shrink
     init_step = jnp.asarray(init_step, dtype)
 
     def accept(t, value):
-        # `value < it.value` too: when c1·t·slope is below the rounding of f, the Armijo test
-        # alone would accept steps that do not move, and the solver would stall silently.
-        armijo = (value <= it.value + c1 * t * slope) & (value < it.value)
-        if noise is not None:
-            armijo = armijo | ((-t * slope <= noise) & (value - it.value <= noise))
-        return jnp.isfinite(value) & armijo
+        return _armijo(it.value, slope, t, value, c1, noise)
 
     def cond(c):
         t, value, k = c
@@ -80,10 +85,7 @@ def backtracking_grad_first(fn, it: Iterate, direction, args, *, c1=1e-4, shrink
     one = jnp.ones((), dtype)
     first = _evaluate_at(fn, it, direction, one, args)
     slope = tree_dot(it.grad, direction)
-    armijo = (first.value <= it.value + c1 * slope) & (first.value < it.value)
-    if noise is not None:
-        armijo = armijo | ((-slope <= noise) & (first.value - it.value <= noise))
-    ok = jnp.isfinite(first.value) & armijo & (slope < 0)
+    ok = _armijo(it.value, slope, one, first.value, c1, noise) & (slope < 0)
 
     def accepted():
         return LineSearchResult(first, one, jnp.array(True), Counts.of(grad=1))

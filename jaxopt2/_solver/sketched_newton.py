@@ -13,7 +13,13 @@ import jax.scipy.linalg as jsl
 import jax.tree_util as jtu
 
 from .._base import AbstractMinimizer, Counts, Iterate
-from .._sketch_ops import leverage_scores, sparse_sign_pattern
+from .._sketch_ops import (
+    gaussian_sketch,
+    leverage_scores,
+    row_sampling_sketch,
+    sparse_sign_pattern,
+    srht_sketch,
+)
 from .._tree import ravel
 from .newton import _damped_cholesky, newton_line_search
 
@@ -211,30 +217,22 @@ class SketchedNewton(AbstractMinimizer):
 
 
 def sketch_rows(kind: str, key, b, m: int):
-    """S B for an m × n sketch S with E[SᵀS] = I, applied to the rows of the n × d matrix B
-    without forming S (except the Gaussian one)."""
+    """S B for an m × n sketch S with E[SᵀS] = I (the `jaxopt2.sketch` operators), applied to
+    the columns of the n × d matrix B."""
     n = b.shape[0]
-    if kind == "uniform":
-        rows = jax.random.randint(key, (m,), 0, n)
-        return math.sqrt(n / m) * b[rows]
+    if kind == "sparse_sign":
+        # The operator's product, vmapped over d columns, would hold n·s·d values at once; one
+        # segment sum per nonzero keeps the memory at one n × d term.
+        rows, values = sparse_sign_pattern(key, n, m, _SPARSE_NONZEROS, b.dtype)
+        out = jnp.zeros((m, b.shape[1]), b.dtype)
+        for j in range(rows.shape[1]):
+            out = out + jax.ops.segment_sum(values[:, j, None] * b, rows[:, j], num_segments=m)
+        return out
     if kind == "leverage":
-        score_key, row_key = jax.random.split(key)
-        scores = leverage_scores(b, score_key)
-        p = scores / jnp.sum(scores)
-        rows = jax.random.choice(row_key, n, (m,), replace=True, p=p)
-        return b[rows] / jnp.sqrt(m * p[rows])[:, None]
-    if kind == "gaussian":
-        return jax.random.normal(key, (m, n), b.dtype) @ b / math.sqrt(m)
-    if kind == "srht":
-        sign_key, row_key = jax.random.split(key)
-        signs = jax.random.rademacher(sign_key, (n,), b.dtype)
-        rows = jax.random.choice(row_key, n, (m,), replace=False)
-        mixed = jax.scipy.fft.dct(signs[:, None] * b, axis=0, norm="ortho")
-        return math.sqrt(n / m) * mixed[rows]
-    # sparse sign: row i of B goes to s distinct buckets with signs ±1/√s. One segment sum
-    # per nonzero keeps the memory at one n × d term (never n × s × d).
-    rows, values = sparse_sign_pattern(key, n, m, _SPARSE_NONZEROS, b.dtype)
-    out = jnp.zeros((m, b.shape[1]), b.dtype)
-    for j in range(rows.shape[1]):
-        out = out + jax.ops.segment_sum(values[:, j, None] * b, rows[:, j], num_segments=m)
-    return out
+        score_key, key = jax.random.split(key)
+        sketch = row_sampling_sketch(key, m, n, leverage_scores(b, score_key), dtype=b.dtype)
+    else:
+        make = {"uniform": row_sampling_sketch, "gaussian": gaussian_sketch,
+                "srht": srht_sketch}[kind]
+        sketch = make(key, m, n, dtype=b.dtype)
+    return jax.vmap(sketch.mv, in_axes=1, out_axes=1)(b)
