@@ -482,3 +482,34 @@ def test_defaults_decrease_a_convex_loss(name):
     values, final = run(logreg_params())
     assert float(final) < 0.5 * float(values[0])
     assert float(final) < float(values[10])  # still making progress, not a lucky first step
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_over_an_ensemble_equals_a_loop(name):
+    """Training several models at once with `jax.vmap` (an ensemble over data sets) gives each
+    model the result it gets alone, and a poisoned data set (NaN) leaves the others intact."""
+    opt = getattr(jaxopt2.optimizers, name)()
+
+    def train(params, batch):
+        value_fn = lambda p: logreg(p, batch)
+
+        def body(carry, _):
+            params, state = carry
+            updates, state = opt.update(jax.grad(value_fn)(params), state, params,
+                                        value_fn=value_fn)
+            return (optax.apply_updates(params, updates), state), None
+
+        (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), None, length=5)
+        return params
+
+    batches = [logreg_data(seed=s, n=32) for s in range(3)]
+    batches[1] = (batches[1][0].at[0, 0].set(jnp.nan), batches[1][1])
+    stacked = jtu.tree_map(lambda *xs: jnp.stack(xs), *batches)
+    params0 = jtu.tree_map(lambda x: jnp.stack([x] * 3), logreg_params())
+    ensemble = jax.jit(jax.vmap(train))(params0, stacked)
+    single = jax.jit(train)
+    for i in (0, 2):
+        alone = single(logreg_params(), batches[i])
+        member = jtu.tree_map(lambda x, i=i: x[i], ensemble)
+        assert_close(flat(member), flat(alone), rtol=1e-9, atol=1e-12)
+        assert float(logreg(alone, batches[i])) < float(np.log(2.0))
