@@ -130,3 +130,17 @@ def save_figure(fig, out: str, name: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def digits_split(config: dict, dtype):
+    """scikit-learn's bundled digits scaled to [0, 1], split (stratified, seeded by
+    ``config["seed"]``) into ``(X_train, y_train, X_test, y_test)`` with a test share of
+    ``config["test_fraction"]``; labels as int32."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        X / 16.0, y, test_size=config["test_fraction"], random_state=config["seed"], stratify=y)
+    return X_tr.astype(dtype), y_tr.astype(np.int32), X_te.astype(dtype), y_te.astype(np.int32)

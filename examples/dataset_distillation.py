@@ -30,6 +30,7 @@ import time
 # examples/ is not on sys.path when the tests load this file by path; _common lives there
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    digits_split,
     enable_x64,
     markdown_table,
     parse_cli,
@@ -57,18 +58,6 @@ DEFAULTS = {
 }
 
 
-def load_data(config, dtype):
-    """Digits scaled to [0, 1], split into training and test sets."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(
-        X / 16.0, y, test_size=config["test_fraction"], random_state=config["seed"], stratify=y)
-    return X_tr.astype(dtype), y_tr.astype(np.int32), X_te.astype(dtype), y_te.astype(np.int32)
-
-
 def main(argv=None) -> int:
     config = parse_cli(__doc__, DEFAULTS, argv, nested=False)
     enable_x64(config)
@@ -81,7 +70,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     dtype = jnp.dtype(config["dtype"])
-    X_tr, y_tr, X_te, y_te = load_data(config, dtype)
+    X_tr, y_tr, X_te, y_te = digits_split(config, dtype)
     n_classes, d = 10, X_tr.shape[1]
     print(f"dataset distillation: 10 synthetic images against {len(y_tr)} real training digits "
           f"(test {len(y_te)}, l2={config['l2']}, {config['solver']}, {dtype})")
