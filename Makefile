@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test bench lint clean
+.PHONY: run test test-min bench lint docs clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ $(VENV)/.lint: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+$(VENV)/.docs: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $@
+
 run: $(VENV)/.run
 	$(BIN)/python examples/demo.py --config $(CONFIG)
 
@@ -45,5 +49,30 @@ bench: $(VENV)/.bench
 lint: $(VENV)/.lint
 	$(BIN)/ruff check jaxopt2 tests examples benchmarks
 
+# The API pages are generated from the docstrings; --strict turns every warning (a broken
+# link or cross-reference, a missing page) into a failure. The site goes to site/.
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The lower bounds: the exact minimum versions of the dependencies (constraints-min.txt, the
+# same numbers as pyproject.toml's `>=`) in a venv of their own, over the fast part of the
+# suite: every front door with its implicit derivatives, the adjoints, the optimizers and
+# the sketches.
+VENV_MIN := .venv-min
+MIN_TESTS := tests/test_adjoint_partial.py tests/test_contract.py \
+	tests/test_equations_contract.py tests/test_implicit.py tests/test_optimizers.py \
+	tests/test_sketch.py
+
+$(VENV_MIN)/.test: pyproject.toml constraints-min.txt
+	$(PY) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/pip install -q --upgrade pip
+	$(VENV_MIN)/bin/pip install -q -c constraints-min.txt -e '.[test]'
+	touch $@
+
+test-min: $(VENV_MIN)/.test
+	@$(VENV_MIN)/bin/python -c "import jax, jaxlib, optax, equinox, lineax; print('test-min:', \
+	  *(f'{m.__name__} {m.__version__}' for m in (jax, jaxlib, optax, equinox, lineax)))"
+	$(VENV_MIN)/bin/python -m pytest -n 2 -q -p no:cacheprovider $(MIN_TESTS)
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(VENV_MIN) outputs site

@@ -7,7 +7,7 @@ ridge system, float64, single-threaded, in one process.
 The system is (XᵀX/n + μI) w = Xᵀy/n with correlated features X = Z·diag(s)·Qᵀ (Z standard
 normal, Q a random rotation, s_i ∝ i^(−a) so that the condition number is about 1e6; μ sets
 the floor). Every method runs jaxopt2's CG
-(`jaxopt2._krylov.truncated_cg`) to the relative residual 1e-8 with products X(Xᵀv) computed
+(`jaxopt2._linalg.truncated_cg`) to the relative residual 1e-8 with products X(Xᵀv) computed
 from the data (never forming XᵀX); the Jacobi diagonal is exact (column norms); the Nyström
 preconditioner (Frangella–Tropp–Udell) is built from `rank` products with a Gaussian test
 matrix, batched. Reported: CG iterations, data passes (two per product with XᵀX, counting
@@ -37,8 +37,8 @@ import lineax as lx  # noqa: E402
 import numpy as np  # noqa: E402
 from harness import write_section  # noqa: E402
 
-from jaxopt2._krylov import truncated_cg  # noqa: E402
-from jaxopt2._nystrom import nystrom_preconditioner  # noqa: E402
+from jaxopt2._linalg import truncated_cg  # noqa: E402
+from jaxopt2.sketch import nystrom_preconditioner  # noqa: E402
 
 RTOL = 1e-8
 

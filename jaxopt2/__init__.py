@@ -36,9 +36,8 @@ from ._solver.regularized_newton import RegularizedNewton as RegularizedNewton
 from ._solver.root_newton import NewtonRaphson as NewtonRaphson
 from ._solver.sketched_newton import SketchedNewton as SketchedNewton
 from ._solver.subspace_newton import SubspaceNewton as SubspaceNewton
+from ._version import __version__ as __version__
 from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
 from .implicit import root_jvp as root_jvp
 from .implicit import root_vjp as root_vjp
-
-__version__ = "0.1.0"

@@ -115,6 +115,13 @@ class ImplicitAdjoint(AbstractAdjoint):
       problem's derivatives are NaN, and with `throw=True` (default) an error says why (never
       under `vmap`, where one failure must not stop the others).
 
+    - `differentiate_unconverged`: by default the derivatives of a solve that did not succeed
+      (any status but `successful`) are NaN for that problem, and raise outside `vmap` with
+      the front door's `throw=True`, even under `jit(grad)`: the implicit function theorem
+      holds only at a solution. `True` differentiates the point reached as if it were one:
+      for warm-started inner solves of a bilevel loop that stop at a small `max_steps` on
+      purpose (pass `throw=False` too, or the primal raises).
+
     Works in forward and reverse mode, under `vmap`, and to higher order (`jax.hessian` of an
     outer loss through a solve).
     """
@@ -122,6 +129,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     linear_solver: lx.AbstractLinearSolver | Neumann | None = None
     throw: bool = True
     preconditioner: Callable | None = None
+    differentiate_unconverged: bool = False
 
     def apply(self, primal_fn, optimality_fn, params0, inputs, tags):
         return _implicit(params0, inputs, primal_fn=primal_fn, optimality_fn=optimality_fn,
@@ -164,12 +172,22 @@ class ImplicitAdjoint(AbstractAdjoint):
                 ok = tree_all_finite(x) & (_norm(r) <= eps**0.5 * _norm(b))
             x = jtu.tree_map(lambda v: jnp.where(ok, v, jnp.nan), x)
             if self.throw:
-                status = RESULTS.where(ok, RESULTS.successful, RESULTS.adjoint_failed)
+                # A NaN right-hand side comes from a failure already reported upstream (a
+                # failed solve's NaN derivatives): propagate it without a second error.
+                upstream = ~tree_all_finite(b)
+                status = RESULTS.where(ok | upstream, RESULTS.successful,
+                                       RESULTS.adjoint_failed)
                 x = raise_if_failed(x, status, hint="Pass ImplicitAdjoint(throw=False) to get "
-                                    "NaN derivatives for the failed problems instead.")
+                                    "NaN derivatives for the failed problems instead.",
+                                    problem=root)
             return x
 
-        return jax.lax.custom_linear_solve(matvec, rhs, solve, solve, symmetric=symmetric)
+        x = jax.lax.custom_linear_solve(matvec, rhs, solve, solve, symmetric=symmetric)
+        # Tie the leaves together (0 · Σx, still linear) so that none gets a symbolic-zero
+        # cotangent when an outer loss uses only some of them: the transpose of
+        # custom_linear_solve in jax 0.4.x cannot take one (tests/test_adjoint_partial.py).
+        link = 0.0 * sum(jnp.sum(leaf) for leaf in jtu.tree_leaves(x))
+        return jtu.tree_map(lambda v: v + link.astype(v.dtype), x)
 
 
 DENSE_MAX = 1000  # the default adjoint solve is dense up to this many unknowns
@@ -212,10 +230,12 @@ class UnrolledAdjoint(AbstractAdjoint):
     states instead of one per iteration, at the cost of recomputation. The derivative is that
     of the iterations actually taken: it approaches the implicit one only as the solve
     converges, and it includes the derivative of line-search decisions (zero almost
-    everywhere). `checkpoints=None` picks about √max_steps.
+    everywhere). `checkpoints=None` picks about √max_steps. `differentiate_unconverged`: as
+    for `ImplicitAdjoint` (by default a failed solve has NaN derivatives, or raises).
     """
 
     checkpoints: int | None = None
+    differentiate_unconverged: bool = False
 
     def __check_init__(self):
         if self.checkpoints is not None and not (isinstance(self.checkpoints, int)

@@ -14,12 +14,13 @@ callback, so a solver file only says how to take one step.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._keywords import check_solver_keywords
 from ._results import RESULTS
 
 
@@ -89,6 +90,20 @@ class AbstractMinimizer(eqx.Module):
 
     rtol: eqx.AbstractVar[float | None]
     atol: eqx.AbstractVar[float]
+    # Second-order solvers promise a minimum, not just a stationary point: the loop then
+    # checks the curvature where it stops (`_stopping.curvature_check`).
+    uses_curvature: ClassVar[bool] = False
+    # Half-precision params are solved in float32 by the front door unless a solver says it
+    # is honest in float16/bfloat16 itself; dense solvers refuse huge n (`_precision.py`).
+    supports_half_precision: ClassVar[bool] = False
+    forms_dense_matrix: ClassVar[bool] = False
+
+    def __new__(cls, *args, **kwargs):
+        # jaxopt-style keywords (`tol=`, `maxiter=`) fail with a message naming ours.
+        check_solver_keywords(cls, kwargs)
+        new = super().__new__
+        # object.__new__ takes no arguments (equinox 0.11's Module has no __new__ of its own).
+        return new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
 
     def convert_objective(self, fn, params0, args):
         """`fn` with the arrays it closes over made explicit inputs
@@ -128,7 +143,20 @@ class AbstractIterativeSolver(eqx.Module):
     (least squares stop on MINPACK's relative rules, root finders on ‖F‖, fixed-point
     iterations on ‖g(y) − y‖), so `init` and `step` report `done` themselves; the shared loop
     (`_iterate.run_solver`) adds the non-finite check, the step budget and the callback.
+
+    `confirm_by_step`: whether a `done` reported by the solver must also pass the step test of
+    `_stopping.py` (root finders and fixed-point solvers; not least squares, whose MINPACK
+    tests already include a step test, nor bracketing, whose bracket width is an error bound).
     """
+
+    confirm_by_step: ClassVar[bool] = True
+    supports_half_precision: ClassVar[bool] = False  # as in AbstractMinimizer
+    forms_dense_matrix: ClassVar[bool] = False
+
+    def __new__(cls, *args, **kwargs):
+        check_solver_keywords(cls, kwargs)  # as in AbstractMinimizer
+        new = super().__new__
+        return new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
 
     @abc.abstractmethod
     def init(self, fn, point: Point, args) -> tuple[Any, Counts, jax.Array, RESULTS]:
@@ -144,6 +172,8 @@ class AbstractIterativeSolver(eqx.Module):
 
 class AbstractLeastSquaresSolver(AbstractIterativeSolver):
     """Solvers for `jaxopt2.least_squares`: minimize ½‖r(y)‖² over y."""
+
+    confirm_by_step: ClassVar[bool] = False
 
 
 class AbstractRootFinder(AbstractIterativeSolver):

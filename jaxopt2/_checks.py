@@ -31,6 +31,12 @@ def check_params(params0, root: str = "params0"):
                          "of floating-point arrays.")
     out = []
     for path, leaf in leaves:
+        if isinstance(leaf, (jax.Array, np.ndarray)) and leaf.size == 0:
+            if all(getattr(x, "size", 1) == 0 for _, x in leaves):
+                raise ValueError(
+                    f"`{root}` has no entries (every leaf has size 0, e.g. `{_name(root, path)}` "
+                    f"has shape {leaf.shape}): there is nothing to solve for. Pass at least one "
+                    "parameter, or skip the solve when the problem is empty.")
         name = _name(root, path)
         if isinstance(leaf, (bool, int)) or not hasattr(jnp.asarray(leaf), "dtype"):
             raise TypeError(f"`{name}` is a Python {type(leaf).__name__}; every leaf of `{root}` "
@@ -70,8 +76,15 @@ def wrap_objective(fun, has_aux: bool):
 
 def check_objective(fn, params0, args, what: str = "fun") -> None:
     """Trace `fn(params0, args)` once (no FLOPs) and check it returns a real scalar."""
+    raw = []
+
+    def traced(params, args):
+        out = fn(params, args)
+        raw.append(out[0] if isinstance(out, tuple) and len(out) == 2 else out)
+        return out
+
     try:
-        out = jax.eval_shape(fn, params0, args)
+        out = jax.eval_shape(traced, params0, args)
     except Exception as e:  # re-raised with the structure the user passed
         structure = jtu.tree_structure(params0)
         shapes = jtu.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", params0)
@@ -84,6 +97,12 @@ def check_objective(fn, params0, args, what: str = "fun") -> None:
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(f"With has_aux=True, `{what}` must return a pair (value, aux); got {out}.")
     value = out[0]
+    if raw and isinstance(raw[0], (bool, int, float, complex, np.generic, np.ndarray)):
+        raise TypeError(
+            f"`{what}` returned a {type(raw[0]).__name__}, a constant that does not depend on "
+            f"the parameters, so there is nothing to minimize. Compute the objective from "
+            f"`params` with jax.numpy (e.g. `return jnp.sum((params - a) ** 2)`), and do not "
+            f"convert it with float(), .item() or NumPy.")
     if not isinstance(value, jax.ShapeDtypeStruct):
         raise TypeError(f"`{what}` must return a JAX scalar; got {type(value).__name__}.")
     if value.shape != ():

@@ -25,10 +25,13 @@ from ._base import (
     Point,
 )
 from ._checks import check_vector_output
-from ._front import check_max_steps, check_solver, prepare, raise_if_failed, stats
+from ._front import check_max_steps, check_solver, finish, prepare, stats
 from ._iterate import run_solver
+from ._keywords import check_front_door_keywords
+from ._precision import solver_inputs
 from ._solution import Solution
 from ._tree import tree_dot, tree_inf_norm, tree_sub
+from ._verbose import with_verbose
 
 
 def _solve(fn, y0, args, *, solver, max_steps, adjoint, has_aux, throw, callback,
@@ -42,15 +45,16 @@ def _solve(fn, y0, args, *, solver, max_steps, adjoint, has_aux, throw, callback
         return out.point.y, out
 
     y, out = adjoint.apply(primal, optimality, y0, inputs, tags)
+    status = out.result
+    y = finish(y, status, adjoint, throw)
     f, aux = attach_tangent((out.point.f, out.point.aux), y, inputs,
                             fn=lambda p, i: i[0](p, i[1]))
-    status = out.result
-    if throw:
-        y = raise_if_failed(y, status)
     return Solution(params=y, value=f, status=status, stats=stats(out.counts, out.num_steps),
                     state=out.state, aux=aux if has_aux else None)
 
 
+@check_front_door_keywords
+@solver_inputs("least_squares")
 def least_squares(
     residual_fn: Callable,
     params0: Any,
@@ -62,6 +66,7 @@ def least_squares(
     has_aux: bool = False,
     throw: bool = True,
     callback: Callable | None = None,
+    verbose: bool = False,
 ) -> Solution:
     """Minimize ½‖r(params, args)‖² over `params`, starting from `params0`.
 
@@ -72,8 +77,9 @@ def least_squares(
     - `params0`: initial parameters, any pytree of floating-point arrays. Dtypes are kept.
     - `args`: data and hyperparameters, passed unchanged (never flattened, may be sharded).
     - `solver`: e.g. `jaxopt2.LevenbergMarquardt()` or `jaxopt2.GaussNewton()`.
-    - `max_steps`, `adjoint`, `throw`, `callback`: as in `jaxopt2.minimize`; the callback
-      receives `(step, params, cost)` with cost = ½‖r‖².
+    - `max_steps`, `adjoint`, `throw`, `callback`, `verbose`: as in `jaxopt2.minimize`; the
+      callback receives `(step, params, cost)` with cost = ½‖r‖², and `verbose=True` prints
+      the cost, `|dx|` and the step size where the solver has one.
 
     **Returns** a `Solution` whose `value` is the residual pytree at the solution (the cost is
     `0.5 * sum(r**2)`). The solution is differentiable in `args` by the implicit function
@@ -93,6 +99,7 @@ def least_squares(
     check_solver(solver, AbstractLeastSquaresSolver, "jaxopt2.LevenbergMarquardt()",
                  "least_squares")
     check_max_steps(max_steps)
+    callback = with_verbose(callback, verbose, solver, "least_squares")
     params0, fn, args = prepare(residual_fn, params0, args, has_aux, "params0")
     check_vector_output(fn, params0, args, "residual_fn", square=False)
 
@@ -106,6 +113,8 @@ def least_squares(
                   tags=(lx.symmetric_tag, lx.positive_semidefinite_tag), measure=_cost)
 
 
+@check_front_door_keywords
+@solver_inputs("root_find")
 def root_find(
     fn: Callable,
     y0: Any,
@@ -117,6 +126,7 @@ def root_find(
     has_aux: bool = False,
     throw: bool = True,
     callback: Callable | None = None,
+    verbose: bool = False,
 ) -> Solution:
     """Find `y` with `fn(y, args) = 0`, starting from `y0`.
 
@@ -127,14 +137,16 @@ def root_find(
     - `y0`: the initial point, any pytree of floating-point arrays. Dtypes are kept.
     - `solver`: e.g. `jaxopt2.NewtonKrylov()`, `jaxopt2.NewtonRaphson()`, `jaxopt2.Broyden()` or
       `jaxopt2.Bisection(lower, upper)` for scalar equations.
-    - `max_steps`, `adjoint`, `throw`, `callback`: as in `jaxopt2.minimize`; the callback
-      receives `(step, y, max|F(y)|)`.
+    - `max_steps`, `adjoint`, `throw`, `callback`, `verbose`: as in `jaxopt2.minimize`; the
+      callback receives `(step, y, max|F(y)|)`, and `verbose=True` prints `|F|`, `|dx|` and
+      the step size where the solver has one.
 
     **Returns** a `Solution` whose `value` is `F` at the root. The root is differentiable in
     `args` by the implicit function theorem on F(y, args) = 0.
     """
     check_solver(solver, AbstractRootFinder, "jaxopt2.NewtonKrylov()", "root_find")
     check_max_steps(max_steps)
+    callback = with_verbose(callback, verbose, solver, "root_find")
     y0, fn, args = prepare(fn, y0, args, has_aux, "y0")
     check_vector_output(fn, y0, args, "fn", square=True)
 
@@ -147,6 +159,8 @@ def root_find(
                   tags=(), measure=lambda p: tree_inf_norm(p.f))
 
 
+@check_front_door_keywords
+@solver_inputs("fixed_point")
 def fixed_point(
     fn: Callable,
     y0: Any,
@@ -158,6 +172,7 @@ def fixed_point(
     has_aux: bool = False,
     throw: bool = True,
     callback: Callable | None = None,
+    verbose: bool = False,
 ) -> Solution:
     """Find `y` with `fn(y, args) = y`, starting from `y0`.
 
@@ -168,8 +183,9 @@ def fixed_point(
     - `y0`: the initial point, any pytree of floating-point arrays. Dtypes are kept.
     - `solver`: `jaxopt2.FixedPointIteration()`, `jaxopt2.Anderson()`, or any root finder
       (e.g. `jaxopt2.NewtonKrylov()`), which is then applied to g(y) − y.
-    - `max_steps`, `adjoint`, `throw`, `callback`: as in `jaxopt2.minimize`; the callback
-      receives `(step, y, max|g(y) − y|)`.
+    - `max_steps`, `adjoint`, `throw`, `callback`, `verbose`: as in `jaxopt2.minimize`; the
+      callback receives `(step, y, max|g(y) − y|)`, and `verbose=True` prints
+      `|g(y) - y|`, `|dx|` and the step size where the solver has one.
 
     **Returns** a `Solution` whose `value` is `g` at the fixed point. The fixed point is
     differentiable in `args` by the implicit function theorem on g(y, args) − y = 0, which is
@@ -178,6 +194,7 @@ def fixed_point(
     check_solver(solver, (AbstractFixedPointSolver, AbstractRootFinder),
                  "jaxopt2.Anderson()", "fixed_point")
     check_max_steps(max_steps)
+    callback = with_verbose(callback, verbose, solver, "fixed_point")
     y0, fn, args = prepare(fn, y0, args, has_aux, "y0")
     check_vector_output(fn, y0, args, "fn", square=True)
 

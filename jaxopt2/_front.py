@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -43,36 +45,108 @@ def stats(counts: Counts, num_steps) -> dict:
 
 
 def raise_if_failed(token, status: RESULTS,
-                    hint: str = "Pass throw=False to return the status instead of raising."):
-    """Raise `status`'s message unless it is `successful`; a no-op under `vmap` (each
-    problem's status is reported instead). Returns `token` with the check attached."""
+                    hint: str = "Pass throw=False to return the status instead of raising.",
+                    problem=None):
+    """Raise `status`'s message unless it is `successful`; a no-op under a `vmap` over
+    problems (each problem's status is reported instead). Returns `token` with the check
+    attached.
+
+    `problem` (an array that is batched exactly when the problems are) tells a `vmap` over
+    problems from one over tangents: `jax.jacfwd` vmaps the tangent rules of one problem, and
+    there a failure in any tangent must raise, not vanish."""
     code = status._value
     if not isinstance(code, jax.core.Tracer):
         if int(code) != RESULTS.successful._value:
             raise RuntimeError(f"jaxopt2: solve failed ({status_name(status)}): "
                                f"{RESULTS[status]}\n{hint}")
         return token
-    return _checked(token, code)
+    # Without `problem`, any batching of the status is a batch of problems.
+    marker = code if problem is None else _marker(problem)
+    return _checker(hint)(token, code, marker)
 
 
-@custom_vmap
-def _check_unbatched(token, code):
-    return eqx.branched_error_if(token, code != RESULTS.successful._value, code,
-                                 RESULTS._index_to_message)
+DERIVATIVE_HINT = (
+    "The derivatives of a failed solve are not those of a solution. Pass throw=False to get "
+    "NaN derivatives for the failed problems instead, or differentiate the point reached "
+    "anyway with adjoint=jaxopt2.ImplicitAdjoint(differentiate_unconverged=True) (e.g. a "
+    "warm-started inner solve of a bilevel loop stopped at its step budget).")
 
 
-@_check_unbatched.def_vmap
-def _check_batched(axis_size, in_batched, token, code):
-    del axis_size, code
-    return token, in_batched[0]
+def finish(params, status: RESULTS, adjoint, throw: bool):
+    """The front doors' last step: raise on failure (`throw`) and guard the derivatives."""
+    unconverged = getattr(adjoint, "differentiate_unconverged", False)
+    params = guard_derivatives(params, status, throw=throw, unconverged=unconverged,
+                               hint=DERIVATIVE_HINT)
+    if throw:
+        params = raise_if_failed(params, status)
+    return params
+
+
+def guard_derivatives(params, status: RESULTS, *, throw: bool, unconverged: bool, hint: str):
+    """`params`, whose derivatives (forward and reverse mode) are NaN for a problem whose
+    solve failed, unless `unconverged` (the user asked for derivatives of whatever point was
+    reached). With `throw` they also raise outside a `vmap` over problems. The check sits in
+    the derivative path itself, so it holds under `jit(grad)`, `jit(jacfwd)` and
+    `jit(hessian)`, where the primal output (and any check attached to it) is dropped."""
+    ok = status == RESULTS.successful
+    if unconverged:
+        ok = jnp.ones_like(ok)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
+    scale = jnp.where(ok, 1.0, jnp.nan).astype(dtype)
+    if throw:
+        scale = raise_if_failed(scale, status, hint)
+    return _scale_tangent(params, scale)
 
 
 @jax.custom_jvp
-def _checked(token, code):
-    return _check_unbatched(token, code)
+def _scale_tangent(params, scale):
+    return params
 
 
-@_checked.defjvp
-def _checked_jvp(primals, tangents):
-    token, code = primals
-    return _checked(token, code), tangents[0]
+@_scale_tangent.defjvp
+def _scale_tangent_jvp(primals, tangents):
+    params, scale = primals
+    t_params, _ = tangents
+    # `scale` is a primal value that the tangent (and so the transposed, reverse-mode rule)
+    # multiplies by: the backward pass needs it, so its check cannot be dropped.
+    return params, jax.tree_util.tree_map(
+        lambda t: t * scale.astype(t.dtype) if t is not None else t, t_params)
+
+
+def _marker(problem):
+    leaf = jax.tree_util.tree_leaves(problem)[0]
+    return jnp.ravel(leaf)[:1].sum() != 0 if leaf.size else jnp.zeros((), bool)
+
+
+@functools.cache
+def _checker(hint: str):
+    """The check for one hint (a static string): custom_vmap and custom_jvp take arrays only."""
+    names = {int(item._value): name for name, item in RESULTS._name_to_item.items()}
+    messages = [f"jaxopt2: solve failed ({names[i]}): {m}\n{hint}" if m else m
+                for i, m in enumerate(RESULTS._index_to_message)]
+
+    @custom_vmap
+    def check(token, code, marker):
+        del marker
+        return eqx.branched_error_if(token, code != RESULTS.successful._value, code, messages)
+
+    @check.def_vmap
+    def check_batched(axis_size, in_batched, token, code, marker):
+        del axis_size
+        if in_batched[2] or not in_batched[1]:
+            return token, in_batched[0]  # a batch of problems: each reports its own status
+        # One problem, a batch of tangents (jacfwd): any failure fails the derivative.
+        failed = code != RESULTS.successful._value
+        worst = jnp.max(jnp.where(failed, code, 0))
+        return eqx.branched_error_if(token, jnp.any(failed), worst, messages), in_batched[0]
+
+    @jax.custom_jvp
+    def checked(token, code, marker):
+        return check(token, code, marker)
+
+    @checked.defjvp
+    def checked_jvp(primals, tangents):
+        token, code, marker = primals
+        return checked(token, code, marker), tangents[0]
+
+    return checked

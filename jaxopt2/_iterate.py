@@ -8,19 +8,20 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from . import _stopping as stopping
 from ._base import (
     AbstractIterativeSolver,
     AbstractMinimizer,
     Counts,
     Iterate,
     Point,
-    default_rtol,
     evaluate,
     evaluate_point,
 )
 from ._loops import while_loop
 from ._results import RESULTS
 from ._tree import result_dtype, tree_all_finite, tree_inf_norm
+from ._verbose import report_step
 
 
 class LoopOutput(eqx.Module):
@@ -31,15 +32,16 @@ class LoopOutput(eqx.Module):
     num_steps: jax.Array
 
 
-def _classify(it: Iterate, tol, result: RESULTS) -> tuple[jax.Array, RESULTS]:
-    """Stopping test shared by all minimizers: returns (done, result)."""
+def _classify(it: Iterate, converged, result: RESULTS, diverged) -> tuple[jax.Array, RESULTS]:
+    """Shared by all minimizers: returns (done, result) from the convergence decision of
+    `stopping.minimizer_converged` and the step's own result."""
     finite = tree_all_finite(it.params) & jnp.isfinite(it.value) & tree_all_finite(it.grad)
-    converged = finite & (tree_inf_norm(it.grad) <= tol)
+    converged = finite & converged
     result = RESULTS.where(converged, RESULTS.successful, result)
     result = RESULTS.where(finite, result, RESULTS.nonfinite)
     # -inf objective (or blown-up params) is divergence rather than an arithmetic accident.
-    diverged = (it.value == -jnp.inf) | ~tree_all_finite(it.params)
-    result = RESULTS.where(diverged & ~jnp.isnan(it.value), RESULTS.diverged, result)
+    diverged = diverged | (it.value == -jnp.inf) | ~tree_all_finite(it.params)
+    result = RESULTS.where(diverged & ~converged & ~jnp.isnan(it.value), RESULTS.diverged, result)
     done = converged | (result != RESULTS.successful)
     return done, result
 
@@ -47,31 +49,36 @@ def _classify(it: Iterate, tol, result: RESULTS) -> tuple[jax.Array, RESULTS]:
 def run_minimizer(
     solver: AbstractMinimizer, fn, params0, args, max_steps: int, callback=None
 ) -> LoopOutput:
-    """Run `solver` from `params0` until the gradient test passes, a step reports failure,
-    a non-finite value appears, or `max_steps` steps have been taken."""
+    """Run `solver` from `params0` until the stopping rule of `stopping.py` passes, a step
+    reports failure, a non-finite value appears, or `max_steps` steps have been taken."""
     it0 = evaluate(fn, params0, args)
-    rtol = solver.rtol if solver.rtol is not None else default_rtol(result_dtype(params0))
-    tol = solver.atol + rtol * tree_inf_norm(it0.grad)
+    rule = stopping.MinimizerRule.start(solver, it0)
     state0 = solver.init(fn, it0, args)
-    done0, result0 = _classify(it0, tol, RESULTS.successful)
-    carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0)
+    done0, result0 = _classify(it0, rule.converged_at_start(it0), RESULTS.successful,
+                               jnp.array(False))
+    carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0,
+              rule.no_step(it0))
 
     def cond(carry):
-        *_, num_steps, done = carry
+        num_steps, done = carry[4], carry[5]
         return ~done & (num_steps < max_steps)
 
     def body(carry):
-        it, state, counts, _, num_steps, _ = carry
-        it, state, step_counts, result = solver.step(fn, it, args, state)
+        it, state, counts, _, num_steps, _, progress = carry
+        new, state, step_counts, result = solver.step(fn, it, args, state)
         num_steps = num_steps + 1
-        done, result = _classify(it, tol, result)
+        converged, progress = rule.converged(it, new, result, progress, num_steps)
+        done, result = _classify(new, converged, result, rule.diverged(new))
         if callback is not None:
-            jax.debug.callback(callback, num_steps, it.params, it.value, tree_inf_norm(it.grad))
-        return it, state, counts + step_counts, result, num_steps, done
+            report_step(callback, num_steps, it.params, new.params,
+                        (new.value, tree_inf_norm(new.grad)), state)
+        return new, state, counts + step_counts, result, num_steps, done, progress
 
-    it, state, counts, result, num_steps, done = while_loop(cond, body, carry0,
-                                                            max_steps=max_steps)
+    it, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
+                                                               max_steps=max_steps)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    if solver.uses_curvature:
+        result = stopping.curvature_check(fn, it, args, result)
     return LoopOutput(it, state, counts, result, num_steps)
 
 
@@ -87,28 +94,36 @@ def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, ca
                measure=None) -> SolverOutput:
     """Run a least-squares, root-finding or fixed-point `solver` from `y0` until it reports
     `done`, a non-finite value appears, or `max_steps` steps have been taken. `measure(point)`
-    is the scalar the callback reports (e.g. ½‖r‖² or ‖F‖∞)."""
+    is the scalar the callback reports (e.g. ½‖r‖² or ‖F‖∞). Root finders and fixed-point
+    solvers (`confirm_by_step`) must also pass the step test of `stopping.py`."""
     point0 = evaluate_point(fn, y0, args)
     state0, counts0, done0, result0 = solver.init(fn, point0, args)
     done0, result0 = _classify_point(point0, done0, result0)
+    dtype = result_dtype(y0)
     carry0 = (point0, state0, Counts.of(fun=1) + counts0, result0, jnp.zeros((), jnp.int32),
-              done0)
+              done0, stopping.Progress.none(dtype))
 
     def cond(carry):
-        *_, num_steps, done = carry
+        num_steps, done = carry[4], carry[5]
         return ~done & (num_steps < max_steps)
 
     def body(carry):
-        point, state, counts, _, num_steps, _ = carry
-        point, state, step_counts, done, result = solver.step(fn, point, args, state)
+        point, state, counts, _, num_steps, _, progress = carry
+        new, state, step_counts, done, result = solver.step(fn, point, args, state)
         num_steps = num_steps + 1
-        done, result = _classify_point(point, done, result)
+        if solver.confirm_by_step:
+            accepted = result == RESULTS.successful
+            converged, progress = stopping.equation_converged(
+                point.y, new.y, done, accepted, progress, getattr(solver, "rtol", None),
+                num_steps)
+            done = converged | ~accepted
+        done, result = _classify_point(new, done, result)
         if callback is not None:
-            jax.debug.callback(callback, num_steps, point.y, measure(point))
-        return point, state, counts + step_counts, result, num_steps, done
+            report_step(callback, num_steps, point.y, new.y, (measure(new),), state)
+        return new, state, counts + step_counts, result, num_steps, done, progress
 
-    point, state, counts, result, num_steps, done = while_loop(cond, body, carry0,
-                                                               max_steps=max_steps)
+    point, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
+                                                                  max_steps=max_steps)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
     return SolverOutput(point, state, counts, result, num_steps)
 

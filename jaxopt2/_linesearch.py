@@ -1,22 +1,42 @@
-"""Line searches on f(x + t·d), shared by the minimizers.
+"""Line searches, shared by the minimizers and the equation solvers.
 
 - `backtracking`: Armijo sufficient decrease, f(x + t d) ≤ f(x) + c₁ t gᵀd, shrinking t.
   Objective-only trials; the gradient is evaluated once, at the accepted point.
+- `newton_line_search`: `backtracking` from the full step for Newton-type directions, with
+  the rounding allowance that lets tight tolerances be reached (Newton, NewtonCG,
+  SketchedNewton, SubspaceNewton).
 - `zoom_wolfe`: strong Wolfe conditions by bracketing and zoom (Nocedal & Wright, Alg. 3.5/3.6)
   with safeguarded cubic interpolation, and Hager-Zhang's approximate Wolfe test once f changes
   are within rounding; each trial evaluates value and gradient, so the accepted point's
   gradient comes for free.
+- `backtrack`: backtracking with quadratic interpolation on the merit function ½‖F‖² of an
+  equation solver (NewtonRaphson, NewtonKrylov, Broyden).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._base import Counts, Iterate
+from ._base import Counts, Iterate, Point, roundoff
 from ._loops import while_loop
-from ._tree import tree_axpy, tree_dot, tree_where
+from ._results import RESULTS
+from ._tree import tree_axpy, tree_dot, tree_inf_norm, tree_where
+
+# How many roundings of f (`_base.roundoff`) count as "no measurable change", a pair on
+# purpose:
+# - LINE_SEARCH_ROUNDOFF: a line search accepts a full Newton-type step whose predicted
+#   decrease is below this many roundings unless f measurably rises (`backtracking`'s
+#   `noise`); the minibatch acceptance test of `jaxopt2.optimizers` uses the same allowance.
+# - ACCEPTANCE_ROUNDOFF: the acceptance tests of RegularizedNewton and DampedNewton compare a
+#   decrease of f with a bound that itself goes to zero near a minimizer (λ‖p‖², a Newton
+#   decrement); ten times more slack keeps float32 solves from rejecting every trial there
+#   before the gradient test can pass.
+LINE_SEARCH_ROUNDOFF = 10.0
+ACCEPTANCE_ROUNDOFF = 100.0
 
 
 class LineSearchResult(eqx.Module):
@@ -96,6 +116,19 @@ def backtracking_grad_first(fn, it: Iterate, direction, args, *, c1=1e-4, shrink
         return LineSearchResult(ls.iterate, ls.step_size, ls.ok, ls.counts + Counts.of(grad=1))
 
     return jax.lax.cond(ok, accepted, fallback)
+
+
+
+def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials,
+                       grad_first: bool = False):
+    """Armijo backtracking from the full step, accepting a full step whose predicted decrease
+    is below the rounding of f (see `backtracking`'s `noise`). `grad_first`: evaluate the
+    gradient with the first trial (`backtracking_grad_first`)."""
+    search = backtracking_grad_first if grad_first else partial(backtracking, init_step=1.0)
+    ls = search(fn, iterate, direction, args, c1=c1, max_trials=max_trials,
+                noise=roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF))
+    result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
+    return ls.iterate, ls.counts, result
 
 
 def _evaluate_at(fn, it, direction, t, args):
@@ -226,3 +259,90 @@ def _cubic_min(a, fa, sa, b, fb, sb):
     bad = (diff == 0) | (disc < 0) | (denom == 0) | ~jnp.isfinite(d1)
     t = b - (b - a) * (sb + d2 - d1) / jnp.where(denom == 0, 1.0, denom)
     return jnp.where(bad | ~jnp.isfinite(t), jnp.nan, t)
+
+
+# --------------------------------------------------------------------------- equations
+
+
+class Backtrack(eqx.Module):
+    point: Point  # the accepted point (the input point when `ok` is False)
+    step_size: jax.Array  # the accepted t (0 when `ok` is False)
+    merit: jax.Array  # φ at the last trial (inf when no trial was made)
+    ok: jax.Array
+    num_fun: jax.Array  # evaluations of fn spent
+
+
+def merit_backtracking(trial, point: Point, *, phi0, slope, decrease, c1: float, max_trials,
+                       interpolate: bool, active=None, accept_full=None) -> Backtrack:
+    """Backtracking from t = 1 on a merit function φ(t), generic over φ: `trial(t)` returns
+    `(point at t, φ(t))` (one evaluation of the residual function, whose aux is kept).
+
+    Accepts the first t with φ(t) ≤ φ(0) + c₁·t·`decrease`, φ(t) < φ(0) and φ(t) finite (with
+    `accept_full`, also t = 1 whenever φ(1) is finite). The next t is t/2, or with
+    `interpolate` the minimizer of the quadratic through φ(0), φ'(0) = `slope` and φ(t), kept
+    in [t/10, t/2] (Dennis & Schnabel, §6.3.2; a non-finite trial halves t). `active=False`
+    (a traced flag) makes no trial at all. `max_trials` may be traced.
+
+    Used with φ = ½‖F‖² by the root finders (`backtrack`) and with φ = ‖r‖² by GaussNewton.
+    """
+    dtype = jnp.result_type(phi0)
+    phi0 = jnp.asarray(phi0, dtype)
+    slope = jnp.asarray(slope, dtype)
+    decrease = jnp.asarray(decrease, dtype)
+
+    def accept(t, phi):
+        decreased = (phi <= phi0 + c1 * t * decrease) & (phi < phi0)
+        if accept_full is not None:
+            decreased = decreased | ((t == 1) & accept_full)
+        return jnp.isfinite(phi) & decreased
+
+    def cond(c):
+        t, _, phi, k = c
+        go = (k == 0) | (~accept(t, phi) & (k < max_trials))
+        return go if active is None else active & go
+
+    def body(c):
+        t, _, phi, k = c
+        if interpolate:
+            curvature = phi - phi0 - slope * t
+            t_quad = -slope * t * t / (2 * jnp.where(curvature > 0, curvature, 1.0))
+            t_next = jnp.where(jnp.isfinite(phi) & (curvature > 0),
+                               jnp.clip(t_quad, 0.1 * t, 0.5 * t), 0.5 * t)
+        else:
+            t_next = 0.5 * t
+        t = jnp.where(k == 0, jnp.ones_like(t), t_next)
+        new, phi = trial(t)
+        return t, new, phi, k + 1
+
+    init = (jnp.ones((), dtype), point, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    t, new, phi, k = while_loop(cond, body, init, max_steps=max_trials)
+    ok = accept(t, phi) if active is None else active & accept(t, phi)
+    return Backtrack(tree_where(ok, new, point), jnp.where(ok, t, 0.0), phi, ok, k)
+
+
+def backtrack(fn, point: Point, direction, args, *, phi0, slope, decrease, c1: float,
+              max_trials) -> Backtrack:
+    """Backtracking from t = 1 on φ(t) = ½‖F(y + t·p)‖² (`merit_backtracking` with quadratic
+    interpolation).
+
+    Accepts the first t with φ(t) ≤ φ(0) + c₁·t·`decrease` and φ(t) < φ(0). For an exact
+    Newton direction `decrease` = slope = −‖F‖²; for an inexact one with relative linear
+    residual η it is −(1 − η)‖F‖², which makes the test the Dembo–Eisenstat–Steihaug condition
+    ‖F(y + tp)‖ ≤ (1 − c₁t(1 − η))‖F(y)‖ to first order (Eisenstat & Walker, SIAM J. Optim. 4,
+    1994). Each trial is one evaluation of fn, and the accepted one is returned with its aux,
+    so nothing is evaluated twice. `max_trials` may be traced.
+    """
+    dtype = jnp.result_type(phi0)
+
+    # A full step below the resolution of y (a start at the root) is taken as it is: φ is
+    # round-off there and cannot decrease, and the step test of `_stopping.py` ends the solve.
+    y_scale = jnp.maximum(tree_inf_norm(point.y), 1.0)
+    negligible = tree_inf_norm(direction) <= 10.0 * jnp.finfo(dtype).eps * y_scale
+
+    def trial(t):
+        y = tree_axpy(t, direction, point.y)
+        f, aux = fn(y, args)
+        return Point(y, f, aux), (0.5 * tree_dot(f, f)).astype(dtype)
+
+    return merit_backtracking(trial, point, phi0=phi0, slope=slope, decrease=decrease, c1=c1,
+                              max_trials=max_trials, interpolate=True, accept_full=negligible)

@@ -11,11 +11,16 @@ import lineax as lx
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from ._base import AbstractMinimizer
 from ._checks import check_objective
-from ._front import check_max_steps, check_solver, prepare, raise_if_failed, stats
+from ._front import check_max_steps, check_solver, finish, prepare, stats
 from ._iterate import run_minimizer
+from ._keywords import check_front_door_keywords
+from ._precision import solver_inputs
 from ._solution import Solution
+from ._verbose import with_verbose
 
 
+@check_front_door_keywords
+@solver_inputs("minimize")
 def minimize(
     fun: Callable,
     params0: Any,
@@ -27,6 +32,7 @@ def minimize(
     has_aux: bool = False,
     throw: bool = True,
     callback: Callable | None = None,
+    verbose: bool = False,
 ) -> Solution:
     """Minimize `fun(params, args)` over `params`, starting from `params0`.
 
@@ -45,6 +51,10 @@ def minimize(
       With `throw=False` the status is only reported.
     - `callback`: optional `callback(step, params, value, grad_inf_norm)`, called on the host
       after every step through `jax.debug.callback`. Costs nothing when `None`.
+    - `verbose`: if True, print one line per step through `jax.debug.print` (so it works
+      under `jit`; under `vmap` one line per problem): the step number, the objective `f`,
+      `|grad|` (max-norm), `|dx|` (max-norm of the step taken) and the solver's step size
+      where it has one. Costs nothing when False.
 
     Nothing here compiles by itself: wrap the call in `jax.jit` (or `eqx.filter_jit`) and it
     compiles once per shape/dtype; `vmap` and `grad` compose from outside.
@@ -60,6 +70,7 @@ def minimize(
     """
     check_solver(solver, AbstractMinimizer, "jaxopt2.LBFGS()", "minimize")
     check_max_steps(max_steps)
+    callback = with_verbose(callback, verbose, solver, "minimize")
     params0, fn, args = prepare(fun, params0, args, has_aux, "params0")
     check_objective(fn, params0, args)
     fn = solver.convert_objective(fn, params0, args)
@@ -76,11 +87,10 @@ def minimize(
 
     tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
     params, out = adjoint.apply(primal, stationarity, params0, inputs, tags)
+    status = out.result
+    params = finish(params, status, adjoint, throw)
     value, aux = attach_tangent((out.iterate.value, out.iterate.aux), params, inputs,
                                 fn=lambda p, i: i[0](p, i[1]))
-    status = out.result
-    if throw:
-        params = raise_if_failed(params, status)
     return Solution(params=params, value=value, status=status,
                     stats=stats(out.counts, out.num_steps), state=out.state,
                     aux=aux if has_aux else None)

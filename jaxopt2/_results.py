@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 class RESULTS(eqx.Enumeration):
     """The status of a solve. `Solution.status` holds one of these per problem (per batch
     element under `vmap`), so one failing problem never hides the others.
 
-    Compare with `sol.status == jaxopt2.RESULTS.successful`.
+    Compare with `sol.status == jaxopt2.RESULTS.successful`; `sol.status.code` is the int32
+    code (usable inside `jit`), `RESULTS.names[code]` its name, `RESULTS[sol.status]` its
+    message. See `Status`.
     """
 
     successful = ""
@@ -49,13 +54,155 @@ class RESULTS(eqx.Enumeration):
         "The iterates diverged: the objective kept decreasing without bound. Check that the "
         "problem has a minimizer (add regularization or constraints) and that `fun` is correct."
     )
+    saddle_point = (
+        "The gradient vanished at a point where the curvature is negative in some direction: "
+        "a saddle point or a maximum, not a minimum. Start elsewhere (or perturb `params0`), "
+        "or use a solver that escapes saddles along negative curvature (NewtonCG with "
+        "trust_region=True, RegularizedNewton)."
+    )
+    not_a_root = (
+        "The solver given to custom_root / custom_fixed_point returned a point where the "
+        "optimality condition is not zero (a Newton step from it is not negligible), so the "
+        "implicit function theorem does not apply there. Solve more accurately, check that "
+        "optimality_fn matches the solver, or the Jacobian may be singular at the root (the "
+        "derivative is then unbounded)."
+    )
 
 
-def status_name(status: RESULTS) -> str:
-    """The name of a concrete (unbatched) status, e.g. `"max_steps_reached"`; the message
-    itself is `RESULTS[status]`."""
-    code = int(status._value)
-    for name in RESULTS._name_to_item:
-        if getattr(RESULTS, name)._value == code:
-            return name
-    raise ValueError(f"{code} is not a RESULTS code")
+# equinox does not export the item class; every item is an instance of it.
+EnumerationItem = type(RESULTS.successful)
+
+
+class Status(EnumerationItem):
+    """One `RESULTS` item, or an array of them (one per problem under `vmap`). What
+    `Solution.status` holds.
+
+    - `status == RESULTS.successful` is a boolean array; `RESULTS.where` and `RESULTS[status]`
+      (the message) work as for any `eqx.Enumeration`.
+    - `status.code` is the int32 array of codes, usable inside `jit` and under `vmap`: return
+      it from a jitted function, then `jaxopt2.status_name(code)` turns it into names.
+    - `int(status)` is the code of a single concrete status; `status.name` and
+      `status.message` are its name and message (arrays of strings for a batch).
+    - `print(status)` shows `RESULTS.successful`, or for a failure its name and the first
+      sentence of its message; `repr` shows the name only. Inside `jit`,
+      `jax.debug.print("{}", sol.status)` prints the same at run time.
+    """
+
+    @property
+    def code(self) -> jax.Array:
+        """The int32 code(s), as an array: works inside `jit` and under `vmap`."""
+        return jnp.asarray(self._value, jnp.int32)
+
+    @property
+    def name(self) -> str | np.ndarray:
+        """The name (`"max_steps_reached"`), or a numpy array of names for a batch. Outside
+        `jit` only: names are strings, which a traced array cannot hold."""
+        return status_name(self)
+
+    @property
+    def message(self) -> str | np.ndarray:
+        """What the status means and what to try, or a numpy array of messages for a
+        batch. Outside `jit` only."""
+        codes = _concrete_codes(self._value, "status.message")
+        messages = np.asarray(self._enumeration._index_to_message, dtype=object)[codes]
+        return str(messages) if codes.ndim == 0 else messages
+
+    def __int__(self) -> int:
+        codes = _concrete_codes(self._value, "int(status)")
+        if codes.ndim != 0:
+            raise TypeError(
+                f"int(status) needs a single status; this one holds {codes.size} (shape "
+                f"{codes.shape}, e.g. from vmap). Use `status.code` for the int32 array of "
+                "codes, or `jaxopt2.status_name(status)` for their names.")
+        return int(codes)
+
+    def _render(self, long: bool) -> str:
+        prefix = self._enumeration.__qualname__
+        value = self._value
+        if isinstance(value, jax.core.Tracer):
+            return f"{prefix}<traced>"
+        if not isinstance(value, (np.ndarray, np.generic, jax.Array)):
+            return f"{prefix}<?>"  # a placeholder leaf, e.g. from jax.eval_shape
+        codes = np.asarray(value)
+        names = _names_of(self._enumeration)
+        if codes.ndim == 0:
+            name = names[int(codes)]
+            message = self._enumeration._index_to_message[int(codes)]
+            if long and message:
+                return f"{prefix}.{name}: {message.split('. ')[0].rstrip('.')}."
+            return f"{prefix}.{name}"
+        text = np.array2string(np.asarray(names, dtype=object)[codes], separator=", ",
+                               formatter={"all": str}, threshold=64)
+        return f"{prefix}{text}"
+
+    def __repr__(self) -> str:
+        return self._render(long=False)
+
+    def __str__(self) -> str:
+        return self._render(long=True)
+
+
+def _names_of(enumeration) -> tuple[str, ...]:
+    names = [""] * len(enumeration)
+    for name, item in enumeration._name_to_item.items():
+        names[int(item._value)] = name
+    return tuple(names)
+
+
+def _concrete_codes(value, what: str) -> np.ndarray:
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{what} needs a concrete status, but this one is traced (inside jit, vmap or "
+            "grad). Inside a transformation use `sol.status.code` (an int32 array), e.g. "
+            "return it from the jitted function and call `jaxopt2.status_name(code)` on the "
+            "result; or compare `sol.status == jaxopt2.RESULTS.successful`.")
+    codes = np.asarray(value)
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise TypeError(f"{what} needs integer status codes; got dtype {codes.dtype}.")
+    if codes.size and (codes.min() < 0 or codes.max() >= len(RESULTS)):
+        bad = codes[(codes < 0) | (codes >= len(RESULTS))].ravel()[0]
+        raise ValueError(f"{int(bad)} is not a RESULTS code: codes run from 0 to "
+                         f"{len(RESULTS) - 1} ({', '.join(RESULTS.names)}).")
+    return codes
+
+
+def status_name(status) -> str | np.ndarray:
+    """The name of a status, e.g. `"max_steps_reached"`; its message is `RESULTS[status]`.
+
+    `status` is a `RESULTS` item (`sol.status`) or its code(s): a Python int, or a numpy or
+    JAX integer array such as `sol.status.code` returned from a jitted or vmapped function.
+    A single status gives a `str`; an array gives a numpy array of names of the same shape.
+    Names are strings, so this runs outside `jit`: inside, keep `sol.status.code`.
+
+    ```python
+    codes = jax.jit(jax.vmap(lambda x0: jaxopt2.minimize(f, x0, solver=s, throw=False)
+                             .status.code))(x0s)
+    jaxopt2.status_name(codes)  # array(['successful', 'nonfinite', ...])
+    ```
+    """
+    if isinstance(status, EnumerationItem):
+        if status._enumeration is not RESULTS:
+            raise TypeError(f"status_name takes jaxopt2.RESULTS statuses; got an item of "
+                            f"{status._enumeration.__qualname__}.")
+        status = status._value
+    elif isinstance(status, bool) or not isinstance(
+            status, (int, np.integer, np.ndarray, jax.Array)):
+        raise TypeError("status_name takes a RESULTS status (`sol.status`) or integer "
+                        f"codes (`sol.status.code`); got {type(status).__name__}.")
+    codes = _concrete_codes(status, "status_name")
+    names = np.asarray(RESULTS.names)[codes]
+    return str(names) if codes.ndim == 0 else names
+
+
+def _where(cls, pred, a, b):
+    out = eqx.Enumeration.where.__func__(cls, pred, a, b)
+    return out if type(out) is Status else Status(out._value, out._enumeration)
+
+
+# Every RESULTS item, including those `where` builds, is a `Status`, so the pytree structure of
+# a status never depends on how it was made (`lax.cond` branches must agree).
+for _name, _item in RESULTS._name_to_item.items():
+    RESULTS._name_to_item[_name] = Status(_item._value, RESULTS)
+RESULTS.where = classmethod(_where)
+RESULTS.names = _names_of(RESULTS)
+del _name, _item

@@ -15,9 +15,16 @@ class Solution(eqx.Module):
 
     - `params`: the solution, same pytree structure and dtypes as `params0`. Differentiable with
       respect to `args` (and to values `fun` closes over) through the solver's adjoint.
-    - `value`: the objective at `params` (differentiable too).
+    - `value`: what the function returned at `params` (differentiable too): the objective
+      for `minimize`, the residuals for `least_squares`, F(y) for `root_find`, g(y) for
+      `fixed_point`. **Coming from optimistix**, where `sol.value` is the solution: here the
+      solution is `sol.params`. **Coming from jaxopt**, where `run` returns
+      `(params, state)`: `sol.params` is the first, `sol.value` replaces `state.value`.
     - `status`: a `RESULTS` item, one per problem under `vmap`. `sol.success` is
-      `sol.status == RESULTS.successful`; `RESULTS[sol.status]` is the message.
+      `sol.status == RESULTS.successful`; `print(sol.status)` shows its name
+      (`RESULTS.successful`); `int(sol.status)` is its code and `RESULTS[sol.status]` its
+      message. Inside `jit` and under `vmap` use the int32 array `sol.status_code` (the same
+      as `sol.status.code`) and name it afterwards with `jaxopt2.status_name(code)`.
     - `stats`: `num_steps` and evaluation counts `num_fun` (objective-only), `num_grad`
       (value and gradient), `num_hvp` (curvature-vector products), `num_jvp`, `num_vjp`,
       `num_hessian` (dense Hessians formed), as int32 arrays.
@@ -34,4 +41,11 @@ class Solution(eqx.Module):
 
     @property
     def success(self) -> jax.Array:
+        """Boolean array: the solve met its tolerance (one entry per problem under `vmap`)."""
         return self.status == RESULTS.successful
+
+    @property
+    def status_code(self) -> jax.Array:
+        """The int32 status code(s), usable inside `jit` and under `vmap`: return it from a
+        jitted function and pass it to `jaxopt2.status_name` outside."""
+        return self.status.code

@@ -34,7 +34,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._adjoint import ImplicitAdjoint, Neumann, UnrolledAdjoint, implicit_tangent
-from ._tree import tree_sub
+from ._front import guard_derivatives
+from ._results import RESULTS
+from ._stopping import x_scale
+from ._tree import result_dtype, tree_all_finite, tree_inf_norm, tree_sub
 
 __all__ = [
     "ImplicitAdjoint",
@@ -65,15 +68,19 @@ def custom_root(optimality_fn: Callable, *, adjoint: ImplicitAdjoint = ImplicitA
     def decorator(solver):
         @functools.wraps(solver)
         def wrapped(init, *args):
-            def primal(init, args):
-                out = solver(init, *args)
-                return out if has_aux else (out, None)
-
             def optimality(root, args):
                 return optimality_fn(root, *args)
 
+            def primal(init, args):
+                out = solver(init, *args)
+                root, aux = out if has_aux else (out, None)
+                return root, (aux, _root_status(optimality, root, args))
+
             tags = _tags(symmetric)
-            root, aux = adjoint.apply(primal, optimality, init, tuple(args), tags)
+            root, (aux, status) = adjoint.apply(primal, optimality, init, tuple(args), tags)
+            root = guard_derivatives(
+                root, status, throw=adjoint.throw, hint=_ROOT_HINT,
+                unconverged=getattr(adjoint, "differentiate_unconverged", False))
             return (root, aux) if has_aux else root
 
         return wrapped
@@ -90,6 +97,27 @@ def custom_fixed_point(fixed_point_fn: Callable, *,
         return tree_sub(fixed_point_fn(y, *args), y)
 
     return custom_root(optimality, adjoint=adjoint, has_aux=has_aux)
+
+
+_ROOT_HINT = ("Pass adjoint=ImplicitAdjoint(throw=False) to get NaN derivatives instead, or "
+              "differentiate_unconverged=True to differentiate the returned point anyway.")
+
+
+def _root_status(optimality, root, args) -> RESULTS:
+    """`successful` when `root` solves optimality(root, args) = 0 to working precision:
+    ‖F‖ ≤ √eps·‖J‖·s(root), i.e. a Newton step from root is below √eps relative to
+    s(root) = max(‖root‖∞, 1). ‖J‖ is estimated by two Jacobian products (along the
+    all-ones direction and along F), so F's own scale decides, not an absolute threshold. A
+    point where J is singular and F is not tiny (y² − a at a = 0, solved to 0.008) fails."""
+    F, jvp = jax.linearize(lambda x: optimality(x, args), root)
+    f_norm = tree_inf_norm(F)
+    ones = jtu.tree_map(jnp.ones_like, root)
+    unit_f = jtu.tree_map(lambda f, x: (f / jnp.where(f_norm > 0, f_norm, 1)).astype(x.dtype),
+                          F, root)
+    j_norm = jnp.maximum(tree_inf_norm(jvp(ones)), tree_inf_norm(jvp(unit_f)))
+    eps = float(jnp.finfo(result_dtype(root)).eps)
+    solved = (f_norm <= eps**0.5 * j_norm * x_scale(root)) & tree_all_finite(F)
+    return RESULTS.where(solved, RESULTS.successful, RESULTS.not_a_root)
 
 
 def _tags(symmetric: bool):

@@ -38,7 +38,9 @@ MINIMIZERS = {
     "SketchedNewton-sqrt": (lambda: jaxopt2.SketchedNewton(sketch_size=20, sketch="sparse_sign",
                                                            sqrt_hessian=logistic_sqrt_hessian),
                             200),
-    "SubspaceNewton": (lambda: jaxopt2.SubspaceNewton(subspace_dim=2), 400),
+    # a typed key (the stream of the default seed=0): the contract holds with a key leaf too
+    "SubspaceNewton": (lambda: jaxopt2.SubspaceNewton(subspace_dim=2, key=jax.random.key(0)),
+                       400),
 }
 
 # Solvers of the equation front doors, run by tests/test_equations_contract.py: name ->
@@ -52,7 +54,8 @@ LEAST_SQUARES = {
     "LevenbergMarquardt-cg-nystrom": (lambda: jaxopt2.LevenbergMarquardt(
         linear_solver="cg", preconditioner=jaxopt2.sketch.NystromPreconditioner(rank=2)), 100),
     "GaussNewton-cg-nystrom": (lambda: jaxopt2.GaussNewton(
-        linear_solver="cg", preconditioner=jaxopt2.sketch.NystromPreconditioner(rank=2)), 100),
+        linear_solver="cg",
+        preconditioner=jaxopt2.sketch.NystromPreconditioner(rank=2, key=jax.random.key(0))), 100),
 }
 ROOT_FINDERS = {
     "NewtonRaphson": (lambda: jaxopt2.NewtonRaphson(), 50),

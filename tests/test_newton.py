@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 import jaxopt2
 from jaxopt2 import RESULTS
 from jaxopt2._base import evaluate
-from jaxopt2._solver.newton import _damped_cholesky
+from jaxopt2._linalg import damped_cholesky
 from jaxopt2._solver.newton_cg import _NewtonCGState
 
 SOLVERS = {
@@ -193,7 +193,7 @@ def test_newton_fallback_gives_a_descent_step():
 
 def test_damped_cholesky_factor():
     h = jnp.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, -3.0]])  # eigenvalues 3, −1, −3
-    damped = jax.jit(jax.vmap(lambda h: _damped_cholesky(h, 12)))
+    damped = jax.jit(jax.vmap(lambda h: damped_cholesky(h, 12)))
     spd = jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
     factors, taus = damped(jnp.stack([h, spd]))
     factor, tau = factors[0], taus[0]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import jaxopt2
-from jaxopt2._krylov import truncated_cg
-from jaxopt2._nystrom import (
+from jaxopt2._linalg import truncated_cg
+from jaxopt2.sketch import (
     NystromApproximation,
     NystromPreconditioner,
     nystrom,
@@ -207,3 +207,30 @@ def test_rank_validation():
         NystromPreconditioner(rank=0)
     with pytest.raises(ValueError):
         nystrom(lx.MatrixLinearOperator(jnp.eye(3)), 4, jax.random.key(0))
+
+
+def test_preconditioner_key_vmapped_streams_and_validation():
+    """The key is an array field: preconditioners built inside `jax.vmap` from split keys
+    draw different sketches, equal keys equal ones, and `key=jax.random.key(s)` is `seed=s`."""
+    A, _ = _psd(n=30, dtype=jnp.float32)
+    op = lx.MatrixLinearOperator(A, (lx.symmetric_tag, lx.positive_semidefinite_tag))
+    r = jnp.linspace(-1.0, 1.0, 30, dtype=jnp.float32)
+
+    def apply(key=None, seed=0):
+        return NystromPreconditioner(rank=3, key=key, seed=seed)(None, None, None, op)(r)
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    many = np.asarray(jax.jit(jax.vmap(apply))(keys))
+    for i in range(3):
+        for j in range(i):
+            assert np.max(np.abs(many[i] - many[j])) > 1e-3 * np.max(np.abs(many))
+    same = np.asarray(jax.vmap(apply)(jnp.stack([keys[0]] * 3)))
+    np.testing.assert_allclose(same, np.broadcast_to(many[0], same.shape), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(apply(key=jax.random.key(2)), apply(seed=2), rtol=1e-6)
+    np.testing.assert_allclose(apply(key=jax.random.PRNGKey(2)), apply(seed=2), rtol=1e-6)
+    for bad in (2, jnp.ones(2, jnp.float32)):
+        with pytest.raises(TypeError, match="PRNG key"):
+            NystromPreconditioner(rank=3, key=bad)
+    with pytest.raises(TypeError, match="batch of keys"):
+        NystromPreconditioner(rank=3, key=keys)(None, None, None, op)

@@ -291,7 +291,7 @@ def test_diag_newton_recovers_exact_diagonal_of_diagonal_quadratic():
         g = jax.grad(value_fn)(x)
         updates, state = update(g, state, x)
         rounds = (t - 1) // 3 + 1
-        assert_close(state.curvature / (1 - b2**rounds), a, rtol=1e-12)
+        assert_close(state[0].curvature / (1 - b2**rounds), a, rtol=1e-12)
         m = b1 * m + (1 - b1) * g
         expected = -lr * jnp.clip(m / (1 - b1**t) / (gamma * a), -clip, clip)
         assert_close(updates, expected, rtol=1e-12)
@@ -312,7 +312,7 @@ def test_diag_newton_uses_gauss_newton_diagonal():
     w = jnp.zeros(3)
     g = jax.grad(lambda w: loss_fn(model_fn(w, batch), batch))(w)
     _, state = jitted(opt, batch=batch)(g, opt.init(w), w)
-    assert_close(state.curvature / (1 - 0.99), jnp.diag(X.T @ X) / 16, rtol=1e-12)
+    assert_close(state[0].curvature / (1 - 0.99), jnp.diag(X.T @ X) / 16, rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- contract
@@ -346,7 +346,9 @@ def dict_problem():
 
 
 def inner_state(state, chained):
-    return state[1] if chained else state
+    state = state[1] if chained else state
+    # diag_newton is optax.chain(scale_by_diag_newton, scale_by_learning_rate): a pair
+    return state if hasattr(state, "_fields") else state[0]
 
 
 def signature(tree):
@@ -513,3 +515,115 @@ def test_vmap_over_an_ensemble_equals_a_loop(name):
         member = jtu.tree_map(lambda x, i=i: x[i], ensemble)
         assert_close(flat(member), flat(alone), rtol=1e-9, atol=1e-12)
         assert float(logreg(alone, batches[i])) < float(np.log(2.0))
+
+
+# ------------------------------------------------------- optax.inject_hyperparams, PRNG keys
+
+# learning rates, a hyperparameter changed in the state, and its new value
+INJECT = {
+    "hessian_free": ({"cg_max_steps": 3}, "cg_max_steps", 1),
+    "regularized_newton": ({}, "cg_rtol", 0.9),
+    "nystrom_sgd": ({"rank": 3, "update_freq": 2, "rho": 0.1}, "rho", 0.3),
+    "diag_newton": ({"update_freq": 2}, "num_probes", 3),
+}
+
+
+def _run(opt, params, batches, state=None, steps=3):
+    value_fn = lambda b: (lambda p: logreg(p, b))
+    update = jax.jit(lambda g, s, p, b: opt.update(g, s, p, value_fn=value_fn(b)))
+    state = opt.init(params) if state is None else state
+    out = []
+    for b in batches[:steps]:
+        updates, state = update(jax.grad(logreg)(params, b), state, params, b)
+        params = optax.apply_updates(params, updates)
+        out.append(flat(updates))
+    return params, state, out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_schedule_and_changed_value(name):
+    """`optax.inject_hyperparams(X)(learning_rate=schedule)` takes the same steps as
+    `X(learning_rate=schedule)`, and a hyperparameter changed in `state.hyperparams` gives the
+    steps of the plain optimizer built with the new value (float32 throughout)."""
+    factory = getattr(jaxopt2.optimizers, name)
+    kwargs, changed, value = INJECT[name]
+    params = jtu.tree_map(lambda x: x.astype(jnp.float32), logreg_params())
+    batches = [jtu.tree_map(lambda x: x.astype(jnp.float32), logreg_data(seed=s, n=32))
+               for s in range(6)]
+    schedule = optax.linear_schedule(0.8, 0.2, 3)
+    injected = optax.inject_hyperparams(factory)(learning_rate=schedule, **kwargs)
+    plain = factory(learning_rate=schedule, **kwargs)
+    p_inj, s_inj, u_inj = _run(injected, params, batches)
+    p_ref, s_ref, u_ref = _run(plain, params, batches)
+    for a, b in zip(u_inj, u_ref, strict=True):
+        assert a.dtype == jnp.float32
+        assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert float(jnp.max(jnp.abs(u_inj[0] - u_inj[-1]))) > 0  # the schedule was applied
+
+    # change a hyperparameter (a constant learning rate now) and continue from both states
+    const = optax.inject_hyperparams(factory)(learning_rate=0.5, **kwargs)
+    state = const.init(params)._replace(inner_state=s_inj.inner_state)
+    state.hyperparams[changed] = jnp.asarray(value, state.hyperparams[changed].dtype)
+    reference = factory(learning_rate=0.5, **{**kwargs, changed: value})
+    _, _, u_new = _run(const, p_inj, batches[3:], state=state)
+    _, _, u_want = _run(reference, p_ref, batches[3:], state=s_ref)
+    _, _, u_old = _run(factory(learning_rate=0.5, **kwargs), p_ref, batches[3:], state=s_ref)
+    for a, b in zip(u_new, u_want, strict=True):
+        # float32; a traced num_probes loops over the probes the plain one vmaps (same probes,
+        # products rounded differently), and m/(γh) amplifies that on a flat coordinate
+        assert_close(a, b, rtol=1e-3, atol=1e-6)
+    # ...and the change mattered
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(u_new, u_old, strict=True)) > 0
+
+
+@pytest.mark.parametrize("name", ["nystrom_sgd", "diag_newton"])
+def test_vmap_over_keys_gives_independent_streams(name):
+    """Built inside `jax.vmap` from split keys, each ensemble member draws its own sketches or
+    probes (three keys, three different curvature estimates); equal keys give equal results;
+    `key=jax.random.key(s)`, a legacy `PRNGKey(s)` and `seed=s` are the same stream."""
+    factory = getattr(jaxopt2.optimizers, name)
+    kwargs = {"rank": 2} if name == "nystrom_sgd" else {}
+    params = jtu.tree_map(lambda x: x.astype(jnp.float32), logreg_params())
+    batch = jtu.tree_map(lambda x: x.astype(jnp.float32), logreg_data(seed=1, n=32))
+    value_fn = lambda p: logreg(p, batch)
+
+    def curvature(key=None, seed=0):
+        opt = factory(key=key, seed=seed, **kwargs)
+        _, state = opt.update(jax.grad(value_fn)(params), opt.init(params), params,
+                              value_fn=value_fn)
+        state = state if hasattr(state, "_fields") else state[0]
+        return flat(state.U) if name == "nystrom_sgd" else flat(state.curvature)
+
+    keys = jax.random.split(jax.random.key(7), 3)
+    many = np.asarray(jax.jit(jax.vmap(curvature))(keys))
+    for i in range(3):
+        for j in range(i):
+            assert np.max(np.abs(many[i] - many[j])) > 1e-3 * np.max(np.abs(many)), (i, j)
+    same = np.asarray(jax.jit(jax.vmap(curvature))(jnp.stack([keys[2]] * 3)))
+    np.testing.assert_allclose(same, np.broadcast_to(many[2], same.shape), rtol=1e-5,
+                               atol=1e-6)
+    by_seed = curvature(seed=4)
+    np.testing.assert_allclose(curvature(key=jax.random.key(4)), by_seed, rtol=1e-6)
+    np.testing.assert_allclose(curvature(key=jax.random.PRNGKey(4)), by_seed, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["nystrom_sgd", "diag_newton"])
+def test_key_argument_is_validated(name):
+    factory = getattr(jaxopt2.optimizers, name)
+    for bad in (3, 0.5, jnp.zeros(2, jnp.float32), jax.random.split(jax.random.key(0), 2)):
+        with pytest.raises(TypeError, match="key"):
+            factory(key=bad)
+    with pytest.raises(TypeError, match="seed"):
+        factory(seed=1.5)
+    with pytest.raises(ValueError, match="either `key=` or `seed=`"):
+        factory(key=jax.random.key(0), seed=2)
+
+
+def test_inject_hyperparams_rank_read_at_init_only():
+    """`rank` fixes the state's shapes: inside a jitted `init` it is traced, and the error
+    says how to keep it static."""
+    opt = optax.inject_hyperparams(jaxopt2.optimizers.nystrom_sgd)(rank=2)
+    with pytest.raises(TypeError, match="static_args"):
+        jax.jit(opt.init)(jnp.zeros(4, jnp.float32))
+    static = optax.inject_hyperparams(jaxopt2.optimizers.nystrom_sgd, static_args="rank")(rank=2)
+    assert jax.jit(static.init)(jnp.zeros(4, jnp.float32)).inner_state.U.shape == (4, 2)

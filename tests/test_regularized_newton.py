@@ -277,7 +277,7 @@ def test_aicn_step_size_formula():
 
 
 def test_eisenstat_walker_formula():
-    from jaxopt2._krylov import eisenstat_walker
+    from jaxopt2._linalg import eisenstat_walker
 
     f64 = jnp.float64
     # ηₖ = 0.9 (‖gₖ‖/‖gₖ₋₁‖)² when the safeguard 0.9 ηₖ₋₁² ≤ 0.1 ...

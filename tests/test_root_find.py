@@ -7,8 +7,7 @@ import pytest
 import scipy.optimize
 
 import jaxopt2
-from jaxopt2._solver._root_common import gmres
-from jaxopt2._solver.newton_krylov import _band_lu, _band_lu_solve
+from jaxopt2._linalg import band_lu, band_lu_solve, gmres
 
 # ---------------------------------------------------------------- problems
 
@@ -170,8 +169,8 @@ def test_band_lu_matches_dense_solve():
     band = jnp.where((j >= 0) & (j < n), band, 0.0)
     dense = jnp.zeros((n, n)).at[jnp.broadcast_to(i, j.shape), jnp.clip(j, 0, n - 1)].add(band)
     rhs = jax.random.normal(key2, (n,))
-    lower, upper = _band_lu(band, b)
-    np.testing.assert_allclose(_band_lu_solve(lower, upper, rhs, b),
+    lower, upper = band_lu(band, b)
+    np.testing.assert_allclose(band_lu_solve(lower, upper, rhs, b),
                                jnp.linalg.solve(dense, rhs), rtol=1e-10, atol=1e-12)
 
 

@@ -15,16 +15,20 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from jaxopt2 import _estimators
-from jaxopt2._randomized import hutchpp, logdet_slq, randomized_eigh, randomized_svd, slq
-from jaxopt2._sketch_ops import (
+from jaxopt2._tree import tree_dot
+from jaxopt2.sketch import (
     gaussian_sketch,
+    hutchpp,
     leverage_scores,
+    logdet_slq,
     rademacher_sketch,
+    randomized_eigh,
+    randomized_svd,
     row_sampling_sketch,
+    slq,
     sparse_sign_sketch,
     srht_sketch,
 )
-from jaxopt2._tree import tree_dot
 
 N, K = 8, 4
 PROBS = np.arange(1.0, N + 1)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxopt2._sketch_project import SketchAndProjectInfo, _min_norm_step, sketch_and_project
+from jaxopt2.sketch import SketchAndProjectInfo, sketch_and_project
+from jaxopt2.sketch._sketch_and_project import _min_norm_step
 
 SKETCHES = ("rows", "gaussian")
 MAX_STEPS = 2000
@@ -367,9 +368,8 @@ def test_bad_inputs_raise():
 
 def test_docstring_example_runs():
     code = re.search(r"```python\n(.*?)```", sketch_and_project.__doc__, re.S).group(1)
-    # The public name is re-exported by jaxopt2.sketch; run against the module itself.
     namespace = {}
-    exec(textwrap.dedent(code).replace("jaxopt2.sketch", "jaxopt2._sketch_project"), namespace)
+    exec(textwrap.dedent(code), namespace)
     # Float64 here (conftest), so the default rtol is √eps(float64) ≈ 1.5e-8, on the residual,
     # and not trivially loose: it takes many projections.
     info, b = namespace["info"], namespace["b"]

@@ -19,6 +19,7 @@ from .._base import (
 )
 from .._results import RESULTS
 from .._tree import result_dtype, tree_all_finite, tree_inf_norm, tree_sub, tree_where
+from .._validate import check_budget, check_number, check_tolerances, check_unit_interval
 
 _HIGHEST = lax.Precision.HIGHEST  # no TF32/bf16 shortcuts: the Gram matrix is ill-conditioned
 
@@ -99,17 +100,10 @@ class Anderson(AbstractFixedPointSolver):
     atol: float = 0.0
 
     def __check_init__(self):
-        if not isinstance(self.history, int) or isinstance(self.history, bool) \
-                or self.history < 1:
-            raise ValueError(f"`history` must be a Python int >= 1; got {self.history!r}.")
-        if not 0.0 < self.damping <= 1.0:
-            raise ValueError(f"`damping` must be in (0, 1]; got {self.damping}.")
-        if not self.ridge >= 0.0:
-            raise ValueError(f"`ridge` must be >= 0 (e.g. 1e-10); got {self.ridge}.")
-        if self.rtol is not None and not self.rtol >= 0.0:
-            raise ValueError(f"`rtol` must be >= 0 or None; got {self.rtol}.")
-        if not self.atol >= 0.0:
-            raise ValueError(f"`atol` must be >= 0; got {self.atol}.")
+        check_budget("history", self.history)
+        check_unit_interval("damping", self.damping, high_open=False)
+        check_number("ridge", self.ridge, low=0.0)  # e.g. 1e-10
+        check_tolerances(self)
 
     def _done(self, residual, residual0, y):
         return residual_converged(residual, residual0, self.rtol, self.atol, result_dtype(y))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import jax.tree_util as jtu
 
 from .._base import AbstractRootFinder, Counts, Point, evaluate_point
 from .._results import RESULTS
+from .._validate import check_positive, check_tolerance, check_tolerances
 
 
 class _State(eqx.Module):
@@ -80,6 +83,10 @@ class Bisection(AbstractRootFinder):
     zero of a nonlinear function without using derivatives", Adv. Eng. Softw. 28 (1997).
     """
 
+    supports_half_precision: ClassVar[bool] = True  # the bracket bounds the error in any dtype
+
+    confirm_by_step: ClassVar[bool] = False  # the bracket width is its error bound
+
     lower: float | None = None
     upper: float | None = None
     rtol: float | None = None
@@ -94,12 +101,9 @@ class Bisection(AbstractRootFinder):
                              f"upper={self.upper}.")
         if self.lower is not None and not float(self.lower) < float(self.upper):
             raise ValueError(f"`lower` must be < `upper`; got {self.lower} and {self.upper}.")
-        if self.rtol is not None and not self.rtol >= 0.0:
-            raise ValueError(f"`rtol` must be >= 0 or None; got {self.rtol}.")
-        if not self.atol >= 0.0 or not self.ftol >= 0.0:
-            raise ValueError(f"`atol` and `ftol` must be >= 0; got {self.atol}, {self.ftol}.")
-        if not self.initial_step > 0.0:
-            raise ValueError(f"`initial_step` must be > 0; got {self.initial_step}.")
+        check_tolerances(self)
+        check_tolerance("ftol", self.ftol)
+        check_positive("initial_step", self.initial_step)
 
     def _tol(self, s: _State):
         rtol = 4 * float(jnp.finfo(s.a.dtype).eps) if self.rtol is None else self.rtol

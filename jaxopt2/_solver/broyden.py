@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from .._base import AbstractRootFinder, Counts, Point, residual_converged
+from .._linalg import damped_solve, ravelled_jacobian
+from .._linesearch import backtrack
 from .._results import RESULTS
 from .._tree import ravel, result_dtype, tree_inf_norm
-from ._root_common import backtrack, damped_solve
-from .root_newton import _check_common, dense_jacobian
+from .._validate import check_line_search, check_tolerances
 
 # After a step with a stale H, a direction that does not decrease ½‖F‖² within this many
 # trials is abandoned for a fresh Jacobian instead of backtracking further.
@@ -69,6 +72,8 @@ class Broyden(AbstractRootFinder):
     Unconstrained Optimization and Nonlinear Equations, SIAM 1996, §8.1–8.3.
     """
 
+    forms_dense_matrix: ClassVar[bool] = True  # the n×n inverse Jacobian
+
     rtol: float | None = None
     atol: float = 0.0
     initial_jacobian: str | float = "exact"
@@ -76,7 +81,8 @@ class Broyden(AbstractRootFinder):
     max_backtracks: int = 30
 
     def __check_init__(self):
-        _check_common(self)
+        check_tolerances(self)
+        check_line_search(self)
         if isinstance(self.initial_jacobian, str):
             if self.initial_jacobian != "exact":
                 raise ValueError(f"`initial_jacobian` must be 'exact' or a nonzero float β "
@@ -91,7 +97,7 @@ class Broyden(AbstractRootFinder):
         n, dtype = flat_y.shape[0], flat_y.dtype
         if not isinstance(self.initial_jacobian, str):
             return jnp.eye(n, dtype=dtype) / self.initial_jacobian, Counts()
-        jac, _ = dense_jacobian(fn, point.y, args)
+        jac, _ = ravelled_jacobian(fn, point.y, args)
         eye = jnp.eye(n, dtype=jac.dtype)
         inv = jnp.linalg.solve(jac, eye)
         f_norm = jnp.linalg.norm(ravel(point.f)[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from collections.abc import Callable
 
 import equinox as eqx
@@ -10,11 +12,19 @@ import jax.numpy as jnp
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
-from .._krylov import EW_ETA_MAX, truncated_cg
+from .._linalg import EW_ETA_MAX, cg_budget, inner_rtol, truncated_cg
+from .._linesearch import ACCEPTANCE_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
-from .regularized_newton import ROUNDOFF, cg_budget, check_cg_rtol, inner_rtol
+from .._validate import (
+    check_budget,
+    check_number,
+    check_positive,
+    check_tolerance,
+    check_tolerances,
+    renamed_fields,
+)
 
 # The adaptive forcing term is capped lower than NewtonCG's 0.5. The step stays sound for any
 # CG iterate (see the class docstring), but AICN's α and the L carried between steps are
@@ -40,6 +50,7 @@ class _DNState(eqx.Module):
     eta: jax.Array  # the inner CG relative tolerance used there
 
 
+@renamed_fields(cg_max_iters="cg_max_steps")
 class DampedNewton(AbstractMinimizer):
     """Damped Newton with the AICN step size (Hanzely et al. 2022):
 
@@ -97,6 +108,8 @@ class DampedNewton(AbstractMinimizer):
     ```
     """
 
+    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
+
     rtol: float | None = None
     atol: float = 0.0
     curvature: Callable = hessian
@@ -104,10 +117,15 @@ class DampedNewton(AbstractMinimizer):
     lipschitz0: float = 1.0
     max_backtracks: int = 50
     cg_rtol: float | None = None
-    cg_max_iters: int | None = None
+    cg_max_steps: int | None = None
 
     def __check_init__(self):
-        check_cg_rtol(self.cg_rtol)
+        check_tolerances(self)
+        check_tolerance("cg_rtol", self.cg_rtol, allow_none=True, below_one=True)
+        check_budget("cg_max_steps", self.cg_max_steps, allow_none=True)
+        check_budget("max_backtracks", self.max_backtracks)
+        check_number("lipschitz", self.lipschitz, low=0.0, allow_none=True)  # 0: pure Newton
+        check_positive("lipschitz0", self.lipschitz0)
 
     def init(self, fn, iterate: Iterate, args) -> _DNState:
         dtype = iterate.value.dtype
@@ -124,7 +142,7 @@ class DampedNewton(AbstractMinimizer):
         if self.cg_rtol is None:
             eta = jnp.minimum(eta, _ETA_CAP).astype(dtype)
         cg = truncated_cg(op.mv, tree_neg(iterate.grad), rtol=eta,
-                          max_iters=cg_budget(iterate.params, self.cg_max_iters))
+                          max_iters=cg_budget(iterate.params, self.cg_max_steps))
         direction = cg.x
         # d is a CG iterate for H d = −g from 0, so dᵀHd = −gᵀd: the squared decrement.
         decrement2 = jnp.maximum(-tree_dot(iterate.grad, direction), 0).astype(dtype)
@@ -144,7 +162,7 @@ class DampedNewton(AbstractMinimizer):
         # would only cost extra doublings when it has to grow again.
         eps = jnp.finfo(dtype).eps
         floor = jnp.sqrt(eps) / jnp.where(decrement > 0, decrement, 1)
-        slack = roundoff(iterate.value, iterate.params, ROUNDOFF)
+        slack = roundoff(iterate.value, iterate.params, ACCEPTANCE_ROUNDOFF)
 
         def attempt(L):
             alpha = aicn_step_size(L, decrement)

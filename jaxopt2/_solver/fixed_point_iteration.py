@@ -14,6 +14,7 @@ from .._base import (
 )
 from .._results import RESULTS
 from .._tree import result_dtype, tree_inf_norm, tree_sub
+from .._validate import check_tolerances, check_unit_interval
 
 
 class _State(eqx.Module):
@@ -34,8 +35,8 @@ class FixedPointIteration(AbstractFixedPointSolver):
     atol: float = 0.0
 
     def __check_init__(self):
-        if not 0.0 < self.damping <= 1.0:
-            raise ValueError(f"`damping` must be in (0, 1]; got {self.damping}.")
+        check_unit_interval("damping", self.damping, high_open=False)
+        check_tolerances(self)
 
     def _done(self, residual, residual0, y):
         return residual_converged(residual, residual0, self.rtol, self.atol, result_dtype(y))

@@ -9,12 +9,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .. import _least_squares as lsq
 from .._base import AbstractLeastSquaresSolver, Counts, Point
-from .._krylov import EW_ETA_MAX, eisenstat_walker
-from .._loops import while_loop
+from .._linalg import EW_ETA_MAX, eisenstat_walker
+from .._linesearch import merit_backtracking
 from .._results import RESULTS
-from .._tree import ravel, tree_axpy, tree_dot, tree_norm, tree_where, tree_zeros_like
-from . import _lsq_common as lsq
+from .._tree import ravel, tree_axpy, tree_dot, tree_norm, tree_zeros_like
+from .._validate import renamed_fields
 
 _C1 = 1e-4  # Armijo constant
 _MAX_TRIALS = 30  # halvings before the line search gives up (t ≥ 2⁻²⁹)
@@ -31,6 +32,7 @@ class _State(eqx.Module):
     pcg_iters: jax.Array | None = None
 
 
+@renamed_fields(cg_max_iters="cg_max_steps")
 class GaussNewton(AbstractLeastSquaresSolver):
     """Gauss-Newton for min ½‖r(y)‖² with an Armijo backtracking line search.
 
@@ -48,7 +50,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
       rank-deficient J gives a well-defined descent direction.
     - `"cg"`: matrix-free CGLS on J D⁻¹ (D: column norms estimated from four Jᵀu products,
       the largest seen so far; `scale=False`: D = I), stopped at the Eisenstat-Walker
-      relative tolerance or after `cg_max_iters` (None: min(2n, 200)) jvp/vjp pairs.
+      relative tolerance or after `cg_max_steps` (None: min(2n, 200)) jvp/vjp pairs.
     - `"auto"` (default): dense when n ≤ 1000 parameters and m·n ≤ 4e6, else cg.
 
     **Preconditioning** (`preconditioner`, matrix-free path only): with
@@ -65,7 +67,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
 
     It pays when J D⁻¹ has a few large, well-separated singular values above a flat or slowly
     decaying tail (ill-conditioned features, nearly collinear columns): plain CGLS then stops
-    at `cg_max_iters` with a poor direction, while the preconditioned solve converges in a few
+    at `cg_max_steps` with a poor direction, while the preconditioned solve converges in a few
     dozen iterations and Gauss-Newton keeps its fast local rate. Costs per step: k extra
     jvp/vjp pairs, counted in `num_jvp`/`num_vjp` (a custom preconditioner's own products are
     not), O(n k) memory and an n×k QR and SVD. The preconditioned iterations summed over the
@@ -93,7 +95,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
     gtol: float | None = None
     scale: bool = True
     linear_solver: str = "auto"
-    cg_max_iters: int | None = None
+    cg_max_steps: int | None = None
     preconditioner: Callable | None = None
 
     def __check_init__(self):
@@ -159,23 +161,11 @@ class GaussNewton(AbstractLeastSquaresSolver):
             f, aux = fn(y, args)
             return Point(y, f, aux), tree_norm(f).astype(dtype) ** 2
 
-        def armijo(t, value):
-            return jnp.isfinite(value) & (value <= cost + 2 * _C1 * t * slope) & (value < cost)
-
-        def cond(c):
-            t, _, value, k = c
-            return ~stationary & (slope < 0) & (k < _MAX_TRIALS) & ((k == 0) | ~armijo(t, value))
-
-        def body(c):
-            t, _, _, k = c
-            t = jnp.where(k == 0, 1.0, 0.5 * t).astype(dtype)
-            new, value = trial(t)
-            return t, new, value, k + 1
-
-        init = (jnp.ones((), dtype), point, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-        t, new, value, k = while_loop(cond, body, init, max_steps=_MAX_TRIALS)
-        ok = ~stationary & (k > 0) & armijo(t, value)
-        new = tree_where(ok, new, point)
+        # Armijo on φ = ‖r‖² (φ'(0) = 2rᵀJp), halving t
+        ls = merit_backtracking(trial, point, phi0=cost, slope=2 * slope, decrease=2 * slope,
+                                c1=_C1, max_trials=_MAX_TRIALS, interpolate=False,
+                                active=~stationary & (slope < 0))
+        new, t, value, k, ok = ls.point, ls.step_size, ls.merit, ls.num_fun, ls.ok
         rnorm_new = jnp.sqrt(value)
         predicted_sq = -(2 * t * rjp + t * t * jpjp)
         actual, predicted, ratio = lsq.reductions(rnorm, rnorm_new, predicted_sq)

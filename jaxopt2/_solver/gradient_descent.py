@@ -10,6 +10,7 @@ from .._base import AbstractMinimizer, Iterate
 from .._linesearch import backtracking
 from .._results import RESULTS
 from .._tree import tree_neg
+from .._validate import check_line_search, check_number, check_positive, check_tolerances
 
 
 class _GDState(eqx.Module):
@@ -36,6 +37,12 @@ class GradientDescent(AbstractMinimizer):
     grow: float = 2.0
     c1: float = 1e-4
     max_backtracks: int = 40
+
+    def __check_init__(self):
+        check_tolerances(self)
+        check_line_search(self)
+        check_positive("step_size", self.step_size)
+        check_number("grow", self.grow, low=1.0)
 
     def init(self, fn, iterate: Iterate, args) -> _GDState:
         return _GDState(jnp.asarray(self.step_size, iterate.value.dtype))

@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _least_squares as lsq
 from .._base import AbstractLeastSquaresSolver, Counts, Point
-from .._krylov import EW_ETA_MAX, eisenstat_walker
+from .._linalg import EW_ETA_MAX, eisenstat_walker
 from .._results import RESULTS
 from .._tree import ravel, tree_add, tree_norm, tree_where, tree_zeros_like
-from . import _lsq_common as lsq
+from .._validate import check_positive, renamed_fields
 
 _ACCEPT = 1e-4  # accept a step when ρ = actual / predicted reduction ≥ this (MINPACK)
 _GEODESIC_ALPHA = 0.75  # Transtrum & Sethna's bound on 2‖a‖/‖v‖
@@ -47,6 +48,7 @@ class _FreeState(eqx.Module):
     pcg_iters: jax.Array | None = None
 
 
+@renamed_fields(cg_max_iters="cg_max_steps")
 class LevenbergMarquardt(AbstractLeastSquaresSolver):
     """Levenberg-Marquardt for min ½‖r(y)‖², in the scaled trust-region form of Moré (1978)
     that MINPACK's `lmder` implements.
@@ -98,7 +100,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     It pays when J D⁻¹ has a few large, well-separated singular values above a flat or slowly
     decaying tail (ill-conditioned features, nearly collinear columns): plain CGLS then stalls
-    on the budget `cg_max_iters` and the truncated steps stagnate, while the preconditioned
+    on the budget `cg_max_steps` and the truncated steps stagnate, while the preconditioned
     solve converges in a few dozen iterations. Costs per step: k extra jvp/vjp pairs, counted in
     `num_jvp`/`num_vjp` (a custom preconditioner's own products are not), O(n k) memory and an
     n×k QR and SVD. Because λ itself conditions the early systems, those steps need only a
@@ -132,7 +134,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     one more residual-sized solve per step.
 
     **Arguments:** `ftol`, `xtol`, `gtol` as above; `factor`: Δ₀ = factor·‖D y₀‖ (MINPACK's
-    default 100); `scale`; `linear_solver`; `geodesic`; `cg_max_iters`: CGLS budget per step
+    default 100); `scale`; `linear_solver`; `geodesic`; `cg_max_steps`: CGLS budget per step
     (`None`: min(2n, 200)); `preconditioner` (None: plain CGLS).
 
     Reference: J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and theory",
@@ -158,13 +160,12 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     scale: bool = True
     linear_solver: str = "auto"
     geodesic: bool = False
-    cg_max_iters: int | None = None
+    cg_max_steps: int | None = None
     preconditioner: Callable | None = None
 
     def __check_init__(self):
         lsq.check_common(self)
-        if not self.factor > 0:
-            raise ValueError(f"`factor` (Δ₀ = factor·‖D y₀‖) must be > 0; got {self.factor!r}.")
+        check_positive("factor", self.factor)  # Δ₀ = factor·‖D y₀‖
 
     # --- init -------------------------------------------------------------------------------
 

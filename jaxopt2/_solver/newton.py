@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from functools import partial
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from .._base import AbstractMinimizer, Counts, Iterate, roundoff
-from .._linesearch import backtracking, backtracking_grad_first
-from .._loops import while_loop
-from .._results import RESULTS
+from .._base import AbstractMinimizer, Counts, Iterate
+from .._linalg import damped_cholesky
+from .._linesearch import newton_line_search
 from .._tree import ravel
-
-# Damping for an indefinite or singular Hessian: τ starts at max(0, −min Hᵢᵢ) + β‖H‖_F and is
-# multiplied by _GROWTH until H + τI has a Cholesky factor. Once τ ≥ ‖H‖₂ (≤ ‖H‖_F) it must
-# succeed, so with β = 1e-3 and growth 4 about six tries are enough; the rest is slack.
-_BETA = 1e-3
-_GROWTH = 4.0
+from .._validate import check_budget, check_line_search, check_tolerances
 
 
 class _NewtonState(eqx.Module):
@@ -57,11 +51,20 @@ class Newton(AbstractMinimizer):
     ```
     """
 
+    forms_dense_matrix: ClassVar[bool] = True  # the n×n Hessian
+
+    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
+
     rtol: float | None = None
     atol: float = 0.0
     c1: float = 1e-4
     max_backtracks: int = 30
     max_damping_tries: int = 12
+
+    def __check_init__(self):
+        check_tolerances(self)
+        check_line_search(self)
+        check_budget("max_damping_tries", self.max_damping_tries)
 
     def init(self, fn, iterate: Iterate, args) -> _NewtonState:
         return _NewtonState(jnp.zeros((), iterate.value.dtype))
@@ -70,48 +73,9 @@ class Newton(AbstractMinimizer):
         x, unravel = ravel(iterate.params)
         g, _ = ravel(iterate.grad)
         h = jax.hessian(lambda v: fn(unravel(v), args)[0])(x).astype(x.dtype)
-        factor, tau = _damped_cholesky(0.5 * (h + h.T), self.max_damping_tries)
+        factor, tau = damped_cholesky(0.5 * (h + h.T), self.max_damping_tries)
         d = jsl.cho_solve((factor, True), -g)
         new, counts, result = newton_line_search(fn, iterate, unravel(d), args, self.c1,
                                                  self.max_backtracks)
         counts = counts + Counts.of(hessian=1)
         return new, _NewtonState(tau.astype(iterate.value.dtype)), counts, result
-
-
-def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials,
-                       grad_first: bool = False):
-    """Armijo backtracking from the full step, accepting a full step whose predicted decrease
-    is below the rounding of f (see `backtracking`'s `noise`). `grad_first`: evaluate the
-    gradient with the first trial (`backtracking_grad_first`)."""
-    search = backtracking_grad_first if grad_first else partial(backtracking, init_step=1.0)
-    ls = search(fn, iterate, direction, args, c1=c1, max_trials=max_trials,
-                noise=roundoff(iterate.value, iterate.params, 10.0))
-    result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
-    return ls.iterate, ls.counts, result
-
-
-def _damped_cholesky(h, max_tries: int):
-    """Lower Cholesky factor of h + τI for the smallest τ tried (τ = 0 first) that makes it
-    positive definite. Returns (factor, τ); the factor is NaN only if every try failed."""
-    eye = jnp.eye(h.shape[0], dtype=h.dtype)
-    scale = jnp.linalg.norm(h)
-    # H = 0 has no scale of its own; 1 keeps τ positive (the line search fixes the length).
-    scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-    tau0 = jnp.maximum(-jnp.min(jnp.diag(h)), 0.0) + _BETA * scale
-
-    def failed(factor):
-        return ~jnp.all(jnp.isfinite(factor))
-
-    def cond(c):
-        factor, _, k = c
-        return failed(factor) & (k < max_tries)
-
-    def body(c):
-        _, tau, k = c
-        tau = jnp.where(k == 0, tau0, _GROWTH * tau)
-        return jnp.linalg.cholesky(h + tau * eye), tau, k + 1
-
-    zero = jnp.zeros((), h.dtype)
-    factor, tau, _ = while_loop(cond, body, (jnp.linalg.cholesky(h), zero,
-                                                 jnp.zeros((), jnp.int32)), max_steps=max_tries)
-    return factor, tau

@@ -3,6 +3,8 @@ a Steihaug trust region."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from collections.abc import Callable
 
 import equinox as eqx
@@ -12,10 +14,18 @@ from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
-from .._krylov import EW_ETA_MAX, eisenstat_walker, truncated_cg
+from .._linalg import EW_ETA_MAX, eisenstat_walker, truncated_cg
+from .._linesearch import LINE_SEARCH_ROUNDOFF, newton_line_search
 from .._results import RESULTS
 from .._tree import tree_add, tree_dot, tree_neg, tree_norm, tree_size
-from .newton import newton_line_search
+from .._validate import (
+    check_budget,
+    check_line_search,
+    check_positive,
+    check_tolerances,
+    check_unit_interval,
+    renamed_fields,
+)
 
 _ETA_MAX = EW_ETA_MAX  # every forcing term is capped here (early steps need a rough direction)
 # Trust region (Nocedal & Wright, Alg. 4.1): accept when ρ > _ACCEPT; shrink the radius to
@@ -31,12 +41,13 @@ class _NewtonCGState(eqx.Module):
     cg_steps: jax.Array  # CG iterations taken at the last step (diagnostic)
 
 
+@renamed_fields(max_cg_steps="cg_max_steps")
 class NewtonCG(AbstractMinimizer):
     """Inexact Newton with conjugate gradients (truncated Newton, Newton-CG).
 
     Each step solves H pₖ = −gₖ approximately, H = `curvature(f, xₖ, args)` (the Hessian by
     default), by preconditioned CG stopped at the relative residual ‖H p + g‖ ≤ ηₖ‖g‖, at
-    negative curvature, or after `max_cg_steps` products. Every CG iterate is a descent
+    negative curvature, or after `cg_max_steps` products. Every CG iterate is a descent
     direction, and on negative curvature at the first CG step the direction is −g, so an
     indefinite H (a saddle region of a non-convex f) never produces an ascent step.
 
@@ -71,7 +82,7 @@ class NewtonCG(AbstractMinimizer):
       `lambda f, p, a: jaxopt2.curvature.gauss_newton(model_fn, loss_fn, p, a)`.
     - `preconditioner`: optional `preconditioner(fun, params, args, operator) -> (r -> M⁻¹r)`,
       M symmetric positive definite (Jacobi, Nyström, …), built once per step.
-    - `max_cg_steps`: CG budget per step; `None` means min(2n, 200) for n parameters (exact
+    - `cg_max_steps`: CG budget per step; `None` means min(2n, 200) for n parameters (exact
       arithmetic needs at most n; the cap bounds the cost per step on large problems, where
       the forcing term usually stops CG much earlier).
     - `initial_radius`: the first trust-region radius (only with `trust_region=True`).
@@ -95,28 +106,30 @@ class NewtonCG(AbstractMinimizer):
     ```
     """
 
+    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
+
     rtol: float | None = None
     atol: float = 0.0
     curvature: Callable | None = None
     preconditioner: Callable | None = None
     trust_region: bool = False
-    max_cg_steps: int | None = None
+    cg_max_steps: int | None = None
     forcing: str | float = "eisenstat_walker"
     initial_radius: float = 1.0
     c1: float = 1e-4
     max_backtracks: int = 30
 
     def __check_init__(self):
+        check_tolerances(self)
+        check_line_search(self)
+        check_budget("cg_max_steps", self.cg_max_steps, allow_none=True)
         if isinstance(self.forcing, str):
             if self.forcing not in ("eisenstat_walker", "sqrt"):
                 raise ValueError(f"`forcing` must be 'eisenstat_walker', 'sqrt' or a float in "
                                  f"(0, 1); got {self.forcing!r}.")
-        elif not 0 < self.forcing < 1:
-            raise ValueError(f"A constant `forcing` must lie in (0, 1); got {self.forcing}.")
-        if self.max_cg_steps is not None and self.max_cg_steps < 1:
-            raise ValueError(f"`max_cg_steps` must be a positive int; got {self.max_cg_steps}.")
-        if self.initial_radius <= 0:
-            raise ValueError(f"`initial_radius` must be positive; got {self.initial_radius}.")
+        else:
+            check_unit_interval("forcing", self.forcing)
+        check_positive("initial_radius", self.initial_radius)
 
     def init(self, fn, iterate: Iterate, args) -> _NewtonCGState:
         dtype = iterate.value.dtype
@@ -146,7 +159,7 @@ class NewtonCG(AbstractMinimizer):
         precond = (None if self.preconditioner is None
                    else self.preconditioner(objective, iterate.params, args, operator))
         n = tree_size(iterate.params)
-        max_cg = min(2 * n, 200) if self.max_cg_steps is None else self.max_cg_steps
+        max_cg = min(2 * n, 200) if self.cg_max_steps is None else self.cg_max_steps
         grad_norm = tree_norm(iterate.grad).astype(state.eta.dtype)
         eta = self._forcing_term(state, grad_norm)
         radius = state.radius if self.trust_region else None
@@ -171,7 +184,7 @@ class NewtonCG(AbstractMinimizer):
         # an interior step (the model's own minimizer) is then trustworthy, so take it
         # (Conn, Gould & Toint, Trust-Region Methods, §17.4.2). A boundary step of a collapsed
         # radius is not: it must keep shrinking until the failure is reported.
-        noise = roundoff(iterate.value, iterate.params, 10.0)
+        noise = roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF)
         tiny = ~cg.hit_boundary & (jnp.abs(actual) <= noise) & (predicted <= noise)
         rho = jnp.where(tiny, 1.0, actual / jnp.where(predicted > 0, predicted, 1.0))
         accept = jnp.isfinite(value) & (tiny | ((predicted > 0) & (rho > _ACCEPT)))

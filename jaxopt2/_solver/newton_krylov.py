@@ -8,10 +8,10 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from .._base import AbstractRootFinder, Counts, Point, residual_converged
-from .._krylov import EW_ETA_MAX, eisenstat_walker
+from .._linalg import EW_ETA_MAX, band_solver, eisenstat_walker, gmres, probe_band
+from .._linesearch import backtrack
 from .._results import RESULTS
 from .._tree import (
     ravel,
@@ -23,8 +23,7 @@ from .._tree import (
     tree_size,
     tree_where,
 )
-from ._root_common import backtrack, gmres
-from .root_newton import _check_common
+from .._validate import check_budget, check_line_search, check_tolerances, renamed_fields
 
 # "auto" keeps the probed band B when ‖b − J B⁻¹b‖ ≤ _BAND_QUALITY‖b‖ for the right-hand side
 # b = −F: B then removes most of J's action where it matters. Exact bands give ~eps·cond(J).
@@ -40,75 +39,7 @@ class _NewtonKrylovState(eqx.Module):
     preconditioned: jax.Array  # whether the last step used the band (diagnostic)
 
 
-def _probe_band(lin, unravel, n: int, b: int, dtype):
-    """The band of half-width b of J (in the ravelled unknowns) from 2b+1 products
-    (Curtis, Powell & Reid, IMA J. Appl. Math. 13, 1974): colour c probes the columns
-    j ≡ c (mod 2b+1); within a band no two columns of one colour meet in a row, so each
-    product returns one band entry per row. Returns band[i, k] = J[i, i + k − b]."""
-    width = 2 * b + 1
-    cols = jnp.arange(n)
-    probes = (cols[None, :] % width == jnp.arange(width)[:, None]).astype(dtype)
-    outs = jax.vmap(lambda v: ravel(lin(unravel(v)))[0])(probes)  # (2b+1, n)
-    offsets = jnp.arange(width) - b
-    j = cols[:, None] + offsets[None, :]
-    band = jnp.take_along_axis(outs.T, j % width, axis=1)
-    return jnp.where((j >= 0) & (j < n), band, 0.0).astype(dtype)
-
-
-def _band_lu(band, b: int):
-    """LU without pivoting of a band matrix (half-width b), row by row in one scan: returns
-    L's strictly lower band (n, b) and U's upper band (n, b + 1). Out-of-range rows act as
-    the identity, so the first rows need no special case."""
-    dtype = band.dtype
-
-    def row(u_prev, a):
-        # u_prev[q, c] = U[i−b+q, i−b+q+c]; a[k] = A[i, i+k−b]
-        lower = []
-        for q in range(b):
-            s = a[q]
-            for p in range(q):
-                s = s - lower[p] * u_prev[p, q - p]
-            lower.append(s / u_prev[q, 0])
-        upper = []
-        for c in range(b + 1):
-            s = a[b + c]
-            for p in range(c, b):
-                s = s - lower[p] * u_prev[p, b - p + c]
-            upper.append(s)
-        u_row = jnp.stack(upper)
-        return jnp.concatenate([u_prev[1:], u_row[None]]), (jnp.stack(lower), u_row)
-
-    u_init = jnp.zeros((b, b + 1), dtype).at[:, 0].set(1.0)
-    _, (lower, upper) = lax.scan(row, u_init, band)
-    return lower, upper
-
-
-def _band_lu_solve(lower, upper, r, b: int):
-    def forward(z_prev, inputs):
-        l_row, r_i = inputs
-        z_i = r_i - l_row @ z_prev
-        return jnp.concatenate([z_prev[1:], z_i[None]]), z_i
-
-    _, z = lax.scan(forward, jnp.zeros(b, r.dtype), (lower, r))
-
-    def backward(x_next, inputs):
-        u_row, z_i = inputs
-        x_i = (z_i - u_row[1:] @ x_next) / u_row[0]
-        return jnp.concatenate([x_i[None], x_next[:-1]]), x_i
-
-    _, x = lax.scan(backward, jnp.zeros(b, r.dtype), (upper, z), reverse=True)
-    return x
-
-
-def _band_solver(band, b: int):
-    """v ↦ B⁻¹v for the probed band B (tridiagonal: LAPACK-style pivoted solve)."""
-    if b == 1:
-        dl, d, du = band[:, 0], band[:, 1], band[:, 2]
-        return lambda v: lax.linalg.tridiagonal_solve(dl, d, du, v[:, None])[:, 0]
-    lower, upper = _band_lu(band, b)
-    return lambda v: _band_lu_solve(lower, upper, v, b)
-
-
+@renamed_fields(gmres_max_iters="gmres_max_steps")
 class NewtonKrylov(AbstractRootFinder):
     """Jacobian-free Newton–Krylov: inexact Newton steps by GMRES on Jacobian-vector products,
     for large systems F(y) = 0.
@@ -149,7 +80,7 @@ class NewtonKrylov(AbstractRootFinder):
     - `rtol`, `atol`: stop when max|F(y)| ≤ atol + rtol·max|F(y₀)|; `rtol=None` is √eps of
       the working dtype.
     - `gmres_restart`: Krylov basis size m of GMRES(m) (default 30: memory m·n).
-    - `gmres_max_iters`: GMRES products per Newton step (default 300); a step whose GMRES
+    - `gmres_max_steps`: GMRES products per Newton step (default 300); a step whose GMRES
       does not reach ηₖ still uses its best iterate if it reduces ‖J p + F‖.
     - `preconditioner`, `bandwidth` (default 1, the tridiagonal Jacobians of 1-D
       three-point stencils; use 2 for five-point stencils and so on): see above.
@@ -173,26 +104,21 @@ class NewtonKrylov(AbstractRootFinder):
     rtol: float | None = None
     atol: float = 0.0
     gmres_restart: int = 30
-    gmres_max_iters: int = 300
+    gmres_max_steps: int = 300
     preconditioner: str | Callable | None = "auto"
     bandwidth: int = 1
     c1: float = 1e-4
     max_backtracks: int = 30
 
     def __check_init__(self):
-        _check_common(self)
-        if not (isinstance(self.gmres_restart, int) and self.gmres_restart >= 1):
-            raise ValueError(f"`gmres_restart` must be a positive int; got "
-                             f"{self.gmres_restart}.")
-        if not (isinstance(self.gmres_max_iters, int) and self.gmres_max_iters >= 1):
-            raise ValueError(f"`gmres_max_iters` must be a positive int; got "
-                             f"{self.gmres_max_iters}.")
+        check_tolerances(self)
+        check_line_search(self)
+        check_budget("gmres_restart", self.gmres_restart)
+        check_budget("gmres_max_steps", self.gmres_max_steps)
         if not (callable(self.preconditioner) or self.preconditioner in _PRECONDITIONERS):
             raise ValueError(f"`preconditioner` must be None, 'auto', 'banded' or a callable "
                              f"`(fn, y, args) -> (v -> M⁻¹v)`; got {self.preconditioner!r}.")
-        if not (isinstance(self.bandwidth, int) and self.bandwidth >= 1):
-            raise ValueError(f"`bandwidth` must be a positive int (1 = tridiagonal); got "
-                             f"{self.bandwidth}.")
+        check_budget("bandwidth", self.bandwidth)  # 1 = tridiagonal
 
     def init(self, fn, point: Point, args):
         dtype = result_dtype(point.y)
@@ -211,8 +137,8 @@ class NewtonKrylov(AbstractRootFinder):
         """(v ↦ B⁻¹v, flat band solve, products spent) for the band probed at y."""
         flat_y, unravel = ravel(y)
         n, b = flat_y.shape[0], self.bandwidth
-        band = _probe_band(lin, unravel, n, b, flat_y.dtype)
-        solve = _band_solver(band, b)
+        band = probe_band(lin, unravel, n, b, flat_y.dtype)
+        solve = band_solver(band, b)
         return (lambda v: unravel(solve(ravel(v)[0]))), 2 * b + 1
 
     def _preconditioned_start(self, lin, precond, rhs, rhs_norm):
@@ -252,7 +178,7 @@ class NewtonKrylov(AbstractRootFinder):
             def precond(v):
                 return tree_where(used, band_solve(v), v)
 
-        sol = gmres(lin, rhs, rtol=eta, max_iters=self.gmres_max_iters,
+        sol = gmres(lin, rhs, rtol=eta, max_iters=self.gmres_max_steps,
                     restart=min(self.gmres_restart, n), precond=precond, x0=x0, r0=r0)
         eta_hat = (sol.residual_norm / jnp.where(f_norm > 0, f_norm, 1.0)).astype(dtype)
         progress = jnp.isfinite(eta_hat) & (eta_hat < 1)

@@ -11,6 +11,8 @@ steepest descent; only a failure from steepest descent ends the solve with
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import abc
 from typing import Any
 
@@ -35,6 +37,13 @@ from .._tree import (
     tree_sub,
     tree_where,
 )
+from .._validate import (
+    check_budget,
+    check_line_search,
+    check_tolerances,
+    check_unit_interval,
+    renamed_fields,
+)
 
 
 class _QNState(eqx.Module):
@@ -55,7 +64,14 @@ class _AbstractQuasiNewton(AbstractMinimizer):
     atol: eqx.AbstractVar[float]
     c1: eqx.AbstractVar[float]
     c2: eqx.AbstractVar[float]
-    max_linesearch_steps: eqx.AbstractVar[int]
+    max_backtracks: eqx.AbstractVar[int]
+
+    def __check_init__(self):
+        # run for LBFGS and BFGS alike (equinox calls every __check_init__ in the MRO)
+        check_tolerances(self)
+        check_line_search(self)
+        # c2 < c1 is allowed: a tiny c2 emulates an exact line search
+        check_unit_interval("c2", self.c2)
 
     @abc.abstractmethod
     def _init_memory(self, params, dtype) -> Any:
@@ -84,7 +100,7 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         sd_step = jnp.minimum(1.0, _safe_div(1.0, tree_inf_norm(g)))
         init_step = jnp.where(use_qn, 1.0, sd_step).astype(dtype)
         ls = zoom_wolfe(fn, iterate, direction, args, init_step, c1=self.c1, c2=self.c2,
-                        max_trials=self.max_linesearch_steps)
+                        max_trials=self.max_backtracks)
         new = ls.iterate
 
         s = tree_sub(new.params, iterate.params)
@@ -114,6 +130,7 @@ class _LBFGSMemory(eqx.Module):
     gamma: jax.Array  # initial scaling sᵀy / yᵀy from the newest pair
 
 
+@renamed_fields(max_linesearch_steps="max_backtracks")
 class LBFGS(_AbstractQuasiNewton):
     """Limited-memory BFGS with a strong-Wolfe line search.
 
@@ -131,7 +148,7 @@ class LBFGS(_AbstractQuasiNewton):
 
     - `history`: number of (s, y) pairs kept (memory cost 2·history·n).
     - `c1`, `c2`: sufficient-decrease and curvature constants of the strong Wolfe conditions.
-    - `max_linesearch_steps`: trials per line search (each one value and gradient).
+    - `max_backtracks`: trials per line search (each one value and gradient).
 
     ```python
     import jax.numpy as jnp, jaxopt2
@@ -146,11 +163,10 @@ class LBFGS(_AbstractQuasiNewton):
     history: int = 10
     c1: float = 1e-4
     c2: float = 0.9
-    max_linesearch_steps: int = 30
+    max_backtracks: int = 30
 
     def __check_init__(self):
-        if not isinstance(self.history, int) or self.history < 1:
-            raise ValueError(f"`history` must be a positive int; got {self.history!r}.")
+        check_budget("history", self.history)
 
     def _init_memory(self, params, dtype):
         buf = jtu.tree_map(lambda p: jnp.zeros((self.history,) + p.shape, p.dtype), params)
@@ -204,6 +220,7 @@ class LBFGS(_AbstractQuasiNewton):
         )
 
 
+@renamed_fields(max_linesearch_steps="max_backtracks")
 class BFGS(_AbstractQuasiNewton):
     """BFGS with a dense inverse-Hessian approximation and a strong-Wolfe line search.
 
@@ -228,11 +245,13 @@ class BFGS(_AbstractQuasiNewton):
     ```
     """
 
+    forms_dense_matrix: ClassVar[bool] = True  # the n×n inverse Hessian
+
     rtol: float | None = None
     atol: float = 0.0
     c1: float = 1e-4
     c2: float = 0.9
-    max_linesearch_steps: int = 30
+    max_backtracks: int = 30
 
     def _init_memory(self, params, dtype):
         flat, _ = ravel(params)

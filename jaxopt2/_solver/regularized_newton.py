@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from collections.abc import Callable
 
 import equinox as eqx
@@ -13,15 +15,19 @@ import lineax as lx
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._curvature import hessian
-from .._krylov import EW_ETA_MAX, eisenstat_walker, truncated_cg
+from .._linalg import EW_ETA_MAX, cg_budget, inner_rtol, truncated_cg
+from .._linesearch import ACCEPTANCE_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_size, tree_where
-
-# Objective values carry rounding of about eps·|f|. Acceptance tests compare a decrease of f
-# with a bound that goes to zero near a minimizer, so they are relaxed by this many eps·|f|;
-# otherwise float32 solves stall (every trial rejected) before the gradient test can pass.
-ROUNDOFF = 100.0
+from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
+from .._validate import (
+    check_budget,
+    check_number,
+    check_positive,
+    check_tolerance,
+    check_tolerances,
+    renamed_fields,
+)
 
 # With an adaptive inner tolerance, CG for (H + λI)p = −g also runs until ‖r‖² ≤ θλ·(−gᵀp),
 # θ = _ENERGY. For a CG iterate rᵀp = 0 and −gᵀp = pᵀ(H + λI)p, so on a quadratic
@@ -33,28 +39,7 @@ ROUNDOFF = 100.0
 _ENERGY = 1.0
 
 
-def cg_budget(params, cg_max_iters: int | None) -> int:
-    """Default CG iteration cap: twice the number of parameters (CG is exact in n steps in
-    exact arithmetic; the slack absorbs rounding), never below 10."""
-    return cg_max_iters if cg_max_iters is not None else max(2 * tree_size(params), 10)
-
-
-def inner_rtol(cg_rtol, grad_norm, prev_grad_norm, prev_eta, dtype):
-    """The relative tolerance of this step's inner CG solve: the fixed `cg_rtol`, or, when it
-    is None, the Eisenstat–Walker forcing term from the gradient norms of this and the last
-    accepted step (`jaxopt2._krylov.eisenstat_walker`)."""
-    if cg_rtol is None:
-        return eisenstat_walker(grad_norm, prev_grad_norm, prev_eta, dtype)
-    return jnp.asarray(cg_rtol, dtype)
-
-
-def check_cg_rtol(cg_rtol):
-    if cg_rtol is not None and not 0 <= cg_rtol < 1:
-        raise ValueError(f"`cg_rtol` must be None (adaptive) or a float in [0, 1); got "
-                         f"{cg_rtol}.")
-
-
-def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_iters: int, energy=None):
+def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_steps: int, energy=None):
     """Build `solve(λ) -> (d, matvecs)` with (H + λI) d ≈ −g, for an operator built once.
 
     - "cg": truncated CG on v ↦ Hv + λv to ‖residual‖ ≤ cg_rtol·‖g‖ (`cg_rtol` a scalar,
@@ -93,7 +78,7 @@ def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_iters: int, ene
 
     def solve_cg(lam):
         cg = truncated_cg(lambda v: tree_axpy(lam, v, op.mv(v)), b, rtol=cg_rtol,
-                          max_iters=cg_max_iters,
+                          max_iters=cg_max_steps,
                           energy_tol=None if energy is None else energy * lam)
         return cg.x, cg.num_iters
 
@@ -108,6 +93,7 @@ class _RNState(eqx.Module):
     eta: jax.Array  # the inner CG relative tolerance used there
 
 
+@renamed_fields(cg_max_iters="cg_max_steps")
 class RegularizedNewton(AbstractMinimizer):
     """Gradient-regularized Newton method (Algorithm 1 of Semenov, Jaggi & Doikov):
 
@@ -153,7 +139,7 @@ class RegularizedNewton(AbstractMinimizer):
       rough step with λ ≪ ‖H‖ would be rejected however often it is retried. A float fixes
       η alone (e.g. 1e-4, the former default). The test compares only f and ‖∇f‖, so an
       inexact solve can cost a retry but never lets f increase.
-    - `cg_max_iters`: CG iteration cap; default twice the number of parameters.
+    - `cg_max_steps`: CG iteration cap; default twice the number of parameters.
 
     Each trial costs one inner solve and one value-and-gradient evaluation.
 
@@ -171,6 +157,8 @@ class RegularizedNewton(AbstractMinimizer):
     ```
     """
 
+    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
+
     rtol: float | None = None
     atol: float = 0.0
     curvature: Callable = hessian
@@ -180,9 +168,14 @@ class RegularizedNewton(AbstractMinimizer):
     max_retries: int = 40
     linear_solver: str = "cg"
     cg_rtol: float | None = None
-    cg_max_iters: int | None = None
+    cg_max_steps: int | None = None
 
     def __check_init__(self):
+        check_tolerances(self)
+        check_budget("cg_max_steps", self.cg_max_steps, allow_none=True)
+        check_budget("max_retries", self.max_retries)
+        check_positive("gamma0", self.gamma0)
+        check_number("lipschitz", self.lipschitz, low=0.0, allow_none=True)  # 0: pure Newton
         if self.variant not in ("adaptive", "fixed"):
             raise ValueError(f"`variant` must be 'adaptive' or 'fixed'; got {self.variant!r}.")
         if self.variant == "fixed" and self.lipschitz is None:
@@ -192,7 +185,7 @@ class RegularizedNewton(AbstractMinimizer):
         if self.linear_solver not in ("cg", "dense"):
             raise ValueError(f"`linear_solver` must be 'cg' or 'dense'; got "
                              f"{self.linear_solver!r}.")
-        check_cg_rtol(self.cg_rtol)
+        check_tolerance("cg_rtol", self.cg_rtol, allow_none=True, below_one=True)
 
     def init(self, fn, iterate: Iterate, args) -> _RNState:
         dtype = iterate.value.dtype
@@ -208,7 +201,7 @@ class RegularizedNewton(AbstractMinimizer):
         eta = inner_rtol(self.cg_rtol, gnorm, state.grad_norm, state.eta, dtype)
         solve, build_counts = shifted_solver(
             op, iterate.grad, self.linear_solver, eta,
-            cg_budget(iterate.params, self.cg_max_iters),
+            cg_budget(iterate.params, self.cg_max_steps),
             energy=_ENERGY if self.cg_rtol is None else None)
 
         def trial(lam):
@@ -225,7 +218,7 @@ class RegularizedNewton(AbstractMinimizer):
         # γ stays within [1/√max, √max] so that λ = ‖g‖/γ and the test never overflow.
         big = jnp.sqrt(jnp.asarray(jnp.finfo(dtype).max, dtype))
         safe_gnorm = jnp.where(gnorm > 0, gnorm, 1)
-        slack = roundoff(iterate.value, iterate.params, ROUNDOFF)
+        slack = roundoff(iterate.value, iterate.params, ACCEPTANCE_ROUNDOFF)
 
         def attempt(gamma):
             new, matvecs = trial(gnorm / gamma)

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from .._base import AbstractRootFinder, Counts, Point, residual_converged
+from .._linalg import newton_solve, ravelled_jacobian
+from .._linesearch import backtrack
 from .._results import RESULTS
-from .._tree import ravel, result_dtype, tree_dot, tree_inf_norm
-from ._root_common import backtrack, newton_solve
+from .._tree import ravel, result_dtype, tree_inf_norm
+from .._validate import check_line_search, check_tolerances
 
 
 class _NewtonRaphsonState(eqx.Module):
     f_norm0: jax.Array  # max|F(y0)|, the scale of the relative stopping test
     step_size: jax.Array  # the line-search step of the last iteration (diagnostic)
-
-
-def dense_jacobian(fn, y, args):
-    """The Jacobian of the ravelled F at the ravelled y: one `jax.jacfwd` (n forward products,
-    batched), plus the unravel function of y."""
-    flat_y, unravel = ravel(y)
-
-    def flat_fn(v):
-        return ravel(fn(unravel(v), args)[0])[0]
-
-    return jax.jacfwd(flat_fn)(flat_y), unravel
 
 
 class NewtonRaphson(AbstractRootFinder):
@@ -63,13 +56,16 @@ class NewtonRaphson(AbstractRootFinder):
     Optimization and Nonlinear Equations, SIAM 1996, §6.5 (Algorithm 6.5.1).
     """
 
+    forms_dense_matrix: ClassVar[bool] = True  # the n×n Jacobian
+
     rtol: float | None = None
     atol: float = 0.0
     c1: float = 1e-4
     max_backtracks: int = 30
 
     def __check_init__(self):
-        _check_common(self)
+        check_tolerances(self)
+        check_line_search(self)
 
     def init(self, fn, point: Point, args):
         f_norm0 = tree_inf_norm(point.f)
@@ -78,7 +74,7 @@ class NewtonRaphson(AbstractRootFinder):
         return state, Counts(), done, RESULTS.successful
 
     def step(self, fn, point: Point, args, state: _NewtonRaphsonState):
-        jac, unravel = dense_jacobian(fn, point.y, args)
+        jac, unravel = ravelled_jacobian(fn, point.y, args)
         flat_f = ravel(point.f)[0].astype(jac.dtype)
         f_norm = jnp.linalg.norm(flat_f)
         p = newton_solve(jac, -flat_f, f_norm)
@@ -96,21 +92,3 @@ class NewtonRaphson(AbstractRootFinder):
         done = converged | ~ls.ok | ~finite
         counts = Counts.of(fun=1 + ls.num_fun, jac=1)
         return new, _NewtonRaphsonState(state.f_norm0, ls.step_size), counts, done, result
-
-
-def _check_common(solver):
-    if solver.rtol is not None and not solver.rtol >= 0:
-        raise ValueError(f"`rtol` must be a non-negative float or None (√eps of the dtype); "
-                         f"got {solver.rtol}.")
-    if not solver.atol >= 0:
-        raise ValueError(f"`atol` must be non-negative; got {solver.atol}.")
-    if not 0 < solver.c1 < 1:
-        raise ValueError(f"`c1` must lie in (0, 1) (1e-4 is usual); got {solver.c1}.")
-    if not (isinstance(solver.max_backtracks, int) and solver.max_backtracks >= 1):
-        raise ValueError(f"`max_backtracks` must be a positive int; got "
-                         f"{solver.max_backtracks}.")
-
-
-def merit(f):
-    """φ = ½‖F‖²."""
-    return 0.5 * tree_dot(f, f)

@@ -3,6 +3,8 @@ subsampled Newton."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import math
 from collections.abc import Callable
 
@@ -13,15 +15,18 @@ import jax.scipy.linalg as jsl
 import jax.tree_util as jtu
 
 from .._base import AbstractMinimizer, Counts, Iterate
-from .._sketch_ops import (
+from .._linalg import damped_cholesky
+from .._linesearch import newton_line_search
+from .._prng import as_key, check_seed, module_key
+from .._tree import ravel
+from .._validate import check_budget, check_line_search, check_tolerances
+from ..sketch._operators import (
     gaussian_sketch,
     leverage_scores,
     row_sampling_sketch,
     sparse_sign_pattern,
     srht_sketch,
 )
-from .._tree import ravel
-from .newton import _damped_cholesky, newton_line_search
 
 SKETCHES = ("uniform", "leverage", "gaussian", "srht", "sparse_sign")
 # Nonzeros per column of the sparse sign sketch (Martinsson & Tropp 2020 recommend s ≈ 8).
@@ -87,7 +92,9 @@ class SketchedNewton(AbstractMinimizer):
       leaf of `args` holds one row per example along axis 0 and scalars pass unchanged;
       `batch_fn(args, key, m) -> args` (a random batch of about m examples, in the form
       `fun` takes) overrides that. Costs d Hessian-vector products on
-      the m sampled examples, and no pass over the full data.
+      the m sampled examples, and no pass over the full data. Data closed over in `fun`
+      instead of passed in `args` is never subsampled (every "sampled" Hessian is then the
+      full one); `args` with fewer rows than m is refused with a ValueError for that reason.
     - **Newton sketch** (`sqrt_hessian` given): `sqrt_hessian(params, args) -> (B, R)` with
       ∇²f(x) = BᵀB + R, B an n × d array (one row per example: for a generalized linear model
       f = (1/n)Σ φ(aᵢᵀx, yᵢ) + r(x), B = diag(√(φ''(Ax)/n)) A) and R the d × d Hessian of the
@@ -98,9 +105,15 @@ class SketchedNewton(AbstractMinimizer):
       of B, which embeds range(B) with m = O(d log d) rows even for coherent data).
 
     **Arguments:** `sketch_size` m (default min(n, max(10·d, 100)); larger is slower per step
-    and faster per iteration), `sketch`, `sqrt_hessian`, `batch_fn`, `seed` (the PRNG seed;
-    the key is split once per step and kept in the state, so solves are deterministic),
-    `rtol`/`atol` (stopping test on the exact gradient), `c1`, `max_backtracks`.
+    and faster per iteration), `sketch`, `sqrt_hessian`, `batch_fn`, `key` (a
+    `jax.random.key`, or a legacy `jax.random.PRNGKey`; split once per step and kept in the
+    state, so solves are deterministic; `seed`, an int, default 0, is the shortcut used when
+    no key is given), `rtol`/`atol` (stopping test on the exact gradient), `c1`,
+    `max_backtracks`. The key is an array field, not static: to give a batch of problems
+    solved under `jax.vmap` independent sketches, split a key and build the solver inside the
+    vmapped function (a fixed `seed` would give every member the same sketches), e.g.
+    `jax.vmap(lambda k: jaxopt2.minimize(fun, w0, (X, y), solver=SketchedNewton(key=k))
+    .params)(jax.random.split(jax.random.key(0), n))`.
 
     Counts per step: one dense (sketched) Hessian (`num_hessian`), one `sqrt_hessian` call
     as `num_jac` (Newton sketch only), and one `num_grad`: the unit step is tried with value
@@ -128,6 +141,8 @@ class SketchedNewton(AbstractMinimizer):
     ```
     """
 
+    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
+
     sketch_size: int | None = eqx.field(static=True, default=None)
     sketch: str = eqx.field(static=True, default="uniform")
     sqrt_hessian: Callable | None = None
@@ -138,8 +153,14 @@ class SketchedNewton(AbstractMinimizer):
     c1: float = 1e-4
     max_backtracks: int = 30
     max_damping_tries: int = 12
+    key: jax.Array | None = eqx.field(
+        default=None, converter=lambda k: as_key(k, "SketchedNewton", batched=True))
 
     def __check_init__(self):
+        check_tolerances(self)
+        check_line_search(self)
+        check_budget("max_damping_tries", self.max_damping_tries)
+        check_seed(self.seed, "SketchedNewton", self.key)
         if self.sketch not in SKETCHES:
             raise ValueError(f"`sketch` must be one of {SKETCHES}; got {self.sketch!r}.")
         if self.sketch != "uniform" and self.sqrt_hessian is None:
@@ -165,10 +186,27 @@ class SketchedNewton(AbstractMinimizer):
         if self.batch_fn is not None:
             return self.batch_fn(args, key, self._size(math.inf, d))
         n = _num_examples(args)  # fails at trace time with a message that says what to fix
+        m = self.sketch_size if self.sketch_size is not None else max(10 * d, 100)
+        if n < m:
+            # Fewer "examples" than the sample asks for: `args` is not the data (e.g. the
+            # bilevel pattern, data closed over in `fun` and a hyperparameter vector in
+            # `args`), or the data is too small for subsampling to pay. Either way a sampled
+            # Hessian would be silently wrong or pointless.
+            raise ValueError(
+                f"SketchedNewton subsamples axis 0 of the arrays in `args` as examples, but "
+                f"`args` holds only {n} rows, fewer than the sample of m = {m} "
+                f"({'sketch_size' if self.sketch_size is not None else 'the default max(10d, 100)'}"
+                f"). If the data is closed over in `fun` and `args` holds hyperparameters, the "
+                "subsample would be of the hyperparameters and every Hessian would use all the "
+                "data: pass the data in `args` (hyperparameters as scalars or in a leaf that "
+                "`batch_fn` leaves whole), or `batch_fn=(args, key, m) -> args` to draw a "
+                "batch yourself. For small data use jaxopt2.Newton(), or a smaller "
+                "`sketch_size`.")
         return subsample_args(args, jax.random.randint(key, (self._size(n, d),), 0, n))
 
     def init(self, fn, iterate: Iterate, args) -> _SketchState:
-        return _SketchState(jax.random.key(self.seed), jnp.zeros((), iterate.value.dtype))
+        key = module_key(self.key, self.seed, "SketchedNewton")
+        return _SketchState(key, jnp.zeros((), iterate.value.dtype))
 
     def _size(self, n: int, d: int) -> int:
         m = self.sketch_size if self.sketch_size is not None else max(10 * d, 100)
@@ -184,7 +222,7 @@ class SketchedNewton(AbstractMinimizer):
         else:
             h = self._sketched_hessian(unravel, x, args, sub)
             counts = Counts.of(hessian=1, jac=1)
-        factor, tau = _damped_cholesky(0.5 * (h + h.T), self.max_damping_tries)
+        factor, tau = damped_cholesky(0.5 * (h + h.T), self.max_damping_tries)
         d = jsl.cho_solve((factor, True), -g)
         new, ls_counts, result = newton_line_search(fn, iterate, unravel(d), args, self.c1,
                                                     self.max_backtracks, grad_first=True)

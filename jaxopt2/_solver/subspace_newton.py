@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from .._base import AbstractMinimizer, Counts, Iterate
+from .._linalg import damped_cholesky
+from .._linesearch import newton_line_search
+from .._prng import as_key, check_seed, module_key
 from .._tree import ravel
-from .newton import _damped_cholesky, newton_line_search
+from .._validate import check_budget, check_line_search, check_tolerances
 
 SUBSPACES = ("coordinate", "gaussian")
 
@@ -40,7 +45,13 @@ class SubspaceNewton(AbstractMinimizer):
     `subspace`: `"coordinate"` (default; k distinct coordinates of the flattened parameters,
     uniformly at random: randomized block-coordinate Newton, and the projected Hessian is a
     principal k × k submatrix) or `"gaussian"` (an orthonormalised Gaussian d × k matrix).
-    `seed`: the PRNG seed; the key is split once per step and kept in the state.
+    `key`: the PRNG key (a `jax.random.key`, or a legacy `jax.random.PRNGKey`), split once per
+    step and kept in the state, so solves are deterministic; `seed` (an int, default 0) is the
+    shortcut used when no key is given. The key is an array field, not static: to give a
+    batch of problems solved under `jax.vmap` independent subspaces, split a key and build the
+    solver inside the vmapped function (a fixed `seed` would give every member the same
+    subspaces): `jax.vmap(lambda k: jaxopt2.minimize(fun, x0, solver=SubspaceNewton(key=k))
+    .params)(jax.random.split(jax.random.key(0), n))`.
 
     Counts per step: k `num_hvp` and one `num_grad` (the unit step is tried with value and
     gradient together), plus `num_fun` and one more `num_grad` when it must backtrack.
@@ -57,6 +68,8 @@ class SubspaceNewton(AbstractMinimizer):
     ```
     """
 
+    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
+
     subspace_dim: int = eqx.field(static=True, default=20)
     subspace: str = eqx.field(static=True, default="coordinate")
     seed: int = eqx.field(static=True, default=0)
@@ -65,15 +78,22 @@ class SubspaceNewton(AbstractMinimizer):
     c1: float = 1e-4
     max_backtracks: int = 30
     max_damping_tries: int = 12
+    key: jax.Array | None = eqx.field(
+        default=None, converter=lambda k: as_key(k, "SubspaceNewton", batched=True))
 
     def __check_init__(self):
+        check_tolerances(self)
+        check_line_search(self)
+        check_budget("max_damping_tries", self.max_damping_tries)
+        check_seed(self.seed, "SubspaceNewton", self.key)
         if self.subspace not in SUBSPACES:
             raise ValueError(f"`subspace` must be one of {SUBSPACES}; got {self.subspace!r}.")
         if self.subspace_dim < 1:
             raise ValueError(f"`subspace_dim` must be a positive int; got {self.subspace_dim}.")
 
     def init(self, fn, iterate: Iterate, args) -> _SubspaceState:
-        return _SubspaceState(jax.random.key(self.seed), jnp.zeros((), iterate.value.dtype))
+        key = module_key(self.key, self.seed, "SubspaceNewton")
+        return _SubspaceState(key, jnp.zeros((), iterate.value.dtype))
 
     def step(self, fn, iterate: Iterate, args, state: _SubspaceState):
         key, sub = jax.random.split(state.key)
@@ -89,7 +109,7 @@ class SubspaceNewton(AbstractMinimizer):
             basis, _ = jnp.linalg.qr(jax.random.normal(sub, (d, k), x.dtype))
         h_basis = jax.vmap(hvp, in_axes=1, out_axes=1)(basis)  # H S, d × k
         projected = (basis.T @ h_basis).astype(x.dtype)
-        factor, tau = _damped_cholesky(0.5 * (projected + projected.T), self.max_damping_tries)
+        factor, tau = damped_cholesky(0.5 * (projected + projected.T), self.max_damping_tries)
         z = jsl.cho_solve((factor, True), -(basis.T @ g))
         new, counts, result = newton_line_search(fn, iterate, unravel(basis @ z), args, self.c1,
                                                  self.max_backtracks, grad_first=True)

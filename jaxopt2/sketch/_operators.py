@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
-from ._tree import ravel
+from .._tree import ravel
 
 
 def _structure(structure, dtype):

@@ -1,6 +1,12 @@
-"""Pieces shared by the root finders (NewtonRaphson, NewtonKrylov, Broyden): the backtracking
-line search on the merit function φ(y) = ½‖F(y)‖², a damped dense fallback for singular
-Jacobians, and restarted right-preconditioned GMRES on pytrees."""
+"""Restarted, right-preconditioned GMRES(m) on pytrees.
+
+Why not `lineax.GMRES`: ours keeps the Krylov basis as pytree leaves with a leading axis
+(never concatenated or ravelled), starts from a given x₀ with its known residual r₀ (a
+preconditioned start costs no extra product), stops on the true 2-norm residual
+‖b − A x‖ ≤ rtol·‖b‖ (the inexact-Newton condition, with a traced forcing term), returns the
+residual vector b − A x from the Arnoldi relation without an extra product (the line search's
+slope needs it), and treats an exhausted budget as a normal outcome (its best iterate is used).
+"""
 
 from __future__ import annotations
 
@@ -9,80 +15,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._base import Point
 from .._loops import while_loop
-from .._tree import tree_axpy, tree_dot, tree_norm, tree_where, tree_zeros_like
-
-
-class Backtrack(eqx.Module):
-    point: Point  # the accepted point (the input point when `ok` is False)
-    step_size: jax.Array
-    ok: jax.Array
-    num_fun: jax.Array  # evaluations of fn spent
-
-
-def backtrack(fn, point: Point, direction, args, *, phi0, slope, decrease, c1: float,
-              max_trials) -> Backtrack:
-    """Backtracking from t = 1 on φ(t) = ½‖F(y + t·p)‖².
-
-    Accepts the first t with φ(t) ≤ φ(0) + c₁·t·`decrease` and φ(t) < φ(0). For an exact
-    Newton direction `decrease` = slope = −‖F‖²; for an inexact one with relative linear
-    residual η it is −(1 − η)‖F‖², which makes the test the Dembo–Eisenstat–Steihaug condition
-    ‖F(y + tp)‖ ≤ (1 − c₁t(1 − η))‖F(y)‖ to first order (Eisenstat & Walker, SIAM J. Optim. 4,
-    1994). The next t minimizes the quadratic through φ(0), φ'(0) = `slope` and φ(t), kept in
-    [t/10, t/2] (Dennis & Schnabel, §6.3.2); a non-finite trial halves t. Each trial is one
-    evaluation of fn, and the accepted one is returned with its aux, so nothing is evaluated
-    twice. `max_trials` may be traced.
-    """
-    dtype = jnp.result_type(phi0)
-    phi0 = jnp.asarray(phi0, dtype)
-    slope = jnp.asarray(slope, dtype)
-    decrease = jnp.asarray(decrease, dtype)
-
-    def accept(t, phi):
-        return jnp.isfinite(phi) & (phi <= phi0 + c1 * t * decrease) & (phi < phi0)
-
-    def cond(c):
-        t, _, phi, k = c
-        return (k == 0) | (~accept(t, phi) & (k < max_trials))
-
-    def body(c):
-        t, _, phi, k = c
-        curvature = phi - phi0 - slope * t
-        t_quad = -slope * t * t / (2 * jnp.where(curvature > 0, curvature, 1.0))
-        t_next = jnp.where(jnp.isfinite(phi) & (curvature > 0),
-                           jnp.clip(t_quad, 0.1 * t, 0.5 * t), 0.5 * t)
-        t = jnp.where(k == 0, jnp.ones_like(t), t_next)
-        y = tree_axpy(t, direction, point.y)
-        f, aux = fn(y, args)
-        return t, Point(y, f, aux), (0.5 * tree_dot(f, f)).astype(dtype), k + 1
-
-    init = (jnp.ones((), dtype), point, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-    t, trial, phi, k = while_loop(cond, body, init, max_steps=max_trials)
-    ok = accept(t, phi)
-    return Backtrack(tree_where(ok, trial, point), jnp.where(ok, t, 0.0), ok, k)
-
-
-def damped_solve(jac, rhs, f_norm):
-    """(JᵀJ + μI)⁻¹Jᵀ·rhs with μ = ‖F‖ + eps·‖J‖²_F: the Levenberg step used when J is
-    singular. μ ~ ‖F‖ keeps the fast local convergence of the Levenberg–Marquardt method
-    without nonsingularity (Fan & Yuan, Computing 74, 2005); the eps term keeps it positive
-    definite at a root. Its direction is a descent direction for ½‖F‖² whenever JᵀF ≠ 0."""
-    dtype = jac.dtype
-    mu = f_norm + jnp.finfo(dtype).eps * jnp.sum(jac * jac)
-    mu = jnp.maximum(mu, jnp.finfo(dtype).tiny)
-    gram = jac.T @ jac + mu * jnp.eye(jac.shape[1], dtype=dtype)
-    return jnp.linalg.solve(gram, jac.T @ rhs)
-
-
-def newton_solve(jac, rhs, f_norm):
-    """J⁻¹·rhs by LU, or the damped solve when that is not finite (J singular)."""
-    x = jnp.linalg.solve(jac, rhs)
-    bad = ~jnp.all(jnp.isfinite(x))
-    return lax.cond(bad, lambda: damped_solve(jac, rhs, f_norm), lambda: x)
+from .._tree import tree_axpy, tree_norm, tree_zeros_like
 
 
 class GMRESResult(eqx.Module):
+    """What `gmres` returns; `converged` is False when the budget ran out or the Arnoldi
+    process broke down first (x is then the best iterate found)."""
+
     x: object
     residual: object  # b − A x (from the Arnoldi relation, no extra product)
     residual_norm: jax.Array

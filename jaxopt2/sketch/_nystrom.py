@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 
-from ._tree import ravel
+from .._prng import as_key, check_seed, module_key
+from .._tree import ravel
 
 _SYM_PSD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
@@ -171,27 +172,52 @@ class NystromPreconditioner(eqx.Module):
     At every Newton step it sketches the curvature operator H with `rank` products (one vmapped
     batch) and preconditions CG on H p = −g with P⁻¹ = λ_r U Λ⁻¹ Uᵀ + (I − UUᵀ), i.e.
     `nystrom_preconditioner(H, rank, key, mu)` (μ = `mu`, default 0: NewtonCG solves with H
-    itself, undamped). The key is `jax.random.key(seed)`, fixed, so every solve is
-    deterministic. It pays off when H has a few large, well-separated eigenvalues (ill-
-    conditioned features, ridge-like problems): CG then only has to resolve the flat tail.
+    itself, undamped). The sketch is drawn from `key` (a `jax.random.key`, or a legacy
+    `jax.random.PRNGKey`), or from `jax.random.key(seed)` when no key is given (`seed=0` by
+    default); the same key is used at every step, so every solve is deterministic. It pays
+    off when H has a few large, well-separated eigenvalues (ill-conditioned features,
+    ridge-like problems): CG then only has to resolve the flat tail.
 
     Costs: the `rank` sketch products are NOT counted in `sol.stats["num_hvp"]` (which counts
     CG products only), so compare wall time, or add `rank` per step, when judging it.
     The curvature should be PSD (Gauss–Newton, convex objectives); with an indefinite
     Hessian a broken factorisation falls back to no preconditioning for that step.
+
+    **Independent streams in a vmapped batch.** The key is an array field, not static, so a
+    batch of problems solved under `jax.vmap` can draw independent sketches: split a key and
+    build the preconditioner (and the solver holding it) inside the vmapped function,
+
+    ```python
+    import jax, jax.numpy as jnp, jaxopt2
+    fun = lambda x, a: 0.5 * x @ (a * x) - x.sum()
+    def solve(key):
+        pre = jaxopt2.sketch.NystromPreconditioner(rank=2, key=key)
+        return jaxopt2.minimize(fun, jnp.zeros(4), jnp.arange(1.0, 5.0),
+                                solver=jaxopt2.NewtonCG(preconditioner=pre)).params
+    xs = jax.vmap(solve)(jax.random.split(jax.random.key(0), 3))
+    ```
+
+    (a static `seed` would give every member the same sketch).
     """
 
-    # static: the rank fixes array shapes, and the seed must stay a Python int under jit
+    # static: the rank fixes array shapes
     rank: int = eqx.field(static=True)
     seed: int = eqx.field(static=True, default=0)
     mu: float = eqx.field(static=True, default=0.0)
+    key: jax.Array | None = eqx.field(
+        default=None, converter=lambda k: as_key(k, "NystromPreconditioner", batched=True))
 
     def __check_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"`rank` must be a positive int; got {self.rank}.")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"`rank` must be a positive int; got {self.rank!r}.")
+        check_seed(self.seed, "NystromPreconditioner", self.key)
+
+    def prng_key(self):
+        """The typed key the sketch is drawn from: `key`, else `jax.random.key(seed)`."""
+        return module_key(self.key, self.seed, "NystromPreconditioner")
 
     def __call__(self, fun, params, args, op) -> Callable:
         # n from the operator, so the same object also serves ImplicitAdjoint (no params there)
         n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(op.in_structure()))
         rank = min(self.rank, n)
-        return nystrom_preconditioner(op, rank, jax.random.key(self.seed), self.mu)
+        return nystrom_preconditioner(op, rank, self.prng_key(), self.mu)

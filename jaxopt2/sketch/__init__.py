@@ -22,20 +22,20 @@ solver = jaxopt2.NewtonCG(preconditioner=jaxopt2.sketch.NystromPreconditioner(ra
 ```
 """
 
+from ._estimators import hutchpp as hutchpp
+from ._estimators import logdet_slq as logdet_slq
+from ._estimators import slq as slq
 from ._nystrom import NystromApproximation as NystromApproximation
 from ._nystrom import NystromPreconditioner as NystromPreconditioner
 from ._nystrom import nystrom as nystrom
 from ._nystrom import nystrom_preconditioner as nystrom_preconditioner
-from ._randomized import hutchpp as hutchpp
-from ._randomized import logdet_slq as logdet_slq
+from ._operators import gaussian_sketch as gaussian_sketch
+from ._operators import leverage_scores as leverage_scores
+from ._operators import rademacher_sketch as rademacher_sketch
+from ._operators import row_sampling_sketch as row_sampling_sketch
+from ._operators import sparse_sign_sketch as sparse_sign_sketch
+from ._operators import srht_sketch as srht_sketch
 from ._randomized import randomized_eigh as randomized_eigh
 from ._randomized import randomized_svd as randomized_svd
-from ._randomized import slq as slq
-from ._sketch_ops import gaussian_sketch as gaussian_sketch
-from ._sketch_ops import leverage_scores as leverage_scores
-from ._sketch_ops import rademacher_sketch as rademacher_sketch
-from ._sketch_ops import row_sampling_sketch as row_sampling_sketch
-from ._sketch_ops import sparse_sign_sketch as sparse_sign_sketch
-from ._sketch_ops import srht_sketch as srht_sketch
-from ._sketch_project import SketchAndProjectInfo as SketchAndProjectInfo
-from ._sketch_project import sketch_and_project as sketch_and_project
+from ._sketch_and_project import SketchAndProjectInfo as SketchAndProjectInfo
+from ._sketch_and_project import sketch_and_project as sketch_and_project

@@ -5,6 +5,13 @@ Solves A x = b for symmetric A given only `matvec`, stopping at the first of: th
 ‖x‖ = radius (Steihaug–Toint); `max_iters`. Unlike a plain linear solve this never fails: with
 indefinite A it returns the last useful iterate, which for A = ∇²f, b = −∇f is still a descent
 direction (every CG iterate is, since x₀ = 0).
+
+Why not `lineax.CG`: lineax's CG solves a positive (semi)definite system and reports a
+failure on a breakdown or when `max_steps` runs out. A Newton inner solve needs the opposite:
+the Steihaug truncation at a trust-region boundary, an exit at negative curvature that
+returns a descent direction, a budget whose exhaustion is a normal outcome (the partial
+iterate is the step), an energy-norm stopping test, and a traced relative tolerance that
+changes every outer step (the Eisenstat–Walker forcing term).
 """
 
 from __future__ import annotations
@@ -13,11 +20,23 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._loops import while_loop
-from ._tree import tree_axpy, tree_dot, tree_zeros_like
+from .._loops import while_loop
+from .._tree import (
+    tree_add,
+    tree_axpy,
+    tree_dot,
+    tree_neg,
+    tree_norm,
+    tree_size,
+    tree_where,
+    tree_zeros_like,
+)
 
 
 class CGResult(eqx.Module):
+    """What `truncated_cg` returns: the iterate and which exit ended the solve (none of the
+    three flags when the budget ran out)."""
+
     x: object
     num_iters: jax.Array  # = number of matvecs
     converged: jax.Array
@@ -91,26 +110,33 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
     return CGResult(x, k, conv, neg, bnd)
 
 
-EW_ETA_MAX = 0.5  # forcing terms are capped here: early steps need only a rough direction
-_EW_GAMMA, _EW_ALPHA = 0.9, 2.0  # Eisenstat–Walker choice 2
+def damped_cg(matvec, g, lam, *, rtol, max_steps, x0=None):
+    """Truncated CG for (C + λI) p = −g, optionally warm-started from x0.
 
-
-def eisenstat_walker(grad_norm, prev_grad_norm, prev_eta, dtype):
-    """Forcing term ηₖ for an inexact Newton solve, choice 2 of Eisenstat & Walker (1996):
-
-        ηₖ = 0.9 (‖gₖ‖ / ‖gₖ₋₁‖)²,   raised to 0.9 ηₖ₋₁² when that exceeds 0.1,
-
-    then clipped to [eps, 0.5]. The inner solve stops at ‖H p + g‖ ≤ ηₖ‖gₖ‖. It is
-    scale-invariant, loose far from the minimizer (η = 0.5 while ‖g‖ does not fall) and
-    tightens as ‖g‖ falls quadratically, which keeps superlinear local convergence without
-    over-solving early; the safeguard stops η from dropping abruptly after one lucky step.
-    Below eps the residual test cannot be met and would only burn the CG budget.
-    A zero `prev_grad_norm` is treated as 1. Start with prev_grad_norm = ‖g₀‖ and
-    prev_eta = 0.5, which gives η₀ = 0.5.
+    Returns (p, iterations). The stopping test is ‖(C + λI)p + g‖ ≤ rtol·‖g‖ whatever the
+    warm start. A warm start is only used when its quadratic model value
+    φ(x0) = ½x0ᵀ(C + λI)x0 + gᵀx0 is negative, i.e. it beats p = 0: CG from x0 only ever
+    decreases φ, so a bad start (a stale direction after the landscape turned) could
+    otherwise leave p worse than no step at all.
     """
-    ratio = grad_norm / jnp.where(prev_grad_norm > 0, prev_grad_norm, 1.0)
-    eta = _EW_GAMMA * ratio**_EW_ALPHA
-    floor = _EW_GAMMA * prev_eta**_EW_ALPHA
-    eta = jnp.where(floor > 0.1, jnp.maximum(eta, floor), eta)
-    eps = jnp.finfo(dtype).eps
-    return jnp.clip(eta, eps, EW_ETA_MAX).astype(dtype)
+    def damped(v):
+        return tree_axpy(lam, v, matvec(v))
+
+    atol = rtol * tree_norm(g)
+    if x0 is None:
+        cg = truncated_cg(damped, tree_neg(g), rtol=0.0, atol=atol, max_iters=max_steps)
+        return cg.x, cg.num_iters
+    ax0 = damped(x0)
+    use = 0.5 * tree_dot(x0, ax0) + tree_dot(g, x0) < 0
+    x0 = tree_where(use, x0, tree_zeros_like(x0))
+    ax0 = tree_where(use, ax0, tree_zeros_like(ax0))
+    # Solve for the correction d = p − x0: (C + λI) d = −g − (C + λI) x0.
+    cg = truncated_cg(damped, tree_neg(tree_add(g, ax0)), rtol=0.0, atol=atol,
+                      max_iters=max_steps)
+    return tree_add(x0, cg.x), cg.num_iters + 1
+
+
+def cg_budget(params, cg_max_steps: int | None) -> int:
+    """Default CG iteration cap: twice the number of parameters (CG is exact in n steps in
+    exact arithmetic; the slack absorbs rounding), never below 10."""
+    return cg_max_steps if cg_max_steps is not None else max(2 * tree_size(params), 10)

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
-from ._loops import while_loop
-from ._tree import ravel
+from .._loops import while_loop
+from .._tree import ravel
 
 _SKETCHES = ("rows", "gaussian")
 

@@ -1,28 +1,35 @@
-"""Private helpers of `jaxopt2.optimizers`: hyperparameter checks, the extra-argument contract
-(`value_fn=` / `batch=`), curvature operators, the reduction-ratio test and the non-finite
-guard shared by the four optax transformations."""
+"""Pieces shared by the `jaxopt2.optimizers` transformations: hyperparameter checks, the
+extra-argument contract (`value_fn=` / `batch=`), curvature operators, the reduction-ratio
+test, the non-finite guard and the PRNG key in the state.
+
+Hyperparameters are checked when they are Python numbers (or concrete arrays) and let through
+when they are traced: `optax.inject_hyperparams` rebuilds the transformation inside every
+`update` from hyperparameters kept as arrays in its state.
+"""
 
 from __future__ import annotations
 
-import math
+import operator
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
-from ._curvature import gauss_newton, hessian
-from ._krylov import truncated_cg
-from ._tree import (
+from .._curvature import gauss_newton, hessian
+from .._linalg import damped_cg as damped_cg
+from .._prng import resolve
+from .._tree import (
     result_dtype,
     tree_add,
     tree_all_finite,
-    tree_axpy,
     tree_dot,
-    tree_neg,
-    tree_norm,
     tree_where,
     tree_zeros_like,
 )
+from .._validate import check_number as check_number
 
 CURVATURES = ("ggn", "hessian")
 
@@ -40,33 +47,51 @@ ROUNDOFF = 10.0
 # --------------------------------------------------------------------------- construction
 
 
-def check_number(name: str, value, *, low=None, high=None, low_open=False, high_open=False):
-    """A real number in the interval given (either bound may be open or missing)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = "-inf" if low is None else f"{low}"
-        hi = "inf" if high is None else f"{high}"
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}" \
-                   f"{')' if high_open or high is None else ']'}"
-        raise ValueError(f"`{name}` must be a finite number in {interval}; got {value!r}.")
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], Any]
+
+
+def _is_integer(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    return (isinstance(value, (jax.Array, np.ndarray)) and value.shape == ()
+            and jnp.issubdtype(value.dtype, jnp.integer))
 
 
 def check_int(name: str, value, *, low: int = 1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be a Python int ≥ {low}; got {value!r}.")
+    """An int ≥ `low`: a Python int, or an integer 0-d array (checked when concrete, let
+    through when traced, as `optax.inject_hyperparams` passes it)."""
+    if _is_integer(value) and (isinstance(value, jax.core.Tracer) or int(value) >= low):
+        return
+    raise ValueError(f"`{name}` must be an int ≥ {low}; got {value!r}.")
+
+
+def static_int(optimizer: str, name: str, value) -> int:
+    """`value` as a Python int where it fixes an array shape (only `init` reads it)."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{optimizer}: `{name}` fixes the shape of the state, so it must be a concrete int "
+            f"when `init` runs; got a traced value. With `optax.inject_hyperparams`, call "
+            f"`init` outside `jax.jit`, or pass static_args=({name!r},).")
+    return operator.index(value)
 
 
 def check_learning_rate(name: str, value, *, allow_none: bool = False):
-    """A positive float or an optax schedule (a callable of the step count)."""
+    """A positive number (Python, or a 0-d array, possibly traced) or an optax schedule (a
+    callable of the step count)."""
     if value is None and allow_none:
         return
     if callable(value):
         return
     check_number(name, value, low=0.0, low_open=True)
+
+
+def bounds(dtype):
+    """The range a damping-like scalar is kept in: beyond it λ would underflow relative to
+    any curvature, or overflow the squares taken of it."""
+    eps = float(jnp.finfo(dtype).eps)
+    return eps, 1.0 / eps
 
 
 def check_curvature(optimizer: str, curvature, model_fn, loss_fn) -> str:
@@ -147,6 +172,43 @@ def matvec_like(op, params):
     return lambda v: cast_like(op.mv(v), params)
 
 
+def check_init_params(optimizer: str, params, *, half_precision: bool = True) -> None:
+    """`init`'s check: `params` must be a non-empty pytree of floating-point arrays (integer
+    parameters cannot take a fractional step; half precision only where the optimizer has no
+    factorization, which LAPACK lacks in float16/bfloat16)."""
+    leaves = jtu.tree_leaves_with_path(params)
+    if not leaves:
+        raise ValueError(f"{optimizer}.init: `params` has no array leaves; pass the model's "
+                         "parameters as a pytree of floating-point arrays.")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None) or np.asarray(leaf).dtype
+        name = "params" + jtu.keystr(path)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{optimizer}.init: `{name}` has dtype {dtype}; parameters must be "
+                            "floating point. Cast them, e.g. jnp.asarray(x, jnp.float32).")
+        if not half_precision and jnp.dtype(dtype) in (jnp.dtype(jnp.float16),
+                                                       jnp.dtype(jnp.bfloat16)):
+            raise TypeError(f"{optimizer}.init: `{name}` has dtype {dtype}, but {optimizer} "
+                            "factorizes its sketch (eigh/QR), which has no float16/bfloat16 "
+                            "kernel. Keep float32 master parameters for this optimizer (cast "
+                            "params to jnp.float32), or use hessian_free / diag_newton.")
+
+
+def check_grads(optimizer: str, grads, params) -> None:
+    """`update`'s check that `grads` matches `params` (structure and leaf shapes)."""
+    if jtu.tree_structure(grads) != jtu.tree_structure(params):
+        raise ValueError(f"{optimizer}.update: `grads` has structure "
+                         f"{jtu.tree_structure(grads)} but `params` has "
+                         f"{jtu.tree_structure(params)}; pass the gradient of the loss with "
+                         "respect to the same params pytree (e.g. jax.grad(loss)(params, batch)).")
+    for (path, g), p in zip(jtu.tree_leaves_with_path(grads), jtu.tree_leaves(params),
+                          strict=True):
+        if jnp.shape(g) != jnp.shape(p):
+            raise ValueError(f"{optimizer}.update: `grads{jtu.keystr(path)}` has shape "
+                             f"{jnp.shape(g)} but the parameter has shape {jnp.shape(p)}; pass "
+                             "the gradient with respect to these params.")
+
+
 def sanitize(grads, params):
     """The gradient in the parameters' dtypes with non-finite entries zeroed, and whether it
     was finite. The update of a non-finite gradient is discarded anyway (`guard`); zeroing
@@ -179,32 +241,6 @@ def scalar(value, dtype):
 
 
 # --------------------------------------------------------------------------- damped solves
-
-
-def damped_cg(matvec, g, lam, *, rtol, max_steps, x0=None):
-    """Truncated CG for (C + λI) p = −g, optionally warm-started from x0.
-
-    Returns (p, iterations). The stopping test is ‖(C + λI)p + g‖ ≤ rtol·‖g‖ whatever the
-    warm start. A warm start is only used when its quadratic model value
-    φ(x0) = ½x0ᵀ(C + λI)x0 + gᵀx0 is negative, i.e. it beats p = 0: CG from x0 only ever
-    decreases φ, so a bad start (a stale direction after the landscape turned) could
-    otherwise leave p worse than no step at all.
-    """
-    def damped(v):
-        return tree_axpy(lam, v, matvec(v))
-
-    atol = rtol * tree_norm(g)
-    if x0 is None:
-        cg = truncated_cg(damped, tree_neg(g), rtol=0.0, atol=atol, max_iters=max_steps)
-        return cg.x, cg.num_iters
-    ax0 = damped(x0)
-    use = 0.5 * tree_dot(x0, ax0) + tree_dot(g, x0) < 0
-    x0 = tree_where(use, x0, tree_zeros_like(x0))
-    ax0 = tree_where(use, ax0, tree_zeros_like(ax0))
-    # Solve for the correction d = p − x0: (C + λI) d = −g − (C + λI) x0.
-    cg = truncated_cg(damped, tree_neg(tree_add(g, ax0)), rtol=0.0, atol=atol,
-                      max_iters=max_steps)
-    return tree_add(x0, cg.x), cg.num_iters + 1
 
 
 def trial_values(problem: Problem, params, step, value, dtype):
@@ -243,11 +279,17 @@ def adapt(value, rho, ok, no_step, *, grow, shrink, low, high):
     return jnp.clip(new, low, high).astype(value.dtype)
 
 
-def key_data(seed: int):
-    """Raw uint32 key data: stored in the state so its dtype never changes across steps."""
-    return jax.random.key_data(jax.random.key(seed))
+def key_data(key, seed):
+    """Raw key data of `key` (a typed key, or None for `jax.random.key(seed)`): stored in the
+    state so its dtype never changes across steps, and any tree utility can handle it."""
+    return jax.random.key_data(resolve(key, seed))
 
 
-def split_key(data):
-    key, sub = jax.random.split(jax.random.wrap_key_data(data))
+def key_impl(key):
+    """The PRNG implementation of `key` (None: the default one), to re-wrap the stored data."""
+    return None if key is None else jax.random.key_impl(key)
+
+
+def split_key(data, impl=None):
+    key, sub = jax.random.split(jax.random.wrap_key_data(data, impl=impl))
     return jax.random.key_data(key), sub

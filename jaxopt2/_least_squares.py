@@ -4,8 +4,8 @@
 - the SVD of the scaled Jacobian J D⁻¹ = U S Vᵀ and, from it, the Levenberg-Marquardt step
   p(λ) = −D⁻¹ V S(S² + λ)⁻¹ Uᵀr in closed form for every λ, with Moré's safeguarded Newton
   iteration for the trust-region parameter;
-- damped CGLS (matrix-free) for min ‖J p + r‖² + λ‖p‖², and its preconditioned variant (PCG
-  on the normal equations with a user preconditioner, e.g. Nyström);
+- the matrix-free inner solve: damped CGLS / preconditioned CGLS (`jaxopt2._linalg.cgls`)
+  for min ‖J p + r‖² + λ‖p‖², with the preconditioner (e.g. Nyström) built here;
 - MINPACK's relative stopping tests and the gradient (cosine) test.
 """
 
@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import lineax as lx
 from jax import lax
 
-from .._base import Counts
-from .._loops import is_unrolled, while_loop
-from .._nystrom import NystromPreconditioner, nystrom_preconditioner
-from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_size, tree_zeros_like
+from ._base import Counts
+from ._linalg import cgls, pcgls
+from ._loops import is_unrolled, while_loop
+from ._tree import ravel, tree_dot, tree_size
+from ._validate import check_budget, check_tolerance
+from .sketch._nystrom import NystromPreconditioner, nystrom_preconditioner
 
 # `linear_solver="auto"` forms J when it is small: few parameters (an SVD costs O(m n²)) and
 # a Jacobian that fits comfortably in memory (4e6 entries = 32 MB in float64).
@@ -37,13 +39,8 @@ def check_common(solver) -> None:
         raise ValueError(f"`linear_solver` must be one of {LINEAR_SOLVERS}; "
                          f"got {solver.linear_solver!r}.")
     for name in ("ftol", "xtol", "gtol"):
-        value = getattr(solver, name)
-        if value is not None and not value >= 0:
-            raise ValueError(f"`{name}` must be a float >= 0 (or None for the default); "
-                             f"got {value!r}.")
-    if solver.cg_max_iters is not None and solver.cg_max_iters < 1:
-        raise ValueError(f"`cg_max_iters` must be a positive int or None; "
-                         f"got {solver.cg_max_iters!r}.")
+        check_tolerance(name, getattr(solver, name), allow_none=True)
+    check_budget("cg_max_steps", solver.cg_max_steps, allow_none=True)
     if solver.preconditioner is not None:
         if not callable(solver.preconditioner):
             raise ValueError("`preconditioner` must be a callable "
@@ -81,7 +78,7 @@ def tolerances(solver, dtype):
 
 
 def cg_budget(solver, n: int) -> int:
-    return min(2 * n, 200) if solver.cg_max_iters is None else solver.cg_max_iters
+    return min(2 * n, 200) if solver.cg_max_steps is None else solver.cg_max_steps
 
 
 # --- dense path -------------------------------------------------------------------------------
@@ -277,51 +274,6 @@ def linearize(fn, y, args):
     return r, jvp, lambda u: transpose(u)[0]
 
 
-class CGLSResult(eqx.Module):
-    x: Any
-    residual_sq: jax.Array  # ‖r + J x‖² (the linear model's sum of squares at x)
-    num_iters: jax.Array
-
-
-def cgls(jvp, vjp, r, g, lam, *, rtol, max_iters: int, dtype) -> CGLSResult:
-    """Damped CGLS from x = 0 for min ‖J x + r‖² + λ‖x‖², i.e. (JᵀJ + λI) x = −Jᵀr = −g.
-
-    Mathematically CG on the normal equations, but the residual q = −r − J x is updated in
-    residual space, which loses less to rounding than forming JᵀJ products (Björck, Numerical
-    Methods for Least Squares Problems, §7.4). Stops at ‖Jᵀq − λx‖ ≤ rtol·‖g‖, at zero
-    curvature (possible only with λ = 0 and J d = 0), or after `max_iters` (one jvp and one vjp
-    each). The model's sum of squares ‖q‖² comes for free, which is what the predicted
-    reduction needs.
-    """
-    gnorm = jnp.sqrt(tree_dot(g, g)).astype(dtype)
-    tol = rtol * gnorm
-    s0 = tree_neg(g)
-    gamma0 = (gnorm * gnorm).astype(dtype)
-
-    def cond(c):
-        *_, k, stop = c
-        return ~stop & (k < max_iters)
-
-    def body(c):
-        x, q, d, gamma, k, _ = c
-        t = jvp(d)
-        delta = (tree_dot(t, t) + lam * tree_dot(d, d)).astype(dtype)
-        flat = delta <= 0
-        alpha = jnp.where(flat, 0.0, gamma / jnp.where(flat, 1.0, delta))
-        x = tree_axpy(alpha, d, x)
-        q = tree_axpy(-alpha, t, q)
-        s = tree_axpy(-lam, x, vjp(q))
-        gamma_new = tree_dot(s, s).astype(dtype)
-        d = tree_axpy(gamma_new / jnp.where(gamma > 0, gamma, 1.0), d, s)
-        stop = flat | (jnp.sqrt(gamma_new) <= tol)
-        return x, q, d, gamma_new, k + 1, stop
-
-    init = (tree_zeros_like(g), tree_neg(r), s0, gamma0, jnp.zeros((), jnp.int32),
-            gnorm <= 0)
-    x, q, _, _, k, _ = while_loop(cond, body, init, max_steps=max_iters)
-    return CGLSResult(x, tree_dot(q, q).astype(dtype), k)
-
-
 # --- preconditioned matrix-free path ----------------------------------------------------------
 
 _SYM_PSD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
@@ -361,7 +313,7 @@ def build_preconditioner(preconditioner, fn, y, args, lin, lam) -> tuple[Callabl
     if isinstance(preconditioner, NystromPreconditioner):
         rank = min(preconditioner.rank, tree_size(y))
         mu = jnp.asarray(preconditioner.mu, lin.rnorm.dtype) + lam
-        apply = nystrom_preconditioner(op, rank, jax.random.key(preconditioner.seed), mu)
+        apply = nystrom_preconditioner(op, rank, preconditioner.prng_key(), mu)
         return apply, Counts.of(jvp=rank, vjp=rank)
 
     def objective(z, a):
@@ -370,62 +322,6 @@ def build_preconditioner(preconditioner, fn, y, args, lin, lam) -> tuple[Callabl
 
     z = tmap(jnp.multiply, lin.diag, y)
     return preconditioner(objective, z, args, op), Counts()
-
-
-def pcgls(jvp, vjp, r, g, lam, precond, *, rtol, max_iters: int, dtype):
-    """`cgls` with a symmetric positive definite preconditioner M on the normal equations:
-    PCG on (AᵀA + λI) x = −g, each product one jvp and one vjp (preconditioned CGLS, cf.
-    Björck, Numerical Methods for Least Squares Problems, ch. 7, here with a general M on the
-    normal equations rather than a split one on A).
-
-    As in `cgls` the least-squares residual q = −r − A x is updated in residual space and the
-    normal-equations residual s = Aᵀq − λx recomputed from it, never recurred, so rounding does
-    not accumulate in s; M only changes the search directions (d = M⁻¹s + β d). The stopping
-    test is the same unpreconditioned one, ‖s‖ ≤ rtol·‖g‖, so a preconditioner changes the cost
-    of a step, not its accuracy. Returns (CGLSResult, broken): `broken` when M⁻¹s came back
-    non-finite or with sᵀM⁻¹s ≤ 0 (M not positive definite) while the problem's own s was
-    finite; the solve then stopped and x must not be used.
-    """
-    gnorm = jnp.sqrt(tree_dot(g, g)).astype(dtype)
-    tol = rtol * gnorm
-
-    def unusable(gamma, live):
-        # The system's own quantities are finite (a NaN problem is the outer loop's business,
-        # reported as non-finite) but the preconditioned ones are not, or M is not SPD.
-        return live & ~(jnp.isfinite(gamma) & (gamma > 0))
-
-    s0 = tree_neg(g)
-    z0 = precond(s0)
-    gamma0 = tree_dot(s0, z0).astype(dtype)
-    broken0 = unusable(gamma0, jnp.isfinite(gnorm) & (gnorm > 0))
-
-    def cond(c):
-        *_, k, stop, _ = c
-        return ~stop & (k < max_iters)
-
-    def body(c):
-        x, q, d, gamma, k, _, _ = c
-        t = jvp(d)
-        delta = (tree_dot(t, t) + lam * tree_dot(d, d)).astype(dtype)
-        flat = delta <= 0
-        # an overflowing direction (M⁻¹ off by orders of magnitude) would stall silently
-        overflow = ~jnp.isfinite(delta) & jnp.isfinite(gamma)
-        alpha = jnp.where(flat | overflow, 0.0, gamma / jnp.where(flat, 1.0, delta))
-        x = tree_axpy(alpha, d, x)
-        q = tree_axpy(-alpha, t, q)
-        s = tree_axpy(-lam, x, vjp(q))
-        ss = tree_dot(s, s).astype(dtype)
-        converged = jnp.sqrt(ss) <= tol
-        z = precond(s)
-        gamma_new = tree_dot(s, z).astype(dtype)
-        broken = overflow | unusable(gamma_new, jnp.isfinite(ss) & ~converged)
-        d = tree_axpy(gamma_new / jnp.where(gamma > 0, gamma, 1.0), d, z)
-        return x, q, d, gamma_new, k + 1, flat | converged | broken, broken
-
-    init = (tree_zeros_like(g), tree_neg(r), z0, gamma0, jnp.zeros((), jnp.int32),
-            (gnorm <= 0) | broken0, broken0)
-    x, q, _, _, k, _, broken = while_loop(cond, body, init, max_steps=max_iters)
-    return CGLSResult(x, tree_dot(q, q).astype(dtype), k), broken
 
 
 def inner_solver(preconditioner, fn, y, args, lin, lam, *, rtol, max_iters: int, dtype):

@@ -1,0 +1,203 @@
+"""When a solve counts as solved: the stopping rules of every front door, in one place.
+
+`successful` must mean solved in the problem's own scale, whatever the start and the dtype.
+A test relative to the start alone (‖g‖ ≤ rtol·‖g₀‖, ‖F‖ ≤ rtol·‖F₀‖) gets looser the farther
+the start, and can never pass from a start at the solution; a test on the step alone passes
+wherever an iteration stalls. So each rule asks for two independent pieces of evidence, as
+MINPACK and Dennis & Schnabel (Numerical Methods for Unconstrained Optimization and Nonlinear
+Equations, §7.2) do. With ‖·‖ the max-norm over all leaves, x-scale s(x) = max(‖x‖, 1) (the
+"typical x" of Dennis & Schnabel is 1), and eps the working precision:
+
+**Minimizers** (`minimize`). Success at step k ≥ 1 when either
+
+1. *gradient and step*: ‖gₖ‖ ≤ atol + rtol·‖g₀‖ **and** two estimates of the error
+   ‖xₖ − x*‖ are at most rtol·s(xₖ): the step's, ‖xₖ − xₖ₋₁‖/(1 − ρ) with ρ the observed
+   contraction of the steps (∞ unless the last two steps contracted), and the gradient's,
+   ‖gₖ‖/L with L = ‖gₖ − gₖ₋₁‖/‖xₖ − xₖ₋₁‖ the secant curvature of the last step. So a far
+   start (huge ‖g₀‖) cannot end the solve early, and neither can a quasi-Newton model that
+   takes short steps where the gradient is still large. Invariant to scaling f by any
+   constant.
+2. *a start at the solution*: the first step was accepted and moved x by at most
+   10·eps·s(x₁): x cannot be improved in this dtype. This is what a warm start at (or next to)
+   the solution meets, where ‖g₀‖ is round-off and no relative gradient test can pass. Only
+   the first step counts: later, a quasi-Newton model left over from a far start can take
+   steps that small anywhere.
+
+and at step 0 only when ‖g₀‖ ≤ atol (with the default atol = 0: an exactly zero gradient).
+Solvers that use curvature also check it at the end (`saddle_point`, see `_curvature_check`).
+
+**Divergence** (`diverged`): the objective is −inf, the parameters overflow, or both the
+parameters grew past s(x₀)/√eps and the objective fell by more than (|f(x₀)| + 1)/√eps: a
+descent that large and that far from the start is taken as unbounded below (f = −x ends this
+way; a minimizer at 10⁴·x₀ with f* = −10⁹ does not).
+
+**Root finding and fixed points.** The solver's residual test (‖F‖ ≤ atol + rtol·‖F₀‖) must be
+confirmed by the step: with Δₖ = ‖yₖ − yₖ₋₁‖ and the observed contraction ρₖ = Δₖ/Δₖ₋₁, the
+error estimate Δₖ/(1 − ρₖ) (Banach's a-posteriori bound; ∞ when ρₖ ≥ 1) must be at most
+max(rtol, √eps)·s(yₖ). A map drifting to infinity (y + 1/(1 + y²)) or a function whose root is
+at infinity (e^{−y}) has ρ → 1 and never passes, however small its residual gets. A step
+moving y by at most 10·eps·s(y) as the first step also ends the solve successfully (a start
+at the root).
+Least squares keeps MINPACK's tests (relative reduction, relative step, scaled gradient).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._base import Iterate, default_rtol
+from ._results import RESULTS
+from ._tree import result_dtype, tree_inf_norm, tree_sub
+
+STALL = 10.0  # a step of at most STALL·eps·s(x) cannot change x in this dtype
+
+
+def x_scale(x):
+    return jnp.maximum(tree_inf_norm(x), 1.0)
+
+
+def _eps(x) -> float:
+    return float(jnp.finfo(result_dtype(x)).eps)
+
+
+class Progress(eqx.Module):
+    """What the step tests remember: the last accepted step ‖xₖ − xₖ₋₁‖ (relative to s(xₖ)),
+    the contraction ρ observed at that step, and the error estimate it gave."""
+
+    step: jax.Array
+    rho: jax.Array
+    error: jax.Array
+    secant: jax.Array  # minimizers: ‖g‖/L with L = ‖Δg‖/‖Δx‖ of the last accepted step
+
+    @staticmethod
+    def none(dtype) -> Progress:
+        inf = jnp.asarray(jnp.inf, dtype)
+        return Progress(inf, jnp.zeros((), dtype), inf, inf)
+
+    def update(self, step, accepted) -> Progress:
+        """After a step of relative size `step`: ρ = step / previous step, and the error
+        estimate step·1/(1 − max(ρ, previous ρ)) (∞ unless both ratios are below 1: one
+        lucky short step after a run of ρ ≈ 1 proves nothing)."""
+        step = step.astype(self.step.dtype)
+        rho = jnp.where(jnp.isinf(self.step), 0.0,
+                        step / jnp.where(self.step > 0, self.step, jnp.inf))
+        rho = jnp.where((self.step == 0) & (step > 0), jnp.inf, rho)
+        worst = jnp.maximum(rho, self.rho)
+        error = jnp.where(worst < 1, step / jnp.maximum(1 - worst, jnp.finfo(step.dtype).eps),
+                          jnp.inf)
+        # A step of exactly zero (F(y) = 0 in floating point) confirms convergence after a
+        # contracting step, not after slow progress (ρ ≈ 1): that is a stall at round-off.
+        error = jnp.where(step == 0, jnp.where(self.rho <= 0.5, 0.0, jnp.inf), error)
+        new = Progress(step, rho, error, self.secant)
+        # Repeated zero steps carry no new information: keep what the last one said.
+        keep = ~accepted | ((step == 0) & (self.step == 0))
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, b, a), new, self)
+
+
+class MinimizerRule(eqx.Module):
+    """The minimizers' rule (module docstring), with what it needs from the start."""
+
+    atol: float
+    rtol: float
+    grad_tol: jax.Array  # atol + rtol·‖g₀‖
+    value0: jax.Array
+    scale0: jax.Array  # s(x₀)
+    eps: float
+
+    @staticmethod
+    def start(solver, it0: Iterate) -> MinimizerRule:
+        rtol = solver.rtol if solver.rtol is not None else default_rtol(result_dtype(it0.params))
+        grad_tol = solver.atol + rtol * tree_inf_norm(it0.grad)
+        return MinimizerRule(solver.atol, rtol, grad_tol, it0.value, x_scale(it0.params),
+                             _eps(it0.params))
+
+    def no_step(self, it0: Iterate) -> Progress:
+        return Progress.none(result_dtype(it0.params))
+
+    def converged_at_start(self, it0: Iterate):
+        return tree_inf_norm(it0.grad) <= self.atol
+
+    def converged(self, old: Iterate, new: Iterate, result: RESULTS, progress: Progress,
+                  num_steps):
+        """(converged, progress) after step `num_steps` from `old` to `new`, which reported
+        `result`."""
+        step = tree_inf_norm(tree_sub(new.params, old.params)) / x_scale(new.params)
+        # A step that moved nothing (a rejected trust-region step) is not evidence.
+        accepted = (result == RESULTS.successful) & (step > 0)
+        stalled = (num_steps == 1) & _stalled(progress, step, accepted, self.eps)
+        progress = progress.update(step, accepted)
+        gnorm = tree_inf_norm(new.grad)
+        # ‖g‖ over the secant curvature of the step: the distance to the minimizer that the
+        # gradient implies. A quasi-Newton model left over from a far start takes short,
+        # shrinking steps where the gradient is still far from zero; this catches them.
+        dg = tree_inf_norm(tree_sub(new.grad, old.grad))
+        dx = step * x_scale(new.params)
+        secant = jnp.where(dg > 0, gnorm * dx / jnp.where(dg > 0, dg, 1), jnp.inf)
+        secant = (secant / x_scale(new.params)).astype(progress.secant.dtype)
+        progress = eqx.tree_at(lambda p: p.secant, progress,
+                               jnp.where(accepted, secant, progress.secant))
+        by_gradient = ((gnorm <= self.grad_tol) & (progress.error <= self.rtol)
+                       & (progress.secant <= self.rtol))
+        return (gnorm <= self.atol) | by_gradient | stalled, progress
+
+    def diverged(self, it: Iterate):
+        far = 1 / self.eps**0.5
+        return ((tree_inf_norm(it.params) > far * self.scale0)
+                & (it.value < self.value0 - far * (jnp.abs(self.value0) + 1)))
+
+
+def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, rtol,
+                       num_steps):
+    """The step confirmation of root finding and fixed points (module docstring). Returns
+    (converged, progress)."""
+    eps = _eps(y_new)
+    rtol = max(rtol if rtol is not None else 0.0, eps**0.5)
+    step = tree_inf_norm(tree_sub(y_new, y_old)) / x_scale(y_new)
+    stalled = (num_steps == 1) & _stalled(progress, step, accepted, eps)
+    progress = progress.update(step, accepted)
+    confirmed = solver_done & (progress.error <= rtol)
+    return confirmed | stalled, progress
+
+
+def _stalled(progress: Progress, step, accepted, eps: float):
+    """An accepted step below the resolution of x after contracting steps (ρ ≤ ½ now and
+    before): x cannot be improved in this dtype. After slow progress (ρ ≈ 1: a map drifting
+    away, where g(y) = y holds in floating point only) it is a stall, not a solution."""
+    rho = step / jnp.where(progress.step > 0, progress.step, jnp.inf)
+    rho = jnp.where(jnp.isinf(progress.step), 0.0, rho)
+    return accepted & (step > 0) & (step <= STALL * eps) & (jnp.maximum(rho, progress.rho) <= 0.5)
+
+
+CURVATURE_STEPS = 20  # Lanczos steps of the saddle check (Hessian-vector products)
+
+
+def curvature_check(fn, it: Iterate, args, result: RESULTS) -> RESULTS:
+    """`saddle_point` instead of `successful` when the Hessian at the final point has a
+    clearly negative eigenvalue: the smallest Ritz value of min(n, 20) Lanczos steps from a
+    random start below −√eps·|largest|. A Ritz value is vᵀHv for a unit v, so a negative one
+    proves a direction of negative curvature (no false alarm beyond round-off); a random start
+    misses a negative eigenvector with probability zero. Costs up to 20 Hessian-vector
+    products, once, and only when the solve succeeded."""
+    import lineax as lx
+
+    from ._estimators import extreme_eigenvalues
+
+    params = jax.lax.stop_gradient(it.params)
+    n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    eps = _eps(params)
+
+    def hvp(v):
+        grad = lambda p: jax.grad(lambda q: fn(q, args)[0])(p)  # noqa: E731
+        return jax.jvp(grad, (params,), (v,))[1]
+
+    def negative_curvature():
+        structure = jax.eval_shape(lambda: params)
+        op = lx.FunctionLinearOperator(hvp, structure, lx.symmetric_tag)
+        low, high = extreme_eigenvalues(op, jax.random.key(0), min(n, CURVATURE_STEPS))
+        return low < -(eps**0.5) * jnp.maximum(jnp.abs(high), jnp.abs(low))
+
+    ok = result == RESULTS.successful
+    saddle = jax.lax.cond(ok, negative_curvature, lambda: jnp.array(False))
+    return RESULTS.where(ok & saddle, RESULTS.saddle_point, result)
