@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test test-min bench lint docs clean
+.PHONY: run test test-slow test-min bench lint docs clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ run: $(VENV)/.run
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 -q
+
+# The tests marked slow (every README/docs block in a fresh float32 process, every solver on
+# rescaled problems): minutes of compiling, so not in `make test`; .ci/run runs them.
+test-slow: $(VENV)/.test
+	$(BIN)/python -m pytest -n 2 -q -m slow
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py

@@ -294,7 +294,7 @@ def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: Impli
         return optimality_fn(root, eqx.combine(diff, static_inputs))
 
     _, rhs = jax.jvp(F_of_inputs, (diff_inputs,), (t_diff,))
-    _, matvec = jax.linearize(lambda x: optimality_fn(x, inputs), root)
+    F, matvec = jax.linearize(lambda x: optimality_fn(x, inputs), root)
     rhs = jtu.tree_map(lambda r, x: r.astype(x.dtype), rhs, root)
     # Tie every leaf of the right-hand side to the tangent (0 · Σ rhs, still linear): leaves
     # that do not depend on it (e.g. the stationarity rows of KKT conditions when only the
@@ -302,7 +302,40 @@ def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: Impli
     # transpose.
     link = 0.0 * sum(jnp.sum(leaf) for leaf in jtu.tree_leaves(rhs))
     rhs = jtu.tree_map(lambda r: r + link.astype(r.dtype), rhs)
-    return adjoint.solve(matvec, tree_neg(rhs), root, tags)
+    tangent = adjoint.solve(matvec, tree_neg(rhs), root, tags)
+    stable = _jacobian_stable(optimality_fn, root, inputs, F, matvec)
+    scale = jnp.where(stable, 1.0, jnp.nan).astype(result_dtype(root))
+    if getattr(adjoint, "throw", False):
+        status = RESULTS.where(stable, RESULTS.successful, RESULTS.adjoint_failed)
+        scale = raise_if_failed(scale, status, problem=root, hint=(
+            "The Jacobian of the optimality condition changes by more than a quarter between the "
+            "point returned and the solution a Newton step from it predicts: the solution is "
+            "(nearly) singular and its derivative unbounded or not resolved. Pass "
+            "ImplicitAdjoint(throw=False) to get NaN derivatives instead."))
+    return jtu.tree_map(lambda t: t * scale.astype(t.dtype), tangent)
+
+
+def _jacobian_stable(optimality_fn, root, inputs, F, matvec):
+    """Whether ∂ₓF is (numerically) constant over the remaining error of `root`, so that the
+    implicit function theorem's derivative is that of the solution. The error is estimated by
+    the minimal-residual step along F, δ = F·⟨JF, F⟩/‖JF‖² (the Newton step when n = 1; no
+    linear solve), and the test is ‖J(x − δ)δ − J(x)δ‖ ≤ ¼‖J(x)δ‖. At a regular, converged
+    root δ is round-off and J barely moves; at a root where J is singular (y² − a at a = 0,
+    where Newton converges linearly and stops at y ≈ √eps) δ ≈ y/2 and J = 2y halves: the
+    derivative 1/(2y) there is an artefact of where the solve stopped. Costs two Jacobian-
+    vector products, on primal values only. A cheap, one-direction estimate: it does not see
+    a singular direction that F has no component along."""
+    F = jax.lax.stop_gradient(jtu.tree_map(lambda f, x: f.astype(x.dtype), F, root))
+    x = jax.lax.stop_gradient(root)
+    JF = matvec(F)
+    denom = tree_dot(JF, JF)
+    coef = jnp.where(denom > 0, tree_dot(JF, F) / jnp.where(denom > 0, denom, 1), 0.0)
+    delta = jtu.tree_map(lambda f: (coef * f).astype(f.dtype), F)
+    J_delta = matvec(delta)
+    _, J_moved_delta = jax.jvp(lambda y: optimality_fn(y, inputs), (tree_sub(x, delta),),
+                               (delta,))
+    change = _norm(tree_sub(J_moved_delta, J_delta))
+    return jnp.isfinite(change) & (change <= 0.25 * _norm(J_delta))
 
 
 def _check_square(optimality_fn, root, inputs):

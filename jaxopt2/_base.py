@@ -93,6 +93,10 @@ class AbstractMinimizer(eqx.Module):
     # Second-order solvers promise a minimum, not just a stationary point: the loop then
     # checks the curvature where it stops (`_stopping.curvature_check`).
     uses_curvature: ClassVar[bool] = False
+    # Whether the first step is scale-free (a Newton-type step, or one a Wolfe line search
+    # accepted), so that a negligible first step means a start at the solution
+    # (`_stopping.py`). Armijo backtracking alone can accept a tiny step anywhere.
+    first_step_scale_free: ClassVar[bool] = True
     # Half-precision params are solved in float32 by the front door unless a solver says it
     # is honest in float16/bfloat16 itself; dense solvers refuse huge n (`_precision.py`).
     supports_half_precision: ClassVar[bool] = False
@@ -104,6 +108,14 @@ class AbstractMinimizer(eqx.Module):
         new = super().__new__
         # object.__new__ takes no arguments (equinox 0.11's Module has no __new__ of its own).
         return new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
+
+    def curvature_probe(self, fn, params, args, state):
+        """v ↦ ∇²f(params)·v for the saddle check at the end of a solve (`_stopping.py`): the
+        exact Hessian by default; a solver whose curvature model is cheaper and unbiased
+        (SketchedNewton's subsampled Hessian) may use that instead."""
+        del state
+        grad = lambda p: jax.grad(lambda q: fn(q, args)[0])(p)  # noqa: E731
+        return lambda v: jax.jvp(grad, (params,), (v,))[1]
 
     def convert_objective(self, fn, params0, args):
         """`fn` with the arrays it closes over made explicit inputs
@@ -150,6 +162,10 @@ class AbstractIterativeSolver(eqx.Module):
     """
 
     confirm_by_step: ClassVar[bool] = True
+    # Whether each step is itself an error estimate (a Newton step −J⁻¹F, or the fixed-point
+    # step g(y) − y): then a converged error estimate certifies a root by itself, even where
+    # the residual test relative to ‖F₀‖ sits below F's round-off (`_stopping.py`).
+    steps_estimate_error: ClassVar[bool] = False
     supports_half_precision: ClassVar[bool] = False  # as in AbstractMinimizer
     forms_dense_matrix: ClassVar[bool] = False
 

@@ -25,13 +25,12 @@ from ._base import (
     Point,
 )
 from ._checks import check_vector_output
-from ._front import check_max_steps, check_solver, finish, prepare, stats
+from ._front import finish, open_door, stats
 from ._iterate import run_solver
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
 from ._solution import Solution
 from ._tree import tree_dot, tree_inf_norm, tree_sub
-from ._verbose import with_verbose
 
 
 def _solve(fn, y0, args, *, solver, max_steps, adjoint, has_aux, throw, callback,
@@ -96,11 +95,11 @@ def least_squares(
                                 solver=jaxopt2.LevenbergMarquardt())
     ```
     """
-    check_solver(solver, AbstractLeastSquaresSolver, "jaxopt2.LevenbergMarquardt()",
-                 "least_squares")
-    check_max_steps(max_steps)
-    callback = with_verbose(callback, verbose, solver, "least_squares")
-    params0, fn, args = prepare(residual_fn, params0, args, has_aux, "params0")
+    params0, fn, args, callback = open_door(
+        "least_squares", solver=solver, kinds=AbstractLeastSquaresSolver,
+        example="jaxopt2.LevenbergMarquardt()", max_steps=max_steps, callback=callback,
+        verbose=verbose, fun=residual_fn, x0=params0, args=args, has_aux=has_aux,
+        root="params0")
     check_vector_output(fn, params0, args, "residual_fn", square=False)
 
     def optimality(params, inputs):
@@ -144,10 +143,10 @@ def root_find(
     **Returns** a `Solution` whose `value` is `F` at the root. The root is differentiable in
     `args` by the implicit function theorem on F(y, args) = 0.
     """
-    check_solver(solver, AbstractRootFinder, "jaxopt2.NewtonKrylov()", "root_find")
-    check_max_steps(max_steps)
-    callback = with_verbose(callback, verbose, solver, "root_find")
-    y0, fn, args = prepare(fn, y0, args, has_aux, "y0")
+    y0, fn, args, callback = open_door(
+        "root_find", solver=solver, kinds=AbstractRootFinder, example="jaxopt2.NewtonKrylov()",
+        max_steps=max_steps, callback=callback, verbose=verbose, fun=fn, x0=y0, args=args,
+        has_aux=has_aux, root="y0")
     check_vector_output(fn, y0, args, "fn", square=True)
 
     def optimality(y, inputs):
@@ -191,11 +190,10 @@ def fixed_point(
     differentiable in `args` by the implicit function theorem on g(y, args) − y = 0, which is
     what deep-equilibrium layers need.
     """
-    check_solver(solver, (AbstractFixedPointSolver, AbstractRootFinder),
-                 "jaxopt2.Anderson()", "fixed_point")
-    check_max_steps(max_steps)
-    callback = with_verbose(callback, verbose, solver, "fixed_point")
-    y0, fn, args = prepare(fn, y0, args, has_aux, "y0")
+    y0, fn, args, callback = open_door(
+        "fixed_point", solver=solver, kinds=(AbstractFixedPointSolver, AbstractRootFinder),
+        example="jaxopt2.Anderson()", max_steps=max_steps, callback=callback, verbose=verbose,
+        fun=fn, x0=y0, args=args, has_aux=has_aux, root="y0")
     check_vector_output(fn, y0, args, "fn", square=True)
 
     def optimality(y, inputs):

@@ -12,6 +12,7 @@ from jax.custom_batching import custom_vmap
 from ._base import Counts
 from ._checks import check_args, check_params, wrap_objective
 from ._results import RESULTS, status_name
+from ._verbose import with_verbose
 
 
 def check_max_steps(max_steps) -> None:
@@ -36,6 +37,18 @@ def prepare(fun, params0, args, has_aux: bool, root: str):
     args = jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, x.dtype) if eqx.is_array(x) else x, args)
     return params0, fn, args
+
+
+def open_door(door: str, *, solver, kinds, example: str, max_steps, callback, verbose: bool,
+              fun, x0, args, has_aux: bool, root: str):
+    """What every front door does first: check `solver` (one of `kinds`; `example` is named
+    in the error) and `max_steps`, wrap `callback` for `verbose`, and `prepare` the inputs.
+    Returns `(x0, fn, args, callback)`."""
+    check_solver(solver, kinds, example, door)
+    check_max_steps(max_steps)
+    callback = with_verbose(callback, verbose, solver, door)
+    x0, fn, args = prepare(fun, x0, args, has_aux, root)
+    return x0, fn, args, callback
 
 
 def stats(counts: Counts, num_steps) -> dict:
@@ -74,12 +87,11 @@ DERIVATIVE_HINT = (
 
 def finish(params, status: RESULTS, adjoint, throw: bool):
     """The front doors' last step: raise on failure (`throw`) and guard the derivatives."""
-    unconverged = getattr(adjoint, "differentiate_unconverged", False)
-    params = guard_derivatives(params, status, throw=throw, unconverged=unconverged,
-                               hint=DERIVATIVE_HINT)
-    if throw:
+    if throw:  # first: a concrete failure raises here, with the plain hint
         params = raise_if_failed(params, status)
-    return params
+    unconverged = getattr(adjoint, "differentiate_unconverged", False)
+    return guard_derivatives(params, status, throw=throw, unconverged=unconverged,
+                             hint=DERIVATIVE_HINT)
 
 
 def guard_derivatives(params, status: RESULTS, *, throw: bool, unconverged: bool, hint: str):
@@ -135,10 +147,12 @@ def _checker(hint: str):
         del axis_size
         if in_batched[2] or not in_batched[1]:
             return token, in_batched[0]  # a batch of problems: each reports its own status
-        # One problem, a batch of tangents (jacfwd): any failure fails the derivative.
+        # One problem, a batch of tangents (jacfwd): any failure fails the derivative. The
+        # reduced code goes through `check` again, so that an outer vmap over problems (where
+        # `marker` is batched) still reports per problem instead of raising.
         failed = code != RESULTS.successful._value
-        worst = jnp.max(jnp.where(failed, code, 0))
-        return eqx.branched_error_if(token, jnp.any(failed), worst, messages), in_batched[0]
+        worst = jnp.max(jnp.where(failed, code, 0)).astype(code.dtype)
+        return check(token, worst, marker), in_batched[0]
 
     @jax.custom_jvp
     def checked(token, code, marker):

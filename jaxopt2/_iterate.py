@@ -77,8 +77,18 @@ def run_minimizer(
     it, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
                                                                max_steps=max_steps)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    params = jax.lax.stop_gradient(it.params)
     if solver.uses_curvature:
-        result = stopping.curvature_check(fn, it, args, result)
+        hvp = solver.curvature_probe(fn, params, args, state)
+        result, num_hvp = stopping.curvature_check(hvp, it, result)
+        counts = counts + Counts.of(hvp=num_hvp)
+    elif stopping.hessian_products_available(fn, params, args):
+        # A first-order solver only sees the gradient: where it is exactly zero (a symmetric
+        # start can land on a saddle or a maximum) the curvature decides.
+        exactly_stationary = tree_inf_norm(it.grad) == 0
+        hvp = solver.curvature_probe(fn, params, args, state)
+        result, num_hvp = stopping.curvature_check(hvp, it, result, exactly_stationary)
+        counts = counts + Counts.of(hvp=num_hvp)
     return LoopOutput(it, state, counts, result, num_steps)
 
 
@@ -115,7 +125,7 @@ def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, ca
             accepted = result == RESULTS.successful
             converged, progress = stopping.equation_converged(
                 point.y, new.y, done, accepted, progress, getattr(solver, "rtol", None),
-                num_steps)
+                num_steps, solver.steps_estimate_error)
             done = converged | ~accepted
         done, result = _classify_point(new, done, result)
         if callback is not None:

@@ -11,12 +11,11 @@ import lineax as lx
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from ._base import AbstractMinimizer
 from ._checks import check_objective
-from ._front import check_max_steps, check_solver, finish, prepare, stats
+from ._front import finish, open_door, stats
 from ._iterate import run_minimizer
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
 from ._solution import Solution
-from ._verbose import with_verbose
 
 
 @check_front_door_keywords
@@ -68,10 +67,10 @@ def minimize(
                            solver=jaxopt2.GradientDescent())
     ```
     """
-    check_solver(solver, AbstractMinimizer, "jaxopt2.LBFGS()", "minimize")
-    check_max_steps(max_steps)
-    callback = with_verbose(callback, verbose, solver, "minimize")
-    params0, fn, args = prepare(fun, params0, args, has_aux, "params0")
+    params0, fn, args, callback = open_door(
+        "minimize", solver=solver, kinds=AbstractMinimizer, example="jaxopt2.LBFGS()",
+        max_steps=max_steps, callback=callback, verbose=verbose, fun=fun, x0=params0,
+        args=args, has_aux=has_aux, root="params0")
     check_objective(fn, params0, args)
     fn = solver.convert_objective(fn, params0, args)
     inputs = (fn, args)

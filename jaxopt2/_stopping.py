@@ -15,13 +15,16 @@ Equations, §7.2) do. With ‖·‖ the max-norm over all leaves, x-scale s(x) =
    contraction of the steps (∞ unless the last two steps contracted), and the gradient's,
    ‖gₖ‖/L with L = ‖gₖ − gₖ₋₁‖/‖xₖ − xₖ₋₁‖ the secant curvature of the last step. So a far
    start (huge ‖g₀‖) cannot end the solve early, and neither can a quasi-Newton model that
-   takes short steps where the gradient is still large. Invariant to scaling f by any
-   constant.
+   takes short steps where the gradient is still large. A secant distance below rtol² is
+   enough on its own (so Newton on a quadratic stops after its one exact step). Invariant to
+   scaling f by any constant.
 2. *a start at the solution*: the first step was accepted and moved x by at most
    10·eps·s(x₁): x cannot be improved in this dtype. This is what a warm start at (or next to)
    the solution meets, where ‖g₀‖ is round-off and no relative gradient test can pass. Only
-   the first step counts: later, a quasi-Newton model left over from a far start can take
-   steps that small anywhere.
+   the first step counts (later, a quasi-Newton model left over from a far start can take
+   steps that small anywhere), and only for solvers whose first step is scale-free (Newton
+   type, or accepted by a Wolfe line search): Armijo backtracking alone (GradientDescent) can
+   accept a tiny first step on a badly scaled objective.
 
 and at step 0 only when ‖g₀‖ ≤ atol (with the default atol = 0: an exactly zero gradient).
 Solvers that use curvature also check it at the end (`saddle_point`, see `_curvature_check`).
@@ -38,6 +41,10 @@ max(rtol, √eps)·s(yₖ). A map drifting to infinity (y + 1/(1 + y²)) or a fu
 at infinity (e^{−y}) has ρ → 1 and never passes, however small its residual gets. A step
 moving y by at most 10·eps·s(y) as the first step also ends the solve successfully (a start
 at the root).
+For Newton steps (NewtonRaphson, NewtonKrylov) and plain fixed-point iteration, whose steps are
+themselves error estimates, that estimate alone also certifies a root: the residual test
+relative to ‖F₀‖ can sit below F's round-off (the Bratu problem in float32, whose terms are
+10⁶ times its residual), and a Newton step ≈ J⁻¹F measures F in its own scale.
 Least squares keeps MINPACK's tests (relative reduction, relative step, scaled gradient).
 """
 
@@ -46,8 +53,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 
 from ._base import Iterate, default_rtol
+from ._estimators import extreme_eigenvalues
 from ._results import RESULTS
 from ._tree import result_dtype, tree_inf_norm, tree_sub
 
@@ -105,13 +114,14 @@ class MinimizerRule(eqx.Module):
     value0: jax.Array
     scale0: jax.Array  # s(x₀)
     eps: float
+    first_step_counts: bool = eqx.field(static=True, default=True)
 
     @staticmethod
     def start(solver, it0: Iterate) -> MinimizerRule:
         rtol = solver.rtol if solver.rtol is not None else default_rtol(result_dtype(it0.params))
         grad_tol = solver.atol + rtol * tree_inf_norm(it0.grad)
         return MinimizerRule(solver.atol, rtol, grad_tol, it0.value, x_scale(it0.params),
-                             _eps(it0.params))
+                             _eps(it0.params), solver.first_step_scale_free)
 
     def no_step(self, it0: Iterate) -> Progress:
         return Progress.none(result_dtype(it0.params))
@@ -126,7 +136,8 @@ class MinimizerRule(eqx.Module):
         step = tree_inf_norm(tree_sub(new.params, old.params)) / x_scale(new.params)
         # A step that moved nothing (a rejected trust-region step) is not evidence.
         accepted = (result == RESULTS.successful) & (step > 0)
-        stalled = (num_steps == 1) & _stalled(progress, step, accepted, self.eps)
+        stalled = (self.first_step_counts & (num_steps == 1)
+                   & _stalled(progress, step, accepted, self.eps))
         progress = progress.update(step, accepted)
         gnorm = tree_inf_norm(new.grad)
         # ‖g‖ over the secant curvature of the step: the distance to the minimizer that the
@@ -138,8 +149,11 @@ class MinimizerRule(eqx.Module):
         secant = (secant / x_scale(new.params)).astype(progress.secant.dtype)
         progress = eqx.tree_at(lambda p: p.secant, progress,
                                jnp.where(accepted, secant, progress.secant))
-        by_gradient = ((gnorm <= self.grad_tol) & (progress.error <= self.rtol)
-                       & (progress.secant <= self.rtol))
+        # A secant distance below rtol² (an exact Newton step on a quadratic) is evidence
+        # enough on its own; otherwise both estimates must agree.
+        by_gradient = (gnorm <= self.grad_tol) & (
+            ((progress.error <= self.rtol) & (progress.secant <= self.rtol))
+            | (progress.secant <= self.rtol**2))
         return (gnorm <= self.atol) | by_gradient | stalled, progress
 
     def diverged(self, it: Iterate):
@@ -149,7 +163,7 @@ class MinimizerRule(eqx.Module):
 
 
 def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, rtol,
-                       num_steps):
+                       num_steps, steps_estimate_error: bool = False):
     """The step confirmation of root finding and fixed points (module docstring). Returns
     (converged, progress)."""
     eps = _eps(y_new)
@@ -157,7 +171,7 @@ def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, 
     step = tree_inf_norm(tree_sub(y_new, y_old)) / x_scale(y_new)
     stalled = (num_steps == 1) & _stalled(progress, step, accepted, eps)
     progress = progress.update(step, accepted)
-    confirmed = solver_done & (progress.error <= rtol)
+    confirmed = (solver_done | steps_estimate_error) & (progress.error <= rtol)
     return confirmed | stalled, progress
 
 
@@ -170,27 +184,21 @@ def _stalled(progress: Progress, step, accepted, eps: float):
     return accepted & (step > 0) & (step <= STALL * eps) & (jnp.maximum(rho, progress.rho) <= 0.5)
 
 
-CURVATURE_STEPS = 20  # Lanczos steps of the saddle check (Hessian-vector products)
+CURVATURE_STEPS = 10  # Lanczos steps of the saddle check (Hessian-vector products)
 
 
-def curvature_check(fn, it: Iterate, args, result: RESULTS) -> RESULTS:
+def curvature_check(hvp, it: Iterate, result: RESULTS, when=True
+                    ) -> tuple[RESULTS, jax.Array]:
     """`saddle_point` instead of `successful` when the Hessian at the final point has a
-    clearly negative eigenvalue: the smallest Ritz value of min(n, 20) Lanczos steps from a
+    clearly negative eigenvalue: the smallest Ritz value of min(n, 10) Lanczos steps from a
     random start below −√eps·|largest|. A Ritz value is vᵀHv for a unit v, so a negative one
     proves a direction of negative curvature (no false alarm beyond round-off); a random start
-    misses a negative eigenvector with probability zero. Costs up to 20 Hessian-vector
-    products, once, and only when the solve succeeded."""
-    import lineax as lx
-
-    from ._estimators import extreme_eigenvalues
-
-    params = jax.lax.stop_gradient(it.params)
+    misses a negative eigenvector with probability zero. Costs up to 10 Hessian-vector
+    products, once, and only when the solve succeeded and `when` holds (counted in
+    `num_hvp`). Returns the result and that count."""
+    params = it.params
     n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
     eps = _eps(params)
-
-    def hvp(v):
-        grad = lambda p: jax.grad(lambda q: fn(q, args)[0])(p)  # noqa: E731
-        return jax.jvp(grad, (params,), (v,))[1]
 
     def negative_curvature():
         structure = jax.eval_shape(lambda: params)
@@ -198,6 +206,19 @@ def curvature_check(fn, it: Iterate, args, result: RESULTS) -> RESULTS:
         low, high = extreme_eigenvalues(op, jax.random.key(0), min(n, CURVATURE_STEPS))
         return low < -(eps**0.5) * jnp.maximum(jnp.abs(high), jnp.abs(low))
 
-    ok = result == RESULTS.successful
+    ok = (result == RESULTS.successful) & when
     saddle = jax.lax.cond(ok, negative_curvature, lambda: jnp.array(False))
-    return RESULTS.where(ok & saddle, RESULTS.saddle_point, result)
+    num_hvp = jnp.where(ok, min(n, CURVATURE_STEPS), 0).astype(jnp.int32)
+    return RESULTS.where(ok & saddle, RESULTS.saddle_point, result), num_hvp
+
+
+def hessian_products_available(fn, params, args) -> bool:
+    """Whether `fn` can be differentiated twice (forward over reverse) at trace time: a
+    first-order solver's objective may hold a `custom_vjp` without a JVP rule."""
+    def hvp(v):
+        return jax.jvp(lambda p: jax.grad(lambda q: fn(q, args)[0])(p), (params,), (v,))[1]
+    try:
+        jax.eval_shape(hvp, params)
+    except Exception:  # any failure to trace means: no curvature check for this objective
+        return False
+    return True

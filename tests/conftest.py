@@ -10,5 +10,29 @@ os.environ.setdefault(
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
+# float32 is what accelerators run by default, and where dishonest statuses hide: every test
+# runs with JAX's default dtypes (x64 off) unless it asks for float64 with
+# `@pytest.mark.float64` (or a module-level `pytestmark = pytest.mark.float64`). x64 stays on
+# while modules are imported, so module-level float64 data keeps its dtype for the tests that
+# ask for it.
 jax.config.update("jax_enable_x64", True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "float64: run this test with jax_enable_x64 (float64 available and default)")
+    config.addinivalue_line(
+        "markers", "slow: minutes of compiling (every solver on rescaled problems, every README "
+        "and docs block in a fresh process); `make test` skips them, `make test-slow` and "
+        ".ci/run run them")
+
+
+@pytest.fixture(autouse=True)
+def _precision(request):
+    x64 = request.node.get_closest_marker("float64") is not None
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", x64)
+    yield
+    jax.config.update("jax_enable_x64", previous)

@@ -10,6 +10,8 @@ import pytest
 
 import jaxopt2
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 N, D = 30, 4
 
 

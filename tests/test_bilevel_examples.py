@@ -9,6 +9,9 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.float64  # written for float64 tolerances
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,8 @@ import scipy.optimize
 import jaxopt2
 from jaxopt2 import RESULTS
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 def _cube(y, a):
     return y**3 - a

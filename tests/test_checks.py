@@ -7,6 +7,8 @@ import pytest
 
 import jaxopt2
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 GD = jaxopt2.GradientDescent()
 
 

@@ -11,6 +11,8 @@ from jaxopt2._front import raise_if_failed
 
 from .solvers import MINIMIZERS
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 NAMES = sorted(MINIMIZERS)
 
 

@@ -16,6 +16,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxopt2 import curvature
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 N, D, K = 6, 3, 2  # examples, features, classes
 TOL = {jnp.float32: dict(rtol=2e-4, atol=2e-5), jnp.float64: dict(rtol=1e-10, atol=1e-12)}
 DTYPES = [jnp.float32, jnp.float64]

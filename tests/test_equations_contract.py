@@ -18,6 +18,8 @@ from jaxopt2._front import raise_if_failed
 
 from .solvers import FIXED_POINT, LEAST_SQUARES, ROOT_FINDERS, SCALAR_ROOT_FINDERS
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 tmap = jax.tree_util.tree_map
 
 

@@ -30,7 +30,7 @@ def test_readme_quickstart_runs(capsys):
     code = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("jaxopt2._results.RESULTS<>")  # successful has an empty message
+    assert out[0].startswith("RESULTS.successful")  # a status prints its name
     assert len(out) == 2 and float(out[1]) != 0.0
 
 

@@ -8,6 +8,8 @@ import pytest
 import jaxopt2
 from jaxopt2._results import RESULTS
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 def _affine(n, radius, seed=0, low=None):
     """A symmetric A with eigenvalues spread over [low, radius] (low = −radius by default)
@@ -93,7 +95,9 @@ def test_anderson_finite_termination_on_affine_map():
     y, status, nfun, _ = _solve(_affine_map, (a, b), jnp.zeros(n),
                                 jaxopt2.Anderson(history=10, rtol=1e-12), max_steps=50)
     assert status == RESULTS.successful
-    assert int(nfun) <= n + 3
+    # n + 3, plus one step whose size confirms the converged residual (the step test of
+    # jaxopt2/_stopping.py: success needs a small residual and a small last step)
+    assert int(nfun) <= n + 4
     np.testing.assert_allclose(y, ref, atol=1e-9)
 
 

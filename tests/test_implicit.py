@@ -11,6 +11,8 @@ import pytest
 import jaxopt2
 from jaxopt2 import RESULTS, implicit
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 N, D = 60, 8
 
 

@@ -7,6 +7,8 @@ import pytest
 
 import jaxopt2
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 def test_python_float_objective():
     with pytest.raises(TypeError, match="jax.numpy"):

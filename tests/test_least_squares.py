@@ -12,6 +12,8 @@ import jaxopt2
 from benchmarks.mgh import get
 from jaxopt2 import RESULTS
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 LM = jaxopt2.LevenbergMarquardt()
 LM_CG = jaxopt2.LevenbergMarquardt(linear_solver="cg")
 GN = jaxopt2.GaussNewton()

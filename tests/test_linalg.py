@@ -9,6 +9,8 @@ import pytest
 
 from jaxopt2 import _linalg as L
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):

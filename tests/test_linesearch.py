@@ -12,6 +12,8 @@ import pytest
 from jaxopt2._base import evaluate
 from jaxopt2._linesearch import _cubic_min, backtracking, zoom_wolfe
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 def _fn(f):
     return lambda x, args: (f(x), None)

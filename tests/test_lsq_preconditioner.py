@@ -14,6 +14,8 @@ from jaxopt2 import RESULTS
 from jaxopt2._front import raise_if_failed
 from jaxopt2.sketch import NystromPreconditioner
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 M, N, RANK = 2000, 300, 60
 
 

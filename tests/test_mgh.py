@@ -13,6 +13,8 @@ from scipy.optimize import least_squares
 
 from benchmarks.mgh import PROBLEMS, PUBLISHED, get
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 RTOL = 1e-6
 ATOL_ZERO = 1e-10
 

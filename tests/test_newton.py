@@ -16,6 +16,8 @@ from jaxopt2._base import evaluate
 from jaxopt2._linalg import damped_cholesky
 from jaxopt2._solver.newton_cg import _NewtonCGState
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 SOLVERS = {
     "Newton": jaxopt2.Newton,
     "NewtonCG": jaxopt2.NewtonCG,

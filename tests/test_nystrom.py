@@ -15,6 +15,8 @@ from jaxopt2.sketch import (
     nystrom_preconditioner,
 )
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 def _psd(n=200, decay="poly", seed=0, dtype=jnp.float64):
     """Q diag(λ) Qᵀ with a random orthogonal Q and a known decaying spectrum."""

@@ -17,6 +17,8 @@ from jax.flatten_util import ravel_pytree
 import jaxopt2
 from jaxopt2 import optimizers as O
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 NAMES = ["hessian_free", "regularized_newton", "nystrom_sgd", "diag_newton"]
 
 # --------------------------------------------------------------------------- problems

@@ -8,6 +8,8 @@ import pytest
 
 import jaxopt2
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 HALF = [jnp.float16, jnp.bfloat16]
 A = np.array([1.0, 2.0, 3.0])
 

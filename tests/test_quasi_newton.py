@@ -15,6 +15,8 @@ from jaxopt2 import RESULTS
 from jaxopt2._base import evaluate
 from jaxopt2._iterate import run_minimizer
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 SOLVERS = {"LBFGS": jaxopt2.LBFGS, "BFGS": jaxopt2.BFGS}
 NAMES = list(SOLVERS)
 

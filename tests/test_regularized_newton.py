@@ -13,6 +13,8 @@ import pytest
 import jaxopt2
 from jaxopt2 import RESULTS
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 # ---------------------------------------------------------------- problems and references
 
 

@@ -9,6 +9,8 @@ import scipy.optimize
 import jaxopt2
 from jaxopt2._linalg import band_lu, band_lu_solve, gmres
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 # ---------------------------------------------------------------- problems
 
 

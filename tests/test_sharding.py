@@ -9,6 +9,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 SCRIPT = textwrap.dedent(
     """
     import jax

@@ -30,6 +30,8 @@ from jaxopt2.sketch import (
     srht_sketch,
 )
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 N, K = 8, 4
 PROBS = np.arange(1.0, N + 1)
 SKETCHES = {

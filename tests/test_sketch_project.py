@@ -20,6 +20,8 @@ from jax.flatten_util import ravel_pytree
 from jaxopt2.sketch import SketchAndProjectInfo, sketch_and_project
 from jaxopt2.sketch._sketch_and_project import _min_norm_step
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 SKETCHES = ("rows", "gaussian")
 MAX_STEPS = 2000
 # The tests are dominated by compile time: `run` always passes x0 and rtol as arrays and the

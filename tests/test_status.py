@@ -9,6 +9,8 @@ import pytest
 import jaxopt2
 from jaxopt2 import RESULTS
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 def _log_objective(x, a):
     # NaN at the start when any a >= 2 (x0 = 2): a `nonfinite` failure without any iteration.

@@ -10,6 +10,8 @@ import pytest
 
 import jaxopt2
 
+pytestmark = pytest.mark.float64  # written for float64 tolerances
+
 
 def _objective(x, a):
     return jnp.sum((x - a) ** 2) + jnp.sum(x**4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 
@@ -29,6 +31,8 @@ class FixedPointIteration(AbstractFixedPointSolver):
     averaged nonexpansive maps. Stops when max|g(y) − y| ≤ atol + rtol · max|g(y₀) − y₀|;
     `rtol=None` is √eps of the working dtype. One evaluation of g per step.
     """
+
+    steps_estimate_error: ClassVar[bool] = True
 
     damping: float = 1.0
     rtol: float | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,8 @@ class GradientDescent(AbstractMinimizer):
                            solver=jaxopt2.GradientDescent())
     ```
     """
+
+    first_step_scale_free: ClassVar[bool] = False  # Armijo alone accepts tiny steps anywhere
 
     rtol: float | None = None
     atol: float = 0.0

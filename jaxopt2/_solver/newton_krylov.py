@@ -4,6 +4,7 @@ Jacobian-vector products, with an automatic banded preconditioner found by probi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -100,6 +101,8 @@ class NewtonKrylov(AbstractRootFinder):
     "Jacobian-free Newton–Krylov methods: a survey", J. Comput. Phys. 193 (2004); Y. Saad and
     M. H. Schultz, "GMRES", SIAM J. Sci. Stat. Comput. 7 (1986).
     """
+
+    steps_estimate_error: ClassVar[bool] = True
 
     rtol: float | None = None
     atol: float = 0.0

@@ -11,10 +11,8 @@ steepest descent; only a failure from steepest descent ends the solve with
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax

@@ -56,6 +56,8 @@ class NewtonRaphson(AbstractRootFinder):
     Optimization and Nonlinear Equations, SIAM 1996, §6.5 (Algorithm 6.5.1).
     """
 
+    steps_estimate_error: ClassVar[bool] = True
+
     forms_dense_matrix: ClassVar[bool] = True  # the n×n Jacobian
 
     rtol: float | None = None

@@ -3,23 +3,24 @@ subsampled Newton."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import jax.tree_util as jtu
 
 from .._base import AbstractMinimizer, Counts, Iterate
-from .._linalg import damped_cholesky
-from .._linesearch import newton_line_search
-from .._prng import as_key, check_seed, module_key
+from .._prng import as_key
+from .._random_newton import (
+    RandomNewtonState,
+    check_random_newton,
+    damped_newton_step,
+    init_state,
+)
 from .._tree import ravel
-from .._validate import check_budget, check_line_search, check_tolerances
 from ..sketch._operators import (
     gaussian_sketch,
     leverage_scores,
@@ -31,11 +32,6 @@ from ..sketch._operators import (
 SKETCHES = ("uniform", "leverage", "gaussian", "srht", "sparse_sign")
 # Nonzeros per column of the sparse sign sketch (Martinsson & Tropp 2020 recommend s ≈ 8).
 _SPARSE_NONZEROS = 8
-
-
-class _SketchState(eqx.Module):
-    key: jax.Array  # typed PRNG key, split once per step
-    damping: jax.Array  # τ added to the sketched Hessian at the last step (0 if none needed)
 
 
 def subsample_args(args, indices):
@@ -157,10 +153,7 @@ class SketchedNewton(AbstractMinimizer):
         default=None, converter=lambda k: as_key(k, "SketchedNewton", batched=True))
 
     def __check_init__(self):
-        check_tolerances(self)
-        check_line_search(self)
-        check_budget("max_damping_tries", self.max_damping_tries)
-        check_seed(self.seed, "SketchedNewton", self.key)
+        check_random_newton(self, "SketchedNewton")
         if self.sketch not in SKETCHES:
             raise ValueError(f"`sketch` must be one of {SKETCHES}; got {self.sketch!r}.")
         if self.sketch != "uniform" and self.sqrt_hessian is None:
@@ -204,15 +197,14 @@ class SketchedNewton(AbstractMinimizer):
                 "`sketch_size`.")
         return subsample_args(args, jax.random.randint(key, (self._size(n, d),), 0, n))
 
-    def init(self, fn, iterate: Iterate, args) -> _SketchState:
-        key = module_key(self.key, self.seed, "SketchedNewton")
-        return _SketchState(key, jnp.zeros((), iterate.value.dtype))
+    def init(self, fn, iterate: Iterate, args) -> RandomNewtonState:
+        return init_state(self, iterate, "SketchedNewton")
 
     def _size(self, n: int, d: int) -> int:
         m = self.sketch_size if self.sketch_size is not None else max(10 * d, 100)
         return int(min(m, n))
 
-    def step(self, fn, iterate: Iterate, args, state: _SketchState):
+    def step(self, fn, iterate: Iterate, args, state: RandomNewtonState):
         key, sub = jax.random.split(state.key)
         x, unravel = ravel(iterate.params)
         g, _ = ravel(iterate.grad)
@@ -222,11 +214,17 @@ class SketchedNewton(AbstractMinimizer):
         else:
             h = self._sketched_hessian(unravel, x, args, sub)
             counts = Counts.of(hessian=1, jac=1)
-        factor, tau = damped_cholesky(0.5 * (h + h.T), self.max_damping_tries)
-        d = jsl.cho_solve((factor, True), -g)
-        new, ls_counts, result = newton_line_search(fn, iterate, unravel(d), args, self.c1,
-                                                    self.max_backtracks, grad_first=True)
-        return new, _SketchState(key, tau.astype(iterate.value.dtype)), counts + ls_counts, result
+        return damped_newton_step(self, fn, iterate, args, key, h, g, unravel, counts)
+
+    def curvature_probe(self, fn, params, args, state):
+        """Subsampled Newton checks curvature on one sampled batch (an unbiased estimate of
+        the Hessian, at m/n of a data pass per product) instead of the full data."""
+        if self.sqrt_hessian is not None:
+            return super().curvature_probe(fn, params, args, state)
+        batch = self._draw_batch(args, state.key, ravel(params)[0].size)
+        on_batch = fn.batch if isinstance(fn, _WithBatch) else fn
+        grad = lambda p: jax.grad(lambda q: on_batch(q, batch)[0])(p)  # noqa: E731
+        return lambda v: jax.jvp(grad, (params,), (v,))[1]
 
     def _subsampled_hessian(self, fn, unravel, x, args, key):
         batch = self._draw_batch(args, key, x.size)

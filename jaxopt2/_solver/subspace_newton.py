@@ -7,21 +7,18 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 
 from .._base import AbstractMinimizer, Counts, Iterate
-from .._linalg import damped_cholesky
-from .._linesearch import newton_line_search
-from .._prng import as_key, check_seed, module_key
+from .._prng import as_key
+from .._random_newton import (
+    RandomNewtonState,
+    check_random_newton,
+    damped_newton_step,
+    init_state,
+)
 from .._tree import ravel
-from .._validate import check_budget, check_line_search, check_tolerances
 
 SUBSPACES = ("coordinate", "gaussian")
-
-
-class _SubspaceState(eqx.Module):
-    key: jax.Array  # typed PRNG key, split once per step
-    damping: jax.Array  # τ added to the projected Hessian at the last step (0 if none needed)
 
 
 class SubspaceNewton(AbstractMinimizer):
@@ -82,20 +79,16 @@ class SubspaceNewton(AbstractMinimizer):
         default=None, converter=lambda k: as_key(k, "SubspaceNewton", batched=True))
 
     def __check_init__(self):
-        check_tolerances(self)
-        check_line_search(self)
-        check_budget("max_damping_tries", self.max_damping_tries)
-        check_seed(self.seed, "SubspaceNewton", self.key)
+        check_random_newton(self, "SubspaceNewton")
         if self.subspace not in SUBSPACES:
             raise ValueError(f"`subspace` must be one of {SUBSPACES}; got {self.subspace!r}.")
         if self.subspace_dim < 1:
             raise ValueError(f"`subspace_dim` must be a positive int; got {self.subspace_dim}.")
 
-    def init(self, fn, iterate: Iterate, args) -> _SubspaceState:
-        key = module_key(self.key, self.seed, "SubspaceNewton")
-        return _SubspaceState(key, jnp.zeros((), iterate.value.dtype))
+    def init(self, fn, iterate: Iterate, args) -> RandomNewtonState:
+        return init_state(self, iterate, "SubspaceNewton")
 
-    def step(self, fn, iterate: Iterate, args, state: _SubspaceState):
+    def step(self, fn, iterate: Iterate, args, state: RandomNewtonState):
         key, sub = jax.random.split(state.key)
         x, unravel = ravel(iterate.params)
         g, _ = ravel(iterate.grad)
@@ -109,9 +102,5 @@ class SubspaceNewton(AbstractMinimizer):
             basis, _ = jnp.linalg.qr(jax.random.normal(sub, (d, k), x.dtype))
         h_basis = jax.vmap(hvp, in_axes=1, out_axes=1)(basis)  # H S, d × k
         projected = (basis.T @ h_basis).astype(x.dtype)
-        factor, tau = damped_cholesky(0.5 * (projected + projected.T), self.max_damping_tries)
-        z = jsl.cho_solve((factor, True), -(basis.T @ g))
-        new, counts, result = newton_line_search(fn, iterate, unravel(basis @ z), args, self.c1,
-                                                 self.max_backtracks, grad_first=True)
-        counts = counts + Counts.of(hvp=k)
-        return new, _SubspaceState(key, tau.astype(iterate.value.dtype)), counts, result
+        return damped_newton_step(self, fn, iterate, args, key, projected, basis.T @ g,
+                                  lambda z: unravel(basis @ z), Counts.of(hvp=k))

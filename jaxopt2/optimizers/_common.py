@@ -20,12 +20,14 @@ import numpy as np
 
 from .._curvature import gauss_newton, hessian
 from .._linalg import damped_cg as damped_cg
-from .._prng import resolve
+from .._prng import as_key, check_seed, resolve
 from .._tree import (
     result_dtype,
     tree_add,
     tree_all_finite,
     tree_dot,
+    tree_norm,
+    tree_scale,
     tree_where,
     tree_zeros_like,
 )
@@ -113,6 +115,40 @@ def check_curvature(optimizer: str, curvature, model_fn, loss_fn) -> str:
                          f"`loss_fn(outputs, batch) -> scalar` to {optimizer}(...), or use "
                          f"curvature='hessian' (Hessian products of `value_fn`).")
     return curvature
+
+
+def check_cg(cg_max_steps, cg_rtol) -> None:
+    """The inner CG solve's budget and relative tolerance."""
+    check_int("cg_max_steps", cg_max_steps)
+    check_number("cg_rtol", cg_rtol, low=0.0, high=1.0, high_open=True)
+
+
+def check_key(optimizer: str, key, seed):
+    """The construction-time `key` (typed, legacy or None) and `seed`, checked; returns the
+    typed key (or None) and its PRNG implementation (to re-wrap the key data in the state)."""
+    key = as_key(key, optimizer)
+    check_seed(seed, optimizer, key, traced_ok=True)
+    return key, key_impl(key)
+
+
+class Objective:
+    """What a transformation knows about its objective when it is built: `model_fn`,
+    `loss_fn` and the resolved curvature ("ggn" or "hessian"), checked at construction."""
+
+    def __init__(self, optimizer: str, curvature, model_fn, loss_fn):
+        self.optimizer = optimizer
+        self.kind = check_curvature(optimizer, curvature, model_fn, loss_fn)
+        self.model_fn, self.loss_fn = model_fn, loss_fn
+
+    def begin(self, grads, params, value_fn, batch, *, needs_value: bool, owner=None):
+        """The checks and setup every `update` starts with: the minibatch `Problem`, the
+        gradient checked against `params` (errors name `owner`, default the optimizer) and
+        sanitized, and whether it was finite."""
+        problem = Problem(self.optimizer, self.kind, params, value_fn, batch, self.model_fn,
+                          self.loss_fn, needs_value=needs_value)
+        check_grads(owner or self.optimizer, grads, params)
+        g, finite = sanitize(grads, params)
+        return problem, g, finite
 
 
 # --------------------------------------------------------------------------- update
@@ -277,6 +313,25 @@ def adapt(value, rho, ok, no_step, *, grow, shrink, low, high):
                     jnp.where(rho > RHO_HIGH, value * shrink, value))
     new = jnp.where(no_step, value, new)
     return jnp.clip(new, low, high).astype(value.dtype)
+
+
+def damped_step(problem: Problem, params, g, matvec, p, lr, value, dtype, factor, rho, *,
+                adaptive: bool, grow: float, shrink: float):
+    """The step s = lr·p of a damped Newton direction p, with the damping-like scalar
+    `factor` for the next step and the reduction ratio ρ. With `adaptive`, s is judged by
+    `reduction_ratio` (sᵀCs from one more curvature product): a rejected step becomes zero,
+    and `factor` follows `adapt` (× `grow` / × `shrink`, within `bounds(dtype)`); without,
+    s is taken as is and `factor`, `rho` are returned unchanged."""
+    step = tree_scale(lr, p)
+    if not adaptive:
+        return step, rho, factor
+    curv = lr * lr * tree_dot(p, matvec(p))
+    rho, ok = reduction_ratio(problem, params, step, g, curv, value, dtype)
+    low, high = bounds(dtype)
+    # No step to judge (g = 0, or a schedule's lr = 0): leave the factor alone.
+    factor = adapt(factor, rho, ok, tree_norm(step) == 0, grow=grow, shrink=shrink,
+                   low=low, high=high)
+    return tree_where(ok, step, tree_zeros_like(step)), rho, factor
 
 
 def key_data(key, seed):

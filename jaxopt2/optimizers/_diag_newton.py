@@ -13,23 +13,19 @@ import jax.tree_util as jtu
 import optax
 
 from .._estimators import diagonal
-from .._prng import as_key, check_seed
 from .._tree import tree_zeros_like
 from ._common import (
-    Problem,
+    Objective,
     ScalarOrSchedule,
     cast_like,
-    check_curvature,
-    check_grads,
     check_init_params,
     check_int,
+    check_key,
     check_learning_rate,
     check_number,
     dtype_of,
     guard,
     key_data,
-    key_impl,
-    sanitize,
     split_key,
 )
 
@@ -98,7 +94,7 @@ def scale_by_diag_newton(
     ```
     """
     name = "scale_by_diag_newton"
-    kind = check_curvature(name, curvature, model_fn, loss_fn)
+    objective = Objective(name, curvature, model_fn, loss_fn)
     check_number("b1", b1, low=0.0, high=1.0, high_open=True)
     check_number("b2", b2, low=0.0, high=1.0, high_open=True)
     check_int("update_freq", update_freq)
@@ -106,9 +102,7 @@ def scale_by_diag_newton(
     check_number("gamma", gamma, low=0.0, low_open=True)
     check_number("clip", clip, low=0.0, low_open=True)
     check_number("eps", eps, low=0.0, low_open=True)
-    key = as_key(key, name)
-    check_seed(seed, name, key, traced_ok=True)
-    impl = key_impl(key)
+    key, impl = check_key(name, key, seed)
 
     def init(params):
         check_init_params('diag_newton', params)
@@ -124,10 +118,8 @@ def scale_by_diag_newton(
 
     def update(grads, state, params=None, *, value_fn=None, batch=None, **extra_args):
         del extra_args
-        problem = Problem(name, kind, params, value_fn, batch, model_fn, loss_fn,
-                          needs_value=False)
-        check_grads('diag_newton', grads, params)
-        g, finite = sanitize(grads, params)
+        problem, g, finite = objective.begin(grads, params, value_fn, batch,
+                                             needs_value=False, owner="diag_newton")
         t = state.count
         new_key, h = jax.lax.cond(t % update_freq == 0,
                                   lambda: probe(problem, params, state),

@@ -9,26 +9,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._tree import tree_dot, tree_norm, tree_scale, tree_where, tree_zeros_like
+from .._tree import tree_scale, tree_zeros_like
 from ._common import (
-    Problem,
+    Objective,
     ScalarOrSchedule,
-    adapt,
-    bounds,
     cast_like,
-    check_curvature,
-    check_grads,
+    check_cg,
     check_init_params,
-    check_int,
     check_learning_rate,
     check_number,
     damped_cg,
+    damped_step,
     dtype_of,
     guard,
     learning_rate_at,
     matvec_like,
-    reduction_ratio,
-    sanitize,
     scalar,
 )
 
@@ -118,12 +113,10 @@ def hessian_free(
         params = optax.apply_updates(params, updates)
     ```
     """
-    name = "hessian_free"
-    kind = check_curvature(name, curvature, model_fn, loss_fn)
+    objective = Objective("hessian_free", curvature, model_fn, loss_fn)
     check_learning_rate("learning_rate", learning_rate)
     check_number("damping", damping, low=0.0, low_open=True)
-    check_int("cg_max_steps", cg_max_steps)
-    check_number("cg_rtol", cg_rtol, low=0.0, high=1.0, high_open=True)
+    check_cg(cg_max_steps, cg_rtol)
     check_number("warm_start_decay", warm_start_decay, low=0.0, high=1.0)
 
     def init(params):
@@ -137,27 +130,17 @@ def hessian_free(
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
                **extra_args):
         del extra_args
-        problem = Problem(name, kind, params, value_fn, batch, model_fn, loss_fn,
-                          needs_value=adapt_damping)
+        problem, g, finite = objective.begin(grads, params, value_fn, batch,
+                                             needs_value=adapt_damping)
         dtype = dtype_of(params)
-        check_grads('hessian_free', grads, params)
-        g, finite = sanitize(grads, params)
         matvec = matvec_like(problem.operator(), params)
         lam = state.damping
         p, cg_steps = damped_cg(matvec, g, lam, rtol=cg_rtol, max_steps=cg_max_steps,
                                 x0=tree_scale(warm_start_decay, state.direction))
         lr = learning_rate_at(learning_rate, state.count, dtype)
-        step = tree_scale(lr, p)
-        if adapt_damping:
-            curv = lr * lr * tree_dot(p, matvec(p))
-            rho, ok = reduction_ratio(problem, params, step, g, curv, value, dtype)
-            low, high = bounds(dtype)
-            # No step to judge (g = 0, or a schedule's lr = 0): leave λ alone.
-            new_lam = adapt(lam, rho, ok, tree_norm(step) == 0, grow=1.5, shrink=2.0 / 3.0,
-                            low=low, high=high)
-            step = tree_where(ok, step, tree_zeros_like(step))
-        else:
-            rho, new_lam = state.rho, lam
+        step, rho, new_lam = damped_step(problem, params, g, matvec, p, lr, value, dtype, lam,
+                                         state.rho, adaptive=adapt_damping, grow=1.5,
+                                         shrink=2.0 / 3.0)
         new_state = HessianFreeState(state.count + 1, new_lam, p, rho,
                                      cg_steps.astype(jnp.int32))
         return guard(finite, cast_like(step, params), new_state, state)

@@ -10,24 +10,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._prng import as_key, check_seed
 from .._tree import ravel, tree_where, tree_zeros_like
 from ..sketch._nystrom import nystrom
 from ._common import (
-    Problem,
+    Objective,
     ScalarOrSchedule,
     cast_like,
-    check_curvature,
-    check_grads,
     check_init_params,
     check_int,
+    check_key,
     check_learning_rate,
     check_number,
     guard,
     key_data,
-    key_impl,
     learning_rate_at,
-    sanitize,
     scalar,
     split_key,
     static_int,
@@ -143,16 +139,14 @@ def nystrom_sgd(
     ```
     """
     name = "nystrom_sgd"
-    kind = check_curvature(name, curvature, model_fn, loss_fn)
+    objective = Objective(name, curvature, model_fn, loss_fn)
     check_learning_rate("learning_rate", learning_rate, allow_none=True)
     check_int("rank", rank)
     if rho is not None:
         check_number("rho", rho, low=0.0, low_open=True)
     check_int("update_freq", update_freq)
     check_int("power_iters", power_iters)
-    key = as_key(key, name)
-    check_seed(seed, name, key, traced_ok=True)
-    impl = key_impl(key)
+    key, impl = check_key(name, key, seed)
     automatic = learning_rate is None
 
     def init(params):
@@ -193,10 +187,8 @@ def nystrom_sgd(
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
                **extra_args):
         del extra_args
-        problem = Problem(name, kind, params, value_fn, batch, model_fn, loss_fn,
-                          needs_value=safeguard)
-        check_grads('nystrom_sgd', grads, params)
-        g, finite = sanitize(grads, params)
+        problem, g, finite = objective.begin(grads, params, value_fn, batch,
+                                             needs_value=safeguard)
         due = (state.count % update_freq == 0) | state.stale
         new_key, u, lam, reg, eta = jax.lax.cond(
             due, lambda: refresh(problem, params, state),

@@ -10,26 +10,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._tree import tree_dot, tree_norm, tree_scale, tree_where, tree_zeros_like
+from .._tree import tree_norm
 from ._common import (
-    Problem,
+    Objective,
     ScalarOrSchedule,
-    adapt,
-    bounds,
     cast_like,
-    check_curvature,
-    check_grads,
+    check_cg,
     check_init_params,
-    check_int,
     check_learning_rate,
     check_number,
     damped_cg,
+    damped_step,
     dtype_of,
     guard,
     learning_rate_at,
     matvec_like,
-    reduction_ratio,
-    sanitize,
     scalar,
 )
 
@@ -100,12 +95,10 @@ def regularized_newton(
         w = optax.apply_updates(w, updates)
     ```
     """
-    name = "regularized_newton"
-    kind = check_curvature(name, curvature, model_fn, loss_fn)
+    objective = Objective("regularized_newton", curvature, model_fn, loss_fn)
     check_learning_rate("learning_rate", learning_rate)
     check_number("lipschitz", lipschitz, low=0.0, low_open=True)
-    check_int("cg_max_steps", cg_max_steps)
-    check_number("cg_rtol", cg_rtol, low=0.0, high=1.0, high_open=True)
+    check_cg(cg_max_steps, cg_rtol)
 
     def init(params):
         check_init_params('regularized_newton', params)
@@ -116,26 +109,17 @@ def regularized_newton(
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
                **extra_args):
         del extra_args
-        problem = Problem(name, kind, params, value_fn, batch, model_fn, loss_fn,
-                          needs_value=adaptive)
+        problem, g, finite = objective.begin(grads, params, value_fn, batch,
+                                             needs_value=adaptive)
         dtype = dtype_of(params)
-        check_grads('regularized_newton', grads, params)
-        g, finite = sanitize(grads, params)
         matvec = matvec_like(problem.operator(), params)
         gnorm = tree_norm(g).astype(dtype)
         lam = jnp.sqrt(state.lipschitz * gnorm)
         p, _ = damped_cg(matvec, g, lam, rtol=cg_rtol, max_steps=cg_max_steps)
         lr = learning_rate_at(learning_rate, state.count, dtype)
-        step = tree_scale(lr, p)
-        if adaptive:
-            curv = lr * lr * tree_dot(p, matvec(p))
-            rho, ok = reduction_ratio(problem, params, step, g, curv, value, dtype)
-            low, high = bounds(dtype)
-            new_h = adapt(state.lipschitz, rho, ok, tree_norm(step) == 0, grow=2.0,
-                          shrink=0.5, low=low, high=high)
-            step = tree_where(ok, step, tree_zeros_like(step))
-        else:
-            rho, new_h = state.rho, state.lipschitz
+        step, rho, new_h = damped_step(problem, params, g, matvec, p, lr, value, dtype,
+                                       state.lipschitz, state.rho, adaptive=adaptive,
+                                       grow=2.0, shrink=0.5)
         new_state = RegularizedNewtonState(state.count + 1, new_h, lam.astype(dtype), rho)
         return guard(finite, cast_like(step, params), new_state, state)
 
