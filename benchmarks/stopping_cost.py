@@ -34,7 +34,9 @@ PROBLEMS = ("breast_cancer", "digits_binary", "softmax_digits")
 
 
 def run(problem, solver_name, rtol, dtype):
-    data = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), problem.data)
+    data = jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        problem.data)
     params0 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), problem.params0)
     solver = getattr(jaxopt2, solver_name)(rtol=rtol)
     solve = jax.jit(lambda d: jaxopt2.minimize(problem.fun, params0, d, solver=solver,
@@ -61,7 +63,7 @@ def table(before_path, after_path):
     lines = ["| problem | solver | rtol | dtype | status before → after | steps | grad evals | "
              "HVPs | run s | ‖∇f‖∞ reached |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key in after:
-        if key not in before:
+        if key not in before or "error" in before[key] or "error" in after[key]:
             continue
         b, a = before[key], after[key]
         lines.append(
@@ -83,11 +85,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--label", default="after")
     p.add_argument("--table", nargs=2, metavar=("BEFORE", "AFTER"))
+    p.add_argument("--problems", nargs="+", default=list(PROBLEMS))
     args = p.parse_args()
     if args.table:
         table(*args.table)
         return
-    for name in PROBLEMS:
+    for name in args.problems:
         problem = problems.build(name)
         for dtype in (jnp.float64, jnp.float32):
             for rtol in (None, 1e-8):

@@ -8,7 +8,8 @@ import pytest
 
 import jaxopt2
 
-pytestmark = pytest.mark.float64  # written for float64 tolerances
+# float64 tolerances; slow: every solver in half precision, each a compile
+pytestmark = [pytest.mark.float64, pytest.mark.slow]
 
 HALF = [jnp.float16, jnp.bfloat16]
 A = np.array([1.0, 2.0, 3.0])

@@ -40,7 +40,8 @@ from jaxopt2.optimizers._common import RHO_HIGH, RHO_LOW, adapt
 
 from .solvers import LEAST_SQUARES, MINIMIZERS
 
-pytestmark = pytest.mark.float64  # written for float64 tolerances
+# float64 tolerances; slow: every solver on rescaled problems, each a compile
+pytestmark = [pytest.mark.float64, pytest.mark.slow]
 
 F32, F64 = jnp.float32, jnp.float64
 DTYPES = [pytest.param(F32, id="float32"), pytest.param(F64, id="float64")]
