@@ -33,7 +33,13 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._adjoint import ImplicitAdjoint, Neumann, UnrolledAdjoint, implicit_tangent
+from ._adjoint import (
+    ImplicitAdjoint,
+    Neumann,
+    UnrolledAdjoint,
+    _check_square,
+    implicit_tangent,
+)
 from ._front import guard_derivatives
 from ._results import RESULTS
 from ._stopping import x_scale
@@ -109,6 +115,7 @@ def _root_status(optimality, root, args) -> RESULTS:
     s(root) = max(‖root‖∞, 1). ‖J‖ is estimated by two Jacobian products (along the
     all-ones direction and along F), so F's own scale decides, not an absolute threshold. A
     point where J is singular and F is not tiny (y² − a at a = 0, solved to 0.008) fails."""
+    _check_square(optimality, root, args)  # before anything else: its message says what to fix
     F, jvp = jax.linearize(lambda x: optimality(x, args), root)
     f_norm = tree_inf_norm(F)
     ones = jtu.tree_map(jnp.ones_like, root)
