@@ -276,7 +276,8 @@ def test_equation_door_failed_derivative_raises_under_jit_grad():
     def g(lam):
         return J.root_find(lambda y, l: y**3 - l, jnp.array([1e4], F32), lam,
                            solver=J.NewtonRaphson(), max_steps=2).params.sum()
-    with pytest.raises(Exception, match="max_steps_reached"):
+    # (the implicit derivative's own Jacobian-stability check may fire first at that point)
+    with pytest.raises(Exception, match="max_steps_reached|adjoint_failed"):
         jax.block_until_ready(jax.jit(jax.grad(g))(jnp.asarray(8.0, F32)))
 
 
