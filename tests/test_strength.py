@@ -121,8 +121,6 @@ def _logistic_reference():
 _KNOWN_MIN = {
     ("GradientDescent", "float32", 1e-8):
         "float32 GradientDescent on 1e-8·f ends line_search_failed after 1 step",
-    ("RegularizedNewton", "float32", 1e-8):
-        "float32 RegularizedNewton on 1e-8·f runs to max_steps_reached (100 steps)",
 }
 
 
