@@ -8,6 +8,7 @@ the curvature operators of `jaxopt2.curvature`. Probes live in the operator's in
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -15,7 +16,47 @@ import jax.tree_util as jtu
 import lineax as lx
 
 from ._linalg import lanczos
+from ._prng import as_key
 from ._tree import result_dtype, tree_dot
+
+
+def _check_key(key, name: str):
+    """`key` must be one JAX PRNG key: typed (`jax.random.key`) or legacy uint32 data
+    (`jax.random.PRNGKey`), concrete or traced. Raises a TypeError naming `name` otherwise; the
+    key itself is used unchanged, so the random draws are those of the key given."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        # as_key's hint for ints points at a `seed=` keyword, which these functions lack.
+        raise TypeError(
+            f"`{name}`: `key` must be a JAX PRNG key, e.g. `jax.random.key({key})` (or a "
+            f"legacy `jax.random.PRNGKey({key})`); got the Python int {key}. Wrap it: "
+            f"key=jax.random.key({key}).")
+    as_key(key, f"`{name}`")
+
+
+def _fail_if(x, pred, message: str):
+    """`x`, after checking the value-dependent condition `pred` is False.
+
+    Called eagerly (concrete `pred`) it raises a plain ValueError, whose message is the
+    whole story; under `jit`, `vmap` or `grad` it is `equinox.error_if` (an
+    `EquinoxRuntimeError` when the compiled program runs, for any batch member)."""
+    if isinstance(pred, jax.core.Tracer):
+        return eqx.error_if(x, pred, message)
+    if bool(pred):
+        raise ValueError(message)
+    return x
+
+
+def _check_operator(op, name: str, *, square: bool = False):
+    """`op` must be a lineax operator (square if `square`)."""
+    if not isinstance(op, lx.AbstractLinearOperator):
+        hint = ""
+        if hasattr(op, "shape") and hasattr(op, "dtype"):
+            hint = " For a dense matrix A pass `lineax.MatrixLinearOperator(A)`."
+        raise TypeError(
+            f"`{name}` needs a lineax linear operator (e.g. `lineax.MatrixLinearOperator(A)` or "
+            f"an operator of `jaxopt2.curvature`); got {type(op).__name__}.{hint}")
+    if square:
+        _check_square(op, name)
 
 
 def _check_square(op: lx.AbstractLinearOperator, name: str):
@@ -31,7 +72,7 @@ def _check_square(op: lx.AbstractLinearOperator, name: str):
 
 
 def _check_positive(value, name: str):
-    if not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive Python int, got {value!r}.")
 
 
@@ -101,7 +142,8 @@ def diagonal(op: lx.AbstractLinearOperator, key, num_probes: int, *, batch_size=
     jaxopt2.curvature.diagonal(A, jax.random.key(0), num_probes=8)  # exactly [1, 2, 3]
     ```
     """
-    _check_square(op, "diagonal")
+    _check_operator(op, "diagonal", square=True)
+    _check_key(key, "diagonal")
     _check_positive(num_probes, "num_probes")
     structure = op.in_structure()
 
@@ -133,7 +175,8 @@ def trace(op: lx.AbstractLinearOperator, key, num_probes: int, *, batch_size=Non
     jaxopt2.curvature.trace(A, jax.random.key(0), num_probes=8)  # exactly 6
     ```
     """
-    _check_square(op, "trace")
+    _check_operator(op, "trace", square=True)
+    _check_key(key, "trace")
     _check_positive(num_probes, "num_probes")
     structure = op.in_structure()
     dtype = result_dtype(structure)
@@ -172,7 +215,8 @@ def extreme_eigenvalues(op: lx.AbstractLinearOperator, key, num_iters: int):
     jaxopt2.curvature.extreme_eigenvalues(A, jax.random.key(0), num_iters=10)  # (1., 10.)
     ```
     """
-    _check_square(op, "extreme_eigenvalues")
+    _check_operator(op, "extreme_eigenvalues", square=True)
+    _check_key(key, "extreme_eigenvalues")
     _check_positive(num_iters, "num_iters")
     zeros = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), op.in_structure())
     flat, unravel = jax.flatten_util.ravel_pytree(zeros)

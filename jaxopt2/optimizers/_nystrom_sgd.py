@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from .._tree import ravel, tree_where, tree_zeros_like
-from ..sketch._nystrom import nystrom
+from ..sketch._nystrom import _nystrom
 from ._common import (
     Objective,
     ScalarOrSchedule,
@@ -164,7 +164,8 @@ def nystrom_sgd(
         dtype = state.U.dtype
         new_key, sub = split_key(state.key, impl)
         sketch_key, power_key = jax.random.split(sub)
-        approx = nystrom(op, state.U.shape[1], sketch_key)
+        # the unchecked sketch: an indefinite minibatch curvature falls back below, no error
+        approx, _ = _nystrom(op, state.U.shape[1], sketch_key, None, name)
         u, lam = approx.U.astype(dtype), approx.eigenvalues.astype(dtype)
         ok = jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(lam)) & (lam[0] > 0)
         u = jnp.where(ok, u, 0.0)

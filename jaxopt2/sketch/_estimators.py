@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from .._estimators import _check_positive, _check_square
+from .._estimators import _check_key, _check_operator, _check_positive, _fail_if
 from .._linalg import lanczos
 from .._tree import ravel
 from ._randomized import _flat_space, _matmat, _orth
@@ -40,7 +40,8 @@ def hutchpp(op: lx.AbstractLinearOperator, num_matvecs: int, key):
     Reference: Meyer, Musco, Musco and Woodruff, "Hutch++: optimal stochastic trace
     estimation", SOSA 2021.
     """
-    _check_square(op, "hutchpp")
+    _check_operator(op, "hutchpp", square=True)
+    _check_key(key, "hutchpp")
     if not isinstance(num_matvecs, int) or num_matvecs < 3:
         raise ValueError(f"`hutchpp` needs num_matvecs ≥ 3 (an int), got {num_matvecs!r}.")
     n, dtype, unravel = _flat_space(op.in_structure())
@@ -81,7 +82,8 @@ def slq(op: lx.AbstractLinearOperator, key, num_probes: int, lanczos_steps: int)
     quadrature", SIMAX 2017; Ghorbani, Krishnan and Xiao, "An investigation into neural net
     optimization via Hessian eigenvalue density", ICML 2019.
     """
-    _check_square(op, "slq")
+    _check_operator(op, "slq", square=True)
+    _check_key(key, "slq")
     _check_positive(num_probes, "num_probes")
     _check_positive(lanczos_steps, "lanczos_steps")
     n, dtype, unravel = _flat_space(op.in_structure())
@@ -111,7 +113,31 @@ def logdet_slq(op: lx.AbstractLinearOperator, key, num_probes: int, lanczos_step
     condition number), so 20–50 steps suffice for moderately conditioned A; the remaining
     error is the Hutchinson error of tr log A, O(‖log A‖_F / √num_probes).
     Returns a scalar.
+
+    Ritz values lie inside [λ_min(A), λ_max(A)], so one below −√eps·max|θ| proves A is not
+    positive definite: `logdet_slq` then raises a ValueError (under `jax.jit` or `jax.vmap` an
+    `equinox.EquinoxRuntimeError`, from `equinox.error_if`) instead of returning NaN. For
+    log|det A| of a symmetric indefinite A, sum `weights * log|nodes|` from `slq` (times n). A
+    singular or numerically singular A (Ritz values at round-off level around 0) gives −inf or
+    NaN.
+
+    ```python
+    import jax, jax.numpy as jnp, lineax as lx
+    from jaxopt2.sketch import logdet_slq
+    A = lx.MatrixLinearOperator(jnp.diag(jnp.arange(1.0, 11.0)), lx.positive_semidefinite_tag)
+    logdet_slq(A, jax.random.key(0), num_probes=8, lanczos_steps=10)  # ≈ log 10! ≈ 15.1
+    ```
     """
+    _check_operator(op, "logdet_slq", square=True)
+    _check_key(key, "logdet_slq")
     n, _, _ = _flat_space(op.in_structure())
     nodes, weights = slq(op, key, num_probes, lanczos_steps)
+    live = jax.lax.stop_gradient(nodes)
+    eps = jnp.finfo(nodes.dtype).eps
+    nodes = _fail_if(
+        nodes, jnp.min(live) < -jnp.sqrt(eps) * jnp.max(jnp.abs(live)),
+        "logdet_slq needs a symmetric positive definite operator, but Lanczos found a clearly "
+        "negative Ritz value, which proves the operator has a negative eigenvalue. For "
+        "log|det A| of an indefinite A use n * sum(weights * log|nodes|) from "
+        "jaxopt2.sketch.slq.")
     return n * jnp.sum(weights * jnp.log(nodes))

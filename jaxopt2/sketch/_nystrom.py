@@ -26,8 +26,10 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 
+from .._estimators import _check_key, _check_operator, _fail_if
 from .._prng import as_key, check_seed, module_key
 from .._tree import ravel
+from .._validate import check_number
 
 _SYM_PSD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
@@ -86,17 +88,57 @@ def nystrom(op: lx.AbstractLinearOperator, rank: int, key, *, shift=None) -> Nys
 
     For r products the expected error is near the best rank-k one: with r = k + p,
     E‖A − Â‖_* ≤ (1 + k/(p − 1)) ‖A − [A]_k‖_* (Tropp et al., 2017, Thm. 4.1).
-    `op` must be PSD; an indefinite one (a Hessian away from a minimum) can make B indefinite
-    and the result non-finite, which `NystromPreconditioner` detects and falls back from.
     The parameters are flattened (they are small next to the data: this is for
     n·r values to fit in memory), in the widest dtype of the input leaves.
+
+    **Checks.** `op` must be a square lineax operator, `rank` an int in [1, n] and `key` a PRNG
+    key (`jax.random.key(0)`): anything else is a TypeError or ValueError when traced. `op` must
+    also be positive semi-definite. Since ΩᵀAΩ has its eigenvalues inside [λ_min(A), λ_max(A)],
+    an eigenvalue of B below −√eps·‖ΩᵀAΩ‖₂ proves A indefinite (or negative definite), and
+    `nystrom` then raises a ValueError (under `jax.jit` or `jax.vmap` an
+    `equinox.EquinoxRuntimeError`, from `equinox.error_if`) instead of returning the NaN the
+    Cholesky factorisation would give. An operator with NaN entries gives NaN. A negative
+    eigenvalue at round-off level (a PSD operator of low rank) raises the shift just enough for
+    the factorisation to exist. For a symmetric indefinite operator use `randomized_eigh`;
+    inside solvers, where one indefinite Hessian must not stop a batch, `nystrom_preconditioner`
+    / `NystromPreconditioner` fall back to no preconditioning.
+
+    ```python
+    import jax, jax.numpy as jnp, lineax as lx
+    from jaxopt2.sketch import nystrom
+    X = jax.random.normal(jax.random.key(0), (6, 6))
+    A = lx.MatrixLinearOperator(X @ X.T, lx.positive_semidefinite_tag)
+    approx = nystrom(A, 6, jax.random.key(1))        # rank n: reproduces A
+    dense = approx.U @ jnp.diag(approx.eigenvalues) @ approx.U.T
+    assert jnp.allclose(dense, X @ X.T, rtol=1e-3, atol=1e-3 * jnp.linalg.norm(X) ** 2)
+    ```
     """
+    approx, indefinite = _nystrom(op, rank, key, shift, "nystrom")
+    # on both arrays, so the check survives a caller that uses only one of them under jit
+    u, lam = _fail_if(
+        (approx.U, approx.eigenvalues), indefinite,
+        "nystrom needs a positive semi-definite operator, but the sketch ΩᵀAΩ has a clearly "
+        "negative eigenvalue: the operator is indefinite or negative definite. For a "
+        "symmetric indefinite operator use jaxopt2.sketch.randomized_eigh; for a negative "
+        "definite one pass its negation (e.g. the Hessian of -f); to precondition a solve "
+        "use nystrom_preconditioner, which falls back to no preconditioning.")
+    return NystromApproximation(u, lam, approx.unravel)
+
+
+def _nystrom(op, rank, key, shift, name):
+    """`nystrom` without the error: the approximation and a bool array, True when ΩᵀAΩ + νI
+    has an eigenvalue below −√eps·‖ΩᵀAΩ‖₂ (A is clearly not PSD; the result is then NaN)."""
+    _check_operator(op, name, square=True)
+    _check_key(key, name)
     structure = op.in_structure()
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), structure)
     flat0, unravel = ravel(zeros)
     n = flat0.shape[0]
-    if not 0 < rank <= n:
-        raise ValueError(f"`rank` must lie in [1, {n}]; got {rank}.")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank <= n:
+        raise ValueError(f"`{name}`: `rank` must be a Python int in [1, {n}] (n, the operator's "
+                         f"size); got {rank!r}.")
+    if shift is not None:
+        check_number("shift", shift, low=0.0, allow_none=True)
     dtype = flat0.dtype
     omega = jax.random.normal(key, (n, rank), dtype)
     omega, _ = jnp.linalg.qr(omega)
@@ -107,6 +149,16 @@ def nystrom(op: lx.AbstractLinearOperator, rank: int, key, *, shift=None) -> Nys
         nu = jnp.finfo(dtype).eps * jnp.linalg.norm(y)
     else:
         nu = jnp.asarray(shift, dtype)
+    # The spectrum of ΩᵀAΩ decides whether A can be PSD. It only chooses the shift and the
+    # error, so no derivative flows through the eigenvalues (whose JVP is not needed).
+    core = jax.lax.stop_gradient(omega.T @ y)
+    core_evals = jnp.linalg.eigvalsh(0.5 * (core + core.T))
+    lowest = jax.lax.stop_gradient(core_evals[0] + nu)
+    scale = jnp.max(jnp.abs(core_evals))
+    indefinite = lowest < -jnp.sqrt(jnp.finfo(dtype).eps) * scale
+    # A round-off negative eigenvalue (a PSD A of rank < r) would still break the Cholesky
+    # factor; twice its size in extra shift restores a positive definite B.
+    nu = jnp.where((lowest < 0) & ~indefinite, nu - 2 * lowest, nu)
     y_nu = y + nu * omega
     b = omega.T @ y_nu
     b = 0.5 * (b + b.T)  # rounding leaves B slightly asymmetric; Cholesky reads one triangle
@@ -115,7 +167,7 @@ def nystrom(op: lx.AbstractLinearOperator, rank: int, key, *, shift=None) -> Nys
     f = jsl.solve_triangular(c, y_nu.T, lower=True).T
     u, sigma, _ = jnp.linalg.svd(f, full_matrices=False)
     lam = jnp.maximum(sigma**2 - nu, 0.0)
-    return NystromApproximation(u, lam, unravel)
+    return NystromApproximation(u, lam, unravel), indefinite
 
 
 def _preconditioner_from(approx: NystromApproximation, mu) -> Callable:
@@ -160,8 +212,15 @@ def nystrom_preconditioner(op: lx.AbstractLinearOperator, rank: int, key, mu=0.0
     44 (2023). With r ≳ 2·d_eff(μ) (the effective dimension Σᵢ λᵢ/(λᵢ + μ)) the preconditioned
     condition number is O(1) with high probability. Pass it as `precond=` to a CG solve of
     (A + μI)x = b.
+
+    `op`, `rank` and `key` are checked as in `nystrom`, and `mu` must be ≥ 0. Unlike
+    `nystrom`, an operator that is not PSD is not an error here: the approximation then has
+    no finite Cholesky factor and P⁻¹ falls back to the identity (plain CG), so one indefinite
+    Hessian in a `jax.vmap`-ed batch of solves never stops the others.
     """
-    return _preconditioner_from(nystrom(op, rank, key), mu)
+    check_number("mu", mu, low=0.0)
+    approx, _ = _nystrom(op, rank, key, None, "nystrom_preconditioner")
+    return _preconditioner_from(approx, mu)
 
 
 class NystromPreconditioner(eqx.Module):
@@ -211,6 +270,7 @@ class NystromPreconditioner(eqx.Module):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"`rank` must be a positive int; got {self.rank!r}.")
         check_seed(self.seed, "NystromPreconditioner", self.key)
+        check_number("mu", self.mu, low=0.0)
 
     def prng_key(self):
         """The typed key the sketch is drawn from: `key`, else `jax.random.key(seed)`."""

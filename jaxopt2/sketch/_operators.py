@@ -18,6 +18,11 @@ product, so `S` is a `lineax.FunctionLinearOperator` whose `in_structure()` is t
 and whose output is a flat vector of length k. `S.transpose()` (by `jax.linear_transpose`) and
 `S.as_matrix()` come from lineax; nothing is ever materialised unless you ask for it.
 
+Inputs are checked when traced: `key` must be a JAX PRNG key (`jax.random.key(0)` or a legacy
+`jax.random.PRNGKey(0)`), `k` a positive Python int, the dtype floating, and `S.mv` of a
+vector not shaped like the structure is a ValueError that shows both shapes. Sampling
+probabilities are checked on their values (see `row_sampling_sketch`).
+
 References: Halko, Martinsson and Tropp, "Finding structure with randomness", SIAM Review
 2011; Woodruff, "Sketching as a tool for numerical linear algebra", FnT-TCS 2014; Martinsson
 and Tropp, "Randomized numerical linear algebra", Acta Numerica 2020.
@@ -32,11 +37,16 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
+from .._estimators import _check_key, _check_positive, _fail_if
 from .._tree import ravel
 
 
 def _structure(structure, dtype):
     """`structure` as a pytree of ShapeDtypeStructs, plus the flat size and dtype."""
+    if isinstance(structure, bool) or (isinstance(structure, int) and structure < 0):
+        raise ValueError(
+            f"the sketched dimension `n` must be an int ≥ 0 or a pytree of arrays / "
+            f"`jax.ShapeDtypeStruct`s; got {structure!r}.")
     if isinstance(structure, int):
         dtype = jnp.result_type(float) if dtype is None else dtype
         structure = jax.ShapeDtypeStruct((structure,), dtype)
@@ -51,15 +61,35 @@ def _structure(structure, dtype):
     return structure, n, dtype
 
 
+def _shapes(tree):
+    leaves, treedef = jtu.tree_flatten(tree)
+    return treedef, [tuple(jnp.shape(leaf)) for leaf in leaves]
+
+
+class _Sketch(lx.FunctionLinearOperator):
+    """A `lineax.FunctionLinearOperator` whose `mv` first checks its argument against the
+    input structure: lineax's own check fails deep inside closure conversion, with a message
+    about "dynamic arguments" that does not say which vector was wrong."""
+
+    def mv(self, vector):
+        want, got = _shapes(self.in_structure()), _shapes(vector)
+        if want != got:
+            raise ValueError(
+                f"sketch.mv: the vector must be shaped like the sketch's input structure "
+                f"(`n` / `structure` when the sketch was built): expected {want[0]} with leaf "
+                f"shapes {want[1]}, got {got[0]} with leaf shapes {got[1]}.")
+        return super().mv(vector)
+
+
 def _operator(flat_fn, structure, dtype) -> lx.FunctionLinearOperator:
     def mv(x):
         return flat_fn(ravel(x)[0].astype(dtype))
 
-    return lx.FunctionLinearOperator(mv, structure)
+    return _Sketch(mv, structure)
 
 
 def _check_k(k, n, name, at_most_n=False):
-    if not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"`{name}` needs a positive Python int k, got {k!r}.")
     if at_most_n and k > n:
         raise ValueError(f"`{name}` samples k ≤ n rows without replacement; got k={k}, n={n}.")
@@ -74,6 +104,7 @@ def gaussian_sketch(key, k: int, structure, *, dtype=None) -> lx.FunctionLinearO
     """
     structure, n, dtype = _structure(structure, dtype)
     _check_k(k, n, "gaussian_sketch")
+    _check_key(key, "gaussian_sketch")
     matrix = jax.random.normal(key, (k, n), dtype) / math.sqrt(k)
     return _operator(lambda x: matrix @ x, structure, dtype)
 
@@ -86,6 +117,7 @@ def rademacher_sketch(key, k: int, structure, *, dtype=None) -> lx.FunctionLinea
     """
     structure, n, dtype = _structure(structure, dtype)
     _check_k(k, n, "rademacher_sketch")
+    _check_key(key, "rademacher_sketch")
     matrix = jax.random.rademacher(key, (k, n), dtype) / math.sqrt(k)
     return _operator(lambda x: matrix @ x, structure, dtype)
 
@@ -106,6 +138,7 @@ def srht_sketch(key, k: int, structure, *, dtype=None) -> lx.FunctionLinearOpera
     """
     structure, n, dtype = _structure(structure, dtype)
     _check_k(k, n, "srht_sketch", at_most_n=True)
+    _check_key(key, "srht_sketch")
     sign_key, row_key = jax.random.split(key)
     signs = jax.random.rademacher(sign_key, (n,), dtype)
     rows = jax.random.choice(row_key, n, (k,), replace=False)
@@ -133,6 +166,8 @@ def sparse_sign_sketch(
     """
     structure, n, dtype = _structure(structure, dtype)
     _check_k(k, n, "sparse_sign_sketch")
+    _check_key(key, "sparse_sign_sketch")
+    _check_positive(nonzeros, "nonzeros")
     rows, values = sparse_sign_pattern(key, n, k, nonzeros, dtype)
     flat_rows = rows.reshape(-1)
 
@@ -171,11 +206,23 @@ def row_sampling_sketch(
     subspace embedding of range(A) with k = O(d log d / ε²) rows; uniform sampling only works
     for incoherent A. `n` is an int or a pytree structure, as for the other sketches.
 
+    `probabilities` must have shape (n,) (a ValueError when traced), be non-negative and have
+    a positive sum: a negative entry or all zeros is a ValueError, or under `jax.jit` /
+    `jax.vmap` an `equinox.EquinoxRuntimeError`. NaN probabilities give a NaN sketch.
+
+    ```python
+    import jax, jax.numpy as jnp
+    from jaxopt2.sketch import row_sampling_sketch
+    S = row_sampling_sketch(jax.random.key(0), 3, 4, probabilities=jnp.array([1.0, 1, 2, 0]))
+    S.mv(jnp.arange(4.0))  # three entries x_i / √(3 p_i), never row 3
+    ```
+
     Reference: Drineas, Mahoney and Muthukrishnan, "Sampling algorithms for ℓ₂ regression and
     applications", SODA 2006.
     """
     structure, size, dtype = _structure(n, dtype)
     _check_k(k, size, "row_sampling_sketch")
+    _check_key(key, "row_sampling_sketch")
     if probabilities is None:
         rows = jax.random.randint(key, (k,), 0, size)
         weights = jnp.full((k,), math.sqrt(size / k), dtype)
@@ -183,7 +230,13 @@ def row_sampling_sketch(
         p = jnp.asarray(probabilities, dtype)
         if p.shape != (size,):
             raise ValueError(f"`probabilities` must have shape ({size},), got {p.shape}.")
-        p = p / jnp.sum(p)
+        total = jnp.sum(p)
+        # Checked when the values exist (also under jit); NaN compares False and propagates.
+        p = _fail_if(
+            p, jnp.any(p < 0) | (total == 0),
+            "row_sampling_sketch: `probabilities` must be non-negative with a positive sum "
+            "(they are normalised to sum 1); got a negative entry or all zeros.")
+        p = p / total
         rows = jax.random.choice(key, size, (k,), replace=True, p=p)
         weights = 1 / jnp.sqrt(k * p[rows])
     return _operator(lambda x: weights * x[rows], structure, dtype)
@@ -207,6 +260,16 @@ def leverage_scores(A, key, *, sketch_size: int | None = None, jl_dim: int | Non
     if A.ndim != 2:
         raise ValueError(f"`leverage_scores` needs a matrix, got shape {A.shape}.")
     m, d = A.shape
+    if m < d:
+        raise ValueError(
+            f"`leverage_scores` needs a tall matrix A (m ≥ d rows), got shape {A.shape}; for "
+            f"the leverage scores of the columns pass A.T.")
+    _check_key(key, "leverage_scores")
+    for name, value in (("sketch_size", sketch_size), ("jl_dim", jl_dim)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"`leverage_scores`: `{name}` must be a positive int or None, "
+                             f"got {value!r}.")
     dtype = jnp.result_type(A.dtype, float)
     A = A.astype(dtype)
     sketch_key, jl_key = jax.random.split(key)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
-from .._estimators import _check_positive, _check_square
+from .._estimators import _check_key, _check_operator, _check_positive, _fail_if
 from .._tree import ravel
 
 
@@ -45,7 +45,7 @@ def _orth(Y):
 
 
 def _check_power(q):
-    if not isinstance(q, int) or q < 0:
+    if isinstance(q, bool) or not isinstance(q, int) or q < 0:
         raise ValueError(f"`power_iterations` must be a non-negative int, got {q!r}.")
 
 
@@ -56,7 +56,7 @@ def _stack(unravel, V):
 
 def _sketch_size(rank, oversampling, n, name):
     _check_positive(rank, "rank")
-    if not isinstance(oversampling, int) or oversampling < 0:
+    if isinstance(oversampling, bool) or not isinstance(oversampling, int) or oversampling < 0:
         raise ValueError(f"`oversampling` must be a non-negative int, got {oversampling!r}.")
     if rank > n:
         raise ValueError(f"`{name}`: rank={rank} exceeds the operator's dimension {n}.")
@@ -84,10 +84,25 @@ def randomized_eigh(
     `op.in_structure()` with a leading axis of length `rank` (for a flat (n,) operator, a
     (rank, n) array whose rows are orthonormal eigenvectors).
 
+    `op` must be a square lineax operator and `key` a PRNG key
+    (TypeError / ValueError when traced otherwise). It must also be symmetric: if the small
+    B = QᵀAQ is asymmetric beyond round-off, ‖B − Bᵀ‖_F > √eps·‖B‖_F, `randomized_eigh`
+    raises a ValueError (under `jax.jit` or `jax.vmap` an `equinox.EquinoxRuntimeError`) rather than
+    return the eigenvalues of (B + Bᵀ)/2, which are not A's; use `randomized_svd` for a
+    non-symmetric operator.
+
     Reference: Halko, Martinsson and Tropp, "Finding structure with randomness", SIAM Review
     2011, Algorithms 4.4 and 5.3.
+
+    ```python
+    import jax, jax.numpy as jnp, lineax as lx
+    from jaxopt2.sketch import randomized_eigh
+    A = lx.MatrixLinearOperator(jnp.diag(jnp.arange(1.0, 21.0)), lx.symmetric_tag)
+    evals, vecs = randomized_eigh(A, 3, jax.random.key(0))   # ≈ [20, 19, 18]
+    ```
     """
-    _check_square(op, "randomized_eigh")
+    _check_operator(op, "randomized_eigh", square=True)
+    _check_key(key, "randomized_eigh")
     _check_power(power_iterations)
     n, dtype, unravel = _flat_space(op.in_structure())
     ell = _sketch_size(rank, oversampling, n, "randomized_eigh")
@@ -98,7 +113,15 @@ def randomized_eigh(
     Q = _orth(A(jax.random.normal(key, (n, ell), dtype)))
     Q = jax.lax.fori_loop(0, power_iterations, lambda _, Q: _orth(A(Q)), Q)
     B = Q.T @ A(Q)
-    # B is symmetric up to rounding; symmetrise so eigh sees exactly what it assumes.
+    # B is symmetric up to rounding for a symmetric A; far from it, eigh of its symmetric
+    # part would return numbers unrelated to A's eigenvalues. NaN compares False: it propagates.
+    asymmetry = jax.lax.stop_gradient(jnp.linalg.norm(B - B.T))
+    size = jax.lax.stop_gradient(jnp.linalg.norm(B))
+    B = _fail_if(
+        B, asymmetry > jnp.sqrt(jnp.finfo(dtype).eps) * size,
+        "randomized_eigh needs a symmetric operator, but QᵀAQ is clearly asymmetric. For a "
+        "non-symmetric operator use jaxopt2.sketch.randomized_svd.")
+    # Symmetrise the rounding away so eigh sees exactly what it assumes.
     evals, U = jnp.linalg.eigh((B + B.T) / 2)
     order = jnp.argsort(-jnp.abs(evals))[:rank]
     return evals[order], _stack(unravel, Q @ U[:, order])
@@ -120,8 +143,13 @@ def randomized_svd(
     shaped like `op.in_structure()` with the same leading axis (for a flat matrix operator,
     (rank, m) and (rank, n) arrays whose rows are the singular vectors).
 
+    `op` must be a lineax operator and `key` a PRNG key (TypeError when traced otherwise);
+    `rank` ≤ min(m, n).
+
     Reference: Halko, Martinsson and Tropp 2011, Algorithms 4.4 and 5.1.
     """
+    _check_operator(op, "randomized_svd")
+    _check_key(key, "randomized_svd")
     _check_power(power_iterations)
     n, dtype, unravel_in = _flat_space(op.in_structure())
     m, out_dtype, unravel_out = _flat_space(op.out_structure())

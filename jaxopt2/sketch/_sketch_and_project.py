@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
+from .._estimators import _check_key, _fail_if
 from .._loops import while_loop
 from .._tree import ravel
 
@@ -246,13 +247,16 @@ def sketch_and_project(
             and output structures may be pytrees; an `lx.MatrixLinearOperator` takes the dense
             path). Only `A.mv` and `A.transpose().mv` are used for an operator.
         b: the right-hand side, shape (m,) (for an operator: a pytree like its output).
-        key: a PRNG key; it is split once per step inside the loop.
+        key: a PRNG key (`jax.random.key(0)` or a legacy `jax.random.PRNGKey(0)`; anything
+            else is a TypeError); it is split once per step inside the loop.
         sketch_size: k, a Python int in [1, m]; k = m solves in one step.
         sketch: ``"rows"`` or ``"gaussian"`` (static).
         x0: starting point, shape (n,) (a pytree like the operator's input); default 0.
         max_steps: static bound on the number of projections.
         rtol, atol: stopping tolerances on ‖A x − b‖₂ (see above).
-        row_probs: optional sampling weights of the rows for ``sketch="rows"``.
+        row_probs: optional sampling weights of the rows for ``sketch="rows"``: shape (m,),
+            non-negative, at least `sketch_size` of them positive (else a ValueError, or under
+            `jax.jit` / `jax.vmap` an `equinox.EquinoxRuntimeError`).
 
     Returns `(x, info)`: x shaped like x₀ (an (n,) array, or a pytree like the operator's
     input) and a `SketchAndProjectInfo`. Works under `jax.jit` (with `sketch_size`, `sketch`
@@ -283,6 +287,7 @@ def sketch_and_project(
         raise ValueError(f"`sketch` must be one of {_SKETCHES}, got {sketch!r}.")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"`max_steps` must be a non-negative Python int, got {max_steps!r}.")
+    _check_key(key, "sketch_and_project")
     if isinstance(A, lx.MatrixLinearOperator):
         A = A.matrix  # flat structures: the gather path reads rows without transposes
     if isinstance(A, lx.AbstractLinearOperator):
@@ -304,6 +309,13 @@ def sketch_and_project(
             raise ValueError(
                 f"`row_probs` must have shape ({m},), one weight per equation, got "
                 f"{probs.shape}.")
+        # Blocks are drawn without replacement, so k rows need a positive weight. Checked on
+        # the values (also under jit and vmap); NaN weights compare False and are let through.
+        probs = _fail_if(
+            probs, jnp.any(probs < 0) | (jnp.sum(probs > 0) < k),
+            f"sketch_and_project: `row_probs` must be non-negative with at least "
+            f"sketch_size={k} positive entries (blocks of rows are drawn without "
+            f"replacement); got a negative weight or too few positive ones.")
     if rtol is None:
         rtol = float(jnp.finfo(dtype).eps) ** 0.5
     b_flat = problem.b
