@@ -17,6 +17,7 @@ from .._linalg import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._linesearch import LINE_SEARCH_ROUNDOFF, newton_line_search
 from .._results import RESULTS
 from .._tree import tree_add, tree_dot, tree_neg, tree_norm, tree_size
+from .._trust_region import bands, reduction_ratio, update_radius
 from .._validate import (
     check_budget,
     check_line_search,
@@ -27,9 +28,10 @@ from .._validate import (
 )
 
 _ETA_MAX = EW_ETA_MAX  # every forcing term is capped here (early steps need a rough direction)
-# Trust region (Nocedal & Wright, Alg. 4.1): accept when ρ > _ACCEPT; shrink the radius to
-# ‖p‖/4 when ρ < 1/4; double it when ρ > 3/4 and the step reached the boundary.
-_ACCEPT, _SHRINK_BELOW, _GROW_ABOVE = 0.1, 0.25, 0.75
+# Trust region (Nocedal & Wright, Alg. 4.1): accept when ρ > _ACCEPT; the radius follows the
+# shared bands (`jaxopt2._trust_region`): ‖p‖/4 when ρ < 1/4 or rejected, doubled when ρ > 3/4
+# and the step reached the boundary.
+_ACCEPT = 0.1
 _MAX_RADIUS = 1e10
 
 
@@ -185,15 +187,13 @@ class NewtonCG(AbstractMinimizer):
         # radius is not: it must keep shrinking until the failure is reported.
         noise = roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF)
         tiny = ~cg.hit_boundary & (jnp.abs(actual) <= noise) & (predicted <= noise)
-        rho = jnp.where(tiny, 1.0, actual / jnp.where(predicted > 0, predicted, 1.0))
-        accept = jnp.isfinite(value) & (tiny | ((predicted > 0) & (rho > _ACCEPT)))
+        rho = jnp.where(tiny, 1.0, reduction_ratio(actual, predicted))
+        accept = jnp.isfinite(value) & (tiny | (rho > _ACCEPT))  # ρ = 0 unless predicted > 0
         step_norm = tree_norm(p).astype(dtype)
-        radius = jnp.where(
-            ~accept | (rho < _SHRINK_BELOW),
-            0.25 * step_norm,
-            jnp.where((rho > _GROW_ABOVE) & cg.hit_boundary,
-                      jnp.minimum(2 * state.radius, _MAX_RADIUS), state.radius),
-        ).astype(dtype)
+        poor, good = bands(rho)
+        radius = update_radius(state.radius, ~accept | poor, good & cg.hit_boundary,
+                               shrunk=0.25 * step_norm,
+                               grown=jnp.minimum(2 * state.radius, _MAX_RADIUS))
         new = lax.cond(accept, lambda: evaluate(fn, trial, args), lambda: iterate)
         # A radius that no longer moves x in this precision means no decrease can be found.
         x_norm = tree_norm(iterate.params).astype(dtype)

@@ -1,6 +1,7 @@
 """Pieces shared by the `jaxopt2.optimizers` transformations: hyperparameter checks, the
 extra-argument contract (`value_fn=` / `batch=`), curvature operators, the reduction-ratio
-test, the non-finite guard and the PRNG key in the state.
+test (its rules live in `jaxopt2._trust_region`), the non-finite guard and the PRNG key in
+the state.
 
 Hyperparameters are checked when they are Python numbers (or concrete arrays) and let through
 when they are traced: `optax.inject_hyperparams` rebuilds the transformation inside every
@@ -31,14 +32,15 @@ from .._tree import (
     tree_where,
     tree_zeros_like,
 )
+from .._trust_region import GROW_ABOVE, SHRINK_BELOW, bands, martens_damping
+from .._trust_region import reduction_ratio as _ratio
 from .._validate import check_number as check_number
 
 CURVATURES = ("ggn", "hessian")
 
-# Factors a step's reduction ratio ρ = (f(θ+s) − f(θ)) / q(s) is compared with (Martens 2010,
-# after Moré's trust-region rule): below 1/4 the quadratic model was too optimistic, above
-# 3/4 it was good enough to trust more.
-RHO_LOW, RHO_HIGH = 0.25, 0.75
+# The bands a step's reduction ratio is compared with (Martens 2010, after Moré), kept under
+# their old names; the rule itself is `jaxopt2._trust_region.martens_damping`.
+RHO_LOW, RHO_HIGH = SHRINK_BELOW, GROW_ABOVE
 
 # A step is accepted when the minibatch loss did not rise by more than this many roundings
 # of f: below that a change of f is not measurable, and float32 would reject every step near
@@ -300,17 +302,18 @@ def reduction_ratio(problem: Problem, params, step, g, curv_step, value, dtype):
     f0, f1, ok = trial_values(problem, params, step, value, dtype)
     q = (tree_dot(g, step) + 0.5 * curv_step).astype(dtype)
     ok = ok & (q < 0)
-    rho = (f1 - f0) / jnp.where(q < 0, q, -1.0)
-    rho = jnp.where(ok & jnp.isfinite(rho), rho, jnp.asarray(0.0, dtype))
+    # (f(θ+s) − f(θ)) / q(s) as reductions: exact negations, so the same bits.
+    rho = jnp.where(ok, _ratio(f0 - f1, -q), jnp.asarray(0.0, dtype))
     return rho.astype(dtype), ok
 
 
 def adapt(value, rho, ok, no_step, *, grow, shrink, low, high):
-    """Trust-region rule on a damping-like scalar: × `grow` after a rejected step or ρ < 1/4,
-    × `shrink` after ρ > 3/4, unchanged otherwise or when there was no step to judge (p = 0);
-    clipped to [low, high] so it can neither underflow nor overflow."""
-    new = jnp.where(~ok | (rho < RHO_LOW), value * grow,
-                    jnp.where(rho > RHO_HIGH, value * shrink, value))
+    """Trust-region rule on a damping-like scalar (`jaxopt2._trust_region.martens_damping`):
+    × `grow` after a rejected step or ρ < 1/4, × `shrink` after ρ > 3/4, unchanged otherwise
+    or when there was no step to judge (p = 0); clipped to [low, high] so it can neither
+    underflow nor overflow."""
+    poor, good = bands(rho)
+    new = martens_damping(value, ~ok | poor, good, grow=grow, shrink=shrink)
     new = jnp.where(no_step, value, new)
     return jnp.clip(new, low, high).astype(value.dtype)
 
