@@ -174,6 +174,13 @@ class AbstractIterativeSolver(eqx.Module):
         new = super().__new__
         return new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
 
+    def full_step(self, state) -> jax.Array:
+        """Whether the last step was taken in full. Only a full Newton step estimates the
+        error (`steps_estimate_error`): one cut short by a line search says nothing about the
+        distance to a root (on y² + 1 the cut steps shrink geometrically at y ≈ 0)."""
+        del state
+        return jnp.array(True)
+
     @abc.abstractmethod
     def init(self, fn, point: Point, args) -> tuple[Any, Counts, jax.Array, RESULTS]:
         """`(state, counts, done, result)` at the starting point (`point.f` is already

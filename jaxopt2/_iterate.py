@@ -47,17 +47,116 @@ def _classify(it: Iterate, converged, result: RESULTS, diverged) -> tuple[jax.Ar
 
 
 def run_minimizer(
-    solver: AbstractMinimizer, fn, params0, args, max_steps: int, callback=None
+    solver: AbstractMinimizer, fn, params0, args, max_steps: int, callback=None,
+    escape_saddles: bool = False,
 ) -> LoopOutput:
     """Run `solver` from `params0` until the stopping rule of `stopping.py` passes, a step
-    reports failure, a non-finite value appears, or `max_steps` steps have been taken."""
+    reports failure, a non-finite value appears, or `max_steps` steps have been taken.
+
+    Where the rule passes, the curvature is checked (`stopping.curvature_check`: always for
+    solvers that use curvature, and where the gradient is exactly zero for first-order ones).
+    From a saddle the solve steps down along negative curvature (`stopping.escape`) and goes
+    on from there with a fresh solver state, up to `stopping.ESCAPES` times within the same
+    `max_steps`, when `escape_saddles`. The check then runs inside the loop as a loop of zero
+    or one trips (not a `lax.cond`), so under `vmap` it costs only in the steps where some
+    problem needs it, and every piece is traced once; but XLA compiles that loop about twice
+    as slowly (measured in benchmarks/RESULTS.md), so by default the check runs once after
+    the loop and a saddle ends the solve as `saddle_point`."""
     it0 = evaluate(fn, params0, args)
     rule = stopping.MinimizerRule.start(solver, it0)
     state0 = solver.init(fn, it0, args)
     done0, result0 = _classify(it0, rule.converged_at_start(it0), RESULTS.successful,
                                jnp.array(False))
-    carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0,
-              rule.no_step(it0))
+    no_steps = jnp.zeros((), jnp.int32)
+
+    if solver.uses_curvature:
+        check_when = lambda it: True  # noqa: E731  (always, once the rule passed)
+    elif stopping.hessian_products_available(fn, jax.lax.stop_gradient(params0), args):
+        # A first-order solver only sees the gradient: where it is exactly zero (a symmetric
+        # start can land on a saddle or a maximum) the curvature decides.
+        check_when = lambda it: tree_inf_norm(it.grad) == 0  # noqa: E731
+    else:
+        check_when = None
+
+    def value_fn(p):
+        return fn(p, args)[0]
+
+    if not escape_saddles:
+        return _check_after(solver, fn, args, value_fn, check_when, it0, rule, state0, done0,
+                            result0, max_steps, callback)
+
+    def check(it, state, counts, result, done, progress, escapes, need):
+        """The curvature check at a point the rule accepted, and the step down from a
+        saddle: a loop of one trip where `need`, of none elsewhere."""
+        def once(carry):
+            it, state, counts, result, done, progress, escapes, _ = carry
+            params = jax.lax.stop_gradient(it.params)
+            frozen = eqx.tree_at(lambda i: i.params, it, params)
+            hvp = solver.curvature_probe(fn, params, args, state)
+            curvature = stopping.curvature_check(value_fn, hvp, frozen, result)
+            result = curvature.result
+            counts = counts + Counts.of(hvp=curvature.num_hvp, fun=curvature.num_fun)
+            can_escape = (result == RESULTS.saddle_point) & (escapes < stopping.ESCAPES)
+            new_params, found, trials = stopping.escape(value_fn, frozen, curvature,
+                                                        can_escape)
+            new_it = evaluate(fn, new_params, args)
+            new_state = solver.init(fn, new_it, args)
+            escaped = can_escape & found
+            counts = counts + Counts.of(fun=trials, grad=escaped.astype(jnp.int32))
+            pick = lambda a, b: jax.tree_util.tree_map(  # noqa: E731
+                lambda x, y: jnp.where(escaped, x, y), a, b)
+            it, state = pick(new_it, it), pick(new_state, state)
+            progress = pick(rule.no_step(it0), progress)
+            result = RESULTS.where(escaped, RESULTS.successful, result)
+            return (it, state, counts, result, done & ~escaped, progress,
+                    escapes + escaped.astype(jnp.int32), jnp.array(False))
+
+        carry = (it, state, counts, result, done, progress, escapes, need)
+        return while_loop(lambda c: c[-1], once, carry, max_steps=1)[:-1]
+
+    def needs_check(it, done, result):
+        if check_when is None:
+            return jnp.array(False)
+        return done & (result == RESULTS.successful) & check_when(it)
+
+    def cond(carry):
+        num_steps, done, pending = carry[4], carry[5], carry[8]
+        return (~done & (num_steps < max_steps)) | pending
+
+    def body(carry):
+        it, state, counts, _, num_steps, _, progress, escapes, pending = carry
+
+        def take_step():
+            new, new_state, step_counts, result = solver.step(fn, it, args, state)
+            steps = num_steps + 1
+            converged, new_progress = rule.converged(it, new, result, progress, steps)
+            done, result = _classify(new, converged, result, rule.diverged(new))
+            if callback is not None:
+                report_step(callback, steps, it.params, new.params,
+                            (new.value, tree_inf_norm(new.grad)), new_state)
+            return new, new_state, counts + step_counts, result, steps, done, new_progress
+
+        def start_converged():  # round 0 found the start converged: only the check is due
+            return it, state, counts, carry[3], num_steps, carry[5], progress
+
+        it, state, counts, result, num_steps, done, progress = jax.lax.cond(
+            pending, start_converged, take_step)
+        need = needs_check(it, done, result)
+        it, state, counts, result, done, progress, escapes = check(
+            it, state, counts, result, done, progress, escapes, need)
+        return it, state, counts, result, num_steps, done, progress, escapes, jnp.array(False)
+
+    carry0 = (it0, state0, Counts.of(grad=1), result0, no_steps, done0, rule.no_step(it0),
+              no_steps, needs_check(it0, done0, result0))
+    it, state, counts, result, num_steps, done, *_ = while_loop(cond, body, carry0,
+                                                                max_steps=max_steps + 1)
+    result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    return LoopOutput(it, state, counts, result, num_steps)
+
+
+def _check_after(solver, fn, args, value_fn, check_when, it0, rule, state0, done0, result0,
+                 max_steps, callback) -> LoopOutput:
+    """`run_minimizer` without escapes: the loop, then one curvature check where it ended."""
 
     def cond(carry):
         num_steps, done = carry[4], carry[5]
@@ -74,22 +173,28 @@ def run_minimizer(
                         (new.value, tree_inf_norm(new.grad)), state)
         return new, state, counts + step_counts, result, num_steps, done, progress
 
+    carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0,
+              rule.no_step(it0))
     it, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
                                                                max_steps=max_steps)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    if check_when is None:
+        return LoopOutput(it, state, counts, result, num_steps)
     params = jax.lax.stop_gradient(it.params)
-    if solver.uses_curvature:
-        hvp = solver.curvature_probe(fn, params, args, state)
-        result, num_hvp = stopping.curvature_check(hvp, it, result)
-        counts = counts + Counts.of(hvp=num_hvp)
-    elif stopping.hessian_products_available(fn, params, args):
-        # A first-order solver only sees the gradient: where it is exactly zero (a symmetric
-        # start can land on a saddle or a maximum) the curvature decides.
-        exactly_stationary = tree_inf_norm(it.grad) == 0
-        hvp = solver.curvature_probe(fn, params, args, state)
-        result, num_hvp = stopping.curvature_check(hvp, it, result, exactly_stationary)
-        counts = counts + Counts.of(hvp=num_hvp)
-    return LoopOutput(it, state, counts, result, num_steps)
+    frozen = eqx.tree_at(lambda i: i.params, it, params)
+    hvp = solver.curvature_probe(fn, params, args, state)
+
+    def check():
+        curvature = stopping.curvature_check(value_fn, hvp, frozen, result)
+        return curvature.result, curvature.num_hvp, curvature.num_fun
+
+    def skip():
+        return result, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+
+    ok = (result == RESULTS.successful) & check_when(it)
+    result, num_hvp, num_fun = jax.lax.cond(ok, check, skip)
+    return LoopOutput(it, state, counts + Counts.of(hvp=num_hvp, fun=num_fun), result,
+                      num_steps)
 
 
 class SolverOutput(eqx.Module):
@@ -125,7 +230,7 @@ def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, ca
             accepted = result == RESULTS.successful
             converged, progress = stopping.equation_converged(
                 point.y, new.y, done, accepted, progress, getattr(solver, "rtol", None),
-                num_steps, solver.steps_estimate_error)
+                num_steps, solver.steps_estimate_error & solver.full_step(state))
             done = converged | ~accepted
         done, result = _classify_point(new, done, result)
         if callback is not None:

@@ -56,9 +56,9 @@ class RESULTS(eqx.Enumeration):
     )
     saddle_point = (
         "The gradient vanished at a point where the curvature is negative in some direction: "
-        "a saddle point or a maximum, not a minimum. Start elsewhere (or perturb `params0`), "
-        "or use a solver that escapes saddles along negative curvature (NewtonCG with "
-        "trust_region=True, RegularizedNewton)."
+        "a saddle point or a maximum, not a minimum, and no step along that direction "
+        "decreased the objective (or the solver already escaped 3 saddles). Start elsewhere "
+        "(or perturb `params0`), or check `fun` for non-smooth terms near this point."
     )
     not_a_root = (
         "The solver given to custom_root / custom_fixed_point returned a point where the "
@@ -66,6 +66,12 @@ class RESULTS(eqx.Enumeration):
         "implicit function theorem does not apply there. Solve more accurately, check that "
         "optimality_fn matches the solver, or the Jacobian may be singular at the root (the "
         "derivative is then unbounded)."
+    )
+    plateau = (
+        "The objective, its gradient and its curvature are all exactly flat here: f is "
+        "constant in this precision around `params`, so nothing certifies a minimum (a start "
+        "far out on a plateau, e.g. where exp(-|x|²) has underflowed). Start closer to the "
+        "solution, rescale the problem, or use float64."
     )
 
 

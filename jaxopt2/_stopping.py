@@ -27,7 +27,11 @@ Equations, §7.2) do. With ‖·‖ the max-norm over all leaves, x-scale s(x) =
    accept a tiny first step on a badly scaled objective.
 
 and at step 0 only when ‖g₀‖ ≤ atol (with the default atol = 0: an exactly zero gradient).
-Solvers that use curvature also check it at the end (`saddle_point`, see `_curvature_check`).
+Solvers that use curvature also check it at the end (`curvature_check`): at a saddle they
+step down along the direction of negative curvature and go on (`escape`, at most `ESCAPES`
+times); `saddle_point` when no such step decreases f, and `plateau` where f, its gradient and
+its curvature are all flat (nothing certifies a minimum there). First-order solvers run the
+same check where the gradient is exactly zero.
 
 **Divergence** (`diverged`): the objective is −inf, the parameters overflow, or both the
 parameters grew past s(x₀)/√eps and the objective fell by more than (|f(x₀)| + 1)/√eps: a
@@ -41,8 +45,10 @@ max(rtol, √eps)·s(yₖ). A map drifting to infinity (y + 1/(1 + y²)) or a fu
 at infinity (e^{−y}) has ρ → 1 and never passes, however small its residual gets. A step
 moving y by at most 10·eps·s(y) as the first step also ends the solve successfully (a start
 at the root).
-For Newton steps (NewtonRaphson, NewtonKrylov) and plain fixed-point iteration, whose steps are
-themselves error estimates, that estimate alone also certifies a root: the residual test
+For full Newton steps (NewtonRaphson, NewtonKrylov, when the line search took the whole step)
+and plain fixed-point iteration, whose steps are themselves error estimates, that estimate
+alone also certifies a root (a step cut short by the line search estimates nothing: on
+y² + 1 = 0 such steps shrink geometrically at y ≈ 0, with no root anywhere): the residual test
 relative to ‖F₀‖ can sit below F's round-off (the Bratu problem in float32, whose terms are
 10⁶ times its residual), and a Newton step ≈ J⁻¹F measures F in its own scale.
 Least squares keeps MINPACK's tests (relative reduction, relative step, scaled gradient).
@@ -50,13 +56,16 @@ Least squares keeps MINPACK's tests (relative reduction, relative step, scaled g
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
-import lineax as lx
 
 from ._base import Iterate, default_rtol
-from ._estimators import extreme_eigenvalues
+from ._linalg.lanczos import lanczos
+from ._loops import while_loop
 from ._results import RESULTS
 from ._tree import result_dtype, tree_inf_norm, tree_sub
 
@@ -163,7 +172,7 @@ class MinimizerRule(eqx.Module):
 
 
 def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, rtol,
-                       num_steps, steps_estimate_error: bool = False):
+                       num_steps, steps_estimate_error=False):
     """The step confirmation of root finding and fixed points (module docstring). Returns
     (converged, progress)."""
     eps = _eps(y_new)
@@ -189,31 +198,116 @@ def _stalled(progress: Progress, step, accepted, eps: float):
 
 
 CURVATURE_STEPS = 10  # Lanczos steps of the saddle check (Hessian-vector products)
+ESCAPES = 3  # saddles a solve may escape from before it reports `saddle_point`
+ESCAPE_TRIALS = 40  # halvings of the escape step, from s(x) down to about 1e-12·s(x)
 
 
-def curvature_check(hvp, it: Iterate, result: RESULTS, when=True
-                    ) -> tuple[RESULTS, jax.Array]:
+class Curvature(eqx.Module):
+    """What the saddle check found: the (possibly changed) result, a unit direction along
+    which f decreases to second order (`saddle_point`) and the curvature vᵀHv ≤ 0 along it,
+    and what the check cost."""
+
+    result: RESULTS
+    direction: Any
+    curvature: jax.Array
+    num_hvp: jax.Array
+    num_fun: jax.Array
+
+
+def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS) -> Curvature:
     """`saddle_point` instead of `successful` when the Hessian at the final point has a
     clearly negative eigenvalue: the smallest Ritz value of min(n, 10) Lanczos steps from a
     random start below −√eps·|largest|. A Ritz value is vᵀHv for a unit v, so a negative one
     proves a direction of negative curvature (no false alarm beyond round-off); a random start
-    misses a negative eigenvector with probability zero. Costs up to 10 Hessian-vector
-    products, once, and only when the solve succeeded and `when` holds (counted in
-    `num_hvp`). Returns the result and that count."""
+    misses a negative eigenvector with probability zero. The Ritz vector is returned as the
+    direction to escape along (`escape`).
+
+    Where the gradient is exactly zero and the Hessian vanishes on the whole Krylov space
+    (a plateau, where f is constant in this dtype, or a flat minimum such as x⁴ at 0), second
+    derivatives decide nothing: f is compared at x ± h·q (h = eps^¼·s(x), q the Lanczos
+    start). Equal on both sides: `plateau` (no minimum can be certified); lower on one side:
+    `saddle_point` along that side; higher on both: a minimum.
+
+    Costs up to 10 Hessian-vector products (and 2 evaluations of f on a flat point), counted
+    in `num_hvp`/`num_fun`. The caller runs it only where the solve succeeded."""
     params = it.params
-    n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    n, dtype = flat.size, flat.dtype
     eps = _eps(params)
+    steps = min(n, CURVATURE_STEPS)
 
-    def negative_curvature():
-        structure = jax.eval_shape(lambda: params)
-        op = lx.FunctionLinearOperator(hvp, structure, lx.symmetric_tag)
-        low, high = extreme_eigenvalues(op, jax.random.key(0), min(n, CURVATURE_STEPS))
-        return low < -(eps**0.5) * jnp.maximum(jnp.abs(high), jnp.abs(low))
+    def matvec(q):
+        return jax.flatten_util.ravel_pytree(hvp(unravel(q)))[0].astype(dtype)
 
-    ok = (result == RESULTS.successful) & when
-    saddle = jax.lax.cond(ok, negative_curvature, lambda: jnp.array(False))
-    num_hvp = jnp.where(ok, min(n, CURVATURE_STEPS), 0).astype(jnp.int32)
-    return RESULTS.where(ok & saddle, RESULTS.saddle_point, result), num_hvp
+    q0 = jax.random.normal(jax.random.key(0), (n,), dtype)
+    q0 = q0 / jnp.linalg.norm(q0)
+    alphas, betas, alive, basis = lanczos(matvec, q0, steps, return_basis=True)
+    # As in `extreme_eigenvalues`: decoupled dead steps take α₀, inside the live spectrum.
+    alphas = jnp.where(alive, alphas, alphas[0])
+    tridiagonal = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+    ritz, vectors = jnp.linalg.eigh(tridiagonal)
+    low, high = ritz[0], ritz[-1]
+    v = basis.T @ vectors[:, 0]
+    vnorm = jnp.linalg.norm(v)
+    v = jnp.where(vnorm > 0, v / jnp.where(vnorm > 0, vnorm, 1), q0)
+    saddle = low < -(eps**0.5) * jnp.maximum(jnp.abs(high), jnp.abs(low))
+    # A flat point: zero gradient and no curvature anywhere Lanczos looked.
+    flat_point = (tree_inf_norm(it.grad) == 0) & (low == 0) & (high == 0)
+    h = eps**0.25 * x_scale(params)
+    f0 = it.value
+    f_plus, f_minus = jax.lax.cond(
+        flat_point,
+        lambda: (value_fn(unravel(flat + h * q0)), value_fn(unravel(flat - h * q0))),
+        lambda: (f0, f0))
+    lower_side = jnp.minimum(f_plus, f_minus) < f0
+    level = flat_point & (f_plus == f0) & (f_minus == f0)
+    v = jnp.where(flat_point & lower_side, jnp.where(f_plus <= f_minus, q0, -q0), v)
+    saddle = saddle | (flat_point & lower_side)
+    new = RESULTS.where(saddle, RESULTS.saddle_point,
+                        RESULTS.where(level, RESULTS.plateau, RESULTS.successful))
+    curvature = jnp.where(flat_point, 0.0, low).astype(dtype)
+    num_fun = jnp.where(flat_point, 2, 0).astype(jnp.int32)
+    num_hvp = jnp.asarray(steps, jnp.int32)
+    return Curvature(RESULTS.where(result == RESULTS.successful, new, result), unravel(v),
+                     curvature, num_hvp, num_fun)
+
+
+def escape(value_fn, it: Iterate, curvature: Curvature, when=True):
+    """A step out of a saddle along its direction of negative curvature v (`curvature_check`):
+    the sign of v that does not go uphill to first order (gᵀv ≤ 0), and the longest t in
+    s(x), s(x)/2, s(x)/4, … with f(x + t·v) < f(x) + ¼·λ·t², λ = vᵀHv ≤ 0: at least half the
+    decrease the quadratic model promises (Moré and Sorensen, "On the use of directions of
+    negative curvature in a modified Newton method", Math. Prog. 1979). Starts long because a
+    saddle's way down is typically long (the minima of (x² − 1)² lie a unit away from 0).
+
+    Returns (params, found, trials): `found` is False when no trial decreased f enough (the
+    saddle is then reported as `saddle_point`). Nothing is tried where `when` is False."""
+    params, f0 = it.params, it.value
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    v = jax.flatten_util.ravel_pytree(curvature.direction)[0].astype(flat.dtype)
+    g = jax.flatten_util.ravel_pytree(it.grad)[0].astype(flat.dtype)
+    v = jnp.where(jnp.vdot(g, v) > 0, -v, v)
+    t0 = x_scale(params).astype(flat.dtype)
+    lam = jnp.minimum(curvature.curvature, 0).astype(flat.dtype)
+
+    def trial(t):
+        f = value_fn(unravel(flat + t * v))
+        return jnp.isfinite(f) & (f < f0 + 0.25 * lam * t**2)
+
+    def cond(carry):
+        k, _, found = carry
+        return ~found & (k < ESCAPE_TRIALS)
+
+    def body(carry):
+        k, t, _ = carry
+        found = trial(t)
+        return k + 1, jnp.where(found, t, 0.5 * t), found
+
+    k0 = jnp.where(when, 0, ESCAPE_TRIALS).astype(jnp.int32)
+    trials, t, found = while_loop(cond, body, (k0, t0, jnp.array(False)),
+                                  max_steps=ESCAPE_TRIALS)
+    trials = trials - k0
+    return unravel(flat + jnp.where(found, t, 0) * v), found, trials
 
 
 def hessian_products_available(fn, params, args) -> bool:

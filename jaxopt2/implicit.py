@@ -100,7 +100,14 @@ def custom_fixed_point(fixed_point_fn: Callable, *,
     condition is fixed_point_fn(y, *args) − y = 0."""
 
     def optimality(y, *args):
-        return tree_sub(fixed_point_fn(y, *args), y)
+        out = fixed_point_fn(y, *args)
+        shapes = lambda t: jtu.tree_map(lambda x: jnp.shape(x), t)  # noqa: E731
+        if jtu.tree_structure(out) != jtu.tree_structure(y) or shapes(out) != shapes(y):
+            raise ValueError(
+                "custom_fixed_point: fixed_point_fn(y, *args) must return a pytree shaped "
+                f"like y (a fixed point y = T(y) needs T to map y's space to itself); got "
+                f"{shapes(out)} for y of shapes {shapes(y)}.")
+        return tree_sub(out, y)
 
     return custom_root(optimality, adjoint=adjoint, has_aux=has_aux)
 

@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 
 
-def lanczos(matvec, q0, steps: int):
+def lanczos(matvec, q0, steps: int, *, return_basis: bool = False):
     """`steps` Lanczos steps from the unit vector q0 with full reorthogonalisation (shared by
-    `extreme_eigenvalues` and stochastic Lanczos quadrature). Returns the diagonal α, the
-    off-diagonal β (length steps − 1) and the mask of live steps; after a breakdown (β = 0:
-    an invariant Krylov space) later steps are masked out."""
+    `extreme_eigenvalues`, stochastic Lanczos quadrature and the saddle check). Returns the
+    diagonal α, the off-diagonal β (length steps − 1) and the mask of live steps; after a
+    breakdown (β = 0: an invariant Krylov space) later steps are masked out (their basis rows
+    are zero). With `return_basis`, also the orthonormal basis Q (steps × n), so that Q̃ᵀy is
+    the Ritz vector of an eigenvector y of T."""
     n, dtype = q0.size, q0.dtype
     tiny = jnp.finfo(dtype).eps
     basis = jnp.zeros((steps, n), dtype).at[0].set(q0)
@@ -45,5 +47,7 @@ def lanczos(matvec, q0, steps: int):
         jnp.zeros(steps, bool).at[0].set(True),
         jnp.zeros((), dtype),
     )
-    _, alphas, betas, alive, _ = jax.lax.fori_loop(0, steps, step, init)
+    basis, alphas, betas, alive, _ = jax.lax.fori_loop(0, steps, step, init)
+    if return_basis:
+        return alphas, betas[:-1], alive, basis
     return alphas, betas[:-1], alive

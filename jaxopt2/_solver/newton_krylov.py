@@ -38,6 +38,7 @@ class _NewtonKrylovState(eqx.Module):
     eta: jax.Array  # the last forcing term
     gmres_iters: jax.Array  # GMRES products at the last step (diagnostic)
     preconditioned: jax.Array  # whether the last step used the band (diagnostic)
+    step_size: jax.Array  # the line search's step of the last iteration (1: a full step)
 
 
 @renamed_fields(gmres_max_iters="gmres_max_steps")
@@ -133,6 +134,7 @@ class NewtonKrylov(AbstractRootFinder):
             eta=jnp.asarray(EW_ETA_MAX, dtype),
             gmres_iters=jnp.zeros((), jnp.int32),
             preconditioned=jnp.array(False),
+            step_size=jnp.ones((), dtype),
         )
         return state, Counts(), done, RESULTS.successful
 
@@ -157,6 +159,9 @@ class NewtonKrylov(AbstractRootFinder):
         else:
             usable = usable & (ratio < 1)  # otherwise x = 0 is the better start
         return x0, r0, usable
+
+    def full_step(self, state: _NewtonKrylovState):
+        return state.step_size >= 1
 
     def step(self, fn, point: Point, args, state: _NewtonKrylovState):
         dtype = state.eta.dtype
@@ -204,6 +209,7 @@ class NewtonKrylov(AbstractRootFinder):
             eta=eta,
             gmres_iters=sol.num_iters,
             preconditioned=used,
+            step_size=ls.step_size.astype(dtype),
         )
         counts = Counts.of(fun=1 + ls.num_fun, jvp=sol.num_iters + probes)
         return new, new_state, counts, done, result

@@ -75,6 +75,9 @@ class NewtonRaphson(AbstractRootFinder):
         state = _NewtonRaphsonState(f_norm0, jnp.ones((), f_norm0.dtype))
         return state, Counts(), done, RESULTS.successful
 
+    def full_step(self, state: _NewtonRaphsonState):
+        return state.step_size >= 1
+
     def step(self, fn, point: Point, args, state: _NewtonRaphsonState):
         jac, unravel = ravelled_jacobian(fn, point.y, args)
         flat_f = ravel(point.f)[0].astype(jac.dtype)
