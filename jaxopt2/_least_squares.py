@@ -22,8 +22,9 @@ from jax import lax
 
 from ._base import Counts
 from ._linalg import cgls, pcgls
-from ._loops import is_unrolled, while_loop
+from ._loops import while_loop
 from ._tree import ravel, tree_dot, tree_size
+from ._trust_region import reduction_ratio
 from ._validate import check_budget, check_tolerance
 from .sketch._nystrom import NystromPreconditioner, nystrom_preconditioner
 
@@ -134,39 +135,6 @@ def model_decrease(svd: ScaledSVD, b):
     """‖r‖² − ‖r + J p‖² for the step with Vᵀ(D p) = b (p in the row space of J D⁻¹)."""
     sb = svd.s * b
     return -2.0 * jnp.dot(svd.c, sb) - jnp.dot(sb, sb)
-
-
-def one_kernel(f, *operands):
-    """`f(*operands)`, run as the body of a while loop that makes exactly one trip.
-
-    XLA:CPU compiles every fusion of a program as its own kernel (~10-20 ms of compile time
-    each), but a small while loop (no custom calls, about a kilobyte of operands) as a single
-    one. Wrapping a run of scalar bookkeeping this way cuts compile time severalfold; the
-    numbers are unchanged. The trip count is hidden behind an optimization barrier so that
-    XLA does not unroll the single trip back into the enclosing computation. Output leaves
-    start from an operand leaf of the same shape and dtype when there is one (a zero
-    vector would cost a kernel of its own)."""
-    if jax.default_backend() != "cpu" or is_unrolled():
-        # Elsewhere a loop costs a host round trip per trip, and unrolled (reverse-mode)
-        # differentiation needs straight-line code: the trick is for XLA:CPU's compiler only.
-        return f(*operands)
-    out_shape = jax.eval_shape(f, *operands)
-    pool = jax.tree_util.tree_leaves(operands)
-
-    def start(sd):
-        for leaf in pool:
-            if leaf.shape == sd.shape and leaf.dtype == sd.dtype:
-                return leaf
-        return jnp.zeros(sd.shape, sd.dtype)
-
-    out0 = jax.tree_util.tree_map(start, out_shape)
-    go = lax.optimization_barrier(jnp.array(True))
-
-    def body(c):
-        _, ops, _ = c
-        return jnp.array(False), ops, f(*ops)
-
-    return lax.while_loop(lambda c: c[0], body, (go, operands, out0))[2]
 
 
 # Entries of `lm_solve`'s packed output.
@@ -412,13 +380,13 @@ def scaled_linearization(fn, y, args, diag_prev, scale: bool, dtype) -> ScaledLi
 def reductions(rnorm, rnorm_new, predicted_sq):
     """MINPACK's relative reductions of ‖r‖²: `actual` = 1 − (‖r₊‖/‖r‖)² (−1 when the
     residual grew tenfold or is not finite), `predicted` = the model's decrease of ‖r‖² over
-    ‖r‖², and their ratio ρ (0 when nothing is predicted)."""
+    ‖r‖², and their ratio ρ by `jaxopt2._trust_region.reduction_ratio` in MINPACK's signed
+    form (0 when nothing is predicted or ρ is not finite)."""
     safe = jnp.where(rnorm > 0, rnorm, 1.0)
     grew = ~(0.1 * rnorm_new < rnorm)  # also True for NaN
     actual = jnp.where(grew, -1.0, 1.0 - (rnorm_new / safe) ** 2)
     predicted = predicted_sq / safe**2
-    ratio = jnp.where(predicted != 0, actual / jnp.where(predicted != 0, predicted, 1.0), 0.0)
-    return actual, predicted, ratio
+    return actual, predicted, reduction_ratio(actual, predicted, any_sign=True)
 
 
 def ftol_test(actual, predicted, ratio, tol):

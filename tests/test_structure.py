@@ -62,3 +62,34 @@ def test_no_underscore_shared_modules_left_in_solver_dir():
     """Shared pieces live outside `_solver/` (every file there is a solver family)."""
     shared = [p.name for p in SOLVER_FILES if p.name.startswith("_")]
     assert not shared, f"move {shared} out of jaxopt2/_solver/ into a shared module"
+
+
+PACKAGE_DIR = SOLVER_DIR.parent
+SHARED_FILES = sorted(p for p in PACKAGE_DIR.rglob("*.py")
+                      if SOLVER_DIR not in p.parents and p != PACKAGE_DIR / "__init__.py")
+
+
+def _package_of(path: pathlib.Path) -> list[str]:
+    """The package a relative import in `path` resolves against (for `a/__init__.py`, `a`)."""
+    return list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts[:-1])
+
+
+@pytest.mark.parametrize("path", SHARED_FILES, ids=lambda p: str(p.relative_to(PACKAGE_DIR)))
+def test_shared_modules_import_no_solver(path):
+    """Shared pieces (the trust-region rules, Levenberg–Marquardt's two paths, ...) never
+    import a solver module: a solver's retuning must not reach another through them. Only
+    the top-level `jaxopt2/__init__.py` re-exports the solvers."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _package_of(path)
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = (node.module or "") if node.level == 0 else ".".join(
+                package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        bad += [n for n in names if n == "jaxopt2._solver" or n.startswith("jaxopt2._solver.")]
+    assert not bad, f"{path.relative_to(PACKAGE_DIR)} imports {sorted(set(bad))}"

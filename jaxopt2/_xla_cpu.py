@@ -1,0 +1,64 @@
+"""Compile-time workarounds for XLA:CPU, kept here so that no algorithm carries them inline.
+
+XLA:CPU compiles every fusion of a program as its own kernel, at about 10-20 ms of compile
+time each, so a solver whose step is mostly scalar bookkeeping (Levenberg–Marquardt's dense
+path: the secular equation, the ratio and radius update, MINPACK's stopping tests) spends
+most of its compile time on dozens of tiny kernels. `one_kernel` folds such a run into one
+kernel. The numbers computed are unchanged, and on other backends, or under unrolled
+(reverse-mode) differentiation, it is the plain call.
+
+Where else the dense Levenberg–Marquardt step is shaped for this compiler, and why (these
+live in its own code because they are the algorithm's data layout, not a wrapper):
+
+- J and its SVD are formed at the start of a step, never in `init` (a "stale" flag marks a
+  new point): one Jacobian site in the program instead of two halves compile time;
+- `jaxopt2._least_squares.lm_solve` packs λ, ‖D p‖ and the model decrease into one vector
+  carried by one while loop, which XLA:CPU also compiles as one kernel on small problems.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._loops import is_unrolled
+
+
+def one_kernel(f, *operands):
+    """`f(*operands)`, run as the body of a while loop that makes exactly one trip.
+
+    A small while loop (no custom calls, about a kilobyte of operands) is compiled by
+    XLA:CPU as a single kernel, where the same code inline would be one kernel per fusion;
+    wrapping a run of scalar bookkeeping this way cuts compile time severalfold. The trip
+    count is hidden behind an optimization barrier so that XLA does not unroll the single
+    trip back into the enclosing computation. Output leaves start from an operand leaf of the
+    same shape and dtype when there is one (a zero vector would cost a kernel of its own).
+
+    ```python
+    import jax.numpy as jnp
+    from jaxopt2._xla_cpu import one_kernel
+    one_kernel(lambda a, b: (a + b, a * b), jnp.ones(()), jnp.full((), 2.0))  # (3.0, 2.0)
+    ```
+    """
+    if jax.default_backend() != "cpu" or is_unrolled():
+        # Elsewhere a loop costs a host round trip per trip, and unrolled (reverse-mode)
+        # differentiation needs straight-line code: the trick is for XLA:CPU's compiler only.
+        return f(*operands)
+    out_shape = jax.eval_shape(f, *operands)
+    pool = jax.tree_util.tree_leaves(operands)
+
+    def start(sd):
+        for leaf in pool:
+            if leaf.shape == sd.shape and leaf.dtype == sd.dtype:
+                return leaf
+        return jnp.zeros(sd.shape, sd.dtype)
+
+    out0 = jax.tree_util.tree_map(start, out_shape)
+    go = lax.optimization_barrier(jnp.array(True))
+
+    def body(c):
+        _, ops, _ = c
+        return jnp.array(False), ops, f(*ops)
+
+    return lax.while_loop(lambda c: c[0], body, (go, operands, out0))[2]
