@@ -1,4 +1,7 @@
-"""The one loop every minimizer runs in."""
+"""The loops every front door runs in, and the per-step pieces they share with the public
+stepping API (`_stepper.py`): `start_minimizer`/`minimizer_step` and
+`start_solver`/`solver_step` are what one iteration means, so that a user's own loop of
+`Stepper.step` calls and a front door take the same steps and stop by the same rules."""
 
 from __future__ import annotations
 
@@ -46,6 +49,71 @@ def _classify(it: Iterate, converged, result: RESULTS, diverged) -> tuple[jax.Ar
     return done, result
 
 
+def start_minimizer(solver: AbstractMinimizer, fn, params0, args):
+    """`(it0, rule, state0, done0, result0)`: the start of a minimization, with the stopping
+    rule's verdict on the start itself."""
+    it0 = evaluate(fn, params0, args)
+    rule = stopping.MinimizerRule.start(solver, it0)
+    state0 = solver.init(fn, it0, args)
+    done0, result0 = _classify(it0, rule.converged_at_start(it0), RESULTS.successful,
+                               jnp.array(False))
+    return it0, rule, state0, done0, result0
+
+
+def minimizer_step(solver: AbstractMinimizer, fn, args, rule, it: Iterate, state, progress,
+                   num_steps):
+    """One step of a minimizer and the stopping rule's verdict on it:
+    `(new, state, step_counts, result, num_steps, done, progress)`."""
+    new, state, step_counts, result = solver.step(fn, it, args, state)
+    num_steps = num_steps + 1
+    converged, progress = rule.converged(it, new, result, progress, num_steps)
+    done, result = _classify(new, converged, result, rule.diverged(new))
+    return new, state, step_counts, result, num_steps, done, progress
+
+
+def check_when(solver: AbstractMinimizer, fn, params0, args):
+    """When a minimization that the rule accepted must also pass the curvature check: a
+    predicate on the final iterate, or None for never (decided at trace time)."""
+    if solver.uses_curvature:
+        return lambda it: True  # always, once the rule passed
+    if stopping.hessian_products_available(fn, jax.lax.stop_gradient(params0), args):
+        # A first-order solver only sees the gradient: where it is exactly zero (a symmetric
+        # start can land on a saddle or a maximum) the curvature decides.
+        return lambda it: tree_inf_norm(it.grad) == 0
+    return None
+
+
+def final_check(solver: AbstractMinimizer, fn, args, when, it: Iterate, state, result,
+                lazy: bool = False):
+    """`(result, counts)` after the curvature check at the point where a minimization
+    ended, run only where the result is `successful` and `when(it)`. `lazy`: gate it with a
+    loop of zero or one trips instead of `lax.cond`, so that under `vmap` (where a `cond`
+    becomes a select and runs both sides) it costs only when some problem needs it."""
+    params = jax.lax.stop_gradient(it.params)
+    frozen = eqx.tree_at(lambda i: i.params, it, params)
+    hvp = solver.curvature_probe(fn, params, args, state)
+
+    def value_fn(p):
+        return fn(p, args)[0]
+
+    def check():
+        curvature = stopping.curvature_check(value_fn, hvp, frozen, result)
+        return curvature.result, curvature.num_hvp, curvature.num_fun
+
+    def skip():
+        return result, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+
+    ok = (result == RESULTS.successful) & when(it)
+    if lazy:
+        def once(carry):
+            return (*check(), jnp.array(False))
+        result, num_hvp, num_fun, _ = while_loop(lambda c: c[-1], once, (*skip(), ok),
+                                                 max_steps=1)
+    else:
+        result, num_hvp, num_fun = jax.lax.cond(ok, check, skip)
+    return result, Counts.of(hvp=num_hvp, fun=num_fun)
+
+
 def run_minimizer(
     solver: AbstractMinimizer, fn, params0, args, max_steps: int, callback=None,
     escape_saddles: bool = False,
@@ -62,28 +130,16 @@ def run_minimizer(
     problem needs it, and every piece is traced once; but XLA compiles that loop about twice
     as slowly (measured in benchmarks/RESULTS.md), so by default the check runs once after
     the loop and a saddle ends the solve as `saddle_point`."""
-    it0 = evaluate(fn, params0, args)
-    rule = stopping.MinimizerRule.start(solver, it0)
-    state0 = solver.init(fn, it0, args)
-    done0, result0 = _classify(it0, rule.converged_at_start(it0), RESULTS.successful,
-                               jnp.array(False))
+    it0, rule, state0, done0, result0 = start_minimizer(solver, fn, params0, args)
     no_steps = jnp.zeros((), jnp.int32)
-
-    if solver.uses_curvature:
-        check_when = lambda it: True  # noqa: E731  (always, once the rule passed)
-    elif stopping.hessian_products_available(fn, jax.lax.stop_gradient(params0), args):
-        # A first-order solver only sees the gradient: where it is exactly zero (a symmetric
-        # start can land on a saddle or a maximum) the curvature decides.
-        check_when = lambda it: tree_inf_norm(it.grad) == 0  # noqa: E731
-    else:
-        check_when = None
+    when = check_when(solver, fn, params0, args)
 
     def value_fn(p):
         return fn(p, args)[0]
 
     if not escape_saddles:
-        return _check_after(solver, fn, args, value_fn, check_when, it0, rule, state0, done0,
-                            result0, max_steps, callback)
+        return _check_after(solver, fn, args, when, it0, rule, state0, done0, result0,
+                            max_steps, callback)
 
     def check(it, state, counts, result, done, progress, escapes, need):
         """The curvature check at a point the rule accepted, and the step down from a
@@ -115,9 +171,9 @@ def run_minimizer(
         return while_loop(lambda c: c[-1], once, carry, max_steps=1)[:-1]
 
     def needs_check(it, done, result):
-        if check_when is None:
+        if when is None:
             return jnp.array(False)
-        return done & (result == RESULTS.successful) & check_when(it)
+        return done & (result == RESULTS.successful) & when(it)
 
     def cond(carry):
         num_steps, done, pending = carry[4], carry[5], carry[8]
@@ -127,10 +183,8 @@ def run_minimizer(
         it, state, counts, _, num_steps, _, progress, escapes, pending = carry
 
         def take_step():
-            new, new_state, step_counts, result = solver.step(fn, it, args, state)
-            steps = num_steps + 1
-            converged, new_progress = rule.converged(it, new, result, progress, steps)
-            done, result = _classify(new, converged, result, rule.diverged(new))
+            new, new_state, step_counts, result, steps, done, new_progress = minimizer_step(
+                solver, fn, args, rule, it, state, progress, num_steps)
             if callback is not None:
                 report_step(callback, steps, it.params, new.params,
                             (new.value, tree_inf_norm(new.grad)), new_state)
@@ -154,8 +208,8 @@ def run_minimizer(
     return LoopOutput(it, state, counts, result, num_steps)
 
 
-def _check_after(solver, fn, args, value_fn, check_when, it0, rule, state0, done0, result0,
-                 max_steps, callback) -> LoopOutput:
+def _check_after(solver, fn, args, when, it0, rule, state0, done0, result0, max_steps,
+                 callback) -> LoopOutput:
     """`run_minimizer` without escapes: the loop, then one curvature check where it ended."""
 
     def cond(carry):
@@ -164,10 +218,8 @@ def _check_after(solver, fn, args, value_fn, check_when, it0, rule, state0, done
 
     def body(carry):
         it, state, counts, _, num_steps, _, progress = carry
-        new, state, step_counts, result = solver.step(fn, it, args, state)
-        num_steps = num_steps + 1
-        converged, progress = rule.converged(it, new, result, progress, num_steps)
-        done, result = _classify(new, converged, result, rule.diverged(new))
+        new, state, step_counts, result, num_steps, done, progress = minimizer_step(
+            solver, fn, args, rule, it, state, progress, num_steps)
         if callback is not None:
             report_step(callback, num_steps, it.params, new.params,
                         (new.value, tree_inf_norm(new.grad)), state)
@@ -178,23 +230,10 @@ def _check_after(solver, fn, args, value_fn, check_when, it0, rule, state0, done
     it, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
                                                                max_steps=max_steps)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
-    if check_when is None:
+    if when is None:
         return LoopOutput(it, state, counts, result, num_steps)
-    params = jax.lax.stop_gradient(it.params)
-    frozen = eqx.tree_at(lambda i: i.params, it, params)
-    hvp = solver.curvature_probe(fn, params, args, state)
-
-    def check():
-        curvature = stopping.curvature_check(value_fn, hvp, frozen, result)
-        return curvature.result, curvature.num_hvp, curvature.num_fun
-
-    def skip():
-        return result, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
-
-    ok = (result == RESULTS.successful) & check_when(it)
-    result, num_hvp, num_fun = jax.lax.cond(ok, check, skip)
-    return LoopOutput(it, state, counts + Counts.of(hvp=num_hvp, fun=num_fun), result,
-                      num_steps)
+    result, check_counts = final_check(solver, fn, args, when, it, state, result)
+    return LoopOutput(it, state, counts + check_counts, result, num_steps)
 
 
 class SolverOutput(eqx.Module):
@@ -205,18 +244,41 @@ class SolverOutput(eqx.Module):
     num_steps: jax.Array
 
 
+def start_solver(solver: AbstractIterativeSolver, fn, y0, args):
+    """`(point0, state0, counts0, done0, result0)`: the start of an equation solve, with the
+    solver's verdict on the start itself."""
+    point0 = evaluate_point(fn, y0, args)
+    state0, counts0, done0, result0 = solver.init(fn, point0, args)
+    done0, result0 = _classify_point(point0, done0, result0)
+    return point0, state0, Counts.of(fun=1) + counts0, done0, result0
+
+
+def solver_step(solver: AbstractIterativeSolver, fn, args, point: Point, state, progress,
+                num_steps):
+    """One step of an equation solver and the verdict on it (the solver's own test, confirmed
+    by the step test of `stopping.py` where `confirm_by_step`):
+    `(new, state, step_counts, result, num_steps, done, progress)`."""
+    new, state, step_counts, done, result = solver.step(fn, point, args, state)
+    num_steps = num_steps + 1
+    if solver.confirm_by_step:
+        accepted = result == RESULTS.successful
+        converged, progress = stopping.equation_converged(
+            point.y, new.y, done, accepted, progress, getattr(solver, "rtol", None),
+            num_steps, solver.steps_estimate_error & solver.full_step(state))
+        done = converged | ~accepted
+    done, result = _classify_point(new, done, result)
+    return new, state, step_counts, result, num_steps, done, progress
+
+
 def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, callback=None,
                measure=None) -> SolverOutput:
     """Run a least-squares, root-finding or fixed-point `solver` from `y0` until it reports
     `done`, a non-finite value appears, or `max_steps` steps have been taken. `measure(point)`
     is the scalar the callback reports (e.g. ½‖r‖² or ‖F‖∞). Root finders and fixed-point
     solvers (`confirm_by_step`) must also pass the step test of `stopping.py`."""
-    point0 = evaluate_point(fn, y0, args)
-    state0, counts0, done0, result0 = solver.init(fn, point0, args)
-    done0, result0 = _classify_point(point0, done0, result0)
-    dtype = result_dtype(y0)
-    carry0 = (point0, state0, Counts.of(fun=1) + counts0, result0, jnp.zeros((), jnp.int32),
-              done0, stopping.Progress.none(dtype))
+    point0, state0, counts0, done0, result0 = start_solver(solver, fn, y0, args)
+    carry0 = (point0, state0, counts0, result0, jnp.zeros((), jnp.int32), done0,
+              stopping.Progress.none(result_dtype(y0)))
 
     def cond(carry):
         num_steps, done = carry[4], carry[5]
@@ -224,15 +286,8 @@ def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, ca
 
     def body(carry):
         point, state, counts, _, num_steps, _, progress = carry
-        new, state, step_counts, done, result = solver.step(fn, point, args, state)
-        num_steps = num_steps + 1
-        if solver.confirm_by_step:
-            accepted = result == RESULTS.successful
-            converged, progress = stopping.equation_converged(
-                point.y, new.y, done, accepted, progress, getattr(solver, "rtol", None),
-                num_steps, solver.steps_estimate_error & solver.full_step(state))
-            done = converged | ~accepted
-        done, result = _classify_point(new, done, result)
+        new, state, step_counts, result, num_steps, done, progress = solver_step(
+            solver, fn, args, point, state, progress, num_steps)
         if callback is not None:
             report_step(callback, num_steps, point.y, new.y, (measure(new),), state)
         return new, state, counts + step_counts, result, num_steps, done, progress
