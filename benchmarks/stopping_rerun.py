@@ -199,7 +199,8 @@ def worker_hyper(args, fh):
                                n_hvp=int(info["n_hvp"]), grad_inf=info["grad_inf"],
                                rel_err=float(np.linalg.norm(g - p.g_ref)
                                              / np.linalg.norm(p.g_ref)))
-                    entries.append((row, (lambda c=fwd, t=targs: c(*t)), (lambda c=fb, t=targs: c(*t))))
+                    entries.append((row, (lambda c=fwd, t=targs: c(*t)),
+                                    (lambda c=fb, t=targs: c(*t))))
                     print(f"  {name}: {row['steps']} steps, rel err {row['rel_err']:.1e}",
                           flush=True)
                 except Exception as e:  # noqa: BLE001 - reported, not hidden
