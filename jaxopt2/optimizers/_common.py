@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -335,6 +335,63 @@ def damped_step(problem: Problem, params, g, matvec, p, lr, value, dtype, factor
     factor = adapt(factor, rho, ok, tree_norm(step) == 0, grow=grow, shrink=shrink,
                    low=low, high=high)
     return tree_where(ok, step, tree_zeros_like(step)), rho, factor
+
+
+class DampedStep(NamedTuple):
+    step: Any  # s = lr·p in the parameters' dtypes, zero where the step was rejected
+    direction: Any  # p, the CG solution (params-shaped)
+    damping: jax.Array  # λ of this step
+    cg_steps: jax.Array  # products the inner CG solve took
+    rho: jax.Array  # reduction ratio of the step (the previous one when not measured)
+    factor: jax.Array  # the damping-like scalar for the next step
+    finite: jax.Array  # bool: the gradient was finite
+
+
+class DampedNewton:
+    """The step `hessian_free` and `regularized_newton` share: solve
+
+        (C + λI) p = −g   (conjugate gradients, at most `cg_max_steps` products, stopping at
+                           ‖(C + λI)p + g‖ ≤ `cg_rtol`·‖g‖),
+
+    take s = lr·p, and judge it by the reduction ratio ρ on the minibatch (`damped_step`):
+    with `adaptive`, a rejected step becomes zero and the damping-like scalar (λ itself for
+    Martens' rule, the Lipschitz estimate H of λ = √(H‖g‖) for Mishchenko's) is multiplied
+    by `grow` or `shrink`. The two optimizers differ only in how λ is formed and what the
+    state keeps, so they pass λ as a function of the sanitized gradient.
+
+    Built (and its hyperparameters checked) when the transformation is built.
+    """
+
+    def __init__(self, optimizer: str, learning_rate, *, model_fn, loss_fn, curvature,
+                 cg_max_steps, cg_rtol, adaptive: bool, grow: float, shrink: float):
+        self.objective = Objective(optimizer, curvature, model_fn, loss_fn)
+        check_learning_rate("learning_rate", learning_rate)
+        check_cg(cg_max_steps, cg_rtol)
+        self.learning_rate = learning_rate
+        self.cg_max_steps, self.cg_rtol = cg_max_steps, cg_rtol
+        self.adaptive, self.grow, self.shrink = adaptive, grow, shrink
+
+    def init_dtype(self, params):
+        """`init`'s check of `params`; returns the dtype the state's scalars take."""
+        check_init_params(self.objective.optimizer, params)
+        return dtype_of(params)
+
+    def __call__(self, grads, params, value_fn, batch, value, *, count, factor, rho,
+                 damping: Callable, x0=None) -> DampedStep:
+        """One step from `grads` at `params`; `damping(g, dtype)` gives λ, `x0` warm-starts
+        CG, `factor` and `rho` are the state's damping-like scalar and last ratio."""
+        problem, g, finite = self.objective.begin(grads, params, value_fn, batch,
+                                                  needs_value=self.adaptive)
+        dtype = dtype_of(params)
+        matvec = matvec_like(problem.operator(), params)
+        lam = damping(g, dtype)
+        p, cg_steps = damped_cg(matvec, g, lam, rtol=self.cg_rtol,
+                                max_steps=self.cg_max_steps, x0=x0)
+        lr = learning_rate_at(self.learning_rate, count, dtype)
+        step, rho, factor = damped_step(problem, params, g, matvec, p, lr, value, dtype,
+                                        factor, rho, adaptive=self.adaptive, grow=self.grow,
+                                        shrink=self.shrink)
+        return DampedStep(cast_like(step, params), p, lam, cg_steps, rho, factor, finite)
 
 
 def key_data(key, seed):

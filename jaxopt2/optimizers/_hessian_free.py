@@ -10,22 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from .._tree import tree_scale, tree_zeros_like
-from ._common import (
-    Objective,
-    ScalarOrSchedule,
-    cast_like,
-    check_cg,
-    check_init_params,
-    check_learning_rate,
-    check_number,
-    damped_cg,
-    damped_step,
-    dtype_of,
-    guard,
-    learning_rate_at,
-    matvec_like,
-    scalar,
-)
+from ._common import DampedNewton, ScalarOrSchedule, check_number, guard, scalar
 
 
 class HessianFreeState(NamedTuple):
@@ -113,15 +98,14 @@ def hessian_free(
         params = optax.apply_updates(params, updates)
     ```
     """
-    objective = Objective("hessian_free", curvature, model_fn, loss_fn)
-    check_learning_rate("learning_rate", learning_rate)
+    newton = DampedNewton("hessian_free", learning_rate, model_fn=model_fn, loss_fn=loss_fn,
+                          curvature=curvature, cg_max_steps=cg_max_steps, cg_rtol=cg_rtol,
+                          adaptive=adapt_damping, grow=1.5, shrink=2.0 / 3.0)
     check_number("damping", damping, low=0.0, low_open=True)
-    check_cg(cg_max_steps, cg_rtol)
     check_number("warm_start_decay", warm_start_decay, low=0.0, high=1.0)
 
     def init(params):
-        check_init_params('hessian_free', params)
-        dtype = dtype_of(params)
+        dtype = newton.init_dtype(params)
         return HessianFreeState(
             count=jnp.zeros((), jnp.int32), damping=scalar(damping, dtype),
             direction=tree_zeros_like(params), rho=scalar(0.0, dtype),
@@ -130,19 +114,13 @@ def hessian_free(
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
                **extra_args):
         del extra_args
-        problem, g, finite = objective.begin(grads, params, value_fn, batch,
-                                             needs_value=adapt_damping)
-        dtype = dtype_of(params)
-        matvec = matvec_like(problem.operator(), params)
-        lam = state.damping
-        p, cg_steps = damped_cg(matvec, g, lam, rtol=cg_rtol, max_steps=cg_max_steps,
-                                x0=tree_scale(warm_start_decay, state.direction))
-        lr = learning_rate_at(learning_rate, state.count, dtype)
-        step, rho, new_lam = damped_step(problem, params, g, matvec, p, lr, value, dtype, lam,
-                                         state.rho, adaptive=adapt_damping, grow=1.5,
-                                         shrink=2.0 / 3.0)
-        new_state = HessianFreeState(state.count + 1, new_lam, p, rho,
-                                     cg_steps.astype(jnp.int32))
-        return guard(finite, cast_like(step, params), new_state, state)
+        # λ is the state's: Martens' rule adapts λ itself.
+        out = newton(grads, params, value_fn, batch, value, count=state.count,
+                     factor=state.damping, rho=state.rho,
+                     damping=lambda g, dtype: state.damping,
+                     x0=tree_scale(warm_start_decay, state.direction))
+        new_state = HessianFreeState(state.count + 1, out.factor, out.direction, out.rho,
+                                     out.cg_steps.astype(jnp.int32))
+        return guard(out.finite, out.step, new_state, state)
 
     return optax.GradientTransformationExtraArgs(init, update)

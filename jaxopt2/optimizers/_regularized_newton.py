@@ -11,22 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from .._tree import tree_norm
-from ._common import (
-    Objective,
-    ScalarOrSchedule,
-    cast_like,
-    check_cg,
-    check_init_params,
-    check_learning_rate,
-    check_number,
-    damped_cg,
-    damped_step,
-    dtype_of,
-    guard,
-    learning_rate_at,
-    matvec_like,
-    scalar,
-)
+from ._common import DampedNewton, ScalarOrSchedule, check_number, guard, scalar
 
 
 class RegularizedNewtonState(NamedTuple):
@@ -95,32 +80,26 @@ def regularized_newton(
         w = optax.apply_updates(w, updates)
     ```
     """
-    objective = Objective("regularized_newton", curvature, model_fn, loss_fn)
-    check_learning_rate("learning_rate", learning_rate)
+    newton = DampedNewton("regularized_newton", learning_rate, model_fn=model_fn,
+                          loss_fn=loss_fn, curvature=curvature, cg_max_steps=cg_max_steps,
+                          cg_rtol=cg_rtol, adaptive=adaptive, grow=2.0, shrink=0.5)
     check_number("lipschitz", lipschitz, low=0.0, low_open=True)
-    check_cg(cg_max_steps, cg_rtol)
 
     def init(params):
-        check_init_params('regularized_newton', params)
-        dtype = dtype_of(params)
+        dtype = newton.init_dtype(params)
         return RegularizedNewtonState(jnp.zeros((), jnp.int32), scalar(lipschitz, dtype),
                                       scalar(0.0, dtype), scalar(0.0, dtype))
 
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
                **extra_args):
         del extra_args
-        problem, g, finite = objective.begin(grads, params, value_fn, batch,
-                                             needs_value=adaptive)
-        dtype = dtype_of(params)
-        matvec = matvec_like(problem.operator(), params)
-        gnorm = tree_norm(g).astype(dtype)
-        lam = jnp.sqrt(state.lipschitz * gnorm)
-        p, _ = damped_cg(matvec, g, lam, rtol=cg_rtol, max_steps=cg_max_steps)
-        lr = learning_rate_at(learning_rate, state.count, dtype)
-        step, rho, new_h = damped_step(problem, params, g, matvec, p, lr, value, dtype,
-                                       state.lipschitz, state.rho, adaptive=adaptive,
-                                       grow=2.0, shrink=0.5)
-        new_state = RegularizedNewtonState(state.count + 1, new_h, lam.astype(dtype), rho)
-        return guard(finite, cast_like(step, params), new_state, state)
+        # λ = √(H‖g‖) follows every minibatch's gradient; the rule adapts H.
+        out = newton(grads, params, value_fn, batch, value, count=state.count,
+                     factor=state.lipschitz, rho=state.rho,
+                     damping=lambda g, dtype: jnp.sqrt(state.lipschitz
+                                                       * tree_norm(g).astype(dtype)))
+        new_state = RegularizedNewtonState(state.count + 1, out.factor,
+                                           out.damping.astype(out.rho.dtype), out.rho)
+        return guard(out.finite, out.step, new_state, state)
 
     return optax.GradientTransformationExtraArgs(init, update)
