@@ -36,6 +36,8 @@ from ._solver.regularized_newton import RegularizedNewton as RegularizedNewton
 from ._solver.root_newton import NewtonRaphson as NewtonRaphson
 from ._solver.sketched_newton import SketchedNewton as SketchedNewton
 from ._solver.subspace_newton import SubspaceNewton as SubspaceNewton
+from ._stepper import Stepper as Stepper
+from ._stepper import StepState as StepState
 from ._version import __version__ as __version__
 from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
