@@ -95,6 +95,15 @@ def _check_k(k, n, name, at_most_n=False):
         raise ValueError(f"`{name}` samples k ≤ n rows without replacement; got k={k}, n={n}.")
 
 
+def _begin(name, key, k, structure, dtype, *, at_most_n=False):
+    """What every sketch over a `structure` checks first (the structure, then `k`, then the
+    key); returns `_structure`'s `(structure, n, dtype)`."""
+    structure, n, dtype = _structure(structure, dtype)
+    _check_k(k, n, name, at_most_n)
+    _check_key(key, name)
+    return structure, n, dtype
+
+
 def gaussian_sketch(key, k: int, structure, *, dtype=None) -> lx.FunctionLinearOperator:
     """Dense Gaussian sketch, entries i.i.d. N(0, 1/k), so E[SᵀS] = I.
 
@@ -102,9 +111,7 @@ def gaussian_sketch(key, k: int, structure, *, dtype=None) -> lx.FunctionLinearO
     needs only k = O(d/ε²) rows. Stores k n numbers; use it for small n or as the test matrix
     of a randomized range finder.
     """
-    structure, n, dtype = _structure(structure, dtype)
-    _check_k(k, n, "gaussian_sketch")
-    _check_key(key, "gaussian_sketch")
+    structure, n, dtype = _begin("gaussian_sketch", key, k, structure, dtype)
     matrix = jax.random.normal(key, (k, n), dtype) / math.sqrt(k)
     return _operator(lambda x: matrix @ x, structure, dtype)
 
@@ -115,9 +122,7 @@ def rademacher_sketch(key, k: int, structure, *, dtype=None) -> lx.FunctionLinea
     Same guarantees as the Gaussian sketch up to constants (Achlioptas 2003) with cheaper
     random numbers.
     """
-    structure, n, dtype = _structure(structure, dtype)
-    _check_k(k, n, "rademacher_sketch")
-    _check_key(key, "rademacher_sketch")
+    structure, n, dtype = _begin("rademacher_sketch", key, k, structure, dtype)
     matrix = jax.random.rademacher(key, (k, n), dtype) / math.sqrt(k)
     return _operator(lambda x: matrix @ x, structure, dtype)
 
@@ -136,9 +141,7 @@ def srht_sketch(key, k: int, structure, *, dtype=None) -> lx.FunctionLinearOpera
     Reference: Ailon and Chazelle, "The fast Johnson–Lindenstrauss transform", STOC 2006;
     Tropp, "Improved analysis of the subsampled randomized Hadamard transform", 2011.
     """
-    structure, n, dtype = _structure(structure, dtype)
-    _check_k(k, n, "srht_sketch", at_most_n=True)
-    _check_key(key, "srht_sketch")
+    structure, n, dtype = _begin("srht_sketch", key, k, structure, dtype, at_most_n=True)
     sign_key, row_key = jax.random.split(key)
     signs = jax.random.rademacher(sign_key, (n,), dtype)
     rows = jax.random.choice(row_key, n, (k,), replace=False)
@@ -164,9 +167,7 @@ def sparse_sign_sketch(
     Reference: Clarkson and Woodruff, "Low rank approximation and regression in input sparsity
     time", STOC 2013; Nelson and Nguyen, "OSNAP", FOCS 2013; Martinsson and Tropp 2020, §9.2.
     """
-    structure, n, dtype = _structure(structure, dtype)
-    _check_k(k, n, "sparse_sign_sketch")
-    _check_key(key, "sparse_sign_sketch")
+    structure, n, dtype = _begin("sparse_sign_sketch", key, k, structure, dtype)
     _check_positive(nonzeros, "nonzeros")
     rows, values = sparse_sign_pattern(key, n, k, nonzeros, dtype)
     flat_rows = rows.reshape(-1)
