@@ -18,7 +18,7 @@ from .._linalg import EW_ETA_MAX, cg_budget, inner_rtol, truncated_cg
 from .._linesearch import ACCEPTANCE_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
+from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_sub, tree_where
 from .._validate import (
     check_budget,
     check_number,
@@ -36,6 +36,12 @@ from .._validate import (
 # is driven up by orders of magnitude before γ recovers. θ = 1 keeps a margin of 4 for the
 # non-quadratic part.
 _ENERGY = 1.0
+
+# After an accepted step γ is at most _RADIUS times the step's length (see `step`): large
+# enough that λ = ‖g‖/γ stays far below the curvature along a Newton step (on the benchmark
+# problems the step counts are those of plain doubling, ±1), small enough that round-off in g
+# along a flat direction moves x by at most _RADIUS times the last step, not by 2ᵏ.
+_RADIUS = 32.0
 
 
 def shifted_solver(op, grad, linear_solver: str, cg_rtol, cg_max_steps: int, energy=None):
@@ -98,13 +104,20 @@ class RegularizedNewton(AbstractMinimizer):
 
         λₖ = ‖gₖ‖ / γₖ,    xₖ₊ = xₖ − (Hₖ + λₖ I)⁻¹ gₖ,
 
-    accepted when f(xₖ) − f(xₖ₊) ≥ ‖∇f(xₖ₊)‖² / (8λₖ); then γ ← 2γ for the next step.
+    accepted when f(xₖ) − f(xₖ₊) ≥ ‖∇f(xₖ₊)‖² / (8λₖ); then γ ← min(2γ, 32‖xₖ₊ − xₖ‖) for
+    the next step (γ bounds the step, ‖xₖ₊ − xₖ‖ ≤ γ, so this is the paper's doubling wherever
+    λ limits the step). Where f fell by less than round-off γ does not grow, and it drops to
+    ½‖xₖ₊ − xₖ‖ unless ‖∇f‖ fell.
     Otherwise γ ← γ/2 and the step is re-solved from xₖ with the larger λ, reusing the
     curvature operator built once per step. The test only compares f and ‖∇f‖, so Hₖ need not
     be the Hessian: with a Gauss-Newton, Fisher or diagonal approximation the method keeps a
     global (linear, for logistic and softmax regression) rate. Accepted steps never increase
     f (up to rounding: the test is relaxed by 100·eps·|f(xₖ)|, so that float32 can finish).
-    Near a strict minimizer γ keeps doubling, λ → 0 and the steps become Newton steps.
+    Near a strict minimizer λ ∝ ‖g‖ → 0 and the steps become Newton steps (quadratic rate,
+    as Levenberg–Marquardt with λ ∝ ‖F‖). The cap on γ keeps a singular Hessian (softmax
+    regression with unpenalised intercepts, whose loss is flat along b + c·1) from turning
+    the gradient's round-off into ever larger steps along its flat directions, as MINPACK's
+    LM (Moré 1978) resets its radius to twice the step taken.
 
     `variant="fixed"` is the classical special case (Mishchenko 2021; Doikov & Nesterov
     2021) λₖ = √(L‖gₖ‖), with `lipschitz=L` an estimate of the Hessian's Lipschitz constant.
@@ -243,7 +256,21 @@ class RegularizedNewton(AbstractMinimizer):
             cond, body, (2 * state.gamma, iterate, jnp.array(False), zero, zero),
             max_steps=self.max_retries + 1)
         new = tree_where(ok, new, iterate)
-        next_gamma = jnp.where(ok, jnp.minimum(2 * gamma, big), gamma).astype(dtype)
+        # γ bounds the step (‖d‖ ≤ ‖g‖/λ = γ), a trust radius. Doubling it after every
+        # accepted step lets λ fall with ‖g‖ while the steps shrink; once ‖g‖ is round-off, the
+        # step along a direction of zero curvature (softmax's b + c·1) is that round-off over
+        # λ, of order γ: a drift that never meets the stopping rule. So, as MINPACK's LM sets
+        # its radius from the step taken, γ grows to at most _RADIUS·‖d‖, and only on a
+        # measurable decrease of f. Without one (f at round-off) γ is kept while ‖g‖ still
+        # falls (the gradient alone drives progress there, as with an approximate H) and
+        # drops to ½‖d‖ when it does not: such steps carry no evidence, and they contract.
+        dnorm = tree_norm(tree_sub(new.params, iterate.params)).astype(dtype)
+        measurable = iterate.value - new.value > slack
+        gradient_fell = tree_norm(new.grad).astype(dtype) < gnorm
+        grown = jnp.where(measurable, jnp.minimum(2 * gamma, _RADIUS * dnorm),
+                          jnp.where(gradient_fell, jnp.minimum(gamma, _RADIUS * dnorm),
+                                    0.5 * jnp.minimum(gamma, dnorm)))
+        next_gamma = jnp.where(ok, jnp.clip(grown, 1 / big, big), gamma).astype(dtype)
         lam = jnp.where(ok, gnorm / gamma, state.lam).astype(dtype)
         result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
         counts = build_counts + Counts.of(grad=k, hvp=matvecs)
