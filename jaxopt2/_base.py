@@ -9,6 +9,22 @@ A minimizer is an `eqx.Module` holding hyperparameters with two methods:
 `fn(params, args)` returns `(value, aux)`. The shared loop (`_iterate.py`) owns the stopping test
 (gradient norm against `atol + rtol * |g0|`), the non-finite check, the step budget and the
 callback, so a solver file only says how to take one step.
+
+**Two step protocols, on purpose.** Least-squares, root-finding and fixed-point solvers
+(`AbstractIterativeSolver`) instead return `(point, state, counts, done, result)`: they
+report `done` themselves. The difference is who owns the convergence test. Every minimizer
+is judged by one rule (`_stopping.MinimizerRule`: gradient and two error estimates, a start
+at the solution, divergence, then the curvature check), which needs the previous iterate and
+the start, so the loop owns it and no minimizer can drift from it. The equation solvers' tests
+need their own internals, which the loop cannot see: MINPACK's relative-reduction, step and
+gradient tests for least squares use the trust-region model's predicted reduction and scaled
+step, bisection stops on its bracket width (an error bound), root finders compare ‖F‖ with
+their own tolerances; the loop only confirms a root by its step (`confirm_by_step`). One
+5-value protocol would make every minimizer call the shared rule itself and carry its memory
+in its state; one 4-value protocol would make the loop learn each solver's test. Both only
+move code; what is shared, the per-step verdict, is one function each in
+`_iterate.py` (`minimizer_step`, `solver_step`), used by the front doors' loops and by the
+public `Stepper`.
 """
 
 from __future__ import annotations
