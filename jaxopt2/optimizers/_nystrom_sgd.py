@@ -133,8 +133,9 @@ def nystrom_sgd(
     opt = jaxopt2.optimizers.nystrom_sgd(rank=10)
     w = jnp.zeros(20)
     state = opt.init(w)
-    for _ in range(5):
-        updates, state = opt.update(jax.grad(loss)(w), state, w, value_fn=loss)
+    for _ in range(5):  # value= saves the safeguard one evaluation of the loss
+        value, grads = jax.value_and_grad(loss)(w)
+        updates, state = opt.update(grads, state, w, value_fn=loss, value=value)
         w = optax.apply_updates(w, updates)
     ```
     """
