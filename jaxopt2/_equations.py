@@ -25,7 +25,7 @@ from ._base import (
     Point,
 )
 from ._checks import check_vector_output
-from ._front import finish, open_door, stats
+from ._front import adjoint_for, finish, open_door, stats
 from ._iterate import run_solver
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
@@ -43,6 +43,7 @@ def _solve(fn, y0, args, *, solver, max_steps, adjoint, has_aux, throw, callback
         out = run_solver(solver, fn, y0, args, max_steps, callback, measure)
         return out.point.y, out
 
+    adjoint = adjoint_for(adjoint, throw)
     y, out = adjoint.apply(primal, optimality, y0, inputs, tags)
     status = out.result
     y = finish(y, status, adjoint, throw)

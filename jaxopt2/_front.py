@@ -85,6 +85,15 @@ DERIVATIVE_HINT = (
     "warm-started inner solve of a bilevel loop stopped at its step budget).")
 
 
+def adjoint_for(adjoint, throw: bool):
+    """The front door's `throw=False` also silences the adjoint's own failure checks (its
+    derivatives are then NaN where the adjoint solve fails, as the primal's status is only
+    reported): one switch for the whole solve. `throw=True` leaves the adjoint's setting."""
+    if throw or not getattr(adjoint, "throw", False):
+        return adjoint
+    return eqx.tree_at(lambda a: a.throw, adjoint, False)
+
+
 def finish(params, status: RESULTS, adjoint, throw: bool):
     """The front doors' last step: raise on failure (`throw`) and guard the derivatives."""
     if throw:  # first: a concrete failure raises here, with the plain hint

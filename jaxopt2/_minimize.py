@@ -11,7 +11,7 @@ import lineax as lx
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from ._base import AbstractMinimizer
 from ._checks import check_objective
-from ._front import finish, open_door, stats
+from ._front import adjoint_for, finish, open_door, stats
 from ._iterate import run_minimizer
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
@@ -93,6 +93,7 @@ def minimize(
         return jax.grad(lambda p: fn(p, args)[0])(params)
 
     tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+    adjoint = adjoint_for(adjoint, throw)
     params, out = adjoint.apply(primal, stationarity, params0, inputs, tags)
     status = out.result
     params = finish(params, status, adjoint, throw)
