@@ -239,3 +239,23 @@ def test_bad_input_is_rejected():
     root_state = jaxopt2.Stepper(_cubic, jaxopt2.NewtonRaphson()).init(jnp.zeros(2), 1.0)
     with pytest.raises(TypeError, match="StepState of a kind='minimize'"):
         jaxopt2.Stepper(fun, jaxopt2.LBFGS()).step(root_state)
+
+
+def test_vmap_curvature_check_is_per_problem():
+    """Under vmap the curvature check runs where a problem is accepted, and only its own
+    status changes: from (1, 0) Newton lands on the saddle of x² − y² + y⁴, from (1, 0.5)
+    on a minimum (0, ±1/√2)."""
+    saddle = lambda p, a: p[0] ** 2 - p[1] ** 2 + a * p[1] ** 4  # noqa: E731
+    p0 = jnp.array([[1.0, 0.0], [1.0, 0.5]])
+    stepper = jaxopt2.Stepper(saddle, jaxopt2.Newton(), max_steps=30)
+    state = jax.jit(lambda p0: jax.lax.fori_loop(
+        0, 30, lambda _, s: jax.vmap(stepper.step, (0, None))(s, 1.0),
+        jax.vmap(stepper.init, (0, None))(p0, 1.0)))(p0)
+    for i in range(2):
+        sol = jaxopt2.minimize(saddle, p0[i], 1.0, solver=jaxopt2.Newton(), throw=False)
+        assert int(state.status.code[i]) == int(sol.status)
+        assert int(state.num_steps[i]) == int(sol.stats["num_steps"])
+        assert int(state.stats["num_hvp"][i]) == int(sol.stats["num_hvp"])
+    assert list(jaxopt2.status_name(state.status.code)) == ["saddle_point", "successful"]
+    np.testing.assert_allclose(jnp.abs(state.params[1]), jnp.array([0.0, 0.5**0.5]),
+                               atol=1e-5)
