@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from ._keywords import check_solver_keywords
 from ._results import RESULTS
+from ._tree import result_dtype, tree_inf_norm
 
 
 def _zero():
@@ -236,3 +237,17 @@ def residual_converged(norm, norm0, rtol, atol, dtype):
     """‖F(y)‖∞ ≤ atol + rtol·‖F(y₀)‖∞, with `rtol=None` meaning `default_root_rtol`."""
     rtol = default_root_rtol(dtype) if rtol is None else rtol
     return norm <= atol + rtol * norm0
+
+
+def newton_root_outcome(solver, point: Point, new: Point, f_norm0, ls_ok, solved):
+    """How a Newton-type root finder's step from `point` to `new` ends, given whether its
+    line search succeeded (`ls_ok`) and whether the linear solve gave a usable direction
+    (`solved`): `(done, result)`. A failed solve reports `linear_solve_failed` (it outranks
+    the line search, which then searched along a zero direction), a failed search
+    `line_search_failed`; either ends the solve, as does ‖F(new)‖∞ ≤ atol + rtol·‖F(y₀)‖∞
+    (`residual_converged` with the solver's tolerances)."""
+    result = RESULTS.where(ls_ok, RESULTS.successful, RESULTS.line_search_failed)
+    result = RESULTS.where(solved, result, RESULTS.linear_solve_failed)
+    converged = residual_converged(tree_inf_norm(new.f), f_norm0, solver.rtol, solver.atol,
+                                   result_dtype(point.y))
+    return converged | ~ls_ok | ~solved, result

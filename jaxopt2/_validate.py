@@ -135,3 +135,11 @@ def check_line_search(solver, *, budget: str = "max_backtracks"):
     """`c1` in (0, 1) and the trial budget of a backtracking line search."""
     check_unit_interval("c1", solver.c1)
     check_budget(budget, getattr(solver, budget))
+
+
+def check_line_search_solver(solver):
+    """The four fields every solver with a tolerance test and a backtracking line search
+    has: `rtol`, `atol` (`check_tolerances`), `c1` and `max_backtracks`
+    (`check_line_search`)."""
+    check_tolerances(solver)
+    check_line_search(solver)

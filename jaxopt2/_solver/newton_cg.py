@@ -20,9 +20,8 @@ from .._tree import tree_add, tree_dot, tree_neg, tree_norm, tree_size
 from .._trust_region import bands, reduction_ratio, update_radius
 from .._validate import (
     check_budget,
-    check_line_search,
+    check_line_search_solver,
     check_positive,
-    check_tolerances,
     check_unit_interval,
     renamed_fields,
 )
@@ -121,8 +120,7 @@ class NewtonCG(AbstractMinimizer):
     max_backtracks: int = 30
 
     def __check_init__(self):
-        check_tolerances(self)
-        check_line_search(self)
+        check_line_search_solver(self)
         check_budget("cg_max_steps", self.cg_max_steps, allow_none=True)
         if isinstance(self.forcing, str):
             if self.forcing not in ("eisenstat_walker", "sqrt"):

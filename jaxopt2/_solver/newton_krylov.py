@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._base import AbstractRootFinder, Counts, Point, residual_converged
+from .._base import AbstractRootFinder, Counts, Point, newton_root_outcome, residual_converged
 from .._linalg import EW_ETA_MAX, band_solver, eisenstat_walker, gmres, probe_band
 from .._linesearch import backtrack
 from .._results import RESULTS
@@ -24,7 +24,7 @@ from .._tree import (
     tree_size,
     tree_where,
 )
-from .._validate import check_budget, check_line_search, check_tolerances, renamed_fields
+from .._validate import check_budget, check_line_search_solver, renamed_fields
 
 # "auto" keeps the probed band B when ‖b − J B⁻¹b‖ ≤ _BAND_QUALITY‖b‖ for the right-hand side
 # b = −F: B then removes most of J's action where it matters. Exact bands give ~eps·cond(J).
@@ -115,8 +115,7 @@ class NewtonKrylov(AbstractRootFinder):
     max_backtracks: int = 30
 
     def __check_init__(self):
-        check_tolerances(self)
-        check_line_search(self)
+        check_line_search_solver(self)
         check_budget("gmres_restart", self.gmres_restart)
         check_budget("gmres_max_steps", self.gmres_max_steps)
         if not (callable(self.preconditioner) or self.preconditioner in _PRECONDITIONERS):
@@ -197,12 +196,8 @@ class NewtonKrylov(AbstractRootFinder):
         direction = jax.tree_util.tree_map(lambda p: jnp.where(progress, p, 0.0), sol.x)
         ls = backtrack(fn, point, direction, args, phi0=phi0, slope=slope.astype(dtype),
                        decrease=decrease, c1=self.c1, max_trials=self.max_backtracks)
-        result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
-        result = RESULTS.where(progress, result, RESULTS.linear_solve_failed)
         new = ls.point
-        converged = residual_converged(tree_inf_norm(new.f), state.f_norm0, self.rtol,
-                                       self.atol, result_dtype(point.y))
-        done = converged | ~ls.ok | ~progress
+        done, result = newton_root_outcome(self, point, new, state.f_norm0, ls.ok, progress)
         new_state = _NewtonKrylovState(
             f_norm0=state.f_norm0,
             f_norm_prev=f_norm,

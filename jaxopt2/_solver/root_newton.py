@@ -8,12 +8,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._base import AbstractRootFinder, Counts, Point, residual_converged
+from .._base import AbstractRootFinder, Counts, Point, newton_root_outcome, residual_converged
 from .._linalg import newton_solve, ravelled_jacobian
 from .._linesearch import backtrack
 from .._results import RESULTS
 from .._tree import ravel, result_dtype, tree_inf_norm
-from .._validate import check_line_search, check_tolerances
+from .._validate import check_line_search_solver
 
 
 class _NewtonRaphsonState(eqx.Module):
@@ -66,8 +66,7 @@ class NewtonRaphson(AbstractRootFinder):
     max_backtracks: int = 30
 
     def __check_init__(self):
-        check_tolerances(self)
-        check_line_search(self)
+        check_line_search_solver(self)
 
     def init(self, fn, point: Point, args):
         f_norm0 = tree_inf_norm(point.f)
@@ -89,11 +88,7 @@ class NewtonRaphson(AbstractRootFinder):
         phi0 = 0.5 * f_norm**2
         ls = backtrack(fn, point, unravel(p), args, phi0=phi0, slope=slope, decrease=slope,
                        c1=self.c1, max_trials=self.max_backtracks)
-        result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
-        result = RESULTS.where(finite, result, RESULTS.linear_solve_failed)
         new = ls.point
-        converged = residual_converged(tree_inf_norm(new.f), state.f_norm0, self.rtol,
-                                       self.atol, result_dtype(point.y))
-        done = converged | ~ls.ok | ~finite
+        done, result = newton_root_outcome(self, point, new, state.f_norm0, ls.ok, finite)
         counts = Counts.of(fun=1 + ls.num_fun, jac=1)
         return new, _NewtonRaphsonState(state.f_norm0, ls.step_size), counts, done, result
