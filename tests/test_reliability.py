@@ -98,6 +98,17 @@ def test_function_without_root_never_succeeds(name):
         assert status(sol) != "successful", fn
 
 
+@pytest.mark.float64
+@pytest.mark.parametrize("name", ["NewtonRaphson", "NewtonKrylov"])
+def test_line_search_steps_do_not_certify_a_root(name):
+    # y² + 1 from 0.5 in float64: the line search cuts each Newton step ever shorter at y ≈ 0;
+    # those steps contract but estimate nothing (only full Newton steps certify a root)
+    for dtype in (jnp.float32, jnp.float64):
+        sol = J.root_find(lambda y, _: y**2 + 1.0, jnp.full(2, 0.5, dtype), None,
+                          solver=ROOT[name](), throw=False)
+        assert status(sol) != "successful", dtype
+
+
 def test_linear_root_is_exact_after_one_step():
     for S in ROOT.values():
         sol = J.root_find(lambda y, a: y - a, jnp.zeros(2, F32), jnp.ones(2, F32), solver=S(),
