@@ -112,11 +112,11 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     ```python
     import jax.numpy as jnp, jaxopt2
-    t = jnp.linspace(0.0, 1.0, 20)
-    y = 2.0 * jnp.exp(-3.0 * t)
-    fit = lambda p, a: p["A"] * jnp.exp(-p["k"] * a[0]) - a[1]
-    sol = jaxopt2.least_squares(fit, {"A": 1.0, "k": 1.0}, (t, y),
+    # Rosenbrock as least squares: r(y) = (10(y₂ − y₁²), 1 − y₁), minimum at (1, 1)
+    residuals = lambda y, _: jnp.stack([10.0 * (y[1] - y[0] ** 2), 1.0 - y[0]])
+    sol = jaxopt2.least_squares(residuals, jnp.array([-1.2, 1.0]), None,
                                 solver=jaxopt2.LevenbergMarquardt())
+    print(sol.params)  # ≈ [1. 1.]
     ```
     """
 
