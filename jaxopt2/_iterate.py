@@ -208,28 +208,43 @@ def run_minimizer(
     return LoopOutput(it, state, counts, result, num_steps)
 
 
-def _check_after(solver, fn, args, when, it0, rule, state0, done0, result0, max_steps,
-                 callback) -> LoopOutput:
-    """`run_minimizer` without escapes: the loop, then one curvature check where it ended."""
+def _loop(step, carry0, max_steps: int):
+    """The plain loop of both front-door kinds: `step(point, state, progress, num_steps)` →
+    (new, state, counts, result, num_steps, done, progress) until done or `max_steps`; a loop
+    that ran out of steps ends `max_steps_reached`. Returns (point, state, counts, result,
+    num_steps)."""
 
     def cond(carry):
         num_steps, done = carry[4], carry[5]
         return ~done & (num_steps < max_steps)
 
     def body(carry):
-        it, state, counts, _, num_steps, _, progress = carry
-        new, state, step_counts, result, num_steps, done, progress = minimizer_step(
-            solver, fn, args, rule, it, state, progress, num_steps)
+        point, state, counts, _, num_steps, _, progress = carry
+        new, state, step_counts, result, num_steps, done, progress = step(
+            point, state, progress, num_steps)
+        return new, state, counts + step_counts, result, num_steps, done, progress
+
+    point, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
+                                                                  max_steps=max_steps)
+    return point, state, counts, RESULTS.where(done, result, RESULTS.max_steps_reached), \
+        num_steps
+
+
+def _check_after(solver, fn, args, when, it0, rule, state0, done0, result0, max_steps,
+                 callback) -> LoopOutput:
+    """`run_minimizer` without escapes: the loop, then one curvature check where it ended."""
+
+    def step(it, state, progress, num_steps):
+        out = minimizer_step(solver, fn, args, rule, it, state, progress, num_steps)
+        new, state, num_steps = out[0], out[1], out[4]
         if callback is not None:
             report_step(callback, num_steps, it.params, new.params,
                         (new.value, tree_inf_norm(new.grad)), state)
-        return new, state, counts + step_counts, result, num_steps, done, progress
+        return out
 
     carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0,
               rule.no_step(it0))
-    it, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
-                                                               max_steps=max_steps)
-    result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    it, state, counts, result, num_steps = _loop(step, carry0, max_steps)
     if when is None:
         return LoopOutput(it, state, counts, result, num_steps)
     result, check_counts = final_check(solver, fn, args, when, it, state, result)
@@ -280,21 +295,14 @@ def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, ca
     carry0 = (point0, state0, counts0, result0, jnp.zeros((), jnp.int32), done0,
               stopping.Progress.none(result_dtype(y0)))
 
-    def cond(carry):
-        num_steps, done = carry[4], carry[5]
-        return ~done & (num_steps < max_steps)
-
-    def body(carry):
-        point, state, counts, _, num_steps, _, progress = carry
-        new, state, step_counts, result, num_steps, done, progress = solver_step(
-            solver, fn, args, point, state, progress, num_steps)
+    def step(point, state, progress, num_steps):
+        out = solver_step(solver, fn, args, point, state, progress, num_steps)
+        new, state, num_steps = out[0], out[1], out[4]
         if callback is not None:
             report_step(callback, num_steps, point.y, new.y, (measure(new),), state)
-        return new, state, counts + step_counts, result, num_steps, done, progress
+        return out
 
-    point, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
-                                                                  max_steps=max_steps)
-    result = RESULTS.where(done, result, RESULTS.max_steps_reached)
+    point, state, counts, result, num_steps = _loop(step, carry0, max_steps)
     return SolverOutput(point, state, counts, result, num_steps)
 
 
