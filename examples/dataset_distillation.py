@@ -30,13 +30,15 @@ import time
 # examples/ is not on sys.path when the tests load this file by path; _common lives there
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    all_finite,
     digits_split,
-    enable_x64,
+    exit_code,
     markdown_table,
-    parse_cli,
     prepare_output_dir,
     pyplot,
     save_figure,
+    setup,
+    solver_names,
     write_metrics,
     write_results,
 )
@@ -59,8 +61,8 @@ DEFAULTS = {
 
 
 def main(argv=None) -> int:
-    config = parse_cli(__doc__, DEFAULTS, argv, nested=False)
-    enable_x64(config)
+    config = setup(__doc__, DEFAULTS, argv, script=__file__,
+                   choices={"solver": lambda: solver_names("AbstractMinimizer")})
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -133,11 +135,14 @@ def main(argv=None) -> int:
     images0 = jnp.asarray(X_tr[draws[0]])
     images, opt_state, params = images0, optimizer.init(images0), params_zero
     rows, losses = [], []
+    failed_steps = []  # outer steps whose inner solve failed or whose loss is not finite
     t = time.perf_counter()
     for step in range(config["outer_steps"] + 1):
         new_images, new_opt_state, params, info = outer_step(images, opt_state, params)
         info = {k: np.asarray(v) for k, v in info.items()}
         losses.append(float(info["loss"]))
+        if not bool(info["ok"]) or not all_finite(info["loss"], info["test_acc"]):
+            failed_steps.append(step)
         if step == 0:
             compile_s = time.perf_counter() - t
         if step % config["print_every"] == 0 or step == config["outer_steps"]:
@@ -161,13 +166,20 @@ def main(argv=None) -> int:
     print(f"first outer step (compile + run) {compile_s:.1f} s, {config['outer_steps']} outer "
           f"steps {loop_s:.1f} s, total {total_s:.1f} s")
 
+    failures = []
+    if failed_steps:
+        failures.append(f"inner solve failed or loss not finite at {len(failed_steps)} of "
+                        f"{config['outer_steps'] + 1} outer steps (first: {failed_steps[0]})")
+    if not bool(base_ok.all()) or not bool(full_ok) or not all_finite(base_acc, full_acc):
+        failures.append("baselines: an inner solve failed or an accuracy is not finite")
+
     out = prepare_output_dir(config)
     write_results(out, table, summary)
     metrics = {
         "outer_loss": losses, "distilled_test_acc": distilled_acc,
         "random_real_test_acc": base_acc.tolist(), "start_test_acc": float(base_acc[0]),
         "full_training_set_test_acc": float(full_acc),
-        "inner_all_ok": all(r[4] == "ok" for r in rows) and bool(base_ok.all()),
+        "inner_all_ok": not failed_steps and bool(base_ok.all()) and bool(full_ok),
         "seconds": {"first_step": compile_s, "outer_loop": loop_s, "total": total_s},
     }
     write_metrics(out, metrics)
@@ -175,7 +187,7 @@ def main(argv=None) -> int:
     paths = _plot(np.asarray(images0), np.asarray(images), losses, base_acc[0], distilled_acc,
                   out)
     print("saved " + ", ".join(paths))
-    return 0
+    return exit_code(failures)
 
 
 def _plot(images0, images, losses, acc0, acc, out) -> list[str]:

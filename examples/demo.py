@@ -16,12 +16,15 @@ import time
 # examples/ is not on sys.path when the tests load this file by path; _common lives there
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    enable_x64,
+    all_finite,
+    exit_code,
     markdown_table,
-    parse_cli,
     prepare_output_dir,
     pyplot,
     save_figure,
+    setup,
+    show_progress,
+    solver_names,
     write_results,
 )
 
@@ -61,9 +64,11 @@ def load_data(config, dtype):
 
 
 def main(argv=None) -> int:
-    # a file's `synthetic:` replaces the default whole (no nested merge)
-    config = parse_cli(__doc__, DEFAULTS, argv)
-    enable_x64(config)
+    # a file's `synthetic:` updates the default mapping key by key
+    config = setup(__doc__, DEFAULTS, argv, script=__file__,
+                   configs=["default.yaml", "smoke.yaml"],
+                   choices={"solvers": lambda: solver_names("AbstractMinimizer"),
+                            "dataset": ("breast_cancer", "digits", "synthetic")})
     import jax
     import jax.numpy as jnp
     from tqdm import tqdm
@@ -91,7 +96,8 @@ def main(argv=None) -> int:
 
     rows, histories = [], {}
     names = [s for s in config["solvers"] if hasattr(jaxopt2, s)]
-    for name in tqdm(names, desc="solvers", file=sys.stdout):
+    failures = []  # solves that did not succeed or reported non-finite numbers
+    for name in tqdm(names, desc="solvers", file=sys.stdout, disable=not show_progress()):
         solver = getattr(jaxopt2, name)(rtol=config["rtol"])
         run = jax.jit(lambda data, solver=solver: jaxopt2.minimize(
             objective, params0, data, solver=solver, max_steps=config["max_steps"], throw=False))
@@ -104,6 +110,9 @@ def main(argv=None) -> int:
         gnorm = inf_norm(grad_fn(sol.params, (X, y))) / g0
         stats = {k: int(v) for k, v in sol.stats.items()}
         status = "ok" if bool(sol.success) else jaxopt2.status_name(sol.status)
+        if status != "ok" or not all_finite(gnorm, sol.value):
+            failures.append(f"{name}: status {status}, |g|/|g0| = {gnorm:.3g}, "
+                            f"objective = {float(sol.value):.6g}")
         rows.append((name, stats["num_steps"], stats["num_grad"] + stats["num_fun"],
                      stats["num_hvp"], compile_s, run_s, gnorm, float(sol.value), status))
         histories[name] = _history(jaxopt2, objective, params0, (X, y), solver, config, g0,
@@ -117,7 +126,7 @@ def main(argv=None) -> int:
     write_results(out, table)
     path = _plot(histories, out, config)
     print(f"saved {path}")
-    return 0
+    return exit_code(failures)
 
 
 def _history(jaxopt2, objective, params0, data, solver, config, g0, run_s, num_steps):

@@ -36,13 +36,14 @@ import time
 # examples/ is not on sys.path when the tests load this file by path; _common lives there
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    all_finite,
     digits_split,
-    enable_x64,
+    exit_code,
     markdown_table,
-    parse_cli,
     prepare_output_dir,
     pyplot,
     save_figure,
+    setup,
     write_metrics,
     write_results,
 )
@@ -64,8 +65,8 @@ DEFAULTS = {
 
 
 def main(argv=None) -> int:
-    config = parse_cli(__doc__, DEFAULTS, argv)
-    enable_x64(config)
+    config = setup(__doc__, DEFAULTS, argv, script=__file__,
+                   choices={"norm": ("spectral", "frobenius")})
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -163,6 +164,7 @@ def main(argv=None) -> int:
     bs = config["batch_size"]
     n_batches = len(y_tr) // bs  # full batches only: one compiled shape
     rows, losses = [], []
+    failed_epochs = []  # epochs with a failed fixed point or a non-finite loss or accuracy
     t = time.perf_counter()
     for epoch in range(1, config["epochs"] + 1):
         perm = rng.permutation(len(y_tr))
@@ -183,6 +185,8 @@ def main(argv=None) -> int:
         rows.append((epoch, epoch_loss, correct / (n_batches * bs), float(test_acc), steps,
                      float(test_info["steps"]), float(sigma),
                      "ok" if ok and bool(test_info["ok"]) else "failed"))
+        if not (ok and bool(test_info["ok"])) or not all_finite(epoch_loss, test_acc):
+            failed_epochs.append(epoch)
         print(f"epoch {epoch}: training loss {epoch_loss:.4f}, test accuracy {test_acc:.4f}, "
               f"{steps:.1f} Anderson steps per forward pass", flush=True)
     train_s = time.perf_counter() - t
@@ -213,7 +217,10 @@ def main(argv=None) -> int:
     write_metrics(out, metrics)
     path = _plot(losses, n_batches, rows, out)
     print(f"saved {path}")
-    return 0
+    failures = ([f"fixed point failed or loss not finite in {len(failed_epochs)} of "
+                 f"{config['epochs']} epochs (first: {failed_epochs[0]})"]
+                if failed_epochs else [])
+    return exit_code(failures)
 
 
 def _plot(losses, n_batches, rows, out) -> str:

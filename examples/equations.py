@@ -25,11 +25,13 @@ import sys
 # examples/ is not on sys.path when the tests load this file by path; _common lives there
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    enable_x64,
-    parse_cli,
+    all_finite,
+    exit_code,
     prepare_output_dir,
     pyplot,
     save_figure,
+    setup,
+    solver_names,
     timed,
     write_results,
 )
@@ -47,8 +49,9 @@ DEFAULTS = {
 
 
 def main(argv=None) -> int:
-    config = parse_cli(__doc__, DEFAULTS, argv)
-    enable_x64(config)
+    config = setup(__doc__, DEFAULTS, argv, script=__file__, choices={
+        "curve_fit.solvers": lambda: solver_names("AbstractLeastSquaresSolver"),
+        "deq.solvers": lambda: solver_names("AbstractFixedPointSolver")})
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -143,6 +146,12 @@ def main(argv=None) -> int:
 
     grad_W = jax.jit(jax.grad(deq_loss))(W)
 
+    # Checks: every solve succeeded, every reported number is finite ----------------------
+    failures = [f"{row[0]} by {row[1]}: the solve failed" for row in rows if row[-1] != "ok"]
+    failures += [f"{what} is not finite (NaN or inf)" for what, value in (
+        ("d centre / d data", sensitivity), ("du/dλ", du_dlam), ("d loss / dW", grad_W))
+        if not all_finite(value)]
+
     # Report --------------------------------------------------------------------------------
     header = ("| problem | solver | steps (max) | evaluations (max) | compile s | run s | "
               "error / residual | status |\n|---|---|---|---|---|---|---|---|")
@@ -156,8 +165,8 @@ def main(argv=None) -> int:
     out = prepare_output_dir(config)
     write_results(out, table)
     _plot(out, t, data[0], model, fit_one(data[0]),
-          sol_b.params, du_dlam)
-    return 0 if all(row[-1] == "ok" for row in rows) else 1
+          sol_b.params, du_dlam if all_finite(du_dlam) else None)  # no curve of NaNs
+    return exit_code(failures)
 
 
 def with_centre(params, centre):
@@ -176,7 +185,8 @@ def _plot(out, t, y, model, params, u, du):
     a.legend()
     x = np.linspace(0, 1, len(u) + 2)[1:-1]
     b.plot(x, u, label="u (Bratu, λ = given)")
-    b.plot(x, du, label="du/dλ (implicit)")
+    if du is not None:
+        b.plot(x, du, label="du/dλ (implicit)")
     b.set(title="Bratu problem by Newton–Krylov", xlabel="x")
     b.legend()
     fig.tight_layout()

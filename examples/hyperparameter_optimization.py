@@ -32,12 +32,13 @@ import time
 # examples/ is not on sys.path when the tests load this file by path; _common lives there
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    enable_x64,
+    all_finite,
+    exit_code,
     markdown_table,
-    parse_cli,
     prepare_output_dir,
     pyplot,
     save_figure,
+    setup,
     write_metrics,
     write_results,
 )
@@ -98,8 +99,8 @@ def load_data(config, dtype):
 
 
 def main(argv=None) -> int:
-    config = parse_cli(__doc__, DEFAULTS, argv)
-    enable_x64(config)
+    config = setup(__doc__, DEFAULTS, argv, script=__file__,
+                   choices={"extra_features.kind": ("none", "fourier", "products")})
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -172,6 +173,7 @@ def main(argv=None) -> int:
 
     # --- the outer loop: Adam on θ, each inner solve warm-started from the last solution
     rows, history, test_history = [], [], []
+    failed_steps = []  # outer steps whose inner solve failed or whose losses are not finite
     params = zeros
     t = time.perf_counter()
     for step in range(config["outer_steps"] + 1):
@@ -179,6 +181,8 @@ def main(argv=None) -> int:
         info = {k: np.asarray(v) for k, v in info.items() if k != "grad"}
         history.append(float(info["val_loss"]))
         test_history.append(float(info["test_loss"]))
+        if not bool(info["ok"]) or not all_finite(info["val_loss"], info["test_loss"]):
+            failed_steps.append(step)
         if step % config["print_every"] == 0 or step == config["outer_steps"]:
             lam = np.exp(np.asarray(theta))
             rows.append((step, float(info["val_loss"]), float(info["test_loss"]),
@@ -214,13 +218,23 @@ def main(argv=None) -> int:
     print(f"first outer step (compile + run) {compile_s:.1f} s, {config['outer_steps']} outer "
           f"steps {loop_s:.1f} s, total {total_s:.1f} s")
 
+    failures = []
+    if failed_steps:
+        failures.append(f"inner solve failed or loss not finite at {len(failed_steps)} of "
+                        f"{config['outer_steps'] + 1} outer steps (first: {failed_steps[0]})")
+    if not all_finite(grad0[j], fd):
+        failures.append("hypergradient check: the hypergradient or its finite difference is "
+                        "not finite")
+    if not bool(g_ok[best]) or not all_finite(g_loss[best], g_test_loss[best]):
+        failures.append("grid search: no grid point was solved successfully")
+
     out = prepare_output_dir(config)
     write_results(out, table, summary)
     metrics = {
         "num_hyperparameters": d, "val_loss": history, "test_loss": test_history,
         "test_loss_first": rows[0][2], "test_loss_last": rows[-1][2],
         "test_acc_first": rows[0][3], "test_acc_last": rows[-1][3],
-        "inner_all_ok": all(r[5] == "ok" for r in rows),
+        "inner_all_ok": not failed_steps,  # every outer step, not only the printed ones
         "fd_check": {"coordinate": j, "implicit": float(grad0[j]), "finite_difference": fd,
                      "relative_error": fd_rel},
         "grid_best": {"l2": float(np.exp(float(grid[best]))), "val_loss": float(g_loss[best]),
@@ -231,7 +245,7 @@ def main(argv=None) -> int:
     write_metrics(out, metrics)
     path = _plot(history, test_history, float(g_loss[best]), np.exp(np.asarray(theta)), out)
     print(f"saved {path}")
-    return 0
+    return exit_code(failures)
 
 
 def _plot(history, test_history, grid_best, lam, out) -> str:

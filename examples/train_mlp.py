@@ -40,12 +40,14 @@ from typing import Any
 # examples/ is not on sys.path when the tests load this file by path; _common lives there
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    enable_x64,
+    all_finite,
+    exit_code,
     markdown_table,
-    parse_cli,
     prepare_output_dir,
     pyplot,
     save_figure,
+    setup,
+    show_progress,
     write_metrics,
     write_results,
 )
@@ -404,7 +406,8 @@ def _train_once(run_chunk, params, state, data, every, chunks, train_loss, train
     from tqdm import tqdm
 
     steps, times, losses = [0], [0.0], [float(train_loss(params, train_data))]
-    bar = tqdm(range(chunks), desc=desc, file=sys.stdout, leave=False, disable=not progress)
+    bar = tqdm(range(chunks), desc=desc, file=sys.stdout, leave=False,
+               disable=not show_progress(progress))  # only on a terminal, never under CI
     for c in bar:
         start = jnp.asarray(c * every, jnp.int32)
         t = time.perf_counter()
@@ -507,18 +510,27 @@ def run_to_json(r: Run) -> dict:
 
 
 def main(argv=None) -> int:
-    config = parse_cli(__doc__, DEFAULTS, argv)
-    enable_x64(config)
+    activations = ("tanh", "relu")
+    config = setup(__doc__, DEFAULTS, argv, script=__file__,
+                   nullable=("digits.target_loss", "regression.target_loss"),
+                   choices={"problems": ("digits", "regression"),
+                            "optimizers": (*JAXOPT2_OPTIMIZERS, "adam", "lbfgs"),
+                            "digits.activation": activations,
+                            "regression.activation": activations})
     import jax
 
     out = prepare_output_dir(config)
     sections, metrics = [], {"config": config, "problems": {}}
+    failures = []  # runs whose final training loss or test metric is not finite
     for name in config["problems"]:
         problem = build_problem(name, config)
         n_params = sum(x.size for x in jax.tree.leaves(problem.params0))
         print(f"{name}: {problem.train[0].shape[0]} training examples, {n_params} parameters, "
               f"batch {problem.batch_size}, {problem.steps} steps, device {jax.devices()[0]}")
         runs, grid = run_optimizers(problem, config)
+        failures += [f"{name}: {r.name}: final training loss {r.final_loss:.4g}, "
+                     f"{problem.metric_name} {r.metric:.4g}"
+                     for r in runs if not all_finite(r.final_loss, r.metric)]
         target = resolve_target(problem, runs)
         header = SUMMARY_HEADER[:-1] + (problem.metric_name,)
         table = markdown_table(header, summary_rows(runs, target), ".4g")
@@ -534,7 +546,7 @@ def main(argv=None) -> int:
                                      "runs": [run_to_json(r) for r in runs]}
     write_results(out, *sections)
     write_metrics(out, metrics)
-    return 0
+    return exit_code(failures)
 
 
 if __name__ == "__main__":
