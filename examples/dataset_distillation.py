@@ -172,6 +172,8 @@ def main(argv=None) -> int:
                         f"{config['outer_steps'] + 1} outer steps (first: {failed_steps[0]})")
     if not bool(base_ok.all()) or not bool(full_ok) or not all_finite(base_acc, full_acc):
         failures.append("baselines: an inner solve failed or an accuracy is not finite")
+    if not all_finite(images):
+        failures.append("the distilled images are not finite")
 
     out = prepare_output_dir(config)
     write_results(out, table, summary)
@@ -184,9 +186,12 @@ def main(argv=None) -> int:
     }
     write_metrics(out, metrics)
     np.save(os.path.join(out, "distilled_images.npy"), np.asarray(images).reshape(-1, 8, 8))
-    paths = _plot(np.asarray(images0), np.asarray(images), losses, base_acc[0], distilled_acc,
-                  out)
-    print("saved " + ", ".join(paths))
+    if all_finite(images, losses):
+        paths = _plot(np.asarray(images0), np.asarray(images), losses, base_acc[0],
+                      distilled_acc, out)
+        print("saved " + ", ".join(paths))
+    else:
+        print("no plots: the distilled images or the losses are not finite")
     return exit_code(failures)
 
 

@@ -215,8 +215,11 @@ def main(argv=None) -> int:
         "seconds": {"first_step": compile_s, "training": train_s, "total": total_s},
     }
     write_metrics(out, metrics)
-    path = _plot(losses, n_batches, rows, out)
-    print(f"saved {path}")
+    if all_finite(losses):
+        path = _plot(losses, n_batches, rows, out)
+        print(f"saved {path}")
+    else:
+        print("no plot: a training loss is not finite")
     failures = ([f"fixed point failed or loss not finite in {len(failed_epochs)} of "
                  f"{config['epochs']} epochs (first: {failed_epochs[0]})"]
                 if failed_epochs else [])

@@ -227,6 +227,8 @@ def main(argv=None) -> int:
                         "not finite")
     if not bool(g_ok[best]) or not all_finite(g_loss[best], g_test_loss[best]):
         failures.append("grid search: no grid point was solved successfully")
+    if not all_finite(theta):
+        failures.append("the final per-feature λ are not finite")
 
     out = prepare_output_dir(config)
     write_results(out, table, summary)
@@ -243,8 +245,11 @@ def main(argv=None) -> int:
         "seconds": {"first_step": compile_s, "outer_loop": loop_s, "total": total_s},
     }
     write_metrics(out, metrics)
-    path = _plot(history, test_history, float(g_loss[best]), np.exp(np.asarray(theta)), out)
-    print(f"saved {path}")
+    if all_finite(history, test_history, theta):
+        path = _plot(history, test_history, float(g_loss[best]), np.exp(np.asarray(theta)), out)
+        print(f"saved {path}")
+    else:
+        print("no plot: the losses or the final λ are not finite")
     return exit_code(failures)
 
 
