@@ -4,6 +4,9 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+import yaml
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -95,3 +98,19 @@ def test_readme_optimizers_snippet_runs(capsys):
     X = jax.random.normal(jax.random.key(0), (256, 8))
     initial = float(jnp.mean(jnp.sin(X @ jnp.ones(8)) ** 2))  # v = 0 predicts 0
     assert final < 0.3 * initial
+
+
+@pytest.mark.float64
+def test_failed_inner_solve_gives_nonzero_exit_smoke(tmp_path, capsys):
+    # one Newton-CG step cannot meet the inner tolerance: every inner solve fails, the
+    # hypergradients are NaN, and the example must say so and return non-zero (it returned 0)
+    example = _load("hyperparameter_optimization")
+    code = example.main([
+        "--config", str(ROOT / "configs" / "hyperparameter_optimization_smoke.yaml"),
+        "--set", "inner_max_steps=1", "--set", "outer_steps=1", "--set", "grid=[0.0]",
+        "--set", "extra_features.count=10", "--output-dir", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "FAILED: inner solve failed" in err and "FAILED: grid search" in err
+    assert not (tmp_path / "validation_loss.png").exists()  # no plot of NaN weights
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["inner_max_steps"] == 1
