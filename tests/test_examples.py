@@ -41,11 +41,20 @@ def test_equations_example_smoke(tmp_path):
     example = _load("equations")
     assert example.main(["--config", str(ROOT / "configs" / "equations_smoke.yaml"),
                          "--output-dir", str(tmp_path)]) == 0
-    table = (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text().split("\n\n")[0]
     rows = [line for line in table.splitlines()[2:] if line.strip()]
-    assert len(rows) == 3
+    assert len(rows) == 4
     assert all(line.rstrip(" |").endswith("ok") for line in rows), table
     assert (tmp_path / "equations.png").stat().st_size > 10_000
+    # the numbers the module docstring promises at smoke size
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert abs(m["du_dlam_mid"] - 0.1592) < 1e-3, m  # Bratu, n = 200, λ = 1
+    assert m["fd_relative_error"] < 1e-5, m  # implicit du/dλ against a finite difference
+    assert abs(m["deq_spectral_radius"] - 0.87) < 0.03, m  # near 1: something to accelerate
+    steps = m["deq_steps_max"]
+    assert abs(steps["Anderson"] - 53) <= 10, steps
+    assert abs(steps["FixedPointIteration"] - 296) <= 30, steps
+    assert steps["FixedPointIteration"] > 3 * steps["Anderson"], steps
 
 
 def test_readme_equations_snippet_runs(capsys):
