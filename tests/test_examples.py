@@ -22,9 +22,21 @@ def test_demo_smoke(tmp_path):
     assert demo.main(["--config", str(ROOT / "configs" / "smoke.yaml"),
                       "--output-dir", str(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text()
-    rows = [line for line in table.splitlines()[2:] if line.strip()]
+    lines = table.splitlines()
+    rows = [line for line in lines[2:] if line.strip()]
     assert len(rows) == 2
     assert all(line.rstrip(" |").endswith("ok") for line in rows), table
+    # valid Markdown: every line has as many cells as the separator (no stray "|" in a cell)
+    assert {line.count("|") for line in lines if line.strip()} == {lines[1].count("|")}, table
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert "dense Hessians" in header and "HVPs" in header
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in rows}
+    # the numbers the module docstring promises at smoke size
+    for name, iters in (("LBFGS", 30), ("NewtonCG", 9)):
+        row = dict(zip(header, cells[name], strict=True))
+        assert abs(float(row["objective"]) - 0.0996) < 1e-4, row
+        assert abs(int(row["iters"]) - iters) <= (5 if name == "LBFGS" else 2), row
+    assert int(dict(zip(header, cells["NewtonCG"], strict=True))["HVPs"]) > 0
     assert (tmp_path / "convergence.png").stat().st_size > 10_000
 
 
