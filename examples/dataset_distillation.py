@@ -16,9 +16,28 @@ regression trained on those 10 images alone classifies the real digits well (Wan
 
 Prints the outer loss every few steps and the test accuracy of the classifier trained on the
 distilled images against classifiers trained on 10 random real images (one per class, several
-draws, solved at once with `vmap`) and on the whole training set. Saves the images as a PNG
-grid (the random real images the optimisation started from, above the distilled ones), a loss
-curve, and `metrics.json` / `results.md`.
+draws, solved at once with `vmap`) and on the whole training set, and says which is better.
+The whole-training-set baseline gets its own penalty: its l2 is chosen from `baseline_l2_grid`
+(which contains the distilled classifier's l2) by accuracy on a held-out `validation_fraction`
+of the training set, then it is retrained on the whole training set with that l2. (With the
+10-image penalty it would be under-fitted: 0.950 against 0.969–0.970 tuned, issue 14.) Saves
+the images as a PNG grid (the random real images the optimisation started from, above the
+distilled ones; each image on its own grey scale), a loss curve, and `metrics.json` /
+`results.md`.
+
+Precision: float32 (float64 is not needed). At smoke size float32 (inner_atol 1e-5) and
+float64 (inner_atol 1e-8) give the same outer losses to 3 digits and test accuracies within one
+test image (distilled 0.9556 against 0.9537; baselines identical). In float64, lower inner_atol
+to 1e-8; in float32 an inner_atol below ~1e-6 is under the gradient's round-off.
+
+Expected output (measured on CPU):
+- smoke (configs/dataset_distillation_smoke.yaml, 40 outer steps): distilled test accuracy
+  0.956 (±0.01), outer loss 1.106 -> 0.333 (±0.01), random real 0.652 (mean of 5 draws,
+  ±0.01), whole training set 0.970 (±0.01) with its tuned l2 = 1e-4: the whole training set
+  is better.
+- full (configs/dataset_distillation.yaml, 200 outer steps; measured in float64 for issue 14,
+  not re-run in float32): distilled 0.961 (±0.01); whole training set with a tuned l2 (1e-3 or
+  1e-4): 0.969–0.970, better than the 10 distilled images by about one point.
 """
 
 from __future__ import annotations
@@ -44,17 +63,20 @@ from _common import (  # noqa: E402
 )
 
 DEFAULTS = {
-    "dtype": "float64",
+    "dtype": "float32",  # enough: see the module docstring
     "test_fraction": 0.3,
     "seed": 0,
     "l2": 1e-2,  # inner ridge penalty on the weights (10 points: needed for a finite minimum)
     # or LBFGS, which needs ~100 steps here against NewtonCG's 4-6 (raise inner_max_steps)
     "solver": "NewtonCG",
-    "inner_atol": 1e-8,
+    "inner_atol": 1e-5,  # float32; 1e-8 in float64
     "inner_max_steps": 100,
     "learning_rate": 0.02,
     "outer_steps": 200,
     "baseline_draws": 20,
+    # the whole-training-set baseline's l2, chosen by validation accuracy from this grid
+    "baseline_l2_grid": [1e-1, 1e-2, 1e-3, 1e-4],
+    "validation_fraction": 0.2,
     "print_every": 20,
     "output_dir": "outputs/dataset_distillation",
 }
@@ -86,17 +108,17 @@ def main(argv=None) -> int:
         return jnp.mean(jnp.argmax(X @ params["W"] + params["b"], axis=1) == y)
 
     def inner_objective(params, args):
-        X, y = args
-        return cross_entropy(params, X, y) + 0.5 * config["l2"] * jnp.sum(params["W"] ** 2)
+        X, y, l2 = args
+        return cross_entropy(params, X, y) + 0.5 * l2 * jnp.sum(params["W"] ** 2)
 
     tol = {"rtol": 0.0, "atol": config["inner_atol"]}  # absolute: warm starts stop early
     solver = getattr(jaxopt2, config["solver"])(**tol)
     labels = jnp.arange(n_classes, dtype=jnp.int32)  # synthetic image k is labelled k
     params_zero = {"W": jnp.zeros((d, n_classes), dtype), "b": jnp.zeros(n_classes, dtype)}
 
-    def train(images, y, params0=params_zero):
-        return jaxopt2.minimize(inner_objective, params0, (images, y), solver=solver,
-                                max_steps=config["inner_max_steps"], throw=False)
+    def train(images, y, params0=params_zero, l2=config["l2"]):
+        return jaxopt2.minimize(inner_objective, params0, (images, y, jnp.asarray(l2, dtype)),
+                                solver=solver, max_steps=config["inner_max_steps"], throw=False)
 
     def outer_loss(images, params0):
         sol = train(images, labels, params0)
@@ -113,22 +135,42 @@ def main(argv=None) -> int:
         return optax.apply_updates(images, updates), opt_state, sol.params, info
 
     # --- baselines: one random real image per class, several draws solved at once by vmap,
-    # and the classifier trained on the whole training set (same penalty).
+    # and the classifier trained on the whole training set (its own l2, chosen by validation).
     rng = np.random.default_rng(config["seed"])
     draws = np.stack([[rng.choice(np.flatnonzero(y_tr == k)) for k in range(n_classes)]
                       for _ in range(config["baseline_draws"])])
 
-    @jax.jit
-    def evaluate(X, y):
-        sol = train(X, y)
+    def evaluate_l2(X, y, l2):
+        sol = train(X, y, l2=l2)
         return accuracy(sol.params, X_te, y_te), cross_entropy(sol.params, X_tr, y_tr), sol.success
+
+    evaluate = jax.jit(lambda X, y: evaluate_l2(X, y, config["l2"]))
 
     base_acc, base_loss, base_ok = (np.asarray(v) for v in jax.vmap(evaluate, (0, None))(
         jnp.asarray(X_tr[draws]), labels))
-    full_acc, _, full_ok = (np.asarray(v) for v in evaluate(jnp.asarray(X_tr), jnp.asarray(y_tr)))
+    # whole training set: l2 from the grid by accuracy on a held-out part of the training set,
+    # then retrained on all of it with that l2
+    from sklearn.model_selection import train_test_split
+
+    X_fit, X_val, y_fit, y_val = train_test_split(
+        np.asarray(X_tr), np.asarray(y_tr), test_size=config["validation_fraction"],
+        random_state=config["seed"], stratify=np.asarray(y_tr))
+
+    @jax.jit
+    def validate(l2):
+        sol = train(jnp.asarray(X_fit), jnp.asarray(y_fit), l2=l2)
+        return accuracy(sol.params, jnp.asarray(X_val), jnp.asarray(y_val)), sol.success
+
+    grid = jnp.asarray(config["baseline_l2_grid"], dtype)
+    val_acc, val_ok = (np.asarray(v) for v in jax.vmap(validate)(grid))
+    full_l2 = float(grid[int(np.argmax(np.where(val_ok, val_acc, -np.inf)))])
+    full_acc, _, full_ok = (np.asarray(v) for v in jax.jit(
+        lambda X, y: evaluate_l2(X, y, full_l2))(jnp.asarray(X_tr), jnp.asarray(y_tr)))
+    full_ok = full_ok & bool(val_ok.all())
     print(f"10 random real images ({len(draws)} draws): test accuracy {base_acc.mean():.4f} ± "
           f"{base_acc.std():.4f} (all inner solves ok: {bool(base_ok.all())}); whole training "
-          f"set: {full_acc:.4f}")
+          f"set (l2 = {full_l2:g}, chosen by validation from {list(config['baseline_l2_grid'])}):"
+          f" {full_acc:.4f}")
 
     # --- distillation, starting from the first random draw
     X_tr, y_tr = jnp.asarray(X_tr), jnp.asarray(y_tr)
@@ -157,10 +199,13 @@ def main(argv=None) -> int:
               "inner status")
     table = markdown_table(header, rows)
     print(table)
+    better = ("the whole training set is better" if full_acc > distilled_acc else
+              "the 10 distilled images are as good or better")
     summary = (f"test accuracy of softmax regression trained on 10 images: distilled "
-               f"{distilled_acc:.4f}, random real {base_acc.mean():.4f} ± {base_acc.std():.4f} "
-               f"(the starting images: {base_acc[0]:.4f}); on all {len(y_tr)} training "
-               f"images: {full_acc:.4f}")
+               f"{distilled_acc:.4f} (l2 = {config['l2']:g}), random real {base_acc.mean():.4f}"
+               f" ± {base_acc.std():.4f} (the starting images: {base_acc[0]:.4f}); on all "
+               f"{len(y_tr)} training images with their own tuned l2 = {full_l2:g}: "
+               f"{full_acc:.4f}: {better} (by {abs(float(full_acc) - distilled_acc):.4f})")
     print(summary)
     total_s = time.perf_counter() - start
     print(f"first outer step (compile + run) {compile_s:.1f} s, {config['outer_steps']} outer "
@@ -180,7 +225,9 @@ def main(argv=None) -> int:
     metrics = {
         "outer_loss": losses, "distilled_test_acc": distilled_acc,
         "random_real_test_acc": base_acc.tolist(), "start_test_acc": float(base_acc[0]),
-        "full_training_set_test_acc": float(full_acc),
+        "full_training_set_test_acc": float(full_acc), "full_training_set_l2": full_l2,
+        "full_training_set_validation_acc": dict(zip(
+            [str(v) for v in config["baseline_l2_grid"]], val_acc.tolist())),
         "inner_all_ok": not failed_steps and bool(base_ok.all()) and bool(full_ok),
         "seconds": {"first_step": compile_s, "outer_loop": loop_s, "total": total_s},
     }
@@ -214,7 +261,9 @@ def _plot(images0, images, losses, acc0, acc, out) -> list[str]:
             if row == len(rows) - 1:
                 ax.set_xlabel(str(k))
         axes[row, 4].set_title(title, fontsize=9, loc="left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.5, 0.01, "each image on its own grey scale (darkest = its largest pixel): "
+             "distilled pixels leave [0, 1]", ha="center", fontsize=8)
     images_path = save_figure(fig, out, "distilled_images.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
