@@ -23,7 +23,16 @@ the table reports the exact value).
 
 Prints a table per epoch (training loss and accuracy, test accuracy, mean number of Anderson
 steps per forward pass, the estimated ‖W‖₂) and saves the loss curve (PNG) and
-`metrics.json` / `results.md`. Runs in float32 by default.
+`metrics.json` / `results.md`. Runs in float32 by default (float64 is not needed: Anderson's
+rtol 1e-4 and Adam's training are far above float32 round-off). The plot draws the Anderson
+steps on their own panel from 0, and clips batch losses at 1e-6 on the log axis (the legend
+counts the clipped ones).
+
+Expected output (measured on CPU, float32):
+- smoke (configs/deq_smoke.yaml, width 32, 3 epochs): training loss 1.804 -> 0.566 (±0.05),
+  test accuracy 0.913 (±0.02), 8.9 Anderson steps per forward pass on average (±1).
+- full (configs/deq.yaml, width 64, 20 epochs; from issue 14, not re-run here): test accuracy
+  0.978 (±0.01) with 8.1 Anderson steps per forward pass on average (±1).
 """
 
 from __future__ import annotations
@@ -231,20 +240,30 @@ def _plot(losses, n_batches, rows, out) -> str:
 
     plt = pyplot()
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    a1.semilogy(np.arange(1, len(losses) + 1) / n_batches, losses, alpha=0.4,
-                label="per batch")
-    a1.semilogy([r[0] for r in rows], [r[1] for r in rows], "o-", label="epoch mean")
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
+    # a batch loss of exactly 0 (float32 round-off on an easy batch) would vanish from a log
+    # axis: losses are drawn clipped at 1e-6, and the legend says so when it happened
+    floor = 1e-6
+    clipped = int(np.sum(np.asarray(losses) < floor))
+    note = f" ({clipped} clipped at {floor:g})" if clipped else ""
+    a1.semilogy(np.arange(1, len(losses) + 1) / n_batches, np.maximum(losses, floor),
+                alpha=0.4, label="per batch" + note)
+    a1.semilogy([r[0] for r in rows], np.maximum([r[1] for r in rows], floor), "o-",
+                label="epoch mean")
     a1.set(xlabel="epoch", ylabel="training cross-entropy")
     a1.legend(fontsize=8)
     a2.plot([r[0] for r in rows], [r[2] for r in rows], label="train accuracy")
     a2.plot([r[0] for r in rows], [r[3] for r in rows], label="test accuracy")
-    a2b = a2.twinx()
-    a2b.plot([r[0] for r in rows], [r[4] for r in rows], "k:", label="Anderson steps")
-    a2b.set_ylabel("Anderson steps per forward pass")
     a2.set(xlabel="epoch", ylabel="accuracy")
-    a2.legend(fontsize=8, loc="center right")
-    for a in (a1, a2):
+    a2.legend(fontsize=8)
+    # steps on their own panel, on an axis from 0 (a twin axis zoomed to 7.9-8.6 made ±0.4
+    # steps look like large swings)
+    a3.plot([r[0] for r in rows], [r[4] for r in rows], "o-", label="training batches")
+    a3.plot([r[0] for r in rows], [r[5] for r in rows], "s--", label="test set")
+    a3.set_ylim(0, 1.1 * max(max(r[4], r[5]) for r in rows))
+    a3.set(xlabel="epoch", ylabel="Anderson steps per forward pass (mean)")
+    a3.legend(fontsize=8)
+    for a in (a1, a2, a3):
         a.grid(alpha=0.3)
     fig.suptitle("Deep-equilibrium classifier on digits (implicit differentiation)")
     fig.tight_layout()

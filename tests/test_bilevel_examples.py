@@ -73,4 +73,8 @@ def test_deq_smoke(tmp_path):
     # Anderson converges well inside its budget, and W stays a contraction
     assert max(m["anderson_steps_train"]) < 0.5 * m["max_steps"]
     assert max(m["spectral_norm_W"]) < 1.0
+    # the numbers the module docstring promises at smoke size (float32)
+    assert abs(losses[0] - 1.804) < 0.05 and abs(losses[-1] - 0.566) < 0.05, losses
+    assert abs(m["epoch_test_acc"][-1] - 0.913) < 0.02, m["epoch_test_acc"]
+    assert abs(np.mean(m["anderson_steps_train"]) - 8.9) < 1.0, m["anderson_steps_train"]
     assert (tmp_path / "training.png").stat().st_size > 10_000
