@@ -21,6 +21,14 @@ Shows: the first hypergradient checked against a central finite difference on on
 coordinate; a table of outer steps (validation loss, test accuracy, inner steps and status);
 the best single λ from a `vmap`-ed grid search for comparison; a plot of the validation loss
 (PNG) and `metrics.json` / `results.md` in the output directory.
+
+Precision: float64, needed. The printed check of the hypergradient against a central finite
+difference (relative error ~1e-7 in float64, tested below 1e-4) cannot resolve in float32,
+where the validation-loss difference at step fd_step is near round-off.
+
+Expected output: full (configs/hyperparameter_optimization.yaml, from issue 14): validation
+loss 0.162 -> 0.025 (±0.005). Smoke: validation loss falls below 0.8× its start, the
+finite-difference relative error is below 1e-4 (tests/test_bilevel_examples.py).
 """
 
 from __future__ import annotations
