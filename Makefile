@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test test-slow test-min bench lint docs clean
+.PHONY: run test test-slow test-min bench lint docs clean examples-gpu
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/sketch.py
 	$(BIN)/python benchmarks/logistic.py
 	$(BIN)/python benchmarks/optimizers.py
+
+# Every example's full config on a GPU (installs JAX's CUDA wheels); the table goes to
+# outputs/run_all/results.md.
+examples-gpu: $(VENV)/.run
+	$(BIN)/pip install -q -e '.[examples,gpu]'
+	$(BIN)/python examples/run_all.py --device gpu
 
 lint: $(VENV)/.lint
 	$(BIN)/ruff check jaxopt2 tests examples benchmarks
