@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         "random_real_test_acc": base_acc.tolist(), "start_test_acc": float(base_acc[0]),
         "full_training_set_test_acc": float(full_acc), "full_training_set_l2": full_l2,
         "full_training_set_validation_acc": dict(zip(
-            [str(v) for v in config["baseline_l2_grid"]], val_acc.tolist())),
+            [str(v) for v in config["baseline_l2_grid"]], val_acc.tolist(), strict=True)),
         "inner_all_ok": not failed_steps and bool(base_ok.all()) and bool(full_ok),
         "seconds": {"first_step": compile_s, "outer_loop": loop_s, "total": total_s},
     }
