@@ -27,7 +27,8 @@ rules here return the bands and the updates as separate small functions:
 
 The bands are open (N&W's ρ < 1/4, ρ > 3/4); MINPACK closes them (ρ ≤ 1/4, ρ ≥ 3/4), which
 differs only at exactly those two values. Acceptance thresholds stay with each solver
-(NewtonCG 0.1, MINPACK 1e-4, the optimizers any decrease): they are part of each algorithm's published form.
+(NewtonCG 0.1, MINPACK 1e-4, the optimizers any decrease): they are part of each algorithm's
+published form.
 
 ```python
 import jax.numpy as jnp
