@@ -358,7 +358,7 @@ def table_mgh(old, new):
             f"{statistics.median(run_ratios):.2f}×, compile {statistics.median(comp_ratios):.2f}×."
             + (" Class changes: " + "; ".join(cls_change) + "." if cls_change
                else " No class (solved/local/failed) changed."))
-    return head + "\n\n" + "\n".join(lines)
+    return head + ("\n\n" + "\n".join(lines) if len(lines) > 2 else "")
 
 
 def table_hyper(old, new):
