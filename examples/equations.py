@@ -59,6 +59,7 @@ from _common import (  # noqa: E402
 
 DEFAULTS = {
     "dtype": "float64",
+    "seed": 0,  # the curve-fit data draw from PRNGKey(seed), the DEQ layer from PRNGKey(seed + 1)
     "curve_fit": {"points": 200, "batch": 64, "noise": 0.02,
                   "solvers": ["LevenbergMarquardt", "GaussNewton"]},
     "bratu": {"n": 10000, "lam": 1.0},
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         return (peak["height"] * jnp.exp(-0.5 * ((t - peak["centre"]) / peak["width"]) ** 2)
                 + p["baseline"][0] + p["baseline"][1] * t)
 
-    key = jax.random.PRNGKey(0)
+    key = jax.random.PRNGKey(int(config["seed"]))
     kc, kn = jax.random.split(key)
     centres = jax.random.uniform(kc, (int(cf["batch"]),), dtype, -0.3, 0.3)
     true = {"peak": {"height": jnp.asarray(1.5, dtype), "centre": centres,
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     dq = config["deq"]
     width, batch = int(dq["width"]), int(dq["batch"])
     deq_steps = {}
-    kw, ku, kx = jax.random.split(jax.random.PRNGKey(1), 3)
+    kw, ku, kx = jax.random.split(jax.random.PRNGKey(int(config["seed"]) + 1), 3)
     # symmetric W with spectral radius `contraction`, weak input: tanh stays near its linear
     # part, so the layer's Jacobian at y* keeps a spectral radius near `contraction`
     A = jax.random.normal(kw, (width, width), dtype)

@@ -26,9 +26,14 @@ Precision: float64, needed. The printed check of the hypergradient against a cen
 difference (relative error ~1e-7 in float64, tested below 1e-4) cannot resolve in float32,
 where the validation-loss difference at step fd_step is near round-off.
 
-Expected output: full (configs/hyperparameter_optimization.yaml, from issue 14): validation
-loss 0.162 -> 0.025 (±0.005). Smoke: validation loss falls below 0.8× its start, the
-finite-difference relative error is below 1e-4 (tests/test_bilevel_examples.py).
+Expected output (measured on CPU, float64; tolerances cover platform differences):
+- smoke (configs/hyperparameter_optimization_smoke.yaml, 164 weights, 20 outer steps):
+  hypergradient against the finite difference: relative error 1.4e-9 (< 1e-6); per-feature λ:
+  validation loss 0.3551 -> 0.2461 (±0.005), test accuracy 0.891 -> 0.916 (±0.01); best
+  single λ on the grid exp(-3) = 0.0498 with validation loss 0.2832 (±0.005), test accuracy
+  0.907 (±0.01): the per-feature weights reach the lower validation loss.
+- full (configs/hyperparameter_optimization.yaml, 564 weights, 40 outer steps; from issue 14,
+  not re-run here): validation loss 0.162 -> 0.025 (±0.005).
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@
     python examples/run_all.py --device cpu --smoke  # the seconds-long configs
 
 Each example runs in its own process (`--config configs/<name>.yaml --device <device>
---output-dir outputs/run_all/<name>`); the table lists its exit code (0 ok, 1 a solve or a
+--output-dir <output dir>/<name>`); the table lists its exit code (0 ok, 1 a solve or a
 reported number failed, 2 a config error), wall time and the device line it printed, and is
-written to outputs/run_all/results.md. Exits 1 if any example did not exit 0.
+written to <output dir>/results.md, beside each example's log (<output dir>/<name>.log). The
+output directory is outputs/run_all (under the repository) unless `--output-dir` says
+otherwise. Exits 1 if any example did not exit 0.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, choices=["cpu", "gpu", "tpu"])
     parser.add_argument("--smoke", action="store_true", help="the *_smoke.yaml configs")
-    parser.add_argument("--only", nargs="*", default=None, help="a subset of the examples")
+    parser.add_argument("--only", nargs="*", default=None, choices=list(EXAMPLES),
+                        help="a subset of the examples")
+    parser.add_argument("--output-dir", type=pathlib.Path, default=ROOT / "outputs" / "run_all",
+                        help="where the table, logs and outputs go (default: outputs/run_all)")
     args = parser.parse_args(argv)
-    out = ROOT / "outputs" / "run_all"
+    out = args.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, configs in EXAMPLES.items():

@@ -38,6 +38,16 @@ def test_hyperparameter_optimization_smoke(tmp_path):
     assert val[-1] < 0.8 * val[0], (val[0], val[-1])
     assert m["inner_all_ok"]
     assert np.ptp(np.log(m["final_l2"])) > 0.1  # the per-feature weights moved apart
+    # the numbers the module docstring promises at smoke size (float64)
+    assert m["num_hyperparameters"] == 164
+    assert fd["relative_error"] < 1e-6, fd
+    assert abs(val[0] - 0.3551) < 0.005 and abs(val[-1] - 0.2461) < 0.005, (val[0], val[-1])
+    assert abs(m["test_acc_first"] - 0.891) < 0.01, m["test_acc_first"]
+    assert abs(m["test_acc_last"] - 0.916) < 0.01, m["test_acc_last"]
+    grid = m["grid_best"]
+    assert grid["l2"] == pytest.approx(np.exp(-3.0)), grid
+    assert abs(grid["val_loss"] - 0.2832) < 0.005 and abs(grid["test_acc"] - 0.907) < 0.01, grid
+    assert val[-1] < grid["val_loss"]  # per-feature weights beat the best single λ
     assert (tmp_path / "validation_loss.png").stat().st_size > 10_000
 
 
