@@ -4,6 +4,8 @@ import importlib.util
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -159,3 +161,20 @@ def test_demo_synthetic_data_follows_the_seed():
     X0_again, _ = demo.load_data(config, "float64")
     X1, _ = demo.load_data({**config, "seed": 1}, "float64")
     assert (X0 == X0_again).all() and not (X0 == X1).all()
+
+
+def test_run_all_smoke_writes_its_table_into_the_output_dir(tmp_path):
+    # examples/run_all.py (make examples-gpu) on one cheap example: each example runs in its own
+    # process; the table, the logs and the example's outputs go under --output-dir
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "run_all.py"), "--smoke", "--device", "cpu",
+         "--only", "deq", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in (tmp_path / "results.md").read_text().splitlines()[2:] if line]
+    assert len(rows) == 1, rows
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:3] == ["deq", "deq_smoke.yaml", "0"], cells
+    assert "(cpu)" in cells[4], cells  # the device line the example printed
+    assert (tmp_path / "deq" / "metrics.json").exists()
+    assert "training loss" in (tmp_path / "deq.log").read_text()
