@@ -24,6 +24,19 @@ and run time to the first evaluation at or below `target_loss` (null: 1.5x tuned
 loss), total run time, compile time, final training loss, test accuracy or test MSE), writes
 results.md and metrics.json, and saves `<problem>.png`: training loss against steps and
 against run time. Runs unchanged on CPU, GPU or TPU (the default JAX device).
+
+Precision: float32 (the default). Minibatch training's gradient noise is far above float32
+round-off, so float64 buys nothing here (not compared at full size).
+
+Expected output (measured on CPU, float32; the times vary with the machine and are not
+promised):
+- smoke (configs/train_mlp_smoke.yaml, 10 steps, regularized_newton and adam at lr 0.01):
+  digits: final training loss 0.339 (±0.03) and test accuracy 0.898 (±0.03) for
+  regularized_newton against 1.371 (±0.05) and 0.633 (±0.05) for adam; regression: final
+  training loss 0.0652 (±0.01) and test MSE 0.0708 (±0.01) against 0.1438 (±0.01) and 0.162
+  (±0.01). regularized_newton is ahead on both after 10 steps.
+- full (configs/train_mlp.yaml, 1000 steps, six optimizers): minutes on a CPU; no numbers
+  measured for this docstring.
 """
 
 # No `from __future__ import annotations`: dataclasses would then look this module up in

@@ -100,6 +100,17 @@ def test_train_mlp_example_smoke(tmp_path):
         assert len(runs) == 2  # regularized_newton, tuned adam
         assert all(r["losses"][-1] < r["losses"][0] for r in runs), name  # all made progress
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    # the numbers the module docstring promises at smoke size (float32): (final training
+    # loss, test metric) of regularized_newton and adam, each with its tolerances
+    promised = {"digits": [(0.339, 0.03, 0.898, 0.03), (1.371, 0.05, 0.633, 0.05)],
+                "regression": [(0.0652, 0.01, 0.0708, 0.01), (0.1438, 0.01, 0.162, 0.01)]}
+    for name, expected in promised.items():
+        runs = metrics["problems"][name]["runs"]
+        assert [r["name"].split()[0] for r in runs] == ["regularized_newton", "adam"]
+        for run, (loss, loss_tol, metric, metric_tol) in zip(runs, expected, strict=True):
+            assert abs(run["losses"][-1] - loss) < loss_tol, (name, run["name"], run["losses"])
+            assert abs(run["metric"] - metric) < metric_tol, (name, run["name"], run["metric"])
+        assert runs[0]["losses"][-1] < runs[1]["losses"][-1], name
 
 
 def _readme_snippet(title):
