@@ -629,3 +629,21 @@ def test_inject_hyperparams_rank_read_at_init_only():
         jax.jit(opt.init)(jnp.zeros(4, jnp.float32))
     static = optax.inject_hyperparams(jaxopt2.optimizers.nystrom_sgd, static_args="rank")(rank=2)
     assert jax.jit(static.init)(jnp.zeros(4, jnp.float32)).inner_state.U.shape == (4, 2)
+
+
+def test_optimizer_state_from_other_params_is_refused():
+    # a state made by `init` for other parameters names the field and the fix
+    from jaxopt2 import optimizers
+
+    params = {"w": jnp.zeros(4), "b": jnp.zeros(())}
+    other = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    X = jnp.ones((8, 4))
+    loss = lambda p, X: jnp.mean((X @ p["w"] + p["b"] - 1.0) ** 2)  # noqa: E731
+    grads = jax.grad(loss)(params, X)
+    for name, opt, field in [("diag_newton", optimizers.diag_newton(0.1), "state.momentum"),
+                             ("hessian_free", optimizers.hessian_free(0.1), "state.direction"),
+                             ("nystrom_sgd", optimizers.nystrom_sgd(0.1, rank=2), "state.U")]:
+        state = opt.init(other)
+        with pytest.raises(ValueError, match=f"{name}.update: `{field}.*init\\(params\\)"):
+            opt.update(grads, state, params, value_fn=lambda q: loss(q, X))
+        opt.update(grads, opt.init(params), params, value_fn=lambda q: loss(q, X))  # fine

@@ -45,3 +45,4 @@ def test_throw_false_keeps_a_working_adjoint():
 
     np.testing.assert_allclose(jax.grad(loss)(b, False), ref, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(jax.grad(loss)(b, True), ref, rtol=1e-3, atol=1e-4)
+

@@ -234,17 +234,31 @@ def check_init_params(optimizer: str, params, *, half_precision: bool = True) ->
 
 def check_grads(optimizer: str, grads, params) -> None:
     """`update`'s check that `grads` matches `params` (structure and leaf shapes)."""
-    if jtu.tree_structure(grads) != jtu.tree_structure(params):
-        raise ValueError(f"{optimizer}.update: `grads` has structure "
-                         f"{jtu.tree_structure(grads)} but `params` has "
-                         f"{jtu.tree_structure(params)}; pass the gradient of the loss with "
-                         "respect to the same params pytree (e.g. jax.grad(loss)(params, batch)).")
-    for (path, g), p in zip(jtu.tree_leaves_with_path(grads), jtu.tree_leaves(params),
-                          strict=True):
-        if jnp.shape(g) != jnp.shape(p):
-            raise ValueError(f"{optimizer}.update: `grads{jtu.keystr(path)}` has shape "
-                             f"{jnp.shape(g)} but the parameter has shape {jnp.shape(p)}; pass "
-                             "the gradient with respect to these params.")
+    check_like(optimizer, "grads", grads, params,
+               "pass the gradient of the loss with respect to the same params pytree (e.g. "
+               "jax.grad(loss)(params, batch))")
+
+
+def check_state(optimizer: str, name: str, tree, params) -> None:
+    """`update`'s check that a params-shaped field of the state (`name`, e.g.
+    "state.momentum") matches `params`: a state made by `init` for other parameters would
+    otherwise fail deep inside a tree_map, or be silently broadcast."""
+    check_like(optimizer, name, tree, params,
+               f"make the state with {optimizer}(...).init(params) for these params")
+
+
+def check_like(optimizer: str, name: str, tree, params, fix: str) -> None:
+    """`tree` (called `name` in the message) has the structure and leaf shapes of `params`."""
+    if jtu.tree_structure(tree) != jtu.tree_structure(params):
+        raise ValueError(f"{optimizer}.update: `{name}` has structure "
+                         f"{jtu.tree_structure(tree)} but `params` has "
+                         f"{jtu.tree_structure(params)}; {fix}.")
+    for (path, leaf), p in zip(jtu.tree_leaves_with_path(tree), jtu.tree_leaves(params),
+                               strict=True):
+        if jnp.shape(leaf) != jnp.shape(p):
+            raise ValueError(f"{optimizer}.update: `{name}{jtu.keystr(path)}` has shape "
+                             f"{jnp.shape(leaf)} but the parameter has shape {jnp.shape(p)}; "
+                             f"{fix}.")
 
 
 def sanitize(grads, params):

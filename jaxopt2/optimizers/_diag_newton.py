@@ -23,6 +23,7 @@ from ._common import (
     check_key,
     check_learning_rate,
     check_number,
+    check_state,
     dtype_of,
     guard,
     key_data,
@@ -120,6 +121,8 @@ def scale_by_diag_newton(
         del extra_args
         problem, g, finite = objective.begin(grads, params, value_fn, batch,
                                              needs_value=False, owner="diag_newton")
+        check_state("diag_newton", "state.momentum", state.momentum, params)
+        check_state("diag_newton", "state.curvature", state.curvature, params)
         t = state.count
         new_key, h = jax.lax.cond(t % update_freq == 0,
                                   lambda: probe(problem, params, state),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from .._tree import tree_scale, tree_zeros_like
-from ._common import DampedNewton, ScalarOrSchedule, check_number, guard, scalar
+from ._common import DampedNewton, ScalarOrSchedule, check_number, check_state, guard, scalar
 
 
 class HessianFreeState(NamedTuple):
@@ -114,6 +114,8 @@ def hessian_free(
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
                **extra_args):
         del extra_args
+        if params is not None:
+            check_state("hessian_free", "state.direction", state.direction, params)
         # λ is the state's: Martens' rule adapts λ itself.
         out = newton(grads, params, value_fn, batch, value, count=state.count,
                      factor=state.damping, rho=state.rho,

@@ -191,6 +191,11 @@ def nystrom_sgd(
         del extra_args
         problem, g, finite = objective.begin(grads, params, value_fn, batch,
                                              needs_value=safeguard)
+        n = sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
+        if state.U.shape[0] != n:
+            raise ValueError(f"nystrom_sgd.update: `state.U` has {state.U.shape[0]} rows but "
+                             f"`params` has {n} entries; make the state with "
+                             "nystrom_sgd(...).init(params) for these params.")
         due = (state.count % update_freq == 0) | state.stale
         new_key, u, lam, reg, eta = jax.lax.cond(
             due, lambda: refresh(problem, params, state),
