@@ -189,3 +189,27 @@ def test_run_all_smoke_writes_its_table_into_the_output_dir(tmp_path):
     assert "(cpu)" in cells[4], cells  # the device line the example printed
     assert (tmp_path / "deq" / "metrics.json").exists()
     assert "training loss" in (tmp_path / "deq.log").read_text()
+
+
+@pytest.mark.slow
+def test_demo_full_config(tmp_path):
+    # the full config of the cheap examples runs in CI (issue 14): of the six, only the demo's
+    # (configs/default.yaml) finishes within ~60 s on a CPU; the others take minutes
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py"), "--config",
+         str(ROOT / "configs" / "default.yaml"), "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        row = dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True))
+        rows[row["solver"]] = row
+    # the numbers the module docstring promises for the full config
+    assert list(rows) == yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())["solvers"]
+    for row in rows.values():
+        assert row["status"] == "ok" and abs(float(row["objective"]) - 0.0598) < 1e-4, row
+    for name, iters, tol in (("GradientDescent", 474, 30), ("LBFGS", 61, 10), ("Newton", 10, 1)):
+        assert abs(int(rows[name]["iters"]) - iters) <= tol, rows[name]
+    assert rows["Newton"]["dense Hessians"] == rows["Newton"]["iters"]  # one per iteration
