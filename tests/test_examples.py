@@ -193,8 +193,9 @@ def test_run_all_smoke_writes_its_table_into_the_output_dir(tmp_path):
 
 @pytest.mark.slow
 def test_demo_full_config(tmp_path):
-    # the full config of the cheap examples runs in CI (issue 14): of the six, only the demo's
-    # (configs/default.yaml) finishes within ~60 s on a CPU; the others take minutes
+    # the full config of the cheap examples runs in CI (issue 14): the demo's (configs/
+    # default.yaml) took 55 s on a shared 2-core CPU; the DEQ's full config takes minutes and the
+    # others' smoke configs alone 15-35 s of CPU time (docs/guides/examples.md)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--config",
          str(ROOT / "configs" / "default.yaml"), "--output-dir", str(tmp_path)],
