@@ -191,12 +191,13 @@ class AbstractIterativeSolver(eqx.Module):
         new = super().__new__
         return new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
 
-    def full_step(self, state) -> jax.Array:
-        """Whether the last step was taken in full. Only a full Newton step estimates the
-        error (`steps_estimate_error`): one cut short by a line search says nothing about the
-        distance to a root (on y² + 1 the cut steps shrink geometrically at y ≈ 0)."""
+    def step_fraction(self, state) -> jax.Array:
+        """The fraction t ∈ (0, 1] of its full step that the last step took (a line search's
+        step size; 1 without one). A step cut to t estimates the error only as the full step
+        it came from, ‖Δy‖/t (`steps_estimate_error`): on y² + 1 the cut steps shrink
+        geometrically at y ≈ 0 while the full Newton steps are huge."""
         del state
-        return jnp.array(True)
+        return jnp.ones(())
 
     @abc.abstractmethod
     def init(self, fn, point: Point, args) -> tuple[Any, Counts, jax.Array, RESULTS]:

@@ -279,7 +279,7 @@ def solver_step(solver: AbstractIterativeSolver, fn, args, point: Point, state, 
         accepted = result == RESULTS.successful
         converged, progress = stopping.equation_converged(
             point.y, new.y, done, accepted, progress, getattr(solver, "rtol", None),
-            num_steps, solver.steps_estimate_error & solver.full_step(state))
+            num_steps, solver.steps_estimate_error, solver.step_fraction(state))
         done = converged | ~accepted
     done, result = _classify_point(new, done, result)
     return new, state, step_counts, result, num_steps, done, progress

@@ -45,10 +45,10 @@ max(rtol, √eps)·s(yₖ). A map drifting to infinity (y + 1/(1 + y²)) or a fu
 at infinity (e^{−y}) has ρ → 1 and never passes, however small its residual gets. A step
 moving y by at most 10·eps·s(y) as the first step also ends the solve successfully (a start
 at the root).
-For full Newton steps (NewtonRaphson, NewtonKrylov, when the line search took the whole step)
-and plain fixed-point iteration, whose steps are themselves error estimates, that estimate
-alone also certifies a root (a step cut short by the line search estimates nothing: on
-y² + 1 = 0 such steps shrink geometrically at y ≈ 0, with no root anywhere): the residual test
+For Newton steps (NewtonRaphson, NewtonKrylov) and plain fixed-point iteration, whose steps are
+themselves error estimates, that estimate alone also certifies a root, taken for the full step
+(a step the line search cut to t counts as ‖Δy‖/t: on y² + 1 = 0 the cut steps shrink
+geometrically at y ≈ 0 while the full Newton steps are huge, and no root exists): the residual test
 relative to ‖F₀‖ can sit below F's round-off (the Bratu problem in float32, whose terms are
 10⁶ times its residual), and a Newton step ≈ J⁻¹F measures F in its own scale.
 Least squares keeps MINPACK's tests (relative reduction, relative step, scaled gradient).
@@ -172,9 +172,10 @@ class MinimizerRule(eqx.Module):
 
 
 def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, rtol,
-                       num_steps, steps_estimate_error=False):
+                       num_steps, steps_estimate_error: bool = False, step_fraction=1.0):
     """The step confirmation of root finding and fixed points (module docstring). Returns
-    (converged, progress)."""
+    (converged, progress). `step_fraction`: the part t of its full step the last step took;
+    the steps certify on their own only through the full step's estimate, error/t."""
     eps = _eps(y_new)
     # The solver's own rtol (√eps by default) when the steps certify on their own; no
     # stricter than √eps when they only confirm a residual test that passed.
@@ -183,8 +184,11 @@ def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, 
     step = tree_inf_norm(tree_sub(y_new, y_old)) / x_scale(y_new)
     stalled = (num_steps == 1) & _stalled(progress, step, accepted, eps)
     progress = progress.update(step, accepted)
+    # A cut step that moved nothing says nothing about the full step it came from.
+    full_error = jnp.where((step == 0) & (step_fraction < 1), jnp.inf,
+                           progress.error / step_fraction)
     confirmed = ((solver_done & (progress.error <= rtol))
-                 | (steps_estimate_error & (progress.error <= own_rtol)))
+                 | (steps_estimate_error & (full_error <= own_rtol)))
     return confirmed | stalled, progress
 
 

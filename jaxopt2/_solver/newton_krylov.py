@@ -159,8 +159,8 @@ class NewtonKrylov(AbstractRootFinder):
             usable = usable & (ratio < 1)  # otherwise x = 0 is the better start
         return x0, r0, usable
 
-    def full_step(self, state: _NewtonKrylovState):
-        return state.step_size >= 1
+    def step_fraction(self, state: _NewtonKrylovState):
+        return state.step_size
 
     def step(self, fn, point: Point, args, state: _NewtonKrylovState):
         dtype = state.eta.dtype

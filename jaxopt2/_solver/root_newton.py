@@ -74,8 +74,8 @@ class NewtonRaphson(AbstractRootFinder):
         state = _NewtonRaphsonState(f_norm0, jnp.ones((), f_norm0.dtype))
         return state, Counts(), done, RESULTS.successful
 
-    def full_step(self, state: _NewtonRaphsonState):
-        return state.step_size >= 1
+    def step_fraction(self, state: _NewtonRaphsonState):
+        return state.step_size
 
     def step(self, fn, point: Point, args, state: _NewtonRaphsonState):
         jac, unravel = ravelled_jacobian(fn, point.y, args)
