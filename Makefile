@@ -37,7 +37,8 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 -q
 
 # The tests marked slow (every README/docs block in a fresh float32 process, every solver on
-# rescaled problems): minutes of compiling, so not in `make test`; .ci/run runs them.
+# rescaled and hostile problems, the examples at smoke size, SketchedNewton's own suite, the
+# longest adjoint tests): minutes of compiling, so not in `make test`; .ci/run runs them.
 test-slow: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 -q -m slow
 

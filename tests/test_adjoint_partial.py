@@ -39,6 +39,7 @@ def _closed_form(X, y, lam):
     return theta, dtheta
 
 
+@pytest.mark.slow  # ~20 s each (make test-slow)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_grad_through_minimize_with_unused_leaves(dtype):
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:

@@ -11,7 +11,8 @@ import pathlib
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.float64  # written for float64 tolerances
+# float64: written for float64 tolerances; slow: whole examples at smoke size (make test-slow)
+pytestmark = [pytest.mark.float64, pytest.mark.slow]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,9 @@ import sys
 import pytest
 import yaml
 
+# slow: each test runs a whole example or README block (make test-slow, run by .ci/run)
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -103,6 +103,7 @@ def test_neumann_series_approximates_and_improves_with_steps():
     assert errors[1] < 0.1 * errors[0] and errors[1] < 1e-3, errors
 
 
+@pytest.mark.slow  # 18–26 s of compiling (make test-slow)
 def test_unrolled_adjoint_approaches_implicit_when_converged():
     data = ridge_data(5)
     ref = ridge_hypergradient_closed_form(THETA, *data)
@@ -142,6 +143,7 @@ def test_failed_adjoint_solve_is_reported_per_problem():
     assert np.isnan(grads[1]) and np.isclose(grads[0], 0.25)
 
 
+@pytest.mark.slow  # 18–26 s of compiling (make test-slow)
 def test_inner_failure_reported_through_the_gradient_call():
     data = ridge_data(6)
     X, y, Xv, yv = data
@@ -158,6 +160,7 @@ def test_inner_failure_reported_through_the_gradient_call():
         jax.grad(lambda t: outer_with_status(t, 2, True)[0])(THETA)
 
 
+@pytest.mark.slow  # 18–26 s of compiling (make test-slow)
 def test_custom_fixed_point_root_vjp_and_jvp():
     A = jnp.array([[0.5, 0.2], [0.1, 0.3]])
     fixed = lambda y, b: A @ y + b  # y* = (I − A)⁻¹ b
@@ -179,6 +182,7 @@ def test_custom_fixed_point_root_vjp_and_jvp():
     np.testing.assert_allclose(jaxopt2.root_jvp(F, root, (b,), (u,)), inv @ u, rtol=1e-9)
 
 
+@pytest.mark.slow  # 18–26 s of compiling (make test-slow)
 def test_kkt_conditions_equality_constrained_qp():
     # min ½xᵀQx + cᵀx s.t. Ax = b: the KKT system [[Q, Aᵀ], [A, 0]] (x, μ) = (−c, b).
     Q = jnp.diag(jnp.array([2.0, 1.0, 3.0]))

@@ -92,6 +92,7 @@ def _check_counts(sol, name):
     return sketch
 
 
+@pytest.mark.slow  # 11–16 s each (make test-slow)
 @pytest.mark.parametrize("name", ["gn", "lm"])
 def test_nystrom_matches_dense_with_far_fewer_iterations(name):
     plain_solver, pre_solver = _solvers(name)

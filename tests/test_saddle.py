@@ -54,6 +54,7 @@ def test_escape_fails_honestly_where_no_step_decreases_f():
                    escape_saddles=True)
 
 
+@pytest.mark.slow  # make test-slow
 def test_escape_under_vmap_leaves_the_other_problems_alone():
     starts = jnp.array([[1.0, 0.0], [1.0, 0.5], [-2.0, -0.3]], F32)
     solve = lambda x0: J.minimize(double_well, x0, jnp.asarray(1.0, F32),  # noqa: E731
@@ -67,6 +68,7 @@ def test_escape_under_vmap_leaves_the_other_problems_alone():
     np.testing.assert_allclose(jnp.abs(batch.params[:, 1]), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow  # make test-slow
 def test_derivative_after_an_escape_is_that_of_the_minimum():
     # y* = √a at the minimum reached after the escape: dy*/da = 1/(2√a)
     def y_star(a):

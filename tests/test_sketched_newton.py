@@ -12,7 +12,9 @@ import jaxopt2
 from jaxopt2 import RESULTS
 from jaxopt2._solver.sketched_newton import SKETCHES, sketch_rows
 
-pytestmark = pytest.mark.float64  # written for float64 tolerances
+# float64: written for float64 tolerances; slow: ~6 min of sampled solves (make test-slow;
+# SketchedNewton's contract tests stay in the default run, tests/test_contract.py)
+pytestmark = [pytest.mark.float64, pytest.mark.slow]
 
 N, D = 3000, 12
 
