@@ -83,21 +83,23 @@ def check_when(solver: AbstractMinimizer, fn, params0, args):
     return None
 
 
+def _curvature_at(solver: AbstractMinimizer, fn, args, it: Iterate, state, result):
+    """`(frozen, curvature)`: the iterate with its params cut from differentiation, and
+    `stopping.curvature_check` there with the solver's curvature probe."""
+    params = jax.lax.stop_gradient(it.params)
+    frozen = eqx.tree_at(lambda i: i.params, it, params)
+    hvp = solver.curvature_probe(fn, params, args, state)
+    return frozen, stopping.curvature_check(lambda p: fn(p, args)[0], hvp, frozen, result)
+
+
 def final_check(solver: AbstractMinimizer, fn, args, when, it: Iterate, state, result,
                 lazy: bool = False):
     """`(result, counts)` after the curvature check at the point where a minimization
     ended, run only where the result is `successful` and `when(it)`. `lazy`: gate it with a
     loop of zero or one trips instead of `lax.cond`, so that under `vmap` (where a `cond`
     becomes a select and runs both sides) it costs only when some problem needs it."""
-    params = jax.lax.stop_gradient(it.params)
-    frozen = eqx.tree_at(lambda i: i.params, it, params)
-    hvp = solver.curvature_probe(fn, params, args, state)
-
-    def value_fn(p):
-        return fn(p, args)[0]
-
     def check():
-        curvature = stopping.curvature_check(value_fn, hvp, frozen, result)
+        curvature = _curvature_at(solver, fn, args, it, state, result)[1]
         return curvature.result, curvature.num_hvp, curvature.num_fun
 
     def skip():
@@ -146,23 +148,22 @@ def run_minimizer(
         saddle: a loop of one trip where `need`, of none elsewhere."""
         def once(carry):
             it, state, counts, result, done, progress, escapes, _ = carry
-            params = jax.lax.stop_gradient(it.params)
-            frozen = eqx.tree_at(lambda i: i.params, it, params)
-            hvp = solver.curvature_probe(fn, params, args, state)
-            curvature = stopping.curvature_check(value_fn, hvp, frozen, result)
+            frozen, curvature = _curvature_at(solver, fn, args, it, state, result)
             result = curvature.result
             counts = counts + Counts.of(hvp=curvature.num_hvp, fun=curvature.num_fun)
             can_escape = (result == RESULTS.saddle_point) & (escapes < stopping.ESCAPES)
             new_params, found, trials = stopping.escape(value_fn, frozen, curvature,
                                                         can_escape)
-            new_it = evaluate(fn, new_params, args)
-            new_state = solver.init(fn, new_it, args)
             escaped = can_escape & found
+
+            def restart():  # a fresh start where the escape landed
+                new_it = evaluate(fn, new_params, args)
+                return new_it, solver.init(fn, new_it, args)
+
+            it, state = jax.lax.cond(escaped, restart, lambda: (it, state))
             counts = counts + Counts.of(fun=trials, grad=escaped.astype(jnp.int32))
-            pick = lambda a, b: jax.tree_util.tree_map(  # noqa: E731
-                lambda x, y: jnp.where(escaped, x, y), a, b)
-            it, state = pick(new_it, it), pick(new_state, state)
-            progress = pick(rule.no_step(it0), progress)
+            progress = jax.tree_util.tree_map(lambda a, b: jnp.where(escaped, a, b),
+                                              rule.no_step(it0), progress)
             result = RESULTS.where(escaped, RESULTS.successful, result)
             return (it, state, counts, result, done & ~escaped, progress,
                     escapes + escaped.astype(jnp.int32), jnp.array(False))
