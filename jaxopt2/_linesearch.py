@@ -352,3 +352,39 @@ def backtrack(fn, point: Point, direction, args, *, phi0, slope, decrease, c1: f
 
     return merit_backtracking(trial, point, phi0=phi0, slope=slope, decrease=decrease, c1=c1,
                               max_trials=max_trials, interpolate=True, accept_full=negligible)
+
+
+def projected_backtracking(fn, it: Iterate, direction, args, project, init_step, *, c1=1e-4,
+                           shrink=0.5, max_trials=30, noise=None) -> LineSearchResult:
+    """Armijo backtracking along the projection arc x(t) = P(x + t d) of a convex set
+    (bounds): accept f(x(t)) ≤ f(x) + c₁ gᵀ(x(t) − x) with f(x(t)) < f(x) (Bertsekas,
+    Nonlinear Programming, 2nd ed., §2.3, the Armijo rule along the projection arc). Every
+    trial is projected exactly, so active bounds are hit exactly, not up to rounding. `noise`
+    as in `backtracking`. On failure the iterate is unchanged (`ok=False`)."""
+    dtype = it.value.dtype
+    init_step = jnp.asarray(init_step, dtype)
+
+    def trial(t):
+        return project(tree_axpy(t, direction, it.params))
+
+    def accept(t, value):
+        decrease = tree_dot(it.grad, jax.tree_util.tree_map(jnp.subtract, trial(t), it.params))
+        return _armijo(it.value, decrease, 1.0, value, c1, noise) & (decrease < 0)
+
+    def cond(c):
+        t, value, k = c
+        return (k == 0) | (~accept(t, value) & (k < max_trials + 1))
+
+    def body(c):
+        t, _, k = c
+        t = jnp.where(k == 0, init_step, t * shrink)
+        return t, fn(trial(t), args)[0].astype(dtype), k + 1
+
+    init = (init_step, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    t, value, k = while_loop(cond, body, init, max_steps=max_trials + 1)
+    ok = accept(t, value)
+    params = trial(jnp.where(ok, t, jnp.zeros_like(t)))
+    (value, aux), grad = jax.value_and_grad(fn, has_aux=True)(params, args)
+    new = tree_where(ok, Iterate(params, value, grad, aux), it)
+    return LineSearchResult(new, jnp.where(ok, t, jnp.zeros_like(t)), ok,
+                            Counts.of(fun=k, grad=1))
