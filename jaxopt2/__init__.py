@@ -30,6 +30,7 @@ from ._solver.levenberg_marquardt import LevenbergMarquardt as LevenbergMarquard
 from ._solver.newton import Newton as Newton
 from ._solver.newton_cg import NewtonCG as NewtonCG
 from ._solver.newton_krylov import NewtonKrylov as NewtonKrylov
+from ._solver.proximal_gradient import ProximalGradient as ProximalGradient
 from ._solver.quasi_newton import BFGS as BFGS
 from ._solver.quasi_newton import LBFGS as LBFGS
 from ._solver.regularized_newton import RegularizedNewton as RegularizedNewton
@@ -43,3 +44,13 @@ from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
 from .implicit import root_jvp as root_jvp
 from .implicit import root_vjp as root_vjp
+
+
+def __getattr__(name):
+    # `jaxopt2.scipy` (the SciPy bridge) is imported on first use, so `import jaxopt2` never
+    # pays for it; SciPy itself is imported only when one of its functions is called.
+    if name == "scipy":
+        import importlib
+
+        return importlib.import_module(".scipy", __name__)
+    raise AttributeError(f"module 'jaxopt2' has no attribute {name!r}")

@@ -118,6 +118,11 @@ class AbstractMinimizer(eqx.Module):
     # is honest in float16/bfloat16 itself; dense solvers refuse huge n (`_precision.py`).
     supports_half_precision: ClassVar[bool] = False
     forms_dense_matrix: ClassVar[bool] = False
+    # Which solvers `minimize(..., bounds=, prox=)` accepts; they declare a field
+    # `constraint: Composite | None = None` that the front door fills (`_composite.py`).
+    supports_bounds: ClassVar[bool] = False
+    supports_prox: ClassVar[bool] = False
+    supports_bounds_with_prox: ClassVar[bool] = False
 
     def __new__(cls, *args, **kwargs):
         # jaxopt-style keywords (`tol=`, `maxiter=`) fail with a message naming ours.

@@ -21,6 +21,7 @@ from ._base import (
     evaluate,
     evaluate_point,
 )
+from ._composite import rule_view
 from ._loops import while_loop
 from ._results import RESULTS
 from ._tree import result_dtype, tree_all_finite, tree_inf_norm
@@ -53,9 +54,12 @@ def start_minimizer(solver: AbstractMinimizer, fn, params0, args):
     """`(it0, rule, state0, done0, result0)`: the start of a minimization, with the stopping
     rule's verdict on the start itself."""
     it0 = evaluate(fn, params0, args)
-    rule = stopping.MinimizerRule.start(solver, it0)
     state0 = solver.init(fn, it0, args)
-    done0, result0 = _classify(it0, rule.converged_at_start(it0), RESULTS.successful,
+    # A constrained solver is judged by its gradient mapping instead of the gradient
+    # (`_composite.py`); an unconstrained one sees `it0` unchanged.
+    view0 = rule_view(solver, it0, state0)
+    rule = stopping.MinimizerRule.start(solver, view0)
+    done0, result0 = _classify(it0, rule.converged_at_start(view0), RESULTS.successful,
                                jnp.array(False))
     return it0, rule, state0, done0, result0
 
@@ -66,7 +70,11 @@ def minimizer_step(solver: AbstractMinimizer, fn, args, rule, it: Iterate, state
     `(new, state, step_counts, result, num_steps, done, progress)`."""
     new, state, step_counts, result = solver.step(fn, it, args, state)
     num_steps = num_steps + 1
-    converged, progress = rule.converged(it, new, result, progress, num_steps)
+    # Both ends of the step under the new state's scale, so the secant estimate compares like
+    # with like (a no-op without a constraint).
+    converged, progress = rule.converged(rule_view(solver, it, state),
+                                         rule_view(solver, new, state), result, progress,
+                                         num_steps)
     done, result = _classify(new, converged, result, rule.diverged(new))
     return new, state, step_counts, result, num_steps, done, progress
 
@@ -74,6 +82,10 @@ def minimizer_step(solver: AbstractMinimizer, fn, args, rule, it: Iterate, state
 def check_when(solver: AbstractMinimizer, fn, params0, args):
     """When a minimization that the rule accepted must also pass the curvature check: a
     predicate on the final iterate, or None for never (decided at trace time)."""
+    if getattr(solver, "constraint", None) is not None:
+        # At a constrained solution ∇f ≠ 0 and the Hessian of f alone says nothing about
+        # optimality (the active constraints do): no saddle check.
+        return None
     if solver.uses_curvature:
         return lambda it: True  # always, once the rule passed
     if stopping.hessian_products_available(fn, jax.lax.stop_gradient(params0), args):

@@ -5,17 +5,59 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import lineax as lx
 
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from ._base import AbstractMinimizer
 from ._checks import check_objective
+from ._composite import (
+    Composite,
+    check_prox,
+    check_solver_supports,
+    curvature_step,
+    make_bounds,
+)
+from ._composite import optimality as composite_optimality
 from ._front import adjoint_for, finish, open_door, stats
 from ._iterate import run_minimizer
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
 from ._solution import Solution
+
+
+def composite_solve(solver, fn, params0, args, bounds, prox, prox_args, max_steps, callback,
+                    escape_saddles):
+    """`(primal, optimality, inputs)` of a solve with bounds and/or a prox: the solver gets
+    the constraint in its `constraint` field inside the traced primal, so that `prox_args`
+    and the bounds are differentiable inputs; the optimality condition is the fixed point of
+    the proximal-gradient map (`_composite.py`)."""
+    check_solver_supports(solver, bounds, prox)
+    lower, upper = make_bounds(bounds, params0) if bounds is not None else (None, None)
+    if prox is not None:
+        prox_args = check_prox(prox, prox_args, params0)
+    inputs = (fn, args, prox_args, lower, upper)
+
+    def constraint_of(inputs):
+        return Composite(prox, inputs[2], inputs[3], inputs[4])
+
+    def primal(params0, inputs):
+        fn, args = inputs[:2]
+        constraint = constraint_of(inputs)
+        constrained = eqx.tree_at(lambda s: s.constraint, solver, constraint,
+                                  is_leaf=lambda x: x is None)
+        params0 = constraint.project(params0)  # a start outside the box is projected
+        out = run_minimizer(constrained, fn, params0, args, max_steps, callback,
+                            escape_saddles)
+        return out.iterate.params, out
+
+    def optimality(params, inputs):
+        fn, args = inputs[:2]
+        return composite_optimality(fn, constraint_of(inputs), params, args,
+                                    curvature_step(fn, params, args))
+
+    return primal, optimality, inputs
 
 
 @check_front_door_keywords
@@ -33,6 +75,9 @@ def minimize(
     callback: Callable | None = None,
     verbose: bool = False,
     escape_saddles: bool = False,
+    bounds: Any = None,
+    prox: Callable | None = None,
+    prox_args: Any = None,
 ) -> Solution:
     """Minimize `fun(params, args)` over `params`, starting from `params0`.
 
@@ -62,6 +107,15 @@ def minimize(
       curvature and goes on (up to 3 times, within `max_steps`): x² + (y² − 1)² from (1, 0)
       then ends at a minimum (0, ±1) instead of the saddle (0, 0). Off by default because
       the check then sits inside the loop, which XLA compiles about twice as slowly.
+    - `bounds`: `(lower, upper)` for lower ≤ params ≤ upper, each None (unbounded), a scalar,
+      or a pytree matching `params0` whose leaves may be None; ±inf allowed. A start outside
+      the box is projected onto it. Only solvers with `supports_bounds` take them
+      (`ProximalGradient`, `LBFGSB`, …); the derivative is taken through the projected-
+      gradient fixed point, so it lives on the free variables (docs/guides/constraints.md).
+    - `prox`, `prox_args`: a nonsmooth term h given by its proximal operator
+      `prox(v, prox_args, scale) = argmin_x h(x) + ‖x − v‖²/(2·scale)` (jaxopt's signature),
+      minimizing f + h (`ProximalGradient`, `ProximalNewton`). `prox_args` is differentiable
+      like `args`. `Solution.value` is then f alone, without h.
 
     Nothing here compiles by itself: wrap the call in `jax.jit` (or `eqx.filter_jit`) and it
     compiles once per shape/dtype; `vmap` and `grad` compose from outside.
@@ -81,23 +135,29 @@ def minimize(
         args=args, has_aux=has_aux, root="params0")
     check_objective(fn, params0, args)
     fn = solver.convert_objective(fn, params0, args)
-    inputs = (fn, args)
+    if bounds is None and prox is None:
+        inputs = (fn, args)
 
-    def primal(params0, inputs):
-        fn, args = inputs
-        out = run_minimizer(solver, fn, params0, args, max_steps, callback, escape_saddles)
-        return out.iterate.params, out
+        def primal(params0, inputs):
+            fn, args = inputs
+            out = run_minimizer(solver, fn, params0, args, max_steps, callback, escape_saddles)
+            return out.iterate.params, out
 
-    def stationarity(params, inputs):
-        fn, args = inputs
-        return jax.grad(lambda p: fn(p, args)[0])(params)
+        def stationarity(params, inputs):
+            fn, args = inputs
+            return jax.grad(lambda p: fn(p, args)[0])(params)
 
-    tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+        tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+    else:
+        primal, stationarity, inputs = composite_solve(
+            solver, fn, params0, args, bounds, prox, prox_args, max_steps, callback,
+            escape_saddles)
+        tags = ()
     adjoint = adjoint_for(adjoint, throw)
     params, out = adjoint.apply(primal, stationarity, params0, inputs, tags)
     status = out.result
     params = finish(params, status, adjoint, throw)
-    value, aux = attach_tangent((out.iterate.value, out.iterate.aux), params, inputs,
+    value, aux = attach_tangent((out.iterate.value, out.iterate.aux), params, inputs[:2],
                                 fn=lambda p, i: i[0](p, i[1]))
     return Solution(params=params, value=value, status=status,
                     stats=stats(out.counts, out.num_steps), state=out.state,
