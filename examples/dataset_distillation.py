@@ -35,9 +35,12 @@ Expected output (measured on CPU):
   0.956 (±0.01), outer loss 1.106 -> 0.333 (±0.01), random real 0.652 (mean of 5 draws,
   ±0.01), whole training set 0.970 (±0.01) with its tuned l2 = 1e-4: the whole training set
   is better.
-- full (configs/dataset_distillation.yaml, 200 outer steps; measured in float64 for issue 14,
-  not re-run in float32): distilled 0.961 (±0.01); whole training set with a tuned l2 (1e-3 or
-  1e-4): 0.969–0.970, better than the 10 distilled images by about one point.
+- full (configs/dataset_distillation.yaml, 200 outer steps, float32; 4.5 min wall, 103 s of
+  CPU time on a shared 2-core CPU): distilled test accuracy 0.959 (±0.01; 0.961 in float64),
+  outer loss 1.106 -> 0.276 (±0.01), random real 0.654 (mean of 20 draws, ±0.01), whole
+  training set 0.970 (±0.01) with its tuned l2 = 1e-4: the whole training set is better, by
+  about one point. The outer loss is flat (0.278 -> 0.276) after step 80: the last 120 outer
+  steps change the test accuracy by at most two test images.
 """
 
 from __future__ import annotations
@@ -247,7 +250,7 @@ def _plot(images0, images, losses, acc0, acc, out) -> list[str]:
 
     # third row: what tells the classes apart (the 10 distilled images share a large common
     # part, which the classifier's biases and softmax largely ignore)
-    rows = [(images0, f"random real (test acc {acc0:.3f})"),
+    rows = [(images0, f"random real, where the distillation starts (test acc {acc0:.3f})"),
             (images, f"distilled (test acc {acc:.3f})"),
             (images - images.mean(axis=0), "distilled minus their mean")]
     fig, axes = plt.subplots(3, 10, figsize=(12, 4.6))

@@ -174,19 +174,28 @@ def _history(jaxopt2, objective, params0, data, solver, config, g0):
 def _plot(histories, out, config) -> str:
     plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    # a gradient of exactly 0 would vanish from the log axis: drawn at FLOOR, and said so
+    floor = 1e-18
+    clipped = []
     for name, (grads, times) in histories.items():
-        a1.semilogy(range(len(grads)), grads, label=name)
-        a2.semilogy(times, grads, label=name)
-    a1.set(xlabel="iteration", ylabel="|grad|_inf / |grad(0)|_inf", xscale="symlog")
+        shown = [max(g, floor) for g in grads]
+        if min(grads) < floor:
+            clipped.append(name)
+        a1.semilogy(range(len(shown)), shown, label=name)
+        a2.semilogy(times, shown, label=name)
+    a1.set(xlabel="iteration (symlog axis: linear from 0 to 1, logarithmic beyond)",
+           ylabel="|grad|_inf / |grad(0)|_inf", xscale="symlog")
     a2.set(xlabel="wall-clock time (s), re-run with a per-step callback, compile excluded",
            ylabel="|grad|_inf / |grad(0)|_inf")
-    a2.legend(fontsize=8)
     for a in (a1, a2):
-        a.axhline(config["rtol"], color="gray", ls=":", lw=1)
+        a.axhline(config["rtol"], color="gray", ls=":", lw=1, label=f"rtol = {config['rtol']:g}")
         a.grid(alpha=0.3)
-    a1.legend(fontsize=8)
+        a.legend(fontsize=8)
+    if clipped:
+        fig.text(0.5, 0.01, f"{', '.join(clipped)}: values below {floor:g} (exact zeros) drawn "
+                 f"at {floor:g}", ha="center", fontsize=8)
     fig.suptitle(f"L2-regularised logistic regression ({config['dataset']})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 if clipped else 0, 1, 1))
     return save_figure(fig, out, "convergence.png")
 
 

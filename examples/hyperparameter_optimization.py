@@ -32,8 +32,12 @@ Expected output (measured on CPU, float64; tolerances cover platform differences
   validation loss 0.3551 -> 0.2461 (±0.005), test accuracy 0.891 -> 0.916 (±0.01); best
   single λ on the grid exp(-3) = 0.0498 with validation loss 0.2832 (±0.005), test accuracy
   0.907 (±0.01): the per-feature weights reach the lower validation loss.
-- full (configs/hyperparameter_optimization.yaml, 564 weights, 40 outer steps; from issue 14,
-  not re-run here): validation loss 0.162 -> 0.025 (±0.005).
+- full (configs/hyperparameter_optimization.yaml, 564 weights, 40 outer steps; 52 s wall on a
+  shared 2-core CPU): relative error of the hypergradient 1.7e-10 (< 1e-6); per-feature λ:
+  validation loss 0.1623 -> 0.0248 (±0.005), test loss 0.1527 -> 0.1042 (±0.005), test
+  accuracy 0.944 -> 0.965 (±0.01); best single λ on the grid exp(-4) = 0.0183 with validation
+  loss 0.1489 (±0.005), test loss 0.1416, test accuracy 0.946 (±0.01). The test loss stops
+  improving after ~20 outer steps while the validation loss keeps falling (see above).
 """
 
 from __future__ import annotations
@@ -279,7 +283,8 @@ def _plot(history, test_history, grid_best, lam, out) -> str:
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     a2.hist(np.log10(lam), bins=40)
-    a2.set(xlabel="log10 λⱼ after training", ylabel="features")
+    a2.set(xlabel="log10 λⱼ after training", ylabel="number of features")
+    a2.yaxis.get_major_locator().set_params(integer=True)  # counts: no 2.5-feature ticks
     fig.suptitle("Per-feature L2 weights by implicit differentiation (digits, logistic)")
     fig.tight_layout()
     return save_figure(fig, out, "validation_loss.png")

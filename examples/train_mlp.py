@@ -498,22 +498,34 @@ def plot_runs(problem, runs, target, out, filename=None):
     """Training loss against steps and against run time, one line per run; saved as
     ``out/<problem>.png`` (or `filename`)."""
     plt = pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    # one y scale for both panels, so that a loss reads the same height in each
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for r in runs:
         a1.semilogy(r.steps, r.losses, label=r.name)
         # log time axis: run times differ by orders of magnitude (t = 0 left out)
         a2.loglog(r.times[1:], r.losses[1:], label=r.name)
     a1.set(xlabel="step", ylabel="training loss (full training set)")
-    a2.set(xlabel="run time (s, compile excluded)", ylabel="training loss (full training set)")
-    # a diverging run would squash the others: the axes stop at 10x the initial loss
+    a2.set(xlabel="run time (s, compile excluded; log axis: t = 0 not shown)",
+           ylabel="training loss (full training set)")
+    a2.yaxis.set_tick_params(which="both", labelleft=True)  # sharey hides them
+    # a diverging run would squash the others: then (only then) the axes stop at 10x the
+    # largest initial loss, and the title says so
     top = 10 * max(r.losses[0] for r in runs)
+    cut = max((x for r in runs for x in r.losses if math.isfinite(x)), default=0.0) > top
     for a in (a1, a2):
         if target is not None:
-            a.axhline(target, color="gray", ls=":", lw=1)
-        a.set_ylim(top=top)
+            a.axhline(target, color="gray", ls=":", lw=1, label=f"target {target:.3g}")
+        if cut:
+            a.set_ylim(top=top)
         a.grid(alpha=0.3)
-    a1.legend(fontsize=7)
-    fig.suptitle(f"{problem.name}: batch {problem.batch_size}; dotted: target training loss")
+        a.legend(fontsize=7)
+    title = f"{problem.name}: batch {problem.batch_size}"
+    if target is not None:
+        title += ("; target: configured" if problem.target_loss is not None
+                  else "; target: 1.5x tuned adam's final loss")
+    if cut:
+        title += f"; losses above {top:.3g} (10x the initial loss) cut off"
+    fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, out, filename or f"{problem.name}.png")
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -217,3 +218,27 @@ def test_demo_full_config(tmp_path):
     for name, iters, tol in (("GradientDescent", 474, 30), ("LBFGS", 61, 10), ("Newton", 10, 1)):
         assert abs(int(rows[name]["iters"]) - iters) <= tol, rows[name]
     assert rows["Newton"]["dense Hessians"] == rows["Newton"]["iters"]  # one per iteration
+
+
+@pytest.mark.slow
+def test_hyperparameter_optimization_full_config(tmp_path):
+    # the second cheap full config (issue 14): 52 s wall on a shared 2-core CPU, float64
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "hyperparameter_optimization.py"), "--config",
+         str(ROOT / "configs" / "hyperparameter_optimization.yaml"), "--output-dir",
+         str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    # the numbers the module docstring promises for the full config
+    assert m["num_hyperparameters"] == 564 and m["inner_all_ok"]
+    assert m["fd_check"]["relative_error"] < 1e-6, m["fd_check"]
+    val = m["val_loss"]
+    assert abs(val[0] - 0.1623) < 0.005 and abs(val[-1] - 0.0248) < 0.005, (val[0], val[-1])
+    assert abs(m["test_loss_first"] - 0.1527) < 0.005, m["test_loss_first"]
+    assert abs(m["test_loss_last"] - 0.1042) < 0.005, m["test_loss_last"]
+    assert abs(m["test_acc_first"] - 0.944) < 0.01 and abs(m["test_acc_last"] - 0.965) < 0.01
+    grid = m["grid_best"]
+    assert grid["l2"] == pytest.approx(np.exp(-4.0)), grid
+    assert abs(grid["val_loss"] - 0.1489) < 0.005 and abs(grid["test_acc"] - 0.946) < 0.01, grid
+    # per-feature weights beat the best single λ on the test loss too, not only on validation
+    assert m["test_loss_last"] < grid["test_loss"]
