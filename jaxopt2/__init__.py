@@ -3,6 +3,8 @@
 from . import curvature as curvature
 from . import implicit as implicit
 from . import optimizers as optimizers
+from . import projection as projection
+from . import prox as prox
 from . import sketch as sketch
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
