@@ -262,3 +262,20 @@ def test_errors_say_what_to_fix():
     assert np.all(np.isnan(jax.jit(P.l2_ball)(jnp.ones(3), -1.0)))
     y = jax.jit(lambda lo: P.box(jnp.zeros(2), (lo, jnp.array([1.0, 1.0]))))(jnp.array([0.0, 2.0]))
     assert float(y[0]) == 0.0 and np.isnan(y[1])
+
+
+def docstring_blocks(module):
+    """The ```python blocks of a module's docstrings (module and public functions)."""
+    import re
+    import textwrap
+    docs = [module.__doc__] + [getattr(module, name).__doc__ for name in module.__all__]
+    return [textwrap.dedent(block) for doc in docs if doc
+            for block in re.findall(r"```python\n(.*?)\n\s*```", doc, re.S)]
+
+
+def test_docstring_examples_run(capsys):
+    blocks = docstring_blocks(P)
+    assert len(blocks) == len(P.__all__)           # every public function has an example
+    for block in blocks:
+        exec(block, {})
+    assert "[ 2. -1.]" in capsys.readouterr().out   # the l1-ball example prints its answer

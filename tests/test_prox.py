@@ -244,3 +244,13 @@ def test_errors_say_what_to_fix():
     out = jax.jit(prox.l1)(jnp.ones(2), jnp.array([0.5, -0.5]))
     assert float(out[0]) == 0.5 and np.isnan(out[1])
     assert np.all(np.isnan(jax.jit(prox.l2)(jnp.ones(2), -1.0)))
+
+
+def test_docstring_examples_run(capsys):
+    from tests.test_projection import docstring_blocks
+    blocks = docstring_blocks(prox)
+    assert len(blocks) == len(prox.__all__)
+    for block in blocks:
+        exec(block, {})
+    out = capsys.readouterr().out
+    assert "[ 0.5 -0.3 -0.5]" in out and "[1.5 2. ]" in out
