@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_batching import custom_vmap
 
 from ._base import Counts
@@ -149,7 +151,20 @@ def _checker(hint: str):
     @custom_vmap
     def check(token, code, marker):
         del marker
-        return eqx.branched_error_if(token, code != RESULTS.successful._value, code, messages)
+        failed = code != RESULTS.successful._value
+        if os.environ.get("EQX_ON_ERROR", "raise") != "raise" or jax.default_backend() == "tpu":
+            # equinox's other modes (nan, breakpoint, off) and its TPU workaround (where XLA
+            # drops a callback's error) stay available through the environment variable.
+            return eqx.branched_error_if(token, failed, code, messages)
+        struct = jax.eval_shape(lambda: token)
+
+        def fail(c):
+            _raise_alone(messages[int(c)])
+            return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), struct)
+
+        # The callback runs only on failure: a successful solve pays no host round trip.
+        return jax.lax.cond(failed, lambda: jax.pure_callback(fail, struct, code),
+                            lambda: token)
 
     @check.def_vmap
     def check_batched(axis_size, in_batched, token, code, marker):
@@ -173,3 +188,26 @@ def _checker(hint: str):
         return checked(token, code, marker), tangents[0]
 
     return checked
+
+
+def _frameless(message: str):
+    raise RuntimeError(message)
+    yield  # a generator: its frame has no caller once it has finished
+
+
+def _raise_alone(message: str):
+    """Raise `RuntimeError(message)` so that XLA's report of it stays short.
+
+    An exception raised in a callback of a compiled program reaches the user as
+    `JaxRuntimeError: INTERNAL: CpuCallback error calling callback: <text>`, where the text is
+    nanobind's rendering of the Python exception: it walks from the innermost traceback frame
+    through its callers (`f_back`) up to the user's own `<module>`, some 15 frames of JAX's
+    dispatch, then prints the message. An exception raised in a finished generator has an
+    innermost frame with no caller, so the text is one frame and our message (`status.md`)."""
+    try:
+        next(_frameless(message))
+    except RuntimeError as err:
+        tb = err.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        raise err.with_traceback(tb) from None
