@@ -131,6 +131,15 @@ def check_tolerances(solver, *names: str):
         check_tolerance(name, getattr(solver, name), allow_none=True)
 
 
+def check_inexact_newton(solver):
+    """The fields of an inexact Newton minimizer with an inner CG solve: `rtol` and `atol`,
+    `cg_rtol` (a relative tolerance < 1; None: the adaptive Eisenstat–Walker choice) and
+    `cg_max_steps` (None: the default budget)."""
+    check_tolerances(solver)
+    check_tolerance("cg_rtol", solver.cg_rtol, allow_none=True, below_one=True)
+    check_budget("cg_max_steps", solver.cg_max_steps, allow_none=True)
+
+
 def check_line_search(solver, *, budget: str = "max_backtracks"):
     """`c1` in (0, 1) and the trial budget of a backtracking line search."""
     check_unit_interval("c1", solver.c1)

@@ -18,10 +18,9 @@ from .._results import RESULTS
 from .._tree import tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
 from .._validate import (
     check_budget,
+    check_inexact_newton,
     check_number,
     check_positive,
-    check_tolerance,
-    check_tolerances,
     renamed_fields,
 )
 
@@ -119,9 +118,7 @@ class DampedNewton(AbstractMinimizer):
     cg_max_steps: int | None = None
 
     def __check_init__(self):
-        check_tolerances(self)
-        check_tolerance("cg_rtol", self.cg_rtol, allow_none=True, below_one=True)
-        check_budget("cg_max_steps", self.cg_max_steps, allow_none=True)
+        check_inexact_newton(self)
         check_budget("max_backtracks", self.max_backtracks)
         check_number("lipschitz", self.lipschitz, low=0.0, allow_none=True)  # 0: pure Newton
         check_positive("lipschitz0", self.lipschitz0)

@@ -21,10 +21,9 @@ from .._results import RESULTS
 from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_sub, tree_where
 from .._validate import (
     check_budget,
+    check_inexact_newton,
     check_number,
     check_positive,
-    check_tolerance,
-    check_tolerances,
     renamed_fields,
 )
 
@@ -183,8 +182,7 @@ class RegularizedNewton(AbstractMinimizer):
     cg_max_steps: int | None = None
 
     def __check_init__(self):
-        check_tolerances(self)
-        check_budget("cg_max_steps", self.cg_max_steps, allow_none=True)
+        check_inexact_newton(self)
         check_budget("max_retries", self.max_retries)
         check_positive("gamma0", self.gamma0)
         check_number("lipschitz", self.lipschitz, low=0.0, allow_none=True)  # 0: pure Newton
@@ -197,7 +195,6 @@ class RegularizedNewton(AbstractMinimizer):
         if self.linear_solver not in ("cg", "dense"):
             raise ValueError(f"`linear_solver` must be 'cg' or 'dense'; got "
                              f"{self.linear_solver!r}.")
-        check_tolerance("cg_rtol", self.cg_rtol, allow_none=True, below_one=True)
 
     def init(self, fn, iterate: Iterate, args) -> _RNState:
         dtype = iterate.value.dtype

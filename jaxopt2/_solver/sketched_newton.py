@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from .._base import AbstractMinimizer, Counts, Iterate
+from .._base import Counts, Iterate
 from .._prng import as_key
-from .._random_newton import (
-    RandomNewtonState,
-    check_random_newton,
-    damped_newton_step,
-    init_state,
-)
+from .._random_newton import AbstractRandomNewton, RandomNewtonState, damped_newton_step
 from .._tree import ravel
 from ..sketch._operators import (
     gaussian_sketch,
@@ -65,7 +59,7 @@ class _WithBatch(eqx.Module):
         return self.full(params, args)
 
 
-class SketchedNewton(AbstractMinimizer):
+class SketchedNewton(AbstractRandomNewton):
     """Newton's method with a randomized Hessian approximation for finite sums
     f(x) = (1/n) Σᵢ ℓᵢ(x) + r(x) with many examples n and moderate dimension d: the Newton
     sketch and subsampled Newton.
@@ -137,23 +131,15 @@ class SketchedNewton(AbstractMinimizer):
     ```
     """
 
-    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
-
     sketch_size: int | None = eqx.field(static=True, default=None)
     sketch: str = eqx.field(static=True, default="uniform")
     sqrt_hessian: Callable | None = None
     batch_fn: Callable | None = None
-    seed: int = eqx.field(static=True, default=0)
-    rtol: float | None = None
-    atol: float = 0.0
-    c1: float = 1e-4
-    max_backtracks: int = 30
-    max_damping_tries: int = 12
-    key: jax.Array | None = eqx.field(
-        default=None, converter=lambda k: as_key(k, "SketchedNewton", batched=True))
+    # Declared here rather than in the base so that a bad key's error names this solver.
+    key: jax.Array | None = eqx.field(default=None, kw_only=True,
+                                      converter=lambda k: as_key(k, "SketchedNewton", batched=True))
 
     def __check_init__(self):
-        check_random_newton(self, "SketchedNewton")
         if self.sketch not in SKETCHES:
             raise ValueError(f"`sketch` must be one of {SKETCHES}; got {self.sketch!r}.")
         if self.sketch != "uniform" and self.sqrt_hessian is None:
@@ -196,9 +182,6 @@ class SketchedNewton(AbstractMinimizer):
                 "batch yourself. For small data use jaxopt2.Newton(), or a smaller "
                 "`sketch_size`.")
         return subsample_args(args, jax.random.randint(key, (self._size(n, d),), 0, n))
-
-    def init(self, fn, iterate: Iterate, args) -> RandomNewtonState:
-        return init_state(self, iterate, "SketchedNewton")
 
     def _size(self, n: int, d: int) -> int:
         m = self.sketch_size if self.sketch_size is not None else max(10 * d, 100)

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._base import AbstractMinimizer, Counts, Iterate
+from .._base import Counts, Iterate
 from .._prng import as_key
-from .._random_newton import (
-    RandomNewtonState,
-    check_random_newton,
-    damped_newton_step,
-    init_state,
-)
+from .._random_newton import AbstractRandomNewton, RandomNewtonState, damped_newton_step
 from .._tree import ravel
 
 SUBSPACES = ("coordinate", "gaussian")
 
 
-class SubspaceNewton(AbstractMinimizer):
+class SubspaceNewton(AbstractRandomNewton):
     """Randomized subspace Newton: each step is a Newton step inside a random k-dimensional
     subspace, for problems too large for a Hessian or even many Hessian-vector products.
 
@@ -65,28 +58,17 @@ class SubspaceNewton(AbstractMinimizer):
     ```
     """
 
-    uses_curvature: ClassVar[bool] = True  # minima are checked for negative curvature
-
     subspace_dim: int = eqx.field(static=True, default=20)
     subspace: str = eqx.field(static=True, default="coordinate")
-    seed: int = eqx.field(static=True, default=0)
-    rtol: float | None = None
-    atol: float = 0.0
-    c1: float = 1e-4
-    max_backtracks: int = 30
-    max_damping_tries: int = 12
-    key: jax.Array | None = eqx.field(
-        default=None, converter=lambda k: as_key(k, "SubspaceNewton", batched=True))
+    # Declared here rather than in the base so that a bad key's error names this solver.
+    key: jax.Array | None = eqx.field(default=None, kw_only=True,
+                                      converter=lambda k: as_key(k, "SubspaceNewton", batched=True))
 
     def __check_init__(self):
-        check_random_newton(self, "SubspaceNewton")
         if self.subspace not in SUBSPACES:
             raise ValueError(f"`subspace` must be one of {SUBSPACES}; got {self.subspace!r}.")
         if self.subspace_dim < 1:
             raise ValueError(f"`subspace_dim` must be a positive int; got {self.subspace_dim}.")
-
-    def init(self, fn, iterate: Iterate, args) -> RandomNewtonState:
-        return init_state(self, iterate, "SubspaceNewton")
 
     def step(self, fn, iterate: Iterate, args, state: RandomNewtonState):
         key, sub = jax.random.split(state.key)
