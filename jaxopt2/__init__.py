@@ -33,6 +33,7 @@ from ._solver.newton import Newton as Newton
 from ._solver.newton_cg import NewtonCG as NewtonCG
 from ._solver.newton_krylov import NewtonKrylov as NewtonKrylov
 from ._solver.proximal_gradient import ProximalGradient as ProximalGradient
+from ._solver.proximal_newton import ProximalNewton as ProximalNewton
 from ._solver.quasi_newton import BFGS as BFGS
 from ._solver.quasi_newton import LBFGS as LBFGS
 from ._solver.regularized_newton import RegularizedNewton as RegularizedNewton

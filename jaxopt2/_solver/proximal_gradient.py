@@ -9,33 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
-from .._composite import Composite
+from .._composite import Composite, initial_step, prox_of
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import tree_axpy, tree_dot, tree_sub, tree_where
 from .._validate import check_budget, check_number, check_positive, check_tolerances
-
-
-def prox_of(constraint: Composite | None, x, scale):
-    """prox_{scale·h}(x), the identity without a constraint."""
-    return x if constraint is None else constraint.apply(x, scale)
-
-
-def initial_step(fn, it: Iterate, args):
-    """1/L̂ from a secant of ∇f along −∇f over a short step (‖Δx‖∞ = 10⁻³·s(x)): a start for
-    the backtracking that is right within a small factor on most problems, where a unit step
-    is off by the scale of f. Returns (step, one gradient evaluation)."""
-    from .._stopping import x_scale
-    from .._tree import tree_inf_norm, tree_norm
-
-    gnorm = tree_inf_norm(it.grad)
-    t = 1e-3 * x_scale(it.params) / jnp.where(gnorm > 0, gnorm, 1.0)
-    moved = tree_axpy(-t, it.grad, it.params)
-    grad = jax.grad(lambda p: fn(p, args)[0])(moved)
-    lipschitz = tree_norm(tree_sub(grad, it.grad)) / (t * tree_norm(it.grad))
-    ok = jnp.isfinite(lipschitz) & (lipschitz > 0) & (gnorm > 0)
-    return jnp.where(ok, 1.0 / jnp.where(ok, lipschitz, 1.0), 1.0).astype(it.value.dtype)
 
 
 class _PGState(eqx.Module):
@@ -107,7 +86,7 @@ class ProximalGradient(AbstractMinimizer):
     def init(self, fn, iterate: Iterate, args) -> _PGState:
         dtype = iterate.value.dtype
         if self.step_size is None:
-            step = initial_step(fn, iterate, args)
+            step = initial_step(fn, iterate, args, self.constraint)
         else:
             step = jnp.asarray(self.step_size, dtype)
         return _PGState(iterate, jnp.ones((), dtype), step)
