@@ -93,7 +93,7 @@ def _like_x(value, name: str, paths, leaves, treedef, fname: str):
                 f"`{fname}`: `{name}` must be a scalar or a pytree with the structure of `x` "
                 f"({treedef}); got structure {jtu.tree_structure(value)}.") from e
     out = []
-    for path, leaf, v in zip(paths, leaves, values):
+    for path, leaf, v in zip(paths, leaves, values, strict=True):
         if v is None:
             out.append(None)
             continue
@@ -122,8 +122,8 @@ def _check_values(fname: str, name: str, value, *, positive: bool = False):
             bad = ~(arr > 0) if positive else ~(arr >= 0)
             if np.any(bad):
                 what = "positive" if positive else "non-negative (≥ 0)"
-                raise ValueError(f"`{fname}`: `{name}` must be {what} and not NaN; got "
-                                 f"{arr if arr.size <= 8 else 'an array with ' + str(int(np.sum(bad))) + ' invalid entries'}.")
+                got = arr if arr.size <= 8 else f"an array with {int(np.sum(bad))} invalid entries"
+                raise ValueError(f"`{fname}`: `{name}` must be {what} and not NaN; got {got}.")
 
 
 def _invalid_to_nan(y, invalid):
@@ -199,7 +199,7 @@ def box(x: Any, hyperparams: tuple) -> Any:
     lowers = _like_x(hyperparams[0], "lower", paths, leaves, treedef, "box")
     uppers = _like_x(hyperparams[1], "upper", paths, leaves, treedef, "box")
     out = []
-    for path, leaf, lo, hi in zip(paths, leaves, lowers, uppers):
+    for path, leaf, lo, hi in zip(paths, leaves, lowers, uppers, strict=True):
         name = jtu.keystr(path)
         for side, bound in (("lower", lo), ("upper", hi)):
             if bound is not None and _is_concrete(bound):
@@ -352,7 +352,7 @@ def _normal(x, hyperparams, fname):
         raise ValueError(f"`{fname}`: `a` must have the structure of `x` ({treedef}); got "
                          f"{jtu.tree_structure(a)}.")
     a_leaves = [_as_float(leaf) for leaf in jtu.tree_leaves(a)]
-    for path, leaf, al in zip(paths, leaves, a_leaves):
+    for path, leaf, al in zip(paths, leaves, a_leaves, strict=True):
         if al.shape != leaf.shape:
             raise ValueError(f"`{fname}`: `a{jtu.keystr(path)}` has shape {al.shape}, `x"
                              f"{jtu.keystr(path)}` has shape {leaf.shape}; they must match.")
@@ -366,7 +366,7 @@ def _normal(x, hyperparams, fname):
             if not bool(aa > 0):
                 raise ValueError(f"`{fname}`: the normal vector `a` is zero (or not finite); "
                                  "the set is empty or everything.")
-    ax = sum(jnp.sum(al * leaf) for al, leaf in zip(a_leaves, leaves))
+    ax = sum(jnp.sum(al * leaf) for al, leaf in zip(a_leaves, leaves, strict=True))
     return leaves, a_leaves, treedef, ax - b, aa
 
 
@@ -389,7 +389,7 @@ def hyperplane(x: Any, hyperparams: tuple) -> Any:
     leaves, a_leaves, treedef, residual, aa = _normal(x, hyperparams, "hyperplane")
     t = residual / aa
     return jtu.tree_unflatten(treedef, [(leaf - t * al).astype(leaf.dtype)
-                                        for leaf, al in zip(leaves, a_leaves)])
+                                        for leaf, al in zip(leaves, a_leaves, strict=True)])
 
 
 def halfspace(x: Any, hyperparams: tuple) -> Any:
@@ -410,7 +410,7 @@ def halfspace(x: Any, hyperparams: tuple) -> Any:
     leaves, a_leaves, treedef, residual, aa = _normal(x, hyperparams, "halfspace")
     t = jnp.maximum(residual, 0) / aa
     return jtu.tree_unflatten(treedef, [(leaf - t * al).astype(leaf.dtype)
-                                        for leaf, al in zip(leaves, a_leaves)])
+                                        for leaf, al in zip(leaves, a_leaves, strict=True)])
 
 
 def affine_set(x: jax.Array, hyperparams: tuple) -> jax.Array:
@@ -475,7 +475,7 @@ def psd(x: Any, hyperparams: Any = None) -> Any:
     del hyperparams
     paths, leaves, treedef = _x_leaves(x, "psd")
     out = []
-    for path, leaf in zip(paths, leaves):
+    for path, leaf in zip(paths, leaves, strict=True):
         if leaf.ndim < 2 or leaf.shape[-1] != leaf.shape[-2]:
             raise ValueError(f"`psd`: `x{jtu.keystr(path)}` has shape {leaf.shape}; it must "
                              "be a square matrix or a stack of them (..., n, n).")

@@ -8,19 +8,19 @@ and into your own code; a function of yours with the same signature works everyw
 All are exact closed forms, pure, and differentiable (almost everywhere) with respect to `x`
 and to `hyperparams` under `jit`, `vmap` and `jax.grad`; leaves keep their dtypes.
 
-| jaxopt | jaxopt2 | h(y) |
+| jaxopt | jaxopt2 (`prox.`) | h(y) |
 |---|---|---|
-| `prox_none(x)` | `lambda x, hp, scale: x` | 0 |
-| `prox_lasso(x, l1reg, scaling)` | `prox.l1(x, strength, scale)` | Σ λᵢ\\|yᵢ\\| |
-| `prox_non_negative_lasso(x, l1reg, scaling)` | `prox.non_negative_l1(x, strength, scale)` | Σ λᵢyᵢ + ι(y ≥ 0) |
-| `prox_elastic_net(x, (lam, gamma), scaling)` | `prox.elastic_net(x, (lam, lam * gamma), scale)` | λ₁‖y‖₁ + λ₂‖y‖²/2 |
-| `prox_group_lasso(x, l2reg, scaling)` | `prox.l2(x, strength, scale)` | λ‖y‖₂ (whole pytree) |
-| `jax.vmap(prox_group_lasso)` over groups | `prox.group_lasso(x, strength, scale, axis=...)` | Σ_g λ_g‖y_g‖₂ |
-| `prox_ridge(x, l2reg, scaling)` | `prox.ridge(x, strength, scale)` | λ‖y‖²/2 |
-| `prox_non_negative_ridge(x, l2reg, scaling)` | `projection.non_negative(prox.ridge(x, l2reg, scale))` | λ‖y‖²/2 + ι(y ≥ 0) |
-| (none) | `prox.nuclear(X, strength, scale)` | λ‖Y‖_* (sum of singular values) |
-| `make_prox_from_projection(projection)` | `prox.indicator(projection)` | ι_C(y) |
-| (none) | `prox.conjugate(prox)` | h*(y), the convex conjugate |
+| `prox_none` | `lambda x, hp, scale: x` | 0 |
+| `prox_lasso(x, l1reg, scaling)` | `l1(x, strength, scale)` | Σ λᵢ\\|yᵢ\\| |
+| `prox_non_negative_lasso` | `non_negative_l1` | Σ λᵢyᵢ + ι(y ≥ 0) |
+| `prox_elastic_net(x, (lam, gamma))` | `elastic_net(x, (lam, lam * gamma))` | λ₁‖y‖₁ + λ₂‖y‖²/2 |
+| `prox_group_lasso` | `l2` | λ‖y‖₂ (whole pytree) |
+| `vmap(prox_group_lasso)` | `group_lasso(x, strength, scale, axis=...)` | Σ_g λ_g‖y_g‖₂ |
+| `prox_ridge` | `ridge` | λ‖y‖²/2 |
+| `prox_non_negative_ridge` | `projection.non_negative(ridge(x, λ, s))` | λ‖y‖²/2 + ι(y ≥ 0) |
+| (none) | `nuclear(X, strength, scale)` | λ‖Y‖_* (sum of singular values) |
+| `make_prox_from_projection(p)` | `indicator(p)` | ι_C(y) |
+| (none) | `conjugate(prox)` | h*(y), the convex conjugate |
 
 Strengths are non-negative: a concrete negative (or NaN) strength or scale raises a
 `ValueError`; a traced one (inside `jit`/`vmap`) makes the result NaN where it is invalid, so a
@@ -29,7 +29,8 @@ solver reports a non-finite status rather than a wrong answer.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -59,7 +60,7 @@ def _thresholds(fname, x, strength, scale, name="strength"):
     if scale.ndim != 0:
         raise ValueError(f"`{fname}`: `scale` must be a scalar; got shape {scale.shape}.")
     ts = [None if s is None else (scale * s).astype(leaf.dtype)
-          for leaf, s in zip(leaves, strengths)]
+          for leaf, s in zip(leaves, strengths, strict=True)]
     return paths, leaves, treedef, ts, scale
 
 
@@ -87,7 +88,7 @@ def l1(x: Any, strength: Any, scale: float = 1.0) -> Any:
     """
     _, leaves, treedef, ts, scale = _thresholds("l1", x, strength, scale)
     out = [leaf if t is None else _invalid_to_nan(_soft(leaf, t), ~(t >= 0))
-           for leaf, t in zip(leaves, ts)]
+           for leaf, t in zip(leaves, ts, strict=True)]
     return jtu.tree_unflatten(treedef, [_invalid_to_nan(y, ~(scale >= 0)) for y in out])
 
 
@@ -108,8 +109,9 @@ def non_negative_l1(x: Any, strength: Any, scale: float = 1.0) -> Any:
         ```
     """
     _, leaves, treedef, ts, scale = _thresholds("non_negative_l1", x, strength, scale)
-    out = [jnp.maximum(leaf if t is None else leaf - t, 0) for leaf, t in zip(leaves, ts)]
-    out = [y if t is None else _invalid_to_nan(y, ~(t >= 0)) for y, t in zip(out, ts)]
+    out = [jnp.maximum(leaf if t is None else leaf - t, 0)
+           for leaf, t in zip(leaves, ts, strict=True)]
+    out = [y if t is None else _invalid_to_nan(y, ~(t >= 0)) for y, t in zip(out, ts, strict=True)]
     return jtu.tree_unflatten(treedef, [_invalid_to_nan(y, ~(scale >= 0)) for y in out])
 
 
@@ -130,7 +132,7 @@ def ridge(x: Any, strength: Any, scale: float = 1.0) -> Any:
     """
     _, leaves, treedef, ts, scale = _thresholds("ridge", x, strength, scale)
     out = [leaf if t is None else _invalid_to_nan(leaf / (1 + t), ~(t >= 0))
-           for leaf, t in zip(leaves, ts)]
+           for leaf, t in zip(leaves, ts, strict=True)]
     return jtu.tree_unflatten(treedef, [_invalid_to_nan(y, ~(scale >= 0)) for y in out])
 
 
@@ -246,7 +248,7 @@ def group_lasso(x: Any, strength: Any, scale: float = 1.0, *, axis=None) -> Any:
                              f"structure of `x` ({treedef}); got {jtu.tree_structure(strength)}."
                              ) from e
     out = []
-    for path, leaf, sq, s in zip(paths, leaves, sqs, strengths):
+    for path, leaf, sq, s in zip(paths, leaves, sqs, strengths, strict=True):
         if s is None:
             out.append(leaf)
             continue
@@ -293,7 +295,7 @@ def nuclear(x: Any, strength: Any, scale: float = 1.0) -> Any:
     """
     paths, leaves, treedef, ts, scale = _thresholds("nuclear", x, strength, scale)
     out = []
-    for path, leaf, t in zip(paths, leaves, ts):
+    for path, leaf, t in zip(paths, leaves, ts, strict=True):
         if leaf.ndim < 2:
             raise ValueError(f"`nuclear`: `x{jtu.keystr(path)}` has shape {leaf.shape}; it "
                              "must be a matrix or a stack of matrices (..., m, n).")

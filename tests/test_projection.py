@@ -203,7 +203,8 @@ def test_jvps_against_finite_differences():
         v = rng.normal(size=n)
         # One compiled function per case (value at x ± εv, and the jvp): tests are dominated
         # by compiling, and eager mode compiles every primitive separately.
-        both = jax.jit(lambda x, v, f=f: (f(x + 1e-6 * v), f(x - 1e-6 * v), jax.jvp(f, (x,), (v,))[1]))
+        both = jax.jit(lambda x, v, f=f: (f(x + 1e-6 * v), f(x - 1e-6 * v),
+                                          jax.jvp(f, (x,), (v,))[1]))
         plus, minus, jvp = both(jnp.asarray(x), jnp.asarray(v))
         np.testing.assert_allclose(jvp, (plus - minus) / 2e-6, atol=1e-6, err_msg=name)
     # With respect to the set's parameters: b of the affine set, the radius, the PSD matrix.

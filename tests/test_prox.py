@@ -171,7 +171,7 @@ def test_jvps_against_finite_differences():
         x, h = jnp.asarray(rng.normal(size=shape) * 1.5), jnp.asarray(h)
         v, w = jnp.asarray(rng.normal(size=shape)), jnp.asarray(rng.normal(size=h.shape))
         eps = 1e-6
-        both = jax.jit(lambda x, h, v, w, f=f: (f(x + eps * v, h + eps * w),
+        both = jax.jit(lambda x, h, v, w, f=f, eps=eps: (f(x + eps * v, h + eps * w),
                                                 f(x - eps * v, h - eps * w),
                                                 jax.jvp(f, (x, h), (v, w))[1]))
         plus, minus, jvp = both(x, h, v, w)
