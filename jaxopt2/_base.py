@@ -139,6 +139,14 @@ class AbstractMinimizer(eqx.Module):
         grad = lambda p: jax.grad(lambda q: fn(q, args)[0])(p)  # noqa: E731
         return lambda v: jax.jvp(grad, (params,), (v,))[1]
 
+    def error_estimate(self, state) -> jax.Array | None:
+        """The solver's own estimate of ‖xₖ − x*‖∞ after a step (from `state`), which then
+        replaces the stopping rule's two shared estimates (`_stopping.MinimizerRule`); None
+        (the default) keeps them. For a solver whose steps say little about the distance
+        left (GradientDescent's irregular Barzilai-Borwein steps)."""
+        del state
+        return None
+
     def convert_objective(self, fn, params0, args):
         """`fn` with the arrays it closes over made explicit inputs
         (`eqx.filter_closure_convert`), so that implicit differentiation sees them. The result

@@ -139,9 +139,10 @@ class MinimizerRule(eqx.Module):
         return tree_inf_norm(it0.grad) <= self.atol
 
     def converged(self, old: Iterate, new: Iterate, result: RESULTS, progress: Progress,
-                  num_steps):
+                  num_steps, own_error=None):
         """(converged, progress) after step `num_steps` from `old` to `new`, which reported
-        `result`."""
+        `result`. `own_error`: the solver's own estimate of ‖xₖ − x*‖∞
+        (`AbstractMinimizer.error_estimate`), which then replaces the two shared ones."""
         step = tree_inf_norm(tree_sub(new.params, old.params)) / x_scale(new.params)
         # A step that moved nothing (a rejected trust-region step) is not evidence.
         accepted = (result == RESULTS.successful) & (step > 0)
@@ -163,6 +164,8 @@ class MinimizerRule(eqx.Module):
         by_gradient = (gnorm <= self.grad_tol) & (
             ((progress.error <= self.rtol) & (progress.secant <= self.rtol))
             | (progress.secant <= self.rtol**2))
+        if own_error is not None:
+            by_gradient = (gnorm <= self.grad_tol) & (own_error <= self.rtol * x_scale(new.params))
         return (gnorm <= self.atol) | by_gradient | stalled, progress
 
     def diverged(self, it: Iterate):

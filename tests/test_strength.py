@@ -118,15 +118,7 @@ def _logistic_reference():
 
 # Known failures of the current library (issue 13: "success means solved in the problem's
 # own scale"); strict, so fixing them turns these into XPASS and the marks must be removed.
-_KNOWN_MIN = {
-    ("GradientDescent", "float32", 1e-8):
-        "float32 GradientDescent on 1e-8·f ends line_search_failed at its first step: the "
-        "first Armijo trial t = step_size·grow = 2 is in 1/f units, so on 1e-8·f it moves x by "
-        "2‖g‖ ≈ 1e-8 and f falls by ≈ t‖g‖² ≈ 1e-16, below f's float32 round-off "
-        "(eps·|f| ≈ 8e-16); every halving falls further below it. A scale-free first trial "
-        "(t₀ = step_size·s(x₀)/‖g₀‖, then grow·t as now, which is invariant) would fix it but "
-        "changes the meaning of the public `step_size`",
-}
+_KNOWN_MIN: dict = {}
 
 
 # Each case compiles a whole solver (5-15 s on a CI core): every solver runs in float32, where
