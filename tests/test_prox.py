@@ -254,3 +254,27 @@ def test_docstring_examples_run(capsys):
         exec(block, {})
     out = capsys.readouterr().out
     assert "[ 0.5 -0.3 -0.5]" in out and "[1.5 2. ]" in out
+
+
+def test_block_thresholds_have_finite_derivatives_at_zero():
+    # ‖x‖ is not differentiable at 0; the prox is (it is 0 near 0), and so must its derivative
+    # be, or a solver started at zeros would get NaN hypergradients.
+    for f in (lambda x: prox.l2(x, 1.0), lambda x: prox.group_lasso(x, 1.0, axis=-1),
+              lambda x: prox.l2(x, 0.0)):
+        J = jax.jacobian(f)(jnp.zeros((2, 2)))
+        assert np.all(np.isfinite(J))
+    np.testing.assert_array_equal(jax.jacobian(lambda x: prox.l2(x, 0.0))(jnp.zeros(2)),
+                                  np.eye(2))
+
+
+@pytest.mark.float64
+def test_float64_is_kept_everywhere():
+    x = jnp.asarray(rand(10, (3, 3)))
+    outs = [prox.l1(x, 0.1), prox.non_negative_l1(x, 0.1), prox.ridge(x, 0.1),
+            prox.elastic_net(x, (0.1, 0.2)), prox.l2(x, 0.1), prox.group_lasso(x, 0.1, axis=0),
+            prox.nuclear(x, 0.1), prox.conjugate(prox.l1)(x, 0.1, 0.5),
+            prox.indicator(projection.psd)(x), projection.box(x, (0.0, 1.0)),
+            projection.simplex(x), projection.l1_ball(x), projection.l2_ball(x),
+            projection.linf_ball(x), projection.hyperplane(x, (x, 1.0)),
+            projection.halfspace(x, (x, 1.0)), projection.affine_set(x[0], (x, x[1]))]
+    assert all(o.dtype == jnp.float64 for o in outs)
