@@ -3,6 +3,7 @@ references; whole solves against scipy's L-BFGS-B and NNLS; jaxopt's LBFGSB bug 
 (#439, #492, #590) as regression tests; the front-door contract (jit, vmap, pytrees, dtypes,
 implicit derivatives)."""
 
+import functools
 import inspect
 
 import equinox as eqx
@@ -16,6 +17,7 @@ import jaxopt2
 from jaxopt2._base import evaluate
 from jaxopt2._results import RESULTS
 from jaxopt2._solver.lbfgsb import LBFGSB, cauchy_point, compact_form, subspace_point
+from jaxopt2._solver.projected_newton_cg import ProjectedNewtonCG
 
 
 class Box(eqx.Module):
@@ -131,25 +133,19 @@ def test_cauchy_point_and_subspace_step_match_dense(seed):
     assert np.all((np.asarray(x_bar) >= lo) & (np.asarray(x_bar) <= hi))
 
 
-def breast_cancer_problem():
-    """Standardised breast-cancer logistic regression (n=569, d=30) with bounds chosen so that
-    a third of them (10) are active at the solution: the 10 largest unconstrained weights are
-    bounded at half their value, the other bounds are loose."""
+@functools.lru_cache(maxsize=1)
+def _breast_cancer_reference():
+    """Data, bounds and scipy's L-BFGS-B solution, all in numpy float64 (whatever JAX's
+    precision in the calling test)."""
     from sklearn.datasets import load_breast_cancer
 
     x, y = load_breast_cancer(return_X_y=True)
     x = (x - x.mean(0)) / x.std(0)
-    args = (jnp.asarray(x), jnp.asarray(y, x.dtype))
-
-    def loss(w, a):
-        z = a[0] @ w
-        return jnp.mean(jnp.logaddexp(0.0, z) - a[1] * z) + 5e-4 * jnp.sum(w**2)
-
-    fg = jax.jit(jax.value_and_grad(loss))
 
     def scipy_fg(w):
-        v, g = fg(jnp.asarray(w), args)
-        return float(v), np.asarray(g, float)
+        z = x @ w
+        value = np.mean(np.logaddexp(0.0, z) - y * z) + 5e-4 * w @ w
+        return value, x.T @ (1 / (1 + np.exp(-z)) - y) / len(y) + 1e-3 * w
 
     opts = dict(maxiter=100000, maxfun=100000, ftol=0.0, gtol=1e-13)
     free_w = so.minimize(scipy_fg, np.zeros(30), jac=True, method="L-BFGS-B", options=opts).x
@@ -158,7 +154,22 @@ def breast_cancer_problem():
         (hi if free_w[i] > 0 else lo)[i] = 0.5 * free_w[i]
     ref = so.minimize(scipy_fg, np.zeros(30), jac=True, method="L-BFGS-B",
                       bounds=list(zip(lo, hi, strict=True)), options=opts)
-    return loss, args, lo, hi, ref.x, scipy_fg
+    return x, y, lo, hi, ref.x, scipy_fg
+
+
+def breast_cancer_problem():
+    """Standardised breast-cancer logistic regression (n=569, d=30) with bounds chosen so that
+    a third of them (10) are active at the solution: the 10 largest unconstrained weights are
+    bounded at half their value, the other bounds are loose. Returns
+    `(loss, args, lower, upper, scipy's solution, scipy's value-and-gradient)`."""
+    x, y, lo, hi, x_ref, scipy_fg = _breast_cancer_reference()
+    args = (jnp.asarray(x), jnp.asarray(y))
+
+    def loss(w, a):
+        z = a[0] @ w
+        return jnp.mean(jnp.logaddexp(0.0, z) - a[1] * z) + 5e-4 * jnp.sum(w**2)
+
+    return loss, args, lo, hi, x_ref, scipy_fg
 
 
 @pytest.mark.float64
@@ -257,3 +268,133 @@ def test_jaxopt_590_objective_undefined_outside_the_box():
 front_door = pytest.mark.skipif(
     "bounds" not in inspect.signature(jaxopt2.minimize).parameters,
     reason="minimize(..., bounds=) is not there yet (the plumbing of issue 15)")
+
+SOLVERS = [LBFGSB, ProjectedNewtonCG]
+_TARGET = {"w": jnp.array([-2.0, 0.3, 4.0]), "b": jnp.array(-5.0)}
+
+
+def _quartic(p, a):
+    """Separable, so the bounded minimizer is the clipped unconstrained one per coordinate."""
+    return sum(jnp.sum((p[k] - a[k]) ** 2 + 0.1 * p[k] ** 4) for k in ("w", "b"))
+
+
+def _unconstrained_root(a):
+    # 2(x − a) + 0.4x³ = 0, by Newton in numpy (monotone, so one root)
+    x = np.array(a, float)
+    for _ in range(60):
+        x = x - (2 * (x - a) + 0.4 * x**3) / (2 + 1.2 * x**2)
+    return x
+
+
+@front_door
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.float64)])
+def test_pytree_bounds_start_outside_dtype_kept(solver, dtype):
+    target = jax.tree.map(lambda a: a.astype(dtype), _TARGET)
+    params0 = {"w": jnp.array([5.0, -5.0, 0.5], dtype), "b": jnp.array(3.0, dtype)}  # outside
+    bounds = ({"w": jnp.array([0.0, -1.0, -1.0]), "b": -1.0}, {"w": 1.0, "b": None})
+    sol = jax.jit(lambda a: jaxopt2.minimize(_quartic, params0, a, solver=solver(),
+                                             bounds=bounds))(target)
+    assert sol.status == RESULTS.successful
+    assert jax.tree.map(lambda x: x.dtype, sol.params) == {"w": jnp.dtype(dtype),
+                                                           "b": jnp.dtype(dtype)}
+    expect_w = np.clip(_unconstrained_root(np.asarray(_TARGET["w"])), [0, -1, -1], 1)
+    tol = 1e-3 if dtype == "float32" else 1e-6
+    np.testing.assert_allclose(sol.params["w"], expect_w, atol=tol)
+    # exactly at the bounds
+    np.testing.assert_array_equal(np.asarray(sol.params["w"])[[0, 2]], [0.0, 1.0])
+    assert sol.params["b"] == -1.0
+
+
+@front_door
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
+def test_vmap_isolates_a_bad_problem(solver):
+    targets = jnp.array([[-1.0, 0.5, 2.0], [jnp.nan, 0.5, 2.0], [3.0, -3.0, 0.2]])
+    fun = lambda x, a: jnp.sum((x - a) ** 2 + 0.1 * x**4)  # noqa: E731
+
+    def solve(a):
+        return jaxopt2.minimize(fun, jnp.zeros(3), a, solver=solver(), bounds=(-1.0, 1.0))
+
+    batch = jax.jit(jax.vmap(solve))(targets)
+    codes = np.asarray(batch.status._value)
+    ok = RESULTS.successful._value
+    assert codes[1] != ok
+    for i in (0, 2):
+        assert codes[i] == ok
+        one = solve(targets[i])
+        np.testing.assert_allclose(batch.params[i], one.params, atol=1e-6)
+        expect = np.clip(_unconstrained_root(np.asarray(targets[i])), -1, 1)
+        np.testing.assert_allclose(batch.params[i], expect, atol=1e-3)
+
+
+def _small_logistic():
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    return jnp.asarray(x[:200, :6]), jnp.asarray(y[:200], float)
+
+
+@front_door
+@pytest.mark.float64
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
+def test_implicit_derivative_matches_finite_differences(solver):
+    # d/dλ and d/d(upper bound) of a bounded logistic regression's solution, reverse and
+    # forward mode, against central differences of tight solves.
+    x, y = _small_logistic()
+
+    def loss(w, a):
+        z = x @ w
+        return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 0.5 * a * jnp.sum(w**2)
+
+    @jax.jit
+    def solve(lam, cap):
+        # unconstrained, every weight is in (−0.9, −0.45): w₁ and w₃ end at their bounds
+        lower = jnp.array([-1.0, -1.0, -1.0, -0.5, -jnp.inf, -jnp.inf]).at[:3].multiply(cap)
+        return jaxopt2.minimize(loss, jnp.zeros(6), lam, solver=solver(rtol=1e-12),
+                                bounds=(lower, 1.0), max_steps=1000).params
+
+    lam, cap = 0.05, 0.8
+    w = solve(lam, cap)
+    active = np.asarray(w) == np.array([-cap, -cap, -cap, -0.5, -np.inf, -np.inf])
+    np.testing.assert_array_equal(active, [False, True, False, True, False, False])
+    probe = jnp.linspace(1.0, 2.0, 6)
+    h = 1e-5
+    fd_lam = (probe @ solve(lam + h, cap) - probe @ solve(lam - h, cap)) / (2 * h)
+    fd_cap = (probe @ solve(lam, cap + h) - probe @ solve(lam, cap - h)) / (2 * h)
+    rev = jax.grad(lambda lam, cap: probe @ solve(lam, cap), argnums=(0, 1))(lam, cap)
+    dw = jax.jvp(lambda t: solve(t, cap), (lam,), (1.0,))[1]
+    np.testing.assert_allclose(rev, (fd_lam, fd_cap), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(probe @ dw, fd_lam, rtol=1e-5, atol=1e-8)
+    # the derivative lives on the free variables: zero on the active ones
+    np.testing.assert_allclose(np.asarray(dw)[active], 0.0, atol=1e-12)
+
+
+@front_door
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.float64)])
+def test_successful_only_where_the_projected_gradient_test_passes(solver, dtype):
+    # Box-constrained breast-cancer logistic regression with the default tolerances: a
+    # "successful" status must come with ‖x − P(x − ∇f)‖∞ ≤ rtol·‖x₀ − P(x₀ − ∇f₀)‖∞, and
+    # the point must agree with scipy's L-BFGS-B to what that tolerance implies.
+    loss, args, lo, hi, x_ref, _ = breast_cancer_problem()
+    cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    args, lo, hi = jax.tree.map(cast, args), cast(lo), cast(hi)
+    x0 = jnp.zeros(30, dtype)
+    sol = jax.jit(lambda a: jaxopt2.minimize(loss, x0, a, solver=solver(), bounds=(lo, hi),
+                                             max_steps=1000, throw=False))(args)
+    pg = jnp.max(jnp.abs(projected_gradient(sol.params, jax.grad(loss)(sol.params, args),
+                                            lo, hi)))
+    pg0 = jnp.max(jnp.abs(projected_gradient(x0, jax.grad(loss)(x0, args), lo, hi)))
+    rtol = jaxopt2._base.default_rtol(jnp.dtype(dtype))
+    assert sol.status == RESULTS.successful
+    assert pg <= rtol * pg0, (pg, pg0)
+    # κ ≈ 1e4 turns the gradient tolerance into about 1e4·rtol·‖pg0‖ in x
+    np.testing.assert_allclose(sol.params, x_ref, atol=1e4 * rtol * float(pg0))
+
+
+@front_door
+def test_other_solvers_refuse_bounds_naming_these():
+    with pytest.raises(ValueError, match="LBFGSB"):
+        jaxopt2.minimize(lambda x, a: jnp.sum(x**2), jnp.ones(2), solver=jaxopt2.LBFGS(),
+                         bounds=(0.0, 1.0))
