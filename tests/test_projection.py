@@ -280,3 +280,36 @@ def test_docstring_examples_run(capsys):
     for block in blocks:
         exec(block, {})
     assert "[ 2. -1.]" in capsys.readouterr().out   # the l1-ball example prints its answer
+
+
+@pytest.mark.float64
+def test_same_answers_as_jaxopt():
+    """Users migrating from jaxopt get the same numbers (and the same simplex Jacobian).
+    (jaxopt's affine-set projection runs a QP solver: slow to compile, and checked above
+    against a KKT solve instead.)"""
+    jaxopt = pytest.importorskip("jaxopt")     # a benchmark extra, not a test dependency
+    from jaxopt2 import prox
+    JP, JX = jaxopt.projection, jaxopt.prox
+    rng = np.random.default_rng(0)
+    x, a = jnp.asarray(rng.normal(size=12) * 2), jnp.asarray(rng.normal(size=12))
+    lo = jnp.asarray(rng.normal(size=12)) - 1
+    hi = lo + jnp.asarray(rng.uniform(size=12) * 2)
+    pairs = {
+        "box": (P.box(x, (lo, hi)), JP.projection_box(x, (lo, hi))),
+        "simplex": (P.simplex(x, 1.7), JP.projection_simplex(x, 1.7)),
+        "l1_ball": (P.l1_ball(x, 1.3), JP.projection_l1_ball(x, 1.3)),
+        "l2_ball": (P.l2_ball(x, 1.3), JP.projection_l2_ball(x, 1.3)),
+        "linf_ball": (P.linf_ball(x, 0.4), JP.projection_linf_ball(x, 0.4)),
+        "hyperplane": (P.hyperplane(x, (a, 0.3)), JP.projection_hyperplane(x, (a, 0.3))),
+        "halfspace": (P.halfspace(x, (a, -0.3)), JP.projection_halfspace(x, (a, -0.3))),
+        "l1": (prox.l1(x, 0.4, 0.7), JX.prox_lasso(x, 0.4, 0.7)),
+        "non_negative_l1": (prox.non_negative_l1(x, 0.4, 0.7),
+                            JX.prox_non_negative_lasso(x, 0.4, 0.7)),
+        "elastic_net": (prox.elastic_net(x, (0.4, 0.4 * 1.5), 0.7),
+                        JX.prox_elastic_net(x, (0.4, 1.5), 0.7)),
+        "l2": (prox.l2(x, 0.4, 0.7), JX.prox_group_lasso(x, 0.4, 0.7)),
+        "ridge": (prox.ridge(x, 0.4, 0.7), JX.prox_ridge(x, 0.4, 0.7)),
+        "simplex jacobian": (jax.jacobian(P.simplex)(x), jax.jacobian(JP.projection_simplex)(x)),
+    }
+    for name, (ours, theirs) in pairs.items():
+        np.testing.assert_allclose(ours, theirs, atol=1e-10, err_msg=name)
