@@ -28,10 +28,12 @@ from ._solver.damped_newton import DampedNewton as DampedNewton
 from ._solver.fixed_point_iteration import FixedPointIteration as FixedPointIteration
 from ._solver.gauss_newton import GaussNewton as GaussNewton
 from ._solver.gradient_descent import GradientDescent as GradientDescent
+from ._solver.lbfgsb import LBFGSB as LBFGSB
 from ._solver.levenberg_marquardt import LevenbergMarquardt as LevenbergMarquardt
 from ._solver.newton import Newton as Newton
 from ._solver.newton_cg import NewtonCG as NewtonCG
 from ._solver.newton_krylov import NewtonKrylov as NewtonKrylov
+from ._solver.projected_newton_cg import ProjectedNewtonCG as ProjectedNewtonCG
 from ._solver.proximal_gradient import ProximalGradient as ProximalGradient
 from ._solver.proximal_newton import ProximalNewton as ProximalNewton
 from ._solver.quasi_newton import BFGS as BFGS

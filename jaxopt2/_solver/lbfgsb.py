@@ -179,7 +179,7 @@ class LBFGSB(AbstractMinimizer):
     fun = lambda x, a: jnp.sum((x - a) ** 2)
     sol = jaxopt2.minimize(fun, jnp.zeros(3), jnp.array([-1.0, 0.5, 2.0]),
                            solver=jaxopt2.LBFGSB(), bounds=(0.0, 1.0))
-    # sol.params == [0.0, 0.5, 1.0]
+    # sol.params ≈ [0.0, 0.5, 1.0]: the clipped target
     ```
     """
 
