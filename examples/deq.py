@@ -31,8 +31,10 @@ counts the clipped ones).
 Expected output (measured on CPU, float32):
 - smoke (configs/deq_smoke.yaml, width 32, 3 epochs): training loss 1.804 -> 0.566 (±0.05),
   test accuracy 0.913 (±0.02), 8.9 Anderson steps per forward pass on average (±1).
-- full (configs/deq.yaml, width 64, 20 epochs; from issue 14, not re-run here): test accuracy
-  0.978 (±0.01) with 8.1 Anderson steps per forward pass on average (±1).
+- full (configs/deq.yaml, width 64, 20 epochs; 20 min wall, 305 s of CPU time on a shared
+  2-core CPU): training loss 1.722 -> 0.0121 (±0.005 at epoch 20), test accuracy 0.978 (±0.01;
+  0.970-0.978 over the last five epochs), 8.7 Anderson steps per forward pass on average (±1;
+  between 8.4 and 9.0 in every epoch), every fixed point ok, ‖W‖₂ between 0.900 and 0.913.
 """
 
 from __future__ import annotations
@@ -249,10 +251,11 @@ def _plot(losses, n_batches, rows, out) -> str:
     a1.semilogy(np.arange(1, len(losses) + 1) / n_batches, np.maximum(losses, floor),
                 alpha=0.4, label="per batch" + note)
     a1.semilogy([r[0] for r in rows], np.maximum([r[1] for r in rows], floor), "o-",
-                label="epoch mean")
+                label="epoch mean (drawn at its end)")
     a1.set(xlabel="epoch", ylabel="training cross-entropy")
     a1.legend(fontsize=8)
-    a2.plot([r[0] for r in rows], [r[2] for r in rows], label="train accuracy")
+    # the training accuracy is counted during the epoch, as the weights change (no extra pass)
+    a2.plot([r[0] for r in rows], [r[2] for r in rows], label="train accuracy (over the epoch)")
     a2.plot([r[0] for r in rows], [r[3] for r in rows], label="test accuracy")
     a2.set(xlabel="epoch", ylabel="accuracy")
     a2.legend(fontsize=8)
@@ -265,6 +268,8 @@ def _plot(losses, n_batches, rows, out) -> str:
     a3.legend(fontsize=8)
     for a in (a1, a2, a3):
         a.grid(alpha=0.3)
+    for a in (a2, a3):  # one point per epoch: whole-epoch ticks
+        a.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle("Deep-equilibrium classifier on digits (implicit differentiation)")
     fig.tight_layout()
     return save_figure(fig, out, "training.png")

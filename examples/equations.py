@@ -277,7 +277,8 @@ def _plot(out, t, y, model, params, u, du, lam, deq_steps, rho):
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     a.plot(t, y, ".", ms=3, label="data")
     a.plot(t, model(params, t), label="Levenberg–Marquardt fit")
-    a.set(title="Gaussian peak on a baseline", xlabel="t", ylabel="signal")
+    a.set(title="Gaussian peak on a baseline (first spectrum of the batch)", xlabel="t",
+          ylabel="signal")
     a.legend()
     x = np.linspace(0, 1, len(u) + 2)[1:-1]
     b.plot(x, u, label=f"u (Bratu, λ = {lam:g})")
