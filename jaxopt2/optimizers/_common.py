@@ -1,23 +1,17 @@
-"""Pieces shared by the `jaxopt2.optimizers` transformations: hyperparameter checks, the
-extra-argument contract (`value_fn=` / `batch=`), curvature operators, the reduction-ratio
-test (its rules live in `jaxopt2._trust_region`), the non-finite guard and the PRNG key in
-the state.
-
-Hyperparameters are checked when they are Python numbers (or concrete arrays) and let through
-when they are traced: `optax.inject_hyperparams` rebuilds the transformation inside every
-`update` from hyperparameters kept as arrays in its state.
+"""Pieces shared by the `jaxopt2.optimizers` transformations (their checks are in
+`_checks.py`): the extra-argument contract (`value_fn=` / `batch=`), curvature operators, the
+reduction-ratio test (its rules live in `jaxopt2._trust_region`), the non-finite guard and
+the PRNG stream whose key the state carries.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import numpy as np
 
 from .._curvature import gauss_newton, hessian
 from .._linalg import damped_cg as damped_cg
@@ -34,9 +28,13 @@ from .._tree import (
 )
 from .._trust_region import GROW_ABOVE, SHRINK_BELOW, bands, martens_damping
 from .._trust_region import reduction_ratio as _ratio
-from .._validate import check_number as check_number
-
-CURVATURES = ("ggn", "hessian")
+from ._checks import (
+    check_cg,
+    check_curvature,
+    check_grads,
+    check_init_params,
+    check_learning_rate,
+)
 
 # The bands a step's reduction ratio is compared with (Martens 2010, after Moré), kept under
 # their old names; the rule itself is `jaxopt2._trust_region.martens_damping`.
@@ -54,83 +52,11 @@ ROUNDOFF = 10.0
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], Any]
 
 
-def _is_integer(value) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, np.integer)):
-        return True
-    return (isinstance(value, (jax.Array, np.ndarray)) and value.shape == ()
-            and jnp.issubdtype(value.dtype, jnp.integer))
-
-
-def check_int(name: str, value, *, low: int = 1):
-    """An int ≥ `low`: a Python int, or an integer 0-d array (checked when concrete, let
-    through when traced, as `optax.inject_hyperparams` passes it)."""
-    if _is_integer(value) and (isinstance(value, jax.core.Tracer) or int(value) >= low):
-        return
-    raise ValueError(f"`{name}` must be an int ≥ {low}; got {value!r}.")
-
-
-def static_int(optimizer: str, name: str, value) -> int:
-    """`value` as a Python int where it fixes an array shape (only `init` reads it)."""
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(
-            f"{optimizer}: `{name}` fixes the shape of the state, so it must be a concrete int "
-            f"when `init` runs; got a traced value. With `optax.inject_hyperparams`, call "
-            f"`init` outside `jax.jit`, or pass static_args=({name!r},).")
-    return operator.index(value)
-
-
-def check_learning_rate(name: str, value, *, allow_none: bool = False):
-    """A positive number (Python, or a 0-d array, possibly traced) or an optax schedule (a
-    callable of the step count)."""
-    if value is None and allow_none:
-        return
-    if callable(value):
-        return
-    check_number(name, value, low=0.0, low_open=True)
-
-
 def bounds(dtype):
     """The range a damping-like scalar is kept in: beyond it λ would underflow relative to
     any curvature, or overflow the squares taken of it."""
     eps = float(jnp.finfo(dtype).eps)
     return eps, 1.0 / eps
-
-
-def check_curvature(optimizer: str, curvature, model_fn, loss_fn) -> str:
-    """Resolve `curvature` (None: "ggn" with model_fn/loss_fn, else "hessian")."""
-    if (model_fn is None) != (loss_fn is None):
-        raise ValueError(f"{optimizer}: pass both `model_fn(params, batch) -> outputs` and "
-                         f"`loss_fn(outputs, batch) -> scalar`, or neither.")
-    for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn)):
-        if fn is not None and not callable(fn):
-            raise ValueError(f"{optimizer}: `{name}` must be callable; got {fn!r}.")
-    if curvature is None:
-        return "ggn" if model_fn is not None else "hessian"
-    if curvature not in CURVATURES:
-        raise ValueError(f"{optimizer}: `curvature` must be 'ggn' (Gauss-Newton), 'hessian' or "
-                         f"None (GGN when model_fn/loss_fn are given); got {curvature!r}.")
-    if curvature == "ggn" and model_fn is None:
-        raise ValueError(f"{optimizer}: curvature='ggn' needs the split of the loss into model "
-                         f"and loss: pass `model_fn(params, batch) -> outputs` and "
-                         f"`loss_fn(outputs, batch) -> scalar` to {optimizer}(...), or use "
-                         f"curvature='hessian' (Hessian products of `value_fn`).")
-    return curvature
-
-
-def check_cg(cg_max_steps, cg_rtol) -> None:
-    """The inner CG solve's budget and relative tolerance."""
-    check_int("cg_max_steps", cg_max_steps)
-    check_number("cg_rtol", cg_rtol, low=0.0, high=1.0, high_open=True)
-
-
-def check_key(optimizer: str, key, seed):
-    """The construction-time `key` (typed, legacy or None) and `seed`, checked; returns the
-    typed key (or None) and its PRNG implementation (to re-wrap the key data in the state)."""
-    key = as_key(key, optimizer)
-    check_seed(seed, optimizer, key, traced_ok=True)
-    return key, key_impl(key)
 
 
 class Objective:
@@ -208,57 +134,6 @@ def matvec_like(op, params):
     """op.mv with its outputs cast to the parameters' dtypes (data of another precision
     would otherwise leak into the iterates)."""
     return lambda v: cast_like(op.mv(v), params)
-
-
-def check_init_params(optimizer: str, params, *, half_precision: bool = True) -> None:
-    """`init`'s check: `params` must be a non-empty pytree of floating-point arrays (integer
-    parameters cannot take a fractional step; half precision only where the optimizer has no
-    factorization, which LAPACK lacks in float16/bfloat16)."""
-    leaves = jtu.tree_leaves_with_path(params)
-    if not leaves:
-        raise ValueError(f"{optimizer}.init: `params` has no array leaves; pass the model's "
-                         "parameters as a pytree of floating-point arrays.")
-    for path, leaf in leaves:
-        dtype = getattr(leaf, "dtype", None) or np.asarray(leaf).dtype
-        name = "params" + jtu.keystr(path)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"{optimizer}.init: `{name}` has dtype {dtype}; parameters must be "
-                            "floating point. Cast them, e.g. jnp.asarray(x, jnp.float32).")
-        if not half_precision and jnp.dtype(dtype) in (jnp.dtype(jnp.float16),
-                                                       jnp.dtype(jnp.bfloat16)):
-            raise TypeError(f"{optimizer}.init: `{name}` has dtype {dtype}, but {optimizer} "
-                            "factorizes its sketch (eigh/QR), which has no float16/bfloat16 "
-                            "kernel. Keep float32 master parameters for this optimizer (cast "
-                            "params to jnp.float32), or use hessian_free / diag_newton.")
-
-
-def check_grads(optimizer: str, grads, params) -> None:
-    """`update`'s check that `grads` matches `params` (structure and leaf shapes)."""
-    check_like(optimizer, "grads", grads, params,
-               "pass the gradient of the loss with respect to the same params pytree (e.g. "
-               "jax.grad(loss)(params, batch))")
-
-
-def check_state(optimizer: str, name: str, tree, params) -> None:
-    """`update`'s check that a params-shaped field of the state (`name`, e.g.
-    "state.momentum") matches `params`: a state made by `init` for other parameters would
-    otherwise fail deep inside a tree_map, or be silently broadcast."""
-    check_like(optimizer, name, tree, params,
-               f"make the state with {optimizer}(...).init(params) for these params")
-
-
-def check_like(optimizer: str, name: str, tree, params, fix: str) -> None:
-    """`tree` (called `name` in the message) has the structure and leaf shapes of `params`."""
-    if jtu.tree_structure(tree) != jtu.tree_structure(params):
-        raise ValueError(f"{optimizer}.update: `{name}` has structure "
-                         f"{jtu.tree_structure(tree)} but `params` has "
-                         f"{jtu.tree_structure(params)}; {fix}.")
-    for (path, leaf), p in zip(jtu.tree_leaves_with_path(tree), jtu.tree_leaves(params),
-                               strict=True):
-        if jnp.shape(leaf) != jnp.shape(p):
-            raise ValueError(f"{optimizer}.update: `{name}{jtu.keystr(path)}` has shape "
-                             f"{jnp.shape(leaf)} but the parameter has shape {jnp.shape(p)}; "
-                             f"{fix}.")
 
 
 def sanitize(grads, params):
@@ -408,17 +283,22 @@ class DampedNewton:
         return DampedStep(cast_like(step, params), p, lam, cg_steps, rho, factor, finite)
 
 
-def key_data(key, seed):
-    """Raw key data of `key` (a typed key, or None for `jax.random.key(seed)`): stored in the
-    state so its dtype never changes across steps, and any tree utility can handle it."""
-    return jax.random.key_data(resolve(key, seed))
+class KeyStream:
+    """The PRNG stream of a randomized transformation. Built (and `key`, `seed` checked) when
+    the transformation is built; `init()` is the raw key data the state stores (uint32, so
+    its dtype never changes across steps and any tree utility handles it), and
+    `split(data)` the next state's key data and a fresh key to draw from."""
 
+    def __init__(self, optimizer: str, key, seed):
+        self.key = as_key(key, optimizer)  # typed, or None for jax.random.key(seed)
+        check_seed(seed, optimizer, self.key, traced_ok=True)
+        self.seed = seed
+        # The implementation (threefry, rbg, ...) the stored data is re-wrapped with.
+        self.impl = None if self.key is None else jax.random.key_impl(self.key)
 
-def key_impl(key):
-    """The PRNG implementation of `key` (None: the default one), to re-wrap the stored data."""
-    return None if key is None else jax.random.key_impl(key)
+    def init(self):
+        return jax.random.key_data(resolve(self.key, self.seed))
 
-
-def split_key(data, impl=None):
-    key, sub = jax.random.split(jax.random.wrap_key_data(data, impl=impl))
-    return jax.random.key_data(key), sub
+    def split(self, data):
+        key, sub = jax.random.split(jax.random.wrap_key_data(data, impl=self.impl))
+        return jax.random.key_data(key), sub

@@ -14,21 +14,8 @@ import optax
 
 from .._estimators import diagonal
 from .._tree import tree_zeros_like
-from ._common import (
-    Objective,
-    ScalarOrSchedule,
-    cast_like,
-    check_init_params,
-    check_int,
-    check_key,
-    check_learning_rate,
-    check_number,
-    check_state,
-    dtype_of,
-    guard,
-    key_data,
-    split_key,
-)
+from ._checks import check_init_params, check_int, check_learning_rate, check_number, check_state
+from ._common import KeyStream, Objective, ScalarOrSchedule, cast_like, dtype_of, guard
 
 
 class DiagNewtonState(NamedTuple):
@@ -59,19 +46,10 @@ def hutchinson_diagonal(op, key, num_probes):
 
 
 def scale_by_diag_newton(
-    *,
-    b1: float = 0.9,
-    b2: float = 0.99,
-    update_freq: int = 10,
-    num_probes: int = 1,
-    gamma: float = 0.05,
-    clip: float = 1.0,
-    eps: float = 1e-12,
-    model_fn: Callable | None = None,
-    loss_fn: Callable | None = None,
-    curvature: str | None = None,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    *, b1: float = 0.9, b2: float = 0.99, update_freq: int = 10, num_probes: int = 1,
+    gamma: float = 0.05, clip: float = 1.0, eps: float = 1e-12,
+    model_fn: Callable | None = None, loss_fn: Callable | None = None,
+    curvature: str | None = None, key: jax.Array | None = None, seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """The direction of `diag_newton` without the learning rate: the clipped diagonal Newton
     direction of the momentum,
@@ -103,15 +81,15 @@ def scale_by_diag_newton(
     check_number("gamma", gamma, low=0.0, low_open=True)
     check_number("clip", clip, low=0.0, low_open=True)
     check_number("eps", eps, low=0.0, low_open=True)
-    key, impl = check_key(name, key, seed)
+    stream = KeyStream(name, key, seed)
 
     def init(params):
         check_init_params('diag_newton', params)
-        return DiagNewtonState(jnp.zeros((), jnp.int32), key_data(key, seed),
+        return DiagNewtonState(jnp.zeros((), jnp.int32), stream.init(),
                                tree_zeros_like(params), tree_zeros_like(params))
 
     def probe(problem, params, state):
-        new_key, sub = split_key(state.key, impl)
+        new_key, sub = stream.split(state.key)
         estimate = cast_like(hutchinson_diagonal(problem.operator(), sub, num_probes), params)
         h = jtu.tree_map(lambda h, d: (b2 * h + (1 - b2) * d).astype(h.dtype),
                          state.curvature, estimate)
@@ -145,20 +123,10 @@ def scale_by_diag_newton(
 
 
 def diag_newton(
-    learning_rate: ScalarOrSchedule = 1e-2,
-    *,
-    b1: float = 0.9,
-    b2: float = 0.99,
-    update_freq: int = 10,
-    num_probes: int = 1,
-    gamma: float = 0.05,
-    clip: float = 1.0,
-    eps: float = 1e-12,
-    model_fn: Callable | None = None,
-    loss_fn: Callable | None = None,
-    curvature: str | None = None,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    learning_rate: ScalarOrSchedule = 1e-2, *, b1: float = 0.9, b2: float = 0.99,
+    update_freq: int = 10, num_probes: int = 1, gamma: float = 0.05, clip: float = 1.0,
+    eps: float = 1e-12, model_fn: Callable | None = None, loss_fn: Callable | None = None,
+    curvature: str | None = None, key: jax.Array | None = None, seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Diagonal Newton with Hutchinson curvature estimates, momentum and per-coordinate
     clipping (Sophia's update, with OASIS-style Hutchinson diagonals):

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from .._tree import tree_scale, tree_zeros_like
-from ._common import DampedNewton, ScalarOrSchedule, check_number, check_state, guard, scalar
+from ._checks import check_number, check_state
+from ._common import DampedNewton, ScalarOrSchedule, guard, scalar
 
 
 class HessianFreeState(NamedTuple):
@@ -22,15 +23,9 @@ class HessianFreeState(NamedTuple):
 
 
 def hessian_free(
-    learning_rate: ScalarOrSchedule = 1.0,
-    *,
-    model_fn: Callable | None = None,
-    loss_fn: Callable | None = None,
-    curvature: str | None = None,
-    damping: float = 1.0,
-    adapt_damping: bool = True,
-    cg_max_steps: int = 20,
-    cg_rtol: float = 1e-2,
+    learning_rate: ScalarOrSchedule = 1.0, *, model_fn: Callable | None = None,
+    loss_fn: Callable | None = None, curvature: str | None = None, damping: float = 1.0,
+    adapt_damping: bool = True, cg_max_steps: int = 20, cg_rtol: float = 1e-2,
     warm_start_decay: float = 0.95,
 ) -> optax.GradientTransformationExtraArgs:
     """Hessian-free optimization (Martens 2010): a truncated Newton step on the minibatch,

@@ -12,21 +12,15 @@ import optax
 
 from .._tree import ravel, tree_where, tree_zeros_like
 from ..sketch._nystrom import _nystrom
+from ._checks import check_init_params, check_int, check_learning_rate, check_number, static_int
 from ._common import (
+    KeyStream,
     Objective,
     ScalarOrSchedule,
     cast_like,
-    check_init_params,
-    check_int,
-    check_key,
-    check_learning_rate,
-    check_number,
     guard,
-    key_data,
     learning_rate_at,
     scalar,
-    split_key,
-    static_int,
     trial_values,
 )
 
@@ -49,18 +43,10 @@ RHO_FLOOR = 1e-3
 
 
 def nystrom_sgd(
-    learning_rate: ScalarOrSchedule | None = None,
-    *,
-    rank: int = 10,
-    rho: float | None = None,
-    update_freq: int = 20,
-    power_iters: int = 10,
-    safeguard: bool = True,
-    model_fn: Callable | None = None,
-    loss_fn: Callable | None = None,
-    curvature: str | None = None,
-    key: jax.Array | None = None,
-    seed: int = 0,
+    learning_rate: ScalarOrSchedule | None = None, *, rank: int = 10, rho: float | None = None,
+    update_freq: int = 20, power_iters: int = 10, safeguard: bool = True,
+    model_fn: Callable | None = None, loss_fn: Callable | None = None,
+    curvature: str | None = None, key: jax.Array | None = None, seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """SketchySGD: SGD preconditioned by a randomized Nyström approximation of the curvature,
 
@@ -147,7 +133,7 @@ def nystrom_sgd(
         check_number("rho", rho, low=0.0, low_open=True)
     check_int("update_freq", update_freq)
     check_int("power_iters", power_iters)
-    key, impl = check_key(name, key, seed)
+    stream = KeyStream(name, key, seed)
     automatic = learning_rate is None
 
     def init(params):
@@ -156,14 +142,14 @@ def nystrom_sgd(
         n, dtype = flat.size, flat.dtype
         r = min(static_int(name, "rank", rank), n)  # a rank-n sketch is already exact
         return NystromSGDState(
-            count=jnp.zeros((), jnp.int32), key=key_data(key, seed), U=jnp.zeros((n, r), dtype),
+            count=jnp.zeros((), jnp.int32), key=stream.init(), U=jnp.zeros((n, r), dtype),
             eigenvalues=jnp.zeros((r,), dtype), rho=scalar(1.0, dtype),
             step_size=scalar(0.0, dtype), scale=scalar(1.0, dtype), stale=jnp.array(False))
 
     def refresh(problem, params, state):
         op = problem.operator()
         dtype = state.U.dtype
-        new_key, sub = split_key(state.key, impl)
+        new_key, sub = stream.split(state.key)
         sketch_key, power_key = jax.random.split(sub)
         # the unchecked sketch: an indefinite minibatch curvature falls back below, no error
         approx, _ = _nystrom(op, state.U.shape[1], sketch_key, None, name)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from .._tree import tree_norm
-from ._common import DampedNewton, ScalarOrSchedule, check_number, guard, scalar
+from ._checks import check_number
+from ._common import DampedNewton, ScalarOrSchedule, guard, scalar
 
 
 class RegularizedNewtonState(NamedTuple):
@@ -22,15 +23,9 @@ class RegularizedNewtonState(NamedTuple):
 
 
 def regularized_newton(
-    learning_rate: ScalarOrSchedule = 1.0,
-    *,
-    model_fn: Callable | None = None,
-    loss_fn: Callable | None = None,
-    curvature: str | None = None,
-    lipschitz: float = 1.0,
-    adaptive: bool = True,
-    cg_max_steps: int = 20,
-    cg_rtol: float = 1e-2,
+    learning_rate: ScalarOrSchedule = 1.0, *, model_fn: Callable | None = None,
+    loss_fn: Callable | None = None, curvature: str | None = None, lipschitz: float = 1.0,
+    adaptive: bool = True, cg_max_steps: int = 20, cg_rtol: float = 1e-2,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradient-regularized Newton (Mishchenko 2021; Doikov & Nesterov) on the minibatch:
 
