@@ -9,11 +9,14 @@ pytree (flattened with `ravel_pytree` for SciPy and rebuilt afterwards); the res
 `jaxopt2.Solution` with a status, counts and implicit derivatives with respect to `args`,
 arrays `fun` closes over, and the bounds.
 
-**How it runs.** SciPy runs on the host CPU, inside a `jax.pure_callback`:
+**How it runs.** SciPy runs on the host CPU, inside a `jax.pure_callback`, and so do the
+function evaluations it asks for (compiled for JAX's CPU backend, whatever the default device):
 
 - `jax.jit` works (the callback is compiled into the program; each call of the compiled
   function runs SciPy again on the host), and the derivative rules run on the device as
   ordinary JAX code, since they only need the optimality condition at the solution;
+- outside `jit` each call compiles the evaluations anew (about a second); under `jax.jit`
+  they are compiled once, on the first run;
 - `jax.vmap` works but runs the problems one after the other (the callback's
   `vmap_method="sequential"`), each with its own status: no parallelism across a batch;
 - SciPy computes in float64. Function values and derivatives are evaluated in the dtype of
@@ -42,7 +45,7 @@ not stop first).
 SciPy's own failures map to `max_steps_reached` (its iteration or evaluation limit),
 `line_search_failed` (line search or precision loss), `linear_solve_failed` (Newton-CG's inner
 CG) and `nonfinite`. A SciPy "success" that fails jaxopt2's check (e.g. L-BFGS-B stopping on
-its relative reduction `ftol` with the gradient still large) is `max_steps_reached`: SciPy
+a loose `ftol` with the gradient still large) is `max_steps_reached`: SciPy
 stopped before the tolerance was met; tighten `tol`/`options` or loosen `rtol`/`atol`.
 `Solution.state` holds SciPy's `success` flag, its `status` code and the final optimality
 measure (`optimality`) for each problem.
@@ -156,7 +159,8 @@ def minimize(
       them instead. dogleg and trust-exact get the dense Hessian from `jax.hessian`.
     - `rtol`, `atol`: jaxopt2's own test of the solution, ‖pg(x)‖∞ ≤ atol + rtol·‖pg(x₀)‖∞
       (module docstring).
-    - `adjoint`, `throw`: as in `jaxopt2.minimize`.
+    - `adjoint`, `throw`: as in `jaxopt2.minimize` (`adjoint` an `ImplicitAdjoint`: SciPy's
+      iterations cannot be unrolled).
 
     **Returns** a `Solution`: `value` is f at the solution, `stats` counts SciPy's iterations
     (`num_steps`) and the evaluations it asked for (`num_fun` objective only, `num_grad`
@@ -473,15 +477,22 @@ class _Out(eqx.Module):
 
 
 class _Evaluations:
-    """Host-side: calls the compiled functions in the problem's dtype and counts them."""
+    """Host-side: calls the compiled functions in the problem's dtype and counts them.
+
+    Everything runs on JAX's CPU backend, next to SciPy: the callback already holds its
+    inputs in host memory, each evaluation would otherwise be a round trip to an accelerator,
+    and JAX work launched on an accelerator from inside a callback that the accelerator is
+    waiting on has been reported to hang."""
 
     def __init__(self, dtype, dynamic):
-        self.dtype, self.dynamic = dtype, dynamic
+        self.cpu = jax.devices("cpu")[0]
+        self.dtype, self.dynamic = dtype, jax.device_put(dynamic, self.cpu)
         self.counts = dict.fromkeys(("fun", "grad", "hvp", "hessian", "jac"), 0)
 
     def __call__(self, name, f, *xs):
         self.counts[name] += 1
-        return f(*(np.asarray(x).astype(self.dtype) for x in xs), self.dynamic)
+        xs = (jax.device_put(np.asarray(x).astype(self.dtype), self.cpu) for x in xs)
+        return f(*xs, self.dynamic)
 
 
 def _run(solve, fun, x0, kwargs):
@@ -612,6 +623,10 @@ def _projected(params, grad, lower, upper):
 
 
 def _apply(primal, optimality, params0, inputs, tags, adjoint, throw):
+    if not isinstance(adjoint, ImplicitAdjoint):
+        raise TypeError("jaxopt2.scipy differentiates the solution by the implicit function "
+                        "theorem only (SciPy's iterations run on the host and cannot be "
+                        f"unrolled): pass an ImplicitAdjoint(...); got {type(adjoint).__name__}.")
     adjoint = adjoint_for(adjoint, throw)
     params, out = adjoint.apply(primal, optimality, params0, inputs, tags)
     if throw:

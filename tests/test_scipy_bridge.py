@@ -246,6 +246,8 @@ def test_bad_input():
         jscipy.minimize(fun, jnp.zeros(2), bounds=(1.0, 0.0))
     with pytest.raises(ValueError, match="NaN"):
         jscipy.minimize(fun, jnp.zeros(2), bounds=(jnp.array([0.0, jnp.nan]), None))
+    with pytest.raises(TypeError, match="ImplicitAdjoint"):
+        jscipy.minimize(fun, jnp.zeros(2), adjoint=jaxopt2.UnrolledAdjoint())
     with pytest.raises(ValueError, match="hybr"):
         jscipy.root(lambda y, a: y, jnp.zeros(2), method="newton")
     with pytest.raises(ValueError, match="loss"):
