@@ -44,9 +44,12 @@ neither `tol` nor `options["gtol"]` is given, SciPy is asked for the same gradie
 not stop first).
 SciPy's own failures map to `max_steps_reached` (its iteration or evaluation limit),
 `line_search_failed` (line search or precision loss), `linear_solve_failed` (Newton-CG's inner
-CG) and `nonfinite`. A SciPy "success" that fails jaxopt2's check (e.g. L-BFGS-B stopping on
-a loose `ftol` with the gradient still large) is `max_steps_reached`: SciPy
-stopped before the tolerance was met; tighten `tol`/`options` or loosen `rtol`/`atol`.
+CG) and `nonfinite`; an error SciPy raises once it has started (e.g. `krylov`'s "Jacobian
+inversion yielded zero vector") becomes `linear_solve_failed` or `line_search_failed` for that
+problem, its message a `RuntimeWarning`, so one problem cannot end a batch. A SciPy
+"success" that fails jaxopt2's check (e.g. L-BFGS-B stopping on a loose `ftol` with the
+gradient still large) is `max_steps_reached`: SciPy stopped before the tolerance was met;
+tighten `tol`/`options` or loosen `rtol`/`atol`.
 `Solution.state` holds SciPy's `success` flag, its `status` code and the final optimality
 measure (`optimality`) for each problem.
 
@@ -234,7 +237,7 @@ def minimize(
                 kwargs["options"]["ftol"] = 10 * np.finfo(np.float64).eps
         if bounds is not None:
             kwargs["bounds"] = scipy.optimize.Bounds(_flat(dynamic[2]), _flat(dynamic[3]))
-        res = _run(scipy.optimize.minimize, objective, x0, kwargs)
+        res = _run(scipy.optimize.minimize, objective, x0, kwargs, ev)
         return _report(res, res.fun, getattr(res, "nit", 0), ev, dtype)
 
     def measure(params, inputs):
@@ -324,6 +327,9 @@ def least_squares(
     rtol = default_rtol(dtype) if rtol is None else rtol
     flat0, unravel = ravel(params0)
     m = sum(x.size for x in jtu.tree_leaves(jax.eval_shape(fn, params0, args)[0]))
+    if method == "lm" and m < flat0.size:
+        raise ValueError(f"SciPy's method 'lm' needs at least as many residuals as parameters; "
+                         f"got {m} residuals for {flat0.size} parameters. Use method='trf'.")
     inputs = (fn, args, lower, upper)
     static = eqx.partition(inputs, eqx.is_array)[1]
 
@@ -345,7 +351,7 @@ def least_squares(
         if bounds is not None:
             kwargs["bounds"] = (_flat(dynamic[2]), _flat(dynamic[3]))
         res = _run(scipy.optimize.least_squares,
-                   lambda x: np.asarray(ev("fun", residual, x), np.float64), x0, kwargs)
+                   lambda x: np.asarray(ev("fun", residual, x), np.float64), x0, kwargs, ev)
         return _report(res, res.cost, res.nfev, ev, dtype)
 
     def gradient(params, inputs):
@@ -445,7 +451,7 @@ def root(
             fun, kwargs["jac"] = f_and_jac, True
         else:
             fun = lambda y: np.asarray(ev("fun", F, y), np.float64)  # noqa: E731
-        res = _run(scipy.optimize.root, fun, x0, kwargs)
+        res = _run(scipy.optimize.root, fun, x0, kwargs, ev)
         steps = getattr(res, "nit", None) or getattr(res, "nfev", 0)
         return _report(res, 0.0, steps, ev, dtype)
 
@@ -495,10 +501,11 @@ class _Evaluations:
         return f(*xs, self.dynamic)
 
 
-def _run(solve, fun, x0, kwargs):
-    """Call SciPy; a numerical failure it raises (e.g. "Jacobian inversion yielded zero
-    vector" in `broyden1`) becomes a failed status for this problem, with SciPy's message as a
-    warning, instead of an error that would end a whole `vmap`ped batch."""
+def _run(solve, fun, x0, kwargs, ev: _Evaluations):
+    """Call SciPy; a numerical failure it raises once it has started evaluating (e.g.
+    "Jacobian inversion yielded zero vector" in `krylov`) becomes a failed status for this
+    problem, with SciPy's message as a warning, instead of an error that would end a whole
+    `vmap`ped batch. What it raises before any evaluation (a bad option) is raised."""
     import scipy.optimize
 
     x0 = np.asarray(x0, np.float64)
@@ -506,6 +513,8 @@ def _run(solve, fun, x0, kwargs):
         with np.errstate(all="ignore"):
             return solve(fun, x0, **kwargs)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
+        if not any(ev.counts.values()):
+            raise
         warnings.warn(f"jaxopt2.scipy: SciPy raised {type(e).__name__}: {e}", RuntimeWarning,
                       stacklevel=2)
         res = scipy.optimize.OptimizeResult(x=x0, success=False, status=-1, message=str(e),

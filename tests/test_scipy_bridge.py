@@ -191,6 +191,12 @@ def test_root_small_system_and_its_derivative():
         assert sol.status == RESULTS.successful
         # broyden1 stops at SciPy's f_tol = 6e-6; our check accepts ‖F‖ ≤ 1e-6·‖F(y₀)‖.
         np.testing.assert_allclose(sol.params, jnp.ones(2), atol=1e-6)
+    # No root: reported, and raised with throw=True.
+    no_root = lambda y, a: y**2 + a  # noqa: E731
+    sol = jscipy.root(no_root, jnp.array([0.5, 1.0]), 1.0, throw=False)
+    assert sol.status == RESULTS.line_search_failed and not bool(sol.state["success"])
+    with pytest.raises(RuntimeError, match="line_search_failed"):
+        jscipy.root(no_root, jnp.array([0.5, 1.0]), 1.0)
     # y = √(a/2): dy/da = 1/(4√(a/2)).
     a = 3.0
     dy = jax.grad(lambda a: jscipy.root(F, jnp.array([1.0, 0.5]), a).params[0])(a)
@@ -254,3 +260,7 @@ def test_bad_input():
         jscipy.least_squares(lambda p, a: p, jnp.zeros(2), options={"loss": "huber"})
     with pytest.raises(ValueError, match="bounds"):
         jscipy.least_squares(lambda p, a: p, jnp.zeros(2), method="lm", bounds=(0.0, 1.0))
+    with pytest.raises(Exception, match="x_scale"):  # SciPy's own check, raised as is
+        jscipy.least_squares(lambda p, a: p, jnp.zeros(2), options={"x_scale": -1.0})
+    with pytest.raises(ValueError, match="at least as many residuals"):
+        jscipy.least_squares(lambda p, a: p[:1], jnp.zeros(2), method="lm")
