@@ -90,6 +90,7 @@ class ProximalGradient(AbstractMinimizer):
             step = initial_step(fn, iterate, args, self.constraint)
         else:
             step = jnp.asarray(self.step_size, dtype)
+        step = step / self.grow  # so that the first trial is the step itself
         return _PGState(iterate, jnp.ones((), dtype), step)
 
     def step(self, fn, iterate: Iterate, args, state: _PGState):
