@@ -198,8 +198,8 @@ def test_run_all_smoke_writes_its_table_into_the_output_dir(tmp_path):
 @pytest.mark.slow
 def test_demo_full_config(tmp_path):
     # the full config of the cheap examples runs in CI (issue 14): the demo's (configs/
-    # default.yaml) took 55 s on a shared 2-core CPU; the DEQ's full config takes minutes and the
-    # others' smoke configs alone 15-35 s of CPU time (docs/guides/examples.md)
+    # default.yaml) took 55 s on a shared 2-core CPU; train_mlp's, dataset_distillation's and
+    # the DEQ's take 5-20 min there (docs/guides/examples.md)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--config",
          str(ROOT / "configs" / "default.yaml"), "--output-dir", str(tmp_path)],
