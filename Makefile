@@ -51,6 +51,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/sketch.py
 	$(BIN)/python benchmarks/logistic.py
 	$(BIN)/python benchmarks/optimizers.py
+	$(BIN)/python benchmarks/composite.py
 
 # Every example's full config on a GPU (installs JAX's CUDA wheels); the table goes to
 # outputs/run_all/results.md.
