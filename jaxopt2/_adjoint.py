@@ -251,9 +251,11 @@ class UnrolledAdjoint(AbstractAdjoint):
 
 
 def _is_differentiable(x) -> bool:
-    """Floating arrays and Python floats (a Python float in `args` can carry a tangent)."""
-    if isinstance(x, (float, complex)):
-        return True
+    """Floating arrays only. A Python float in `args` is a constant: whatever `jax.grad` or
+    `jax.jvp` differentiates reaches the front door as a traced array, never as a Python
+    float, so such a float never carries a tangent (counting it as differentiable made
+    `jacfwd` trace the closure-converted objective with an array where it was built with a
+    float, and fail)."""
     return eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
 
 
