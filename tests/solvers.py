@@ -32,6 +32,9 @@ MINIMIZERS = {
     "NewtonCG-trust-region": (lambda: jaxopt2.NewtonCG(trust_region=True), 100),
     "LBFGS": (lambda: jaxopt2.LBFGS(), 200),
     "BFGS": (lambda: jaxopt2.BFGS(), 200),
+    # the bound-constrained solvers without bounds (their bounded contract: tests/test_lbfgsb.py)
+    "LBFGSB": (lambda: jaxopt2.LBFGSB(), 200),
+    "ProjectedNewtonCG": (lambda: jaxopt2.ProjectedNewtonCG(), 100),
     "RegularizedNewton": (lambda: jaxopt2.RegularizedNewton(), 100),
     "DampedNewton": (lambda: jaxopt2.DampedNewton(), 100),
     "SketchedNewton": (lambda: jaxopt2.SketchedNewton(sketch_size=20), 200),
