@@ -17,14 +17,18 @@ Equations, §7.2) do. With ‖·‖ the max-norm over all leaves, x-scale s(x) =
    start (huge ‖g₀‖) cannot end the solve early, and neither can a quasi-Newton model that
    takes short steps where the gradient is still large. A secant distance below rtol² is
    enough on its own (so Newton on a quadratic stops after its one exact step). Invariant to
-   scaling f by any constant.
+   scaling f by any constant. A solver may bring its own estimate instead of these two
+   (`AbstractMinimizer.error_estimate`): GradientDescent's irregular Barzilai-Borwein step
+   lengths fool the contraction estimate, so it uses ‖gₖ‖₂/μ̂, μ̂ the least secant curvature
+   sᵀy/sᵀs of its run (‖x − x*‖ ≤ ‖g‖₂/μ for μ-strongly convex f).
 2. *a start at the solution*: the first step was accepted and moved x by at most
    10·eps·s(x₁): x cannot be improved in this dtype. This is what a warm start at (or next to)
    the solution meets, where ‖g₀‖ is round-off and no relative gradient test can pass. Only
    the first step counts (later, a quasi-Newton model left over from a far start can take
    steps that small anywhere), and only for solvers whose first step is scale-free (Newton
-   type, or accepted by a Wolfe line search): Armijo backtracking alone (GradientDescent) can
-   accept a tiny first step on a badly scaled objective.
+   type, accepted by a Wolfe line search, or GradientDescent's Cauchy step ‖g‖²/gᵀHg): a
+   step length in units of 1/f (GradientDescent with a user's `step_size`) can be tiny
+   anywhere on a badly scaled objective.
 
 and at step 0 only when ‖g₀‖ ≤ atol (with the default atol = 0: an exactly zero gradient).
 Solvers that use curvature also check it at the end (`curvature_check`): at a saddle they
