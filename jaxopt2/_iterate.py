@@ -101,7 +101,8 @@ def _curvature_at(solver: AbstractMinimizer, fn, args, it: Iterate, state, resul
     params = jax.lax.stop_gradient(it.params)
     frozen = eqx.tree_at(lambda i: i.params, it, params)
     hvp = solver.curvature_probe(fn, params, args, state)
-    return frozen, stopping.curvature_check(lambda p: fn(p, args)[0], hvp, frozen, result)
+    return frozen, stopping.curvature_check(lambda p: fn(p, args)[0], hvp, frozen, result,
+                                            solver.rtol)
 
 
 def final_check(solver: AbstractMinimizer, fn, args, when, it: Iterate, state, result,

@@ -73,6 +73,14 @@ class RESULTS(eqx.Enumeration):
         "far out on a plateau, e.g. where exp(-|x|²) has underflowed). Start closer to the "
         "solution, rescale the problem, or use float64."
     )
+    ill_conditioned = (
+        "The gradient met the tolerance, but a Newton step from the final point did not: along "
+        "some direction the curvature is so small that the distance left to the minimum "
+        "(‖H⁻¹g‖, bounded from below by a few Hessian-vector products) exceeds "
+        "rtol·max(‖params‖, 1). The problem is nearly singular or badly scaled for this "
+        "solver and dtype: rescale or precondition the parameters, add regularization, use "
+        "float64, or use Newton (exact Hessian solves)."
+    )
 
 
 # equinox does not export the item class; every item is an instance of it.

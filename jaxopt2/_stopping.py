@@ -34,8 +34,10 @@ and at step 0 only when ‖g₀‖ ≤ atol (with the default atol = 0: an exact
 Solvers that use curvature also check it at the end (`curvature_check`): at a saddle they
 step down along the direction of negative curvature and go on (`escape`, at most `ESCAPES`
 times); `saddle_point` when no such step decreases f, and `plateau` where f, its gradient and
-its curvature are all flat (nothing certifies a minimum there). First-order solvers run the
-same check where the gradient is exactly zero.
+its curvature are all flat (nothing certifies a minimum there); `ill_conditioned` where a
+lower bound on the Newton step ‖H⁻¹g‖ (from the same Lanczos steps, run from g too) exceeds
+rtol·s(x): along a direction of tiny curvature a small gradient is not a small error.
+First-order solvers run the same check where the gradient is exactly zero.
 
 **Divergence** (`diverged`): the objective is −inf, the parameters overflow, or both the
 parameters grew past s(x₀)/√eps and the objective fell by more than (|f(x₀)| + 1)/√eps: a
@@ -225,7 +227,7 @@ class Curvature(eqx.Module):
     num_fun: jax.Array
 
 
-def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS) -> Curvature:
+def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None) -> Curvature:
     """`saddle_point` instead of `successful` when the Hessian at the final point has a
     clearly negative eigenvalue: the smallest Ritz value of min(n, 10) Lanczos steps from a
     fixed start with no zero entry and no pattern below −√eps·|largest|. A Ritz value is vᵀHv
@@ -240,8 +242,32 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS) -> Curvature:
     start). Equal on both sides: `plateau` (no minimum can be certified); lower on one side:
     `saddle_point` along that side; higher on both: a minimum.
 
-    Costs up to 10 Hessian-vector products (and 2 evaluations of f on a flat point), counted
-    in `num_hvp`/`num_fun`. The caller runs it only where the solve succeeded."""
+    The same products, run from g as well (the two Lanczos runs batched), also bound the
+    distance left along directions of tiny curvature, which no test on ‖g‖ sees (a quadratic
+    with curvatures 1 … 1e−10 stops at ‖g‖ = 5e−11·‖g₀‖ half a unit from x*). For any
+    symmetric nonsingular H and any s, sᵀg = (Hs)ᵀH⁻¹g, so ‖H⁻¹g‖ ≥ |sᵀg|/‖Hs‖; over s in the
+    Krylov space K = span Q from g, where HQ = Q₊T (Lanczos' relation, T the (k+1) × k
+    tridiagonal), the largest ratio is ‖(TᵀT)^{−½}Qᵀg‖ = Σᵢ (vᵢᵀQᵀg)²/σᵢ² over the singular
+    pairs of T: a lower bound on the Newton step ‖H⁻¹g‖, which near x* is the error ‖x − x*‖
+    (the bound a CG solve from g would certify, without forming its iterates). Singular values
+    below 10·eps·σ₁ are dropped: there H's own round-off decides (a null direction of the
+    objective, such as a softmax's common shift of the logits, where g is round-off too).
+    Where that bound exceeds rtol·s(x), `ill_conditioned` replaces `successful`.
+
+    Costs up to 20 Hessian-vector products in 10 batched pairs (and 2 evaluations of f on a
+    flat point), counted in `num_hvp`/`num_fun`. The caller runs it only where the solve
+    succeeded.
+
+    Example: NewtonCG stops early on that quadratic, and says so:
+
+    ```python
+    import jax, jax.numpy as jnp, jaxopt2
+    jax.config.update("jax_enable_x64", True)
+    D = jnp.logspace(0, -10, 20)
+    sol = jaxopt2.minimize(lambda x, D: 0.5 * jnp.sum(D * (x - 1) ** 2), jnp.zeros(20), D,
+                           solver=jaxopt2.NewtonCG(), max_steps=2000, throw=False)
+    assert jaxopt2.status_name(sol.status) == "ill_conditioned"
+    ```"""
     params = it.params
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     n, dtype = flat.size, flat.dtype
@@ -256,7 +282,14 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS) -> Curvature:
     # a PRNG draw in every compiled solve.
     q0 = jnp.cos(1.0 + 2.399963 * jnp.arange(n, dtype=dtype))
     q0 = q0 / jnp.linalg.norm(q0)
-    alphas, betas, alive, basis = lanczos(matvec, q0, steps, return_basis=True)
+    g = jax.flatten_util.ravel_pytree(it.grad)[0].astype(dtype)
+    gnorm = jnp.linalg.norm(g)
+    qg = jnp.where(gnorm > 0, g / jnp.where(gnorm > 0, gnorm, 1), q0)
+    # One trace of the loop and of `hvp` for both runs: a second sequential run would double
+    # the compiled size (issue 20); batched, the products also run as pairs.
+    runs = jax.vmap(lambda q: lanczos(matvec, q, steps, return_basis=True))(jnp.stack([q0, qg]))
+    alphas, betas, alive, basis = (r[0] for r in runs)
+    newton = _newton_step_bound(*(r[1] for r in runs), g, full=steps == n)
     # As in `extreme_eigenvalues`: decoupled dead steps take α₀, inside the live spectrum.
     alphas = jnp.where(alive, alphas, alphas[0])
     tridiagonal = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
@@ -281,13 +314,34 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS) -> Curvature:
     level = flat_point & (f_plus == f0) & (f_minus == f0)
     v = jnp.where(flat_point & lower_side, jnp.where(f_plus <= f_minus, q0, -q0), v)
     saddle = saddle | (flat_point & lower_side)
+    rtol = rtol if rtol is not None else default_rtol(dtype)
+    far = newton > rtol * x_scale(params)
     new = RESULTS.where(saddle, RESULTS.saddle_point,
-                        RESULTS.where(level, RESULTS.plateau, RESULTS.successful))
+                        RESULTS.where(level, RESULTS.plateau,
+                                      RESULTS.where(far, RESULTS.ill_conditioned,
+                                                    RESULTS.successful)))
     curvature = jnp.where(flat_point, 0.0, low).astype(dtype)
     num_fun = jnp.where(flat_point, 2, 0).astype(jnp.int32)
-    num_hvp = jnp.asarray(steps, jnp.int32)
+    num_hvp = jnp.asarray(2 * steps, jnp.int32)
     return Curvature(RESULTS.where(result == RESULTS.successful, new, result), unravel(v),
                      curvature, num_hvp, num_fun)
+
+
+def _newton_step_bound(alphas, betas, alive, basis, g, full: bool):
+    """The lower bound on ‖H⁻¹g‖ of `curvature_check` from one Lanczos run (its basis Q, k
+    rows). Without the last β (not returned) only the first k − 1 basis vectors have their
+    products inside span Q: H Q₍ₖ₋₁₎ = Q T[:, :k−1]. Where the run spans the whole space
+    (`full`, k = n) the k × k T is exact."""
+    alphas = jnp.where(alive, alphas, 0)
+    tridiagonal = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+    k = alphas.size if full else alphas.size - 1
+    if k == 0:
+        return jnp.zeros((), g.dtype)
+    _, sigma, vt = jnp.linalg.svd(tridiagonal[:, :k], full_matrices=False)
+    c = vt @ (basis[:k] @ g)
+    keep = sigma > 10 * jnp.finfo(g.dtype).eps * sigma[0]
+    terms = jnp.where(keep, c / jnp.where(keep, sigma, 1), 0)
+    return jnp.linalg.norm(terms)
 
 
 def escape(value_fn, it: Iterate, curvature: Curvature, when=True):
