@@ -4,7 +4,6 @@ references; whole solves against scipy's L-BFGS-B and NNLS; jaxopt's LBFGSB bug 
 implicit derivatives)."""
 
 import functools
-import inspect
 
 import equinox as eqx
 import jax
@@ -263,11 +262,7 @@ def test_jaxopt_590_objective_undefined_outside_the_box():
 
 
 # ------------------------------------------------------------------------------------------
-# Through the front door, once `minimize(..., bounds=)` exists.
-
-front_door = pytest.mark.skipif(
-    "bounds" not in inspect.signature(jaxopt2.minimize).parameters,
-    reason="minimize(..., bounds=) is not there yet (the plumbing of issue 15)")
+# Through the front door: minimize(..., bounds=).
 
 SOLVERS = [LBFGSB, ProjectedNewtonCG]
 _TARGET = {"w": jnp.array([-2.0, 0.3, 4.0]), "b": jnp.array(-5.0)}
@@ -286,7 +281,6 @@ def _unconstrained_root(a):
     return x
 
 
-@front_door
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
 @pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.float64)])
 def test_pytree_bounds_start_outside_dtype_kept(solver, dtype):
@@ -306,7 +300,6 @@ def test_pytree_bounds_start_outside_dtype_kept(solver, dtype):
     assert sol.params["b"] == -1.0
 
 
-@front_door
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
 def test_vmap_isolates_a_bad_problem(solver):
     targets = jnp.array([[-1.0, 0.5, 2.0], [jnp.nan, 0.5, 2.0], [3.0, -3.0, 0.2]])
@@ -316,12 +309,13 @@ def test_vmap_isolates_a_bad_problem(solver):
         return jaxopt2.minimize(fun, jnp.zeros(3), a, solver=solver(), bounds=(-1.0, 1.0))
 
     batch = jax.jit(jax.vmap(solve))(targets)
+    one_solve = jax.jit(solve)
     codes = np.asarray(batch.status._value)
     ok = RESULTS.successful._value
     assert codes[1] != ok
     for i in (0, 2):
         assert codes[i] == ok
-        one = solve(targets[i])
+        one = one_solve(targets[i])
         np.testing.assert_allclose(batch.params[i], one.params, atol=1e-6)
         expect = np.clip(_unconstrained_root(np.asarray(targets[i])), -1, 1)
         np.testing.assert_allclose(batch.params[i], expect, atol=1e-3)
@@ -335,8 +329,25 @@ def _small_logistic():
     return jnp.asarray(x[:200, :6]), jnp.asarray(y[:200], float)
 
 
-@front_door
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
+def test_implicit_derivative_closed_form(solver):
+    # x*(a) = clip(r(a), −1, 1) with 2(r − a) + 0.4r³ = 0: dx*/da = 2/(2 + 1.2x²) on the free
+    # coordinates, 0 on the clipped ones; reverse and forward mode.
+    a = jnp.array([-3.0, 0.5, 2.0, -0.2])
+    fun = lambda x, a: jnp.sum((x - a) ** 2 + 0.1 * x**4)  # noqa: E731
+
+    @jax.jit
+    def solve(a):
+        return jaxopt2.minimize(fun, jnp.zeros(4), a, solver=solver(), bounds=(-1.0, 1.0)).params
+
+    x = np.clip(_unconstrained_root(np.asarray(a)), -1, 1)
+    expect = np.where(np.abs(x) < 1, 2 / (2 + 1.2 * x**2), 0.0)
+    np.testing.assert_allclose(jax.jacrev(solve)(a), np.diag(expect), atol=2e-3)
+    np.testing.assert_allclose(jax.jvp(solve, (a,), (jnp.ones(4),))[1], expect, atol=2e-3)
+
+
 @pytest.mark.float64
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
 def test_implicit_derivative_matches_finite_differences(solver):
     # d/dλ and d/d(upper bound) of a bounded logistic regression's solution, reverse and
@@ -370,7 +381,6 @@ def test_implicit_derivative_matches_finite_differences(solver):
     np.testing.assert_allclose(np.asarray(dw)[active], 0.0, atol=1e-12)
 
 
-@front_door
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.__name__)
 @pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.float64)])
 def test_successful_only_where_the_projected_gradient_test_passes(solver, dtype):
@@ -393,7 +403,6 @@ def test_successful_only_where_the_projected_gradient_test_passes(solver, dtype)
     np.testing.assert_allclose(sol.params, x_ref, atol=1e4 * rtol * float(pg0))
 
 
-@front_door
 def test_other_solvers_refuse_bounds_naming_these():
     with pytest.raises(ValueError, match="LBFGSB"):
         jaxopt2.minimize(lambda x, a: jnp.sum(x**2), jnp.ones(2), solver=jaxopt2.LBFGS(),
