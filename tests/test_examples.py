@@ -242,3 +242,25 @@ def test_hyperparameter_optimization_full_config(tmp_path):
     assert abs(grid["val_loss"] - 0.1489) < 0.005 and abs(grid["test_acc"] - 0.946) < 0.01, grid
     # per-feature weights beat the best single λ on the test loss too, not only on validation
     assert m["test_loss_last"] < grid["test_loss"]
+
+
+@pytest.mark.slow
+def test_equations_full_config(tmp_path):
+    # the third cheap full config (issue 14): 33 s of CPU time (2 min wall on a loaded 2-core
+    # CPU), most of it compiling; float64 (its config says why)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "equations.py"), "--config",
+         str(ROOT / "configs" / "equations.yaml"), "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = (tmp_path / "results.md").read_text().split("\n\n")[0]
+    rows = [line for line in table.splitlines()[2:] if line.strip()]
+    assert len(rows) == 5 and all(line.rstrip(" |").endswith("ok") for line in rows), table
+    # the numbers the module docstring promises for the full config (Bratu n = 10,000)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert abs(m["du_dlam_mid"] - 0.1592) < 1e-3, m
+    assert m["fd_relative_error"] < 1e-5, m
+    assert abs(m["deq_spectral_radius"] - 0.95) < 0.02, m
+    steps = m["deq_steps_max"]
+    assert abs(steps["Anderson"] - 161) <= 30, steps
+    assert abs(steps["FixedPointIteration"] - 784) <= 80, steps
