@@ -28,6 +28,7 @@ EXAMPLES = {  # example -> (full config, smoke config)
     "dataset_distillation": ("dataset_distillation.yaml", "dataset_distillation_smoke.yaml"),
     "deq": ("deq.yaml", "deq_smoke.yaml"),
     "train_mlp": ("train_mlp.yaml", "train_mlp_smoke.yaml"),
+    "sparse_regression": ("sparse_regression.yaml", "sparse_regression_smoke.yaml"),
 }
 
 
