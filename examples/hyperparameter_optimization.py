@@ -280,6 +280,7 @@ def _plot(history, test_history, grid_best, lam, out) -> str:
     a1.plot(range(len(test_history)), test_history, label="test, per-feature λ (Adam)")
     a1.axhline(grid_best, color="gray", ls=":", label="validation, best single λ (grid)")
     a1.set(xlabel="outer step", ylabel="log-loss")
+    a1.xaxis.get_major_locator().set_params(integer=True)  # whole outer steps
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     a2.hist(np.log10(lam), bins=40)
