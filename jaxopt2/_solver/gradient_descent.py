@@ -102,15 +102,18 @@ class GradientDescent(AbstractMinimizer):
                         pending)
 
     def step(self, fn, iterate: Iterate, args, state: _GDState):
+        noise = roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF)
         ls = backtracking(fn, iterate, tree_neg(iterate.grad), args, state.step_size,
-                          c1=self.c1, max_trials=self.max_backtracks,
-                          noise=roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF))
+                          c1=self.c1, max_trials=self.max_backtracks, noise=noise)
         new = ls.iterate
         s = tree_sub(new.params, iterate.params)
         y = tree_sub(new.grad, iterate.grad)
         ss, sy = tree_dot(s, s), tree_dot(s, y)
         measured = ls.ok & (ss > 0) & (sy > 0)
-        q = jnp.where(measured, sy / jnp.where(ss > 0, ss, 1), jnp.inf)
+        # A step that f's round-off hides (accepted by the noise allowance) has a gradient
+        # change of round-off too: its curvature would spoil μ̂ for the rest of the run.
+        resolved = measured & (iterate.value - new.value > noise)
+        q = jnp.where(resolved, sy / jnp.where(ss > 0, ss, 1), jnp.inf)
         curvature = jnp.minimum(state.curvature, q.astype(state.curvature.dtype))
         bb = ss / jnp.where(sy > 0, sy, 1)
         next_step = jnp.where(measured, bb, self.grow * ls.step_size)
