@@ -35,6 +35,9 @@ MINIMIZERS = {
     # the bound-constrained solvers without bounds (their bounded contract: tests/test_lbfgsb.py)
     "LBFGSB": (lambda: jaxopt2.LBFGSB(), 200),
     "ProjectedNewtonCG": (lambda: jaxopt2.ProjectedNewtonCG(), 100),
+    # the composite solvers without a prox (their composite contract: tests/test_proximal.py)
+    "ProximalGradient": (lambda: jaxopt2.ProximalGradient(), 500),
+    "ProximalNewton": (lambda: jaxopt2.ProximalNewton(), 100),
     "RegularizedNewton": (lambda: jaxopt2.RegularizedNewton(), 100),
     "DampedNewton": (lambda: jaxopt2.DampedNewton(), 100),
     "SketchedNewton": (lambda: jaxopt2.SketchedNewton(sketch_size=20), 200),
