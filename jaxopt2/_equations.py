@@ -11,7 +11,7 @@ Each has the shape of `minimize` and knows its optimality condition, which is wh
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -33,41 +33,67 @@ from ._solution import Solution
 from ._tree import tree_dot, tree_inf_norm, tree_sub
 
 
-def _solve(fn, y0, args, *, solver, max_steps, adjoint, has_aux, throw, callback,
-           optimality, tags, measure):
+class _Run(NamedTuple):
+    """The keywords every door below takes and hands on unchanged, kept together so that
+    each door names them once (in its signature, which stays explicit for users and type
+    checkers)."""
+
+    solver: Any
+    max_steps: int
+    adjoint: AbstractAdjoint
+    has_aux: bool
+    throw: bool
+    callback: Callable | None
+    verbose: bool
+
+
+# Each door's solver classes, and the solver its errors suggest.
+_DOORS = {
+    "least_squares": (AbstractLeastSquaresSolver, "jaxopt2.LevenbergMarquardt()"),
+    "root_find": (AbstractRootFinder, "jaxopt2.NewtonKrylov()"),
+    "fixed_point": ((AbstractFixedPointSolver, AbstractRootFinder), "jaxopt2.Anderson()"),
+}
+
+
+def _open(door: str, run: _Run, fun, x0, args, *, root: str, fun_name: str, square: bool):
+    """`open_door` for a system of equations, and its output checked (`square`: the shape of
+    `x0`). Returns `(x0, fn, args, run)`, with the callback `run` carries now printing for
+    `verbose`."""
+    kinds, example = _DOORS[door]
+    x0, fn, args, callback = open_door(
+        door, solver=run.solver, kinds=kinds, example=example, max_steps=run.max_steps,
+        callback=run.callback, verbose=run.verbose, fun=fun, x0=x0, args=args,
+        has_aux=run.has_aux, root=root)
+    check_vector_output(fn, x0, args, fun_name, square=square)
+    return x0, fn, args, run._replace(callback=callback)
+
+
+def _solve(run: _Run, fn, y0, args, optimality, tags, measure) -> Solution:
     fn = eqx.filter_closure_convert(fn, y0, args)
     inputs = (fn, args)
 
     def primal(y0, inputs):
         fn, args = inputs
-        out = run_solver(solver, fn, y0, args, max_steps, callback, measure)
+        out = run_solver(run.solver, fn, y0, args, run.max_steps, run.callback, measure)
         return out.point.y, out
 
-    adjoint = adjoint_for(adjoint, throw)
+    adjoint = adjoint_for(run.adjoint, run.throw)
     y, out = adjoint.apply(primal, optimality, y0, inputs, tags)
     status = out.result
-    y = finish(y, status, adjoint, throw)
+    y = finish(y, status, adjoint, run.throw)
     f, aux = attach_tangent((out.point.f, out.point.aux), y, inputs,
                             fn=lambda p, i: i[0](p, i[1]))
     return Solution(params=y, value=f, status=status, stats=stats(out.counts, out.num_steps),
-                    state=out.state, aux=aux if has_aux else None)
+                    state=out.state, aux=aux if run.has_aux else None)
 
 
 @check_front_door_keywords
 @solver_inputs("least_squares")
-def least_squares(
-    residual_fn: Callable,
-    params0: Any,
-    args: Any = None,
-    *,
-    solver: AbstractLeastSquaresSolver,
-    max_steps: int = 256,
-    adjoint: AbstractAdjoint = ImplicitAdjoint(),
-    has_aux: bool = False,
-    throw: bool = True,
-    callback: Callable | None = None,
-    verbose: bool = False,
-) -> Solution:
+def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
+                  solver: AbstractLeastSquaresSolver, max_steps: int = 256,
+                  adjoint: AbstractAdjoint = ImplicitAdjoint(), has_aux: bool = False,
+                  throw: bool = True, callback: Callable | None = None,
+                  verbose: bool = False) -> Solution:
     """Minimize ½‖r(params, args)‖² over `params`, starting from `params0`.
 
     **Arguments:**
@@ -96,38 +122,25 @@ def least_squares(
                                 solver=jaxopt2.LevenbergMarquardt())
     ```
     """
-    params0, fn, args, callback = open_door(
-        "least_squares", solver=solver, kinds=AbstractLeastSquaresSolver,
-        example="jaxopt2.LevenbergMarquardt()", max_steps=max_steps, callback=callback,
-        verbose=verbose, fun=residual_fn, x0=params0, args=args, has_aux=has_aux,
-        root="params0")
-    check_vector_output(fn, params0, args, "residual_fn", square=False)
+    run = _Run(solver, max_steps, adjoint, has_aux, throw, callback, verbose)
+    params0, fn, args, run = _open("least_squares", run, residual_fn, params0, args,
+                                   root="params0", fun_name="residual_fn", square=False)
 
     def optimality(params, inputs):
         fn, args = inputs
         r, vjp = jax.vjp(lambda p: fn(p, args)[0], params)
         return vjp(r)[0]
 
-    return _solve(fn, params0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
-                  has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
+    return _solve(run, fn, params0, args, optimality,
                   tags=(lx.symmetric_tag, lx.positive_semidefinite_tag), measure=_cost)
 
 
 @check_front_door_keywords
 @solver_inputs("root_find")
-def root_find(
-    fn: Callable,
-    y0: Any,
-    args: Any = None,
-    *,
-    solver: AbstractRootFinder,
-    max_steps: int = 256,
-    adjoint: AbstractAdjoint = ImplicitAdjoint(),
-    has_aux: bool = False,
-    throw: bool = True,
-    callback: Callable | None = None,
-    verbose: bool = False,
-) -> Solution:
+def root_find(fn: Callable, y0: Any, args: Any = None, *, solver: AbstractRootFinder,
+              max_steps: int = 256, adjoint: AbstractAdjoint = ImplicitAdjoint(),
+              has_aux: bool = False, throw: bool = True, callback: Callable | None = None,
+              verbose: bool = False) -> Solution:
     """Find `y` with `fn(y, args) = 0`, starting from `y0`.
 
     **Arguments:**
@@ -144,36 +157,25 @@ def root_find(
     **Returns** a `Solution` whose `value` is `F` at the root. The root is differentiable in
     `args` by the implicit function theorem on F(y, args) = 0.
     """
-    y0, fn, args, callback = open_door(
-        "root_find", solver=solver, kinds=AbstractRootFinder, example="jaxopt2.NewtonKrylov()",
-        max_steps=max_steps, callback=callback, verbose=verbose, fun=fn, x0=y0, args=args,
-        has_aux=has_aux, root="y0")
-    check_vector_output(fn, y0, args, "fn", square=True)
+    run = _Run(solver, max_steps, adjoint, has_aux, throw, callback, verbose)
+    y0, fn, args, run = _open("root_find", run, fn, y0, args, root="y0", fun_name="fn",
+                              square=True)
 
     def optimality(y, inputs):
         fn, args = inputs
         return fn(y, args)[0]
 
-    return _solve(fn, y0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
-                  has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
-                  tags=(), measure=lambda p: tree_inf_norm(p.f))
+    return _solve(run, fn, y0, args, optimality, tags=(),
+                  measure=lambda p: tree_inf_norm(p.f))
 
 
 @check_front_door_keywords
 @solver_inputs("fixed_point")
-def fixed_point(
-    fn: Callable,
-    y0: Any,
-    args: Any = None,
-    *,
-    solver: AbstractFixedPointSolver | AbstractRootFinder,
-    max_steps: int = 256,
-    adjoint: AbstractAdjoint = ImplicitAdjoint(),
-    has_aux: bool = False,
-    throw: bool = True,
-    callback: Callable | None = None,
-    verbose: bool = False,
-) -> Solution:
+def fixed_point(fn: Callable, y0: Any, args: Any = None, *,
+                solver: AbstractFixedPointSolver | AbstractRootFinder, max_steps: int = 256,
+                adjoint: AbstractAdjoint = ImplicitAdjoint(), has_aux: bool = False,
+                throw: bool = True, callback: Callable | None = None,
+                verbose: bool = False) -> Solution:
     """Find `y` with `fn(y, args) = y`, starting from `y0`.
 
     **Arguments:**
@@ -191,11 +193,9 @@ def fixed_point(
     differentiable in `args` by the implicit function theorem on g(y, args) − y = 0, which is
     what deep-equilibrium layers need.
     """
-    y0, fn, args, callback = open_door(
-        "fixed_point", solver=solver, kinds=(AbstractFixedPointSolver, AbstractRootFinder),
-        example="jaxopt2.Anderson()", max_steps=max_steps, callback=callback, verbose=verbose,
-        fun=fn, x0=y0, args=args, has_aux=has_aux, root="y0")
-    check_vector_output(fn, y0, args, "fn", square=True)
+    run = _Run(solver, max_steps, adjoint, has_aux, throw, callback, verbose)
+    y0, fn, args, run = _open("fixed_point", run, fn, y0, args, root="y0", fun_name="fn",
+                              square=True)
 
     def optimality(y, inputs):
         fn, args = inputs
@@ -212,15 +212,13 @@ def fixed_point(
             fn, args = inputs
             return fn(y, args)[0]
 
-        sol = _solve(residual, y0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
-                     has_aux=has_aux, throw=throw, callback=callback,
-                     optimality=root_optimality, tags=(), measure=lambda p: tree_inf_norm(p.f))
+        sol = _solve(run, residual, y0, args, root_optimality, tags=(),
+                     measure=lambda p: tree_inf_norm(p.f))
         # Report g(y) = (g(y) − y) + y, as the fixed-point solvers do.
         value = jax.tree_util.tree_map(lambda r, y: r + y, sol.value, sol.params)
         return eqx.tree_at(lambda s: s.value, sol, value)
-    return _solve(fn, y0, args, solver=solver, max_steps=max_steps, adjoint=adjoint,
-                  has_aux=has_aux, throw=throw, callback=callback, optimality=optimality,
-                  tags=(), measure=lambda p: tree_inf_norm(tree_sub(p.f, p.y)))
+    return _solve(run, fn, y0, args, optimality, tags=(),
+                  measure=lambda p: tree_inf_norm(tree_sub(p.f, p.y)))
 
 
 def _cost(point: Point):
