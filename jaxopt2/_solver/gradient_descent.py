@@ -33,7 +33,8 @@ class GradientDescent(AbstractMinimizer):
     Convergence is judged by the distance to x* that the gradient implies: for f strongly
     convex with modulus μ, ‖x − x*‖ ≤ ‖∇f(x)‖₂/μ. The curvatures q = sᵀy/sᵀs measured along
     the steps (and q₀) lie in [μ, L], and the long Barzilai-Borwein steps sample the flat
-    directions, so the least q of the run, μ̂, estimates μ: success needs
+    directions, so the least q of the run, μ̂, estimates μ (forgotten after a step longer
+    than max(‖xₖ‖∞, 1), which leaves the region it was measured in): success needs
     ‖gₖ‖∞ ≤ atol + rtol·‖g₀‖∞ and ‖gₖ‖₂/μ̂ ≤ rtol·max(‖xₖ‖∞, 1), instead of the shared rule's
     estimates (`jaxopt2/_stopping.py`), which the irregular step lengths fool. A far start
     through flatter regions than x*'s only makes this stricter (at worst
@@ -115,6 +116,10 @@ class GradientDescent(AbstractMinimizer):
         resolved = measured & (iterate.value - new.value > noise)
         q = jnp.where(resolved, sy / jnp.where(ss > 0, ss, 1), jnp.inf)
         curvature = jnp.minimum(state.curvature, q.astype(state.curvature.dtype))
+        # Curvature measured before (and along) a step longer than s(x) describes another
+        # region: from (x − 1)⁴ at 10⁶ one step lands near 1, where f is far flatter.
+        far = tree_inf_norm(s) > jnp.maximum(tree_inf_norm(new.params), 1)
+        curvature = jnp.where(far, jnp.inf, curvature).astype(state.curvature.dtype)
         bb = ss / jnp.where(sy > 0, sy, 1)
         next_step = jnp.where(measured, bb, self.grow * ls.step_size)
         next_step = jnp.where(ls.ok, next_step, state.step_size).astype(state.step_size.dtype)
