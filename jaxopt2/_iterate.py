@@ -201,7 +201,8 @@ def run_minimizer(
                 solver, fn, args, rule, it, state, progress, num_steps)
             if callback is not None:
                 report_step(callback, steps, it.params, new.params,
-                            (new.value, tree_inf_norm(new.grad)), new_state)
+                            (new.value, tree_inf_norm(rule_view(solver, new, new_state).grad)),
+                            new_state)
             return new, new_state, counts + step_counts, result, steps, done, new_progress
 
         def start_converged():  # round 0 found the start converged: only the check is due
@@ -253,7 +254,7 @@ def _check_after(solver, fn, args, when, it0, rule, state0, done0, result0, max_
         new, state, num_steps = out[0], out[1], out[4]
         if callback is not None:
             report_step(callback, num_steps, it.params, new.params,
-                        (new.value, tree_inf_norm(new.grad)), state)
+                        (new.value, tree_inf_norm(rule_view(solver, new, state).grad)), state)
         return out
 
     carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0,

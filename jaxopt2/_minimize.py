@@ -95,7 +95,9 @@ def minimize(
       it never raises, so one failing problem cannot stop the others (read `Solution.status`).
       With `throw=False` the status is only reported.
     - `callback`: optional `callback(step, params, value, grad_inf_norm)`, called on the host
-      after every step through `jax.debug.callback`. Costs nothing when `None`.
+      after every step through `jax.debug.callback`. Costs nothing when `None`. With
+      `bounds`/`prox`, `grad_inf_norm` (and `verbose`'s `|grad|`) is that of the gradient
+      mapping, the measure the solve stops on.
     - `verbose`: if True, print one line per step through `jax.debug.print` (so it works
       under `jit`; under `vmap` one line per problem): the step number, the objective `f`,
       `|grad|` (max-norm), `|dx|` (max-norm of the step taken) and the solver's step size

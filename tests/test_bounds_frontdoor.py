@@ -96,3 +96,16 @@ def test_traced_bounds_under_jit_and_vmap():
                                                    bounds=(lo, None)).params))
     out = solve(jnp.array([0.0, 2.0]))
     np.testing.assert_allclose(out, [[1.0, 0.0, 3.0], [2.0, 2.0, 3.0]], atol=TOL)
+
+
+def test_callback_reports_the_gradient_mapping():
+    """With bounds the callback's gradient norm is the projected gradient's, which vanishes at
+    the solution, not ∇f's (4 at the active bound)."""
+    f = lambda x, c: jnp.sum((x - c) ** 2)  # noqa: E731
+    seen = []
+    sol = J.minimize(f, jnp.zeros(3, jnp.float32), C, solver=PG, bounds=(0.0, None),
+                     callback=lambda step, params, value, gnorm: seen.append(float(gnorm)))
+    jax.effects_barrier()
+    np.testing.assert_allclose(sol.params, [1.0, 0.0, 3.0], atol=TOL)
+    assert float(jnp.max(jnp.abs(jax.grad(f)(sol.params, C)))) > 3.9  # ∇f = 4 at x₂ = 0
+    assert seen and seen[-1] <= 1e-2 * max(seen)
