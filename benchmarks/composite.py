@@ -14,8 +14,9 @@ Problems (fixed seeds):
   the dual point is the residual r = y − Xw rescaled into the dual feasible set,
   ν = r / max(1, ‖Xᵀr‖∞/(nλ)), D(ν) = (yᵀν − ‖ν‖²/2)/n, gap = F(w) − D(ν) ≥ 0 (zero exactly at
   the solution).
-- **NNLS**: A (5,000 × 1,000) Gaussian with AR(1) column correlation 0.9 (ill-conditioned),
-  b = A x₀ + noise with half of x₀ negative; f(x) = ‖Ax − b‖²/2, x ≥ 0.
+- **NNLS**: A (5,000 × 1,000) Gaussian with AR(1) column correlation 0.9, b = A x₀ + noise
+  with half of x₀ negative; f(x) = ‖Ax − b‖²/2, x ≥ 0. A second, ill-conditioned instance
+  scales column j by 10^(−2j/d) (cond(A) about 100× larger).
 - **box logistic**: n = 20,000, d = 500, features with log-spaced scales (Hessian condition
   number about 1e3 at 0), mean logistic loss + (1e-3/2)‖w‖², −c ≤ w ≤ c with c the 2/3-quantile of
   |w| at the unconstrained minimizer, so that about a third of the bounds are active at the
@@ -130,9 +131,10 @@ def gram_loss(w, data):
     return 0.5 * (w @ (data["G"] @ w)) - data["b"] @ w + data["c"]
 
 
-def nnls_data(n, d, seed=1):
+def nnls_data(n, d, seed=1, spread=0.0):
+    """`spread` > 0 scales column j by 10^(−spread·j/d): cond(A) grows by about 10^spread."""
     rng = np.random.default_rng(seed)
-    A = ar1_features(rng, n, d, 0.9)
+    A = ar1_features(rng, n, d, 0.9) * np.logspace(0, -spread, d)
     x0 = rng.standard_normal(d)
     b = A @ x0 + 0.1 * rng.standard_normal(n)
     return A, b
@@ -523,7 +525,7 @@ def table(rows, measure_name) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="lasso,nnls,logistic")
+    parser.add_argument("--only", default="lasso,nnls,nnls_ill,logistic")
     parser.add_argument("--cpu", type=int, default=None)   # read by single_thread.py
     parser.add_argument("--no-pin", action="store_true")   # read by single_thread.py
     args = parser.parse_args(argv)
@@ -548,16 +550,19 @@ def main(argv=None):
                 f"target duality gap ≤ 1e-8·F(0)** (the gap column is gap/F(0))\n\n"
                 + table(rows, "gap / F(0)"))
 
-    if "nnls" in only:
+    for key, spread in (("nnls", 0.0), ("nnls_ill", 2.0)):
+        if key not in only:
+            continue
         n, d = (1_000, 200) if quick else (5_000, 1_000)
-        A, b = nnls_data(n, d)
-        prob = Bounded("nnls", nnls_loss, {"A": jnp.asarray(A), "b": jnp.asarray(b)},
+        A, b = nnls_data(n, d, spread=spread)
+        prob = Bounded(key, nnls_loss, {"A": jnp.asarray(A), "b": jnp.asarray(b)},
                        0.0, np.inf, d)
-        print(f"\n== NNLS {n}x{d}", flush=True)
+        print(f"\n== {key} {n}x{d}", flush=True)
         rows, info = run_bounded(prob, cfg, with_nnls=(A, b))
         cond = np.linalg.cond(A)
+        scaled = f", columns scaled by 10^(−{spread:g}·j/d)" if spread else ""
         sections.append(
-            f"**NNLS, A {n:,} × {d:,} (AR(1) ρ = 0.9, cond(A) = {cond:.3g}), x ≥ 0; "
+            f"**NNLS, A {n:,} × {d:,} (AR(1) ρ = 0.9{scaled}, cond(A) = {cond:.3g}), x ≥ 0; "
             f"{info['active']} of {d} bounds active at the solution; target "
             f"‖x − P(x − ∇f)‖∞ ≤ 1e-8 × its value at x = 0 ({prob.pg0:.3g})** "
             "(the error column is that ratio)\n\n" + table(rows, "‖PG‖∞ / ‖PG₀‖∞"))
@@ -595,7 +600,7 @@ def main(argv=None):
         "process CPU time of the same calls (compare it when the load exceeds the core count).",
         *sections])
     print("\n" + text)
-    if not quick and args.only == "lasso,nnls,logistic":
+    if not quick and args.only == parser.get_default("only"):
         write_section("composite", text)
 
 
