@@ -29,10 +29,10 @@ G = XᵀX/n (`gram_loss`), as scikit-learn's `precompute=` does: each product co
 2nd; XᵀX is formed once outside every timing (its time is printed in the notes).
 
 Tolerances: every method that has a tolerance gets the loosest value of a ladder (tried loosest
-first) that meets the common target, found by untimed-for-the-table calibration runs whose last
-run is the first timed call: scikit-learn `Lasso.tol` (its test is gap ≤ tol·‖y‖²/n·n on its
-unnormalized objective, i.e. tol = ½·1e-8 is exactly our target; we go lower if its coordinate
-test stops it first), jaxopt `tol` (its fixed-point residual norm), our `rtol` (the shared
+first) that meets the common target, found by calibration runs, the last of which is the first
+timed call: scikit-learn `Lasso.tol` (it stops when its duality gap, on n·F, is ≤ tol·‖y‖², i.e.
+gap ≤ 2·tol·F(0), so tol = ½·1e-8 is exactly our target; lower rungs in case its coordinate-
+change test stops it first), jaxopt `tol` (its fixed-point residual norm), our `rtol` (the shared
 distance-to-solution rule on the gradient mapping) for the lasso; for the bound problems our
 LBFGSB and ProjectedNewtonCG run with `rtol=0, atol=target·k`, k = 1, 0.1, 0.01, and the first
 rung (k = 1) is also the honesty check: a "successful" status there at a point that fails the
