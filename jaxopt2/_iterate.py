@@ -102,7 +102,7 @@ def _curvature_at(solver: AbstractMinimizer, fn, args, it: Iterate, state, resul
     frozen = eqx.tree_at(lambda i: i.params, it, params)
     hvp = solver.curvature_probe(fn, params, args, state)
     return frozen, stopping.curvature_check(lambda p: fn(p, args)[0], hvp, frozen, result,
-                                            solver.rtol)
+                                            solver.rtol, solver.atol)
 
 
 def final_check(solver: AbstractMinimizer, fn, args, when, it: Iterate, state, result,

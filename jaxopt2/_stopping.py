@@ -227,7 +227,8 @@ class Curvature(eqx.Module):
     num_fun: jax.Array
 
 
-def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None) -> Curvature:
+def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
+                    atol=0.0) -> Curvature:
     """`saddle_point` instead of `successful` when the Hessian at the final point has a
     clearly negative eigenvalue: the smallest Ritz value of min(n, 10) Lanczos steps from a
     fixed start with no zero entry and no pattern below −√eps·|largest|. A Ritz value is vᵀHv
@@ -252,7 +253,8 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None) -> C
     (the bound a CG solve from g would certify, without forming its iterates). Singular values
     below 10·eps·σ₁ are dropped: there H's own round-off decides (a null direction of the
     objective, such as a softmax's common shift of the logits, where g is round-off too).
-    Where that bound exceeds rtol·s(x), `ill_conditioned` replaces `successful`.
+    Where that bound exceeds max(rtol, √eps)·s(x) and ‖g‖∞ > atol (a gradient within the
+    user's absolute tolerance is what was asked for), `ill_conditioned` replaces `successful`.
 
     Costs up to 20 Hessian-vector products in 10 batched pairs (and 2 evaluations of f on a
     flat point), counted in `num_hvp`/`num_fun`. The caller runs it only where the solve
@@ -313,8 +315,13 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None) -> C
     level = flat_point & (f_plus == f0) & (f_minus == f0)
     v = jnp.where(flat_point & lower_side, jnp.where(f_plus <= f_minus, q0, -q0), v)
     saddle = saddle | (flat_point & lower_side)
+    # The error allowed in x: rtol·s(x), but never below √eps·s(x) (as close as a gradient
+    # can place x* in any case). A gradient within the user's own absolute tolerance
+    # (‖g‖∞ ≤ atol) is what was asked for: the user set the scale, so no error in x refuses
+    # it (warm-started inner solves with rtol = 0 and atol > 0 stop at their start).
     rtol = rtol if rtol is not None else default_rtol(dtype)
-    far = newton > rtol * x_scale(params)
+    far = ((newton > max(rtol, float(jnp.finfo(dtype).eps) ** 0.5) * x_scale(params))
+           & (tree_inf_norm(it.grad) > atol))
     new = RESULTS.where(saddle, RESULTS.saddle_point,
                         RESULTS.where(level, RESULTS.plateau,
                                       RESULTS.where(far, RESULTS.ill_conditioned,
