@@ -82,7 +82,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -127,21 +127,11 @@ _HINT = ("jaxopt2.scipy: SciPy ran on the host; `max_steps_reached` also means S
          "`rtol`/`atol`). Pass throw=False to return the status instead of raising.")
 
 
-def minimize(
-    fun: Callable,
-    params0: Any,
-    args: Any = None,
-    *,
-    method: str = "L-BFGS-B",
-    bounds: tuple[Any, Any] | None = None,
-    tol: float | None = None,
-    options: dict | None = None,
-    hessp: bool | None = None,
-    rtol: float | None = None,
-    atol: float = 0.0,
-    adjoint: AbstractAdjoint = ImplicitAdjoint(),
-    throw: bool = True,
-) -> Solution:
+def minimize(fun: Callable, params0: Any, args: Any = None, *, method: str = "L-BFGS-B",
+             bounds: tuple[Any, Any] | None = None, tol: float | None = None,
+             options: dict | None = None, hessp: bool | None = None, rtol: float | None = None,
+             atol: float = 0.0, adjoint: AbstractAdjoint = ImplicitAdjoint(),
+             throw: bool = True) -> Solution:
     """Minimize `fun(params, args)` with `scipy.optimize.minimize`, on the host (see the
     module docstring for `jit`, `vmap`, dtypes, statuses and derivatives).
 
@@ -186,15 +176,9 @@ def minimize(
         raise ValueError(f"SciPy's {method!r} needs Hessian-vector products; pass "
                          "hessp=None (or True), or choose another method.")
     options = _options(options)
-    params0, fn, args = _prepare(fun, params0, args, "params0")
-    check_objective(fn, params0, args)
-    fn = eqx.filter_closure_convert(fn, params0, args)
-    lower, upper = (None, None) if bounds is None else make_bounds(bounds, params0)
-    dtype = result_dtype(params0)
-    rtol = default_rtol(dtype) if rtol is None else rtol
-    flat0, unravel = ravel(params0)
-    inputs = (fn, args, lower, upper)
-    static = eqx.partition(inputs, eqx.is_array)[1]
+    pb = _Problem.make(fun, params0, args, bounds, rtol, check_objective, "params0")
+    params0, inputs, static, dtype, rtol, unravel = (pb.params0, pb.inputs, pb.static, pb.dtype,
+                                                     pb.rtol, pb.unravel)
     # SciPy's gradient tolerance is set to ours unless the user chose SciPy's.
     set_gtol = method in _GTOL and tol is None and "gtol" not in options
 
@@ -249,32 +233,21 @@ def minimize(
         _, _, lower, upper = inputs
         start = _project(params0, lower, upper)
         target = atol + rtol * tree_inf_norm(measure(start, inputs))
-        x, _, info = _callback(host, flat0.size, dtype, ravel(start)[0], target, inputs)
+        x, _, info = _callback(host, pb.size, dtype, ravel(start)[0], target, inputs)
         params = unravel(x)
         pg = tree_inf_norm(measure(params, inputs))
         f = f_flat(x, inputs)
         finite = tree_all_finite(params) & jnp.isfinite(f)
         return params, _Out(f, _status(info, pg <= target, finite), info, pg)
 
-    tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if bounds is None else ()
-    params, out = _apply(primal, measure, params0, inputs, tags, adjoint, throw)
-    value = attach_tangent(out.value, params, inputs, fn=lambda p, i: i[0](p, i[1])[0])
-    return _solution(params, value, out)
+    return _solve(primal, measure, params0, inputs, _symmetric(bounds), adjoint, throw)
 
 
-def least_squares(
-    residual_fn: Callable,
-    params0: Any,
-    args: Any = None,
-    *,
-    method: str = "trf",
-    bounds: tuple[Any, Any] | None = None,
-    options: dict | None = None,
-    rtol: float | None = None,
-    atol: float = 0.0,
-    adjoint: AbstractAdjoint = ImplicitAdjoint(),
-    throw: bool = True,
-) -> Solution:
+def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
+                  method: str = "trf", bounds: tuple[Any, Any] | None = None,
+                  options: dict | None = None, rtol: float | None = None, atol: float = 0.0,
+                  adjoint: AbstractAdjoint = ImplicitAdjoint(),
+                  throw: bool = True) -> Solution:
     """Minimize ½‖r(params, args)‖² with `scipy.optimize.least_squares`, on the host (see the
     module docstring), the Jacobian from `jax.jacfwd` when it has at least as many rows as
     columns and from `jax.jacrev` otherwise.
@@ -319,26 +292,21 @@ def least_squares(
         raise ValueError(f"`loss={options['loss']!r}` is not supported: the derivatives use "
                          "the optimality condition of the plain sum of squares. Use "
                          "loss='linear' (or write the robust loss into `residual_fn`).")
-    params0, fn, args = _prepare(residual_fn, params0, args, "params0")
-    check_vector_output(fn, params0, args, "residual_fn", square=False)
-    fn = eqx.filter_closure_convert(fn, params0, args)
-    lower, upper = (None, None) if bounds is None else make_bounds(bounds, params0)
-    dtype = result_dtype(params0)
-    rtol = default_rtol(dtype) if rtol is None else rtol
-    flat0, unravel = ravel(params0)
+    pb = _Problem.make(residual_fn, params0, args, bounds, rtol, _check_residual, "params0")
+    params0, inputs, static, dtype, rtol, unravel = (pb.params0, pb.inputs, pb.static, pb.dtype,
+                                                     pb.rtol, pb.unravel)
+    fn, args = inputs[:2]
     m = sum(x.size for x in jtu.tree_leaves(jax.eval_shape(fn, params0, args)[0]))
-    if method == "lm" and m < flat0.size:
+    if method == "lm" and m < pb.size:
         raise ValueError(f"SciPy's method 'lm' needs at least as many residuals as parameters; "
-                         f"got {m} residuals for {flat0.size} parameters. Use method='trf'.")
-    inputs = (fn, args, lower, upper)
-    static = eqx.partition(inputs, eqx.is_array)[1]
+                         f"got {m} residuals for {pb.size} parameters. Use method='trf'.")
 
     def r_flat(x, inputs):
         fn, args, _, _ = inputs
         return ravel(fn(unravel(x), args)[0])[0]
 
     # n columns by forward mode, m rows by reverse mode: whichever is fewer.
-    jac_flat = jax.jacfwd(r_flat) if flat0.size <= m else jax.jacrev(r_flat)
+    jac_flat = jax.jacfwd(r_flat) if pb.size <= m else jax.jacrev(r_flat)
     residual, jacobian = _compile(r_flat, static), _compile(jac_flat, static)
 
     def host(x0, target, dynamic):
@@ -362,7 +330,7 @@ def least_squares(
     def primal(params0, inputs):
         fn, args, lower, upper = inputs
         start = _project(params0, lower, upper)
-        x, _, info = _callback(host, flat0.size, dtype, ravel(start)[0],
+        x, _, info = _callback(host, pb.size, dtype, ravel(start)[0],
                                jnp.zeros((), dtype), inputs)
         params = unravel(x)
         # MINPACK's scaled gradient: each column of J against ‖r(x₀)‖.
@@ -374,25 +342,13 @@ def least_squares(
         finite = tree_all_finite(params) & tree_all_finite(r)
         return params, _Out(r, _status(info, ok, finite), info, jnp.max(pg))
 
-    tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if bounds is None else ()
-    params, out = _apply(primal, gradient, params0, inputs, tags, adjoint, throw)
-    value = attach_tangent(out.value, params, inputs, fn=lambda p, i: i[0](p, i[1])[0])
-    return _solution(params, value, out)
+    return _solve(primal, gradient, params0, inputs, _symmetric(bounds), adjoint, throw)
 
 
-def root(
-    fn: Callable,
-    y0: Any,
-    args: Any = None,
-    *,
-    method: str = "hybr",
-    tol: float | None = None,
-    options: dict | None = None,
-    rtol: float | None = None,
-    atol: float = 0.0,
-    adjoint: AbstractAdjoint = ImplicitAdjoint(),
-    throw: bool = True,
-) -> Solution:
+def root(fn: Callable, y0: Any, args: Any = None, *, method: str = "hybr",
+         tol: float | None = None, options: dict | None = None, rtol: float | None = None,
+         atol: float = 0.0, adjoint: AbstractAdjoint = ImplicitAdjoint(),
+         throw: bool = True) -> Solution:
     """Find `y` with `fn(y, args) = 0` by `scipy.optimize.root`, on the host (see the module
     docstring). `hybr` and `lm` get the dense Jacobian from `jax.jacfwd`; SciPy's other
     methods are Jacobian-free.
@@ -419,17 +375,12 @@ def root(
     """
     method = _method(method, ROOT_METHODS, "root")
     options = _options(options)
-    y0, fn, args = _prepare(fn, y0, args, "y0")
-    check_vector_output(fn, y0, args, "fn", square=True)
-    fn = eqx.filter_closure_convert(fn, y0, args)
-    dtype = result_dtype(y0)
-    rtol = default_rtol(dtype) if rtol is None else rtol
-    flat0, unravel = ravel(y0)
-    inputs = (fn, args)
-    static = eqx.partition(inputs, eqx.is_array)[1]
+    pb = _Problem.make(fn, y0, args, None, rtol, _check_square, "y0")
+    y0, inputs, static, dtype, rtol, unravel = (pb.params0, pb.inputs, pb.static, pb.dtype,
+                                                pb.rtol, pb.unravel)
 
     def F_flat(y, inputs):
-        fn, args = inputs
+        fn, args, _, _ = inputs
         return ravel(fn(unravel(y), args)[0])[0]
 
     F = _compile(F_flat, static)
@@ -455,12 +406,10 @@ def root(
         steps = getattr(res, "nit", None) or getattr(res, "nfev", 0)
         return _report(res, 0.0, steps, ev, dtype)
 
-    def optimality(y, inputs):
-        fn, args = inputs
-        return fn(y, args)[0]
+    optimality = _value
 
     def primal(y0, inputs):
-        x, _, info = _callback(host, flat0.size, dtype, ravel(y0)[0], jnp.zeros((), dtype),
+        x, _, info = _callback(host, pb.size, dtype, ravel(y0)[0], jnp.zeros((), dtype),
                                inputs)
         y = unravel(x)
         Fy = optimality(y, inputs)
@@ -470,9 +419,58 @@ def root(
         finite = tree_all_finite(y) & tree_all_finite(Fy)
         return y, _Out(Fy, _status(info, ok, finite), info, tree_inf_norm(Fy))
 
-    y, out = _apply(primal, optimality, y0, inputs, (), adjoint, throw)
-    value = attach_tangent(out.value, y, inputs, fn=optimality)
-    return _solution(y, value, out)
+    return _solve(primal, optimality, y0, inputs, (), adjoint, throw)
+
+
+class _Problem(NamedTuple):
+    """What the three front doors share before SciPy runs: the start, `inputs` =
+    (fn, args, lower, upper) with `fn` closure-converted so that the arrays it closes over
+    are differentiable inputs, `static` (the non-array part of `inputs`, bound into the
+    compiled evaluations), the dtype, the resolved `rtol`, and the flattening."""
+
+    params0: Any
+    inputs: tuple
+    static: Any
+    dtype: Any
+    rtol: Any
+    size: int
+    unravel: Callable
+
+    @classmethod
+    def make(cls, fun, x0, args, bounds, rtol, check, root):
+        x0, fn, args = prepare(fun, x0, args, False, root)
+        # Python floats in `args` become (weakly typed) arrays: the adjoint differentiates
+        # them, so the closure-converted `fn` must take them as inputs rather than constants.
+        args = jtu.tree_map(lambda a: jnp.asarray(a) if isinstance(a, (float, complex)) else a,
+                            args)
+        check(fn, x0, args)
+        fn = eqx.filter_closure_convert(fn, x0, args)
+        lower, upper = (None, None) if bounds is None else make_bounds(bounds, x0)
+        dtype = result_dtype(x0)
+        flat0, unravel = ravel(x0)
+        inputs = (fn, args, lower, upper)
+        return cls(x0, inputs, eqx.partition(inputs, eqx.is_array)[1], dtype,
+                   default_rtol(dtype) if rtol is None else rtol, flat0.size, unravel)
+
+
+def _check_residual(fn, x0, args):
+    check_vector_output(fn, x0, args, "residual_fn", square=False)
+
+
+def _check_square(fn, y0, args):
+    check_vector_output(fn, y0, args, "fn", square=True)
+
+
+def _value(params, inputs):
+    """The user's function at `params` (f, the residuals, or F): a solve's `value`."""
+    fn, args = inputs[:2]
+    return fn(params, args)[0]
+
+
+def _symmetric(bounds):
+    """The adjoint's tags: without bounds the optimality condition's Jacobian is a Hessian
+    (or JᵀJ), symmetric positive semidefinite; the projected one is not symmetric."""
+    return (lx.symmetric_tag, lx.positive_semidefinite_tag) if bounds is None else ()
 
 
 class _Out(eqx.Module):
@@ -553,15 +551,6 @@ _CALLBACK_KWARGS = ({"vmap_method": "sequential"}
                     else {})
 
 
-def _prepare(fun, x0, args, root):
-    x0, fn, args = prepare(fun, x0, args, False, root)
-    # Python floats in `args` become (weakly typed) arrays: the adjoint differentiates them,
-    # so the closure-converted `fn` must take them as inputs rather than constants.
-    args = jtu.tree_map(lambda a: jnp.asarray(a) if isinstance(a, (float, complex)) else a,
-                        args)
-    return x0, fn, args
-
-
 def _method(method, methods, door):
     if not isinstance(method, str) or method.lower() not in methods:
         raise ValueError(f"Unknown method {method!r} for scipy.optimize.{door}; SciPy's "
@@ -631,7 +620,8 @@ def _projected(params, grad, lower, upper):
     return Composite(lower=lower, upper=upper).stationarity(params, grad)
 
 
-def _apply(primal, optimality, params0, inputs, tags, adjoint, throw):
+def _solve(primal, optimality, params0, inputs, tags, adjoint, throw) -> Solution:
+    """The implicit adjoint around `primal`, the failure checks, and the `Solution`."""
     if not isinstance(adjoint, ImplicitAdjoint):
         raise TypeError("jaxopt2.scipy differentiates the solution by the implicit function "
                         "theorem only (SciPy's iterations run on the host and cannot be "
@@ -643,7 +633,7 @@ def _apply(primal, optimality, params0, inputs, tags, adjoint, throw):
     unconverged = getattr(adjoint, "differentiate_unconverged", False)
     params = guard_derivatives(params, out.status, throw=throw, hint=DERIVATIVE_HINT,
                                unconverged=unconverged)
-    return params, out
+    return _solution(params, attach_tangent(out.value, params, inputs, fn=_value), out)
 
 
 def _solution(params, value, out: _Out) -> Solution:
