@@ -60,16 +60,11 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._base import Iterate
+from ._base import Iterate, roundoff
+from ._leafwise import clip
+from ._linesearch import LINE_SEARCH_ROUNDOFF, projected_backtracking
 from ._stopping import x_scale
-from ._tree import tree_axpy, tree_inf_norm, tree_norm, tree_sub
-
-
-def _clip(v, lo, hi):
-    # `where`, not `clip`: the derivative is exactly 1 inside and 0 outside (jnp.maximum would
-    # split a tie), and with respect to a bound it is 1 where that bound is active. An infinite
-    # bound never selects, so its (zero) tangent never meets inf.
-    return jnp.where(v < lo, lo, jnp.where(v > hi, hi, v))
+from ._tree import ravel, tree_axpy, tree_inf_norm, tree_norm, tree_sub
 
 
 class Composite(eqx.Module):
@@ -95,7 +90,7 @@ class Composite(eqx.Module):
         """The box projection clip(x, lower, upper) (x itself without bounds)."""
         if self.lower is None:
             return x
-        return jtu.tree_map(_clip, x, self.lower, self.upper)
+        return jtu.tree_map(clip, x, self.lower, self.upper)
 
     def apply(self, x, scale):
         """prox_{scale·h}(x): the user's prox (if any), then the box projection (if any). With
@@ -184,6 +179,35 @@ def initial_step(fn, it: Iterate, args, constraint: Composite | None = None):
     lipschitz = tree_norm(tree_sub(grad, it.grad)) / jnp.where(dx > 0, dx, 1.0)
     ok = jnp.isfinite(lipschitz) & (lipschitz > 0) & (dx > 0)
     return jnp.where(ok, 1.0 / jnp.where(ok, lipschitz, 1.0), 1.0).astype(it.value.dtype)
+
+
+def flat_bounds(constraint: Composite | None, x):
+    """The box of `constraint` as flat vectors like the raveled params `x` (±inf where there
+    is no bound), for the solvers that work on the flattened problem."""
+    lower = getattr(constraint, "lower", None)
+    upper = getattr(constraint, "upper", None)
+    lo = jnp.full_like(x, -jnp.inf) if lower is None else ravel(lower)[0].astype(x.dtype)
+    hi = jnp.full_like(x, jnp.inf) if upper is None else ravel(upper)[0].astype(x.dtype)
+    return lo, hi
+
+
+def box_search(solver, fn, it: Iterate, args, x, g, lo, hi, direction, init_step):
+    """Armijo backtracking along the projection arc clip(x + t·d, lo, hi) from t = `init_step`
+    (flat vectors; `solver.c1`, `solver.max_backtracks`), and the step's curvature pair
+    s = x₊ − x, y = ∇f(x₊) − g, from which both bound-constrained solvers take their secant
+    scale θ = yᵀy/sᵀy. Returns (line search, s, y)."""
+    _, unravel = ravel(it.params)
+
+    def project(p):
+        return unravel(clip(ravel(p)[0], lo, hi))
+
+    ls = projected_backtracking(
+        fn, it, unravel(direction), args, project, init_step, c1=solver.c1,
+        max_trials=solver.max_backtracks,
+        noise=roundoff(it.value, it.params, LINE_SEARCH_ROUNDOFF))
+    s = ravel(ls.iterate.params)[0] - x
+    y = ravel(ls.iterate.grad)[0].astype(x.dtype) - g
+    return ls, s, y
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,100 +40,14 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-__all__ = [
-    "affine_set",
-    "box",
-    "halfspace",
-    "hyperplane",
-    "l1_ball",
-    "l2_ball",
-    "linf_ball",
-    "non_negative",
-    "psd",
-    "simplex",
-]
+from ._leafwise import as_float, check_values, clip, invalid_to_nan, is_concrete, like_x, x_leaves
 
-
-# ---------------------------------------------------------------- shared helpers (also for prox)
-
-def _is_concrete(value) -> bool:
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(value))
-
-
-def _as_float(leaf):
-    leaf = jnp.asarray(leaf)
-    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-        leaf = leaf.astype(jnp.result_type(float))
-    return leaf
-
-
-def _x_leaves(x, fname: str):
-    """The leaves of `x` as floating arrays, with their paths and treedef."""
-    flat, treedef = jtu.tree_flatten_with_path(x)
-    if not flat:
-        raise ValueError(f"`{fname}`: `x` has no array leaves; pass an array or a pytree of "
-                         "arrays to project.")
-    paths = [p for p, _ in flat]
-    return paths, [_as_float(leaf) for _, leaf in flat], treedef
-
-
-def _like_x(value, name: str, paths, leaves, treedef, fname: str):
-    """`value` laid out like `x`: one entry per leaf of `x`, each an array that broadcasts to
-    that leaf's shape, or None. `value` may be None, a scalar (or any single array, broadcast
-    to every leaf), or a pytree with x's structure whose leaves may be None."""
-    if value is None:
-        return [None] * len(leaves)
-    if jtu.treedef_is_leaf(jtu.tree_structure(value)):
-        values = [value] * len(leaves)
-    else:
-        try:
-            values = treedef.flatten_up_to(value)
-        except (ValueError, TypeError) as e:
-            raise ValueError(
-                f"`{fname}`: `{name}` must be a scalar or a pytree with the structure of `x` "
-                f"({treedef}); got structure {jtu.tree_structure(value)}.") from e
-    out = []
-    for path, leaf, v in zip(paths, leaves, values, strict=True):
-        if v is None:
-            out.append(None)
-            continue
-        v = jnp.asarray(v)
-        try:
-            ok = jnp.broadcast_shapes(v.shape, leaf.shape) == leaf.shape
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"`{fname}`: `{name}{jtu.keystr(path)}` has shape {v.shape}, which does not "
-                f"broadcast to the shape {leaf.shape} of `x{jtu.keystr(path)}`; pass a scalar "
-                "or an array of that shape.")
-        out.append(v)
-    return out
-
-
-def _check_values(fname: str, name: str, value, *, positive: bool = False):
-    """Raise if a concrete `value` (pytree) holds a negative (or, with `positive`, a
-    non-positive) or NaN entry. Traced values pass; see `_invalid_to_nan`."""
-    if value is None or not _is_concrete(value):
-        return
-    with jax.ensure_compile_time_eval():
-        for leaf in jtu.tree_leaves(value):
-            arr = np.asarray(leaf)
-            bad = ~(arr > 0) if positive else ~(arr >= 0)
-            if np.any(bad):
-                what = "positive" if positive else "non-negative (≥ 0)"
-                got = arr if arr.size <= 8 else f"an array with {int(np.sum(bad))} invalid entries"
-                raise ValueError(f"`{fname}`: `{name}` must be {what} and not NaN; got {got}.")
-
-
-def _invalid_to_nan(y, invalid):
-    """NaN where `invalid` holds: a traced invalid parameter gives a visible NaN result
-    (a solver reports it as non-finite) rather than a plausible wrong one."""
-    return jnp.where(invalid, jnp.asarray(jnp.nan, y.dtype), y)
+__all__ = ["affine_set", "box", "halfspace", "hyperplane", "l1_ball", "l2_ball", "linf_ball",
+           "non_negative", "psd", "simplex"]
 
 
 def _check_radius(fname: str, radius, dtype):
-    _check_values(fname, "radius", radius, positive=True)
+    check_values(fname, "radius", radius, positive=True)
     radius = jnp.asarray(radius, dtype)
     if radius.ndim != 0:
         raise ValueError(f"`{fname}`: `radius` must be a scalar; got shape {radius.shape} "
@@ -162,7 +76,7 @@ def non_negative(x: Any, hyperparams: Any = None) -> Any:
         ```
     """
     del hyperparams
-    paths, leaves, treedef = _x_leaves(x, "non_negative")
+    paths, leaves, treedef = x_leaves(x, "non_negative")
     return jtu.tree_unflatten(treedef, [jnp.maximum(leaf, 0) for leaf in leaves])
 
 
@@ -177,8 +91,8 @@ def box(x: Any, hyperparams: tuple) -> Any:
 
     Returns:
         A pytree like `x`. Its derivative with respect to `x` is the 0/1 mask of the free
-        coordinates (lower < x < upper), and with respect to `lower` (`upper`) the mask of the
-        coordinates clipped there.
+        coordinates (lower ≤ x ≤ upper, so 1 at a tie), and with respect to `lower`
+        (`upper`) the mask of the coordinates clipped there.
 
     Raises:
         ValueError: on a structure or shape mismatch, a NaN bound or lower > upper (concrete
@@ -195,33 +109,30 @@ def box(x: Any, hyperparams: tuple) -> Any:
     if not (isinstance(hyperparams, (tuple, list)) and len(hyperparams) == 2):
         raise ValueError("`box`: `hyperparams` must be a pair `(lower, upper)` (None, scalars "
                          f"or pytrees like `x`); got {type(hyperparams).__name__}.")
-    paths, leaves, treedef = _x_leaves(x, "box")
-    lowers = _like_x(hyperparams[0], "lower", paths, leaves, treedef, "box")
-    uppers = _like_x(hyperparams[1], "upper", paths, leaves, treedef, "box")
+    paths, leaves, treedef = x_leaves(x, "box")
+    lowers = like_x(hyperparams[0], "lower", paths, leaves, treedef, "box")
+    uppers = like_x(hyperparams[1], "upper", paths, leaves, treedef, "box")
     out = []
     for path, leaf, lo, hi in zip(paths, leaves, lowers, uppers, strict=True):
         name = jtu.keystr(path)
         for side, bound in (("lower", lo), ("upper", hi)):
-            if bound is not None and _is_concrete(bound):
+            if bound is not None and is_concrete(bound):
                 with jax.ensure_compile_time_eval():
                     if bool(jnp.any(jnp.isnan(bound))):
                         raise ValueError(f"`box`: `{side}{name}` contains NaN; use -inf/inf "
                                          "(or None) for an unbounded side.")
-        if lo is not None and hi is not None and _is_concrete((lo, hi)):
+        if lo is not None and hi is not None and is_concrete((lo, hi)):
             with jax.ensure_compile_time_eval():
                 if bool(jnp.any(lo > hi)):
                     raise ValueError(f"`box`: `lower{name}` > `upper{name}` at some entries; "
                                      "the box is empty. Swap or fix those bounds.")
-        y = leaf
-        if lo is not None:
-            y = jnp.maximum(y, lo.astype(leaf.dtype))
-        if hi is not None:
-            y = jnp.minimum(y, hi.astype(leaf.dtype))
+        y = clip(leaf, None if lo is None else lo.astype(leaf.dtype),
+                 None if hi is None else hi.astype(leaf.dtype))
         if lo is not None and hi is not None:
-            y = _invalid_to_nan(y, ~(lo <= hi))
+            y = invalid_to_nan(y, ~(lo <= hi))
         elif lo is not None or hi is not None:
             bound = lo if lo is not None else hi
-            y = _invalid_to_nan(y, jnp.isnan(bound))
+            y = invalid_to_nan(y, jnp.isnan(bound))
         out.append(y)
     return jtu.tree_unflatten(treedef, out)
 
@@ -261,44 +172,52 @@ def simplex(x: Any, value: float = 1.0) -> Any:
         print(projection.simplex(jnp.array([0.5, 2.0, -1.0])))     # [0. 1. 0.]
         ```
     """
-    paths, leaves, treedef = _x_leaves(x, "simplex")
+    paths, leaves, treedef = x_leaves(x, "simplex")
     flat, unravel = jax.flatten_util.ravel_pytree(jtu.tree_unflatten(treedef, leaves))
-    _check_values("simplex", "value", value, positive=True)
+    check_values("simplex", "value", value, positive=True)
     value = jnp.asarray(value, flat.dtype)
     if value.ndim != 0:
         raise ValueError(f"`simplex`: `value` must be a scalar; got shape {value.shape}.")
-    y = _invalid_to_nan(_simplex_vector(flat, value), ~(value > 0))
+    y = invalid_to_nan(_simplex_vector(flat, value), ~(value > 0))
     return unravel(y)
+
+
+def _ball(x, radius, fname):
+    """x's leaves and treedef, and the radius checked and cast to their common dtype."""
+    _, leaves, treedef = x_leaves(x, fname)
+    return leaves, treedef, _check_radius(fname, radius, jnp.result_type(*leaves))
 
 
 def l1_ball(x: Any, radius: float = 1.0) -> Any:
     """Projection onto the ℓ1 ball {‖y‖₁ ≤ radius} (all leaves of `x` together).
 
     x itself if it is inside, else sign(x) · P_simplex(|x|, radius) (Duchi et al. 2008, see
-    [`simplex`][jaxopt2.projection.simplex]): O(n log n).
+    [`simplex`][jaxopt2.projection.simplex]): O(n log n). Outside the ball the result is sparse:
+    the entries with |xᵢ| at most the simplex threshold become 0.
 
     Args:
-        x: an array or pytree of arrays.
+        x: an array or pytree of arrays, projected as one vector.
         radius: a positive scalar.
 
     Example:
         ```python
         import jax.numpy as jnp
         from jaxopt2 import projection
-        print(projection.l1_ball(jnp.array([3.0, -2.0]), 3.0))     # [ 2. -1.]
+        x = {"a": jnp.array([3.0, 0.5]), "b": jnp.array(-2.0)}
+        print(projection.l1_ball(x, 3.0))          # a: [2. 0.], b: -1.
         ```
     """
-    paths, leaves, treedef = _x_leaves(x, "l1_ball")
+    leaves, treedef, radius = _ball(x, radius, "l1_ball")
     flat, unravel = jax.flatten_util.ravel_pytree(jtu.tree_unflatten(treedef, leaves))
-    radius = _check_radius("l1_ball", radius, flat.dtype)
     inside = jnp.sum(jnp.abs(flat)) <= radius
     y = jnp.where(inside, flat, jnp.sign(flat) * _simplex_vector(jnp.abs(flat), radius))
-    return unravel(_invalid_to_nan(y, ~(radius > 0)))
+    return unravel(invalid_to_nan(y, ~(radius > 0)))
 
 
 def l2_ball(x: Any, radius: float = 1.0) -> Any:
     """Projection onto the Euclidean ball {‖y‖₂ ≤ radius} (all leaves together):
-    x · radius / max(‖x‖₂, radius).
+    x · radius / max(‖x‖₂, radius). Outside the ball its Jacobian is
+    (radius/‖x‖)(I − x xᵀ/‖x‖²); inside, the identity.
 
     Args:
         x: an array or pytree of arrays.
@@ -306,23 +225,25 @@ def l2_ball(x: Any, radius: float = 1.0) -> Any:
 
     Example:
         ```python
-        import jax.numpy as jnp
+        import jax, jax.numpy as jnp
         from jaxopt2 import projection
-        print(projection.l2_ball(jnp.array([3.0, 4.0]), 1.0))      # [0.6 0.8]
+        x = jnp.array([3.0, 4.0])
+        print(projection.l2_ball(x, 1.0))                                  # [0.6 0.8]
+        print(jax.jacobian(lambda v: projection.l2_ball(v, 1.0))(x))
+        # [[ 0.128 -0.096] [-0.096  0.072]]
         ```
     """
-    paths, leaves, treedef = _x_leaves(x, "l2_ball")
-    dtype = jnp.result_type(*leaves)
-    radius = _check_radius("l2_ball", radius, dtype)
+    leaves, treedef, radius = _ball(x, radius, "l2_ball")
     sq = sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves)
     # sqrt(max(‖x‖², r²)) rather than max(‖x‖, r): finite derivatives at x = 0.
     factor = radius / jnp.sqrt(jnp.maximum(sq, radius**2))
-    factor = _invalid_to_nan(factor, ~(radius > 0))
+    factor = invalid_to_nan(factor, ~(radius > 0))
     return jtu.tree_unflatten(treedef, [(factor * leaf).astype(leaf.dtype) for leaf in leaves])
 
 
 def linf_ball(x: Any, radius: float = 1.0) -> Any:
-    """Projection onto the ℓ∞ ball {‖y‖∞ ≤ radius}: clip(x, −radius, radius) entrywise.
+    """Projection onto the ℓ∞ ball {‖y‖∞ ≤ radius}: clip(x, −radius, radius) entrywise, with
+    the derivative of [`box`][jaxopt2.projection.box], the 0/1 mask of |xᵢ| ≤ radius.
 
     Args:
         x: a pytree of arrays.
@@ -335,10 +256,9 @@ def linf_ball(x: Any, radius: float = 1.0) -> Any:
         print(projection.linf_ball(jnp.array([3.0, -0.5]), 1.0))   # [1. -0.5]
         ```
     """
-    paths, leaves, treedef = _x_leaves(x, "linf_ball")
-    radius = _check_radius("linf_ball", radius, jnp.result_type(*leaves))
-    out = [_invalid_to_nan(jnp.clip(leaf, -radius.astype(leaf.dtype), radius.astype(leaf.dtype)),
-                           ~(radius > 0)) for leaf in leaves]
+    leaves, treedef, radius = _ball(x, radius, "linf_ball")
+    out = [invalid_to_nan(clip(leaf, -radius.astype(leaf.dtype), radius.astype(leaf.dtype)),
+                          ~(radius > 0)) for leaf in leaves]
     return jtu.tree_unflatten(treedef, out)
 
 
@@ -347,11 +267,11 @@ def _normal(x, hyperparams, fname):
         raise ValueError(f"`{fname}`: `hyperparams` must be a pair `(a, b)`: `a` a pytree like "
                          "`x`, `b` a scalar.")
     a, b = hyperparams
-    paths, leaves, treedef = _x_leaves(x, fname)
+    paths, leaves, treedef = x_leaves(x, fname)
     if jtu.tree_structure(a) != treedef:
         raise ValueError(f"`{fname}`: `a` must have the structure of `x` ({treedef}); got "
                          f"{jtu.tree_structure(a)}.")
-    a_leaves = [_as_float(leaf) for leaf in jtu.tree_leaves(a)]
+    a_leaves = [as_float(leaf) for leaf in jtu.tree_leaves(a)]
     for path, leaf, al in zip(paths, leaves, a_leaves, strict=True):
         if al.shape != leaf.shape:
             raise ValueError(f"`{fname}`: `a{jtu.keystr(path)}` has shape {al.shape}, `x"
@@ -361,7 +281,7 @@ def _normal(x, hyperparams, fname):
         raise ValueError(f"`{fname}`: `b` must be a scalar; got shape {b.shape} (for several "
                          "equations use `affine_set`).")
     aa = sum(jnp.sum(jnp.abs(al) ** 2) for al in a_leaves)
-    if _is_concrete(aa):
+    if is_concrete(aa):
         with jax.ensure_compile_time_eval():
             if not bool(aa > 0):
                 raise ValueError(f"`{fname}`: the normal vector `a` is zero (or not finite); "
@@ -440,7 +360,7 @@ def affine_set(x: jax.Array, hyperparams: tuple) -> jax.Array:
     if not isinstance(x, (jax.Array, np.ndarray)) or x.ndim != 1:
         raise ValueError("`affine_set`: `x` must be a vector (a 1-d array); vmap over a batch, "
                          "or ravel a pytree with `jax.flatten_util.ravel_pytree`.")
-    x = _as_float(x)
+    x = as_float(x)
     A = jnp.asarray(A)
     b = jnp.asarray(b)
     if A.ndim != 2 or A.shape[1] != x.shape[0] or b.shape != (A.shape[0],):
@@ -473,7 +393,7 @@ def psd(x: Any, hyperparams: Any = None) -> Any:
         ```
     """
     del hyperparams
-    paths, leaves, treedef = _x_leaves(x, "psd")
+    paths, leaves, treedef = x_leaves(x, "psd")
     out = []
     for path, leaf in zip(paths, leaves, strict=True):
         if leaf.ndim < 2 or leaf.shape[-1] != leaf.shape[-2]:

@@ -35,30 +35,28 @@ from typing import Any
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from .projection import _check_values, _invalid_to_nan, _like_x, _x_leaves
+from ._leafwise import check_values, invalid_to_nan, like_x, x_leaves
 
-__all__ = [
-    "conjugate",
-    "elastic_net",
-    "group_lasso",
-    "indicator",
-    "l1",
-    "l2",
-    "non_negative_l1",
-    "nuclear",
-    "ridge",
-]
+__all__ = ["conjugate", "elastic_net", "group_lasso", "indicator", "l1", "l2", "non_negative_l1",
+           "nuclear", "ridge"]
 
 
-def _thresholds(fname, x, strength, scale, name="strength"):
-    """x's leaves and, per leaf, the threshold scale·strength (None where the strength is)."""
-    _check_values(fname, name, strength)
-    _check_values(fname, "scale", scale)
-    paths, leaves, treedef = _x_leaves(x, fname)
-    strengths = _like_x(strength, name, paths, leaves, treedef, fname)
+def _group_norms_sq(leaf, axis):
+    return jnp.sum(jnp.abs(leaf) ** 2, axis=axis, keepdims=True)
+
+
+def _thresholds(fname, x, strength, scale, name="strength", *, groups=False, axis=None):
+    """x's leaves and, per leaf, the threshold scale·strength (None where the strength is):
+    entrywise, or with `groups` one per group along `axis`, laid out like the group norms with
+    dims kept (so it broadcasts per group)."""
+    check_values(fname, name, strength)
+    check_values(fname, "scale", scale)
+    paths, leaves, treedef = x_leaves(x, fname)
     scale = jnp.asarray(scale)
     if scale.ndim != 0:
         raise ValueError(f"`{fname}`: `scale` must be a scalar; got shape {scale.shape}.")
+    like = [_group_norms_sq(leaf, axis) for leaf in leaves] if groups else leaves
+    strengths = like_x(strength, name, paths, like, treedef, fname, groups=groups, axis=axis)
     ts = [None if s is None else (scale * s).astype(leaf.dtype)
           for leaf, s in zip(leaves, strengths, strict=True)]
     return paths, leaves, treedef, ts, scale
@@ -87,9 +85,9 @@ def l1(x: Any, strength: Any, scale: float = 1.0) -> Any:
         ```
     """
     _, leaves, treedef, ts, scale = _thresholds("l1", x, strength, scale)
-    out = [leaf if t is None else _invalid_to_nan(_soft(leaf, t), ~(t >= 0))
+    out = [leaf if t is None else invalid_to_nan(_soft(leaf, t), ~(t >= 0))
            for leaf, t in zip(leaves, ts, strict=True)]
-    return jtu.tree_unflatten(treedef, [_invalid_to_nan(y, ~(scale >= 0)) for y in out])
+    return jtu.tree_unflatten(treedef, [invalid_to_nan(y, ~(scale >= 0)) for y in out])
 
 
 def non_negative_l1(x: Any, strength: Any, scale: float = 1.0) -> Any:
@@ -111,8 +109,8 @@ def non_negative_l1(x: Any, strength: Any, scale: float = 1.0) -> Any:
     _, leaves, treedef, ts, scale = _thresholds("non_negative_l1", x, strength, scale)
     out = [jnp.maximum(leaf if t is None else leaf - t, 0)
            for leaf, t in zip(leaves, ts, strict=True)]
-    out = [y if t is None else _invalid_to_nan(y, ~(t >= 0)) for y, t in zip(out, ts, strict=True)]
-    return jtu.tree_unflatten(treedef, [_invalid_to_nan(y, ~(scale >= 0)) for y in out])
+    out = [y if t is None else invalid_to_nan(y, ~(t >= 0)) for y, t in zip(out, ts, strict=True)]
+    return jtu.tree_unflatten(treedef, [invalid_to_nan(y, ~(scale >= 0)) for y in out])
 
 
 def ridge(x: Any, strength: Any, scale: float = 1.0) -> Any:
@@ -131,9 +129,9 @@ def ridge(x: Any, strength: Any, scale: float = 1.0) -> Any:
         ```
     """
     _, leaves, treedef, ts, scale = _thresholds("ridge", x, strength, scale)
-    out = [leaf if t is None else _invalid_to_nan(leaf / (1 + t), ~(t >= 0))
+    out = [leaf if t is None else invalid_to_nan(leaf / (1 + t), ~(t >= 0))
            for leaf, t in zip(leaves, ts, strict=True)]
-    return jtu.tree_unflatten(treedef, [_invalid_to_nan(y, ~(scale >= 0)) for y in out])
+    return jtu.tree_unflatten(treedef, [invalid_to_nan(y, ~(scale >= 0)) for y in out])
 
 
 def elastic_net(x: Any, hyperparams: tuple, scale: float = 1.0) -> Any:
@@ -187,16 +185,16 @@ def l2(x: Any, strength: float, scale: float = 1.0) -> Any:
         print(prox.l2(jnp.array([3.0, 4.0]), 2.5))              # [1.5 2. ]
         ```
     """
-    _check_values("l2", "strength", strength)
-    _check_values("l2", "scale", scale)
-    paths, leaves, treedef = _x_leaves(x, "l2")
+    check_values("l2", "strength", strength)
+    check_values("l2", "scale", scale)
+    paths, leaves, treedef = x_leaves(x, "l2")
     dtype = jnp.result_type(*leaves)
     t = (jnp.asarray(scale) * jnp.asarray(strength)).astype(dtype)
     if t.ndim != 0:
         raise ValueError("`l2`: `strength` and `scale` must be scalars; for one strength per "
                          "group use `group_lasso`.")
     sq = sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves)
-    factor = _invalid_to_nan(_block_factor(sq, t), ~(t >= 0))
+    factor = invalid_to_nan(_block_factor(sq, t), ~(t >= 0))
     return jtu.tree_unflatten(treedef, [(factor * leaf).astype(leaf.dtype) for leaf in leaves])
 
 
@@ -228,44 +226,14 @@ def group_lasso(x: Any, strength: Any, scale: float = 1.0, *, axis=None) -> Any:
         print(functools.partial(prox.group_lasso, axis=-1)(W, 1.0))  # [[2.4 3.2] [0. 0.]]
         ```
     """
-    _check_values("group_lasso", "strength", strength)
-    _check_values("group_lasso", "scale", scale)
-    paths, leaves, treedef = _x_leaves(x, "group_lasso")
-    scale = jnp.asarray(scale)
-    if scale.ndim != 0:
-        raise ValueError(f"`group_lasso`: `scale` must be a scalar; got shape {scale.shape}.")
-    # Strengths are laid out like the group norms (kept dims), so broadcasting is per group.
-    sqs = [jnp.sum(jnp.abs(leaf) ** 2, axis=axis, keepdims=True) for leaf in leaves]
-    if jtu.treedef_is_leaf(jtu.tree_structure(strength)) and strength is not None:
-        strengths = [strength] * len(leaves)
-    else:
-        strengths = [None] * len(leaves) if strength is None else None
-    if strengths is None:
-        try:
-            strengths = treedef.flatten_up_to(strength)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"`group_lasso`: `strength` must be a scalar or a pytree with the "
-                             f"structure of `x` ({treedef}); got {jtu.tree_structure(strength)}."
-                             ) from e
+    _, leaves, treedef, ts, scale = _thresholds("group_lasso", x, strength, scale, groups=True,
+                                                axis=axis)
     out = []
-    for path, leaf, sq, s in zip(paths, leaves, sqs, strengths, strict=True):
-        if s is None:
+    for leaf, t in zip(leaves, ts, strict=True):
+        if t is None:
             out.append(leaf)
             continue
-        s = jnp.asarray(s)
-        if s.ndim and s.ndim != sq.ndim and axis is not None:
-            s = jnp.expand_dims(s, axis)      # one entry per group, `axis` removed
-        try:
-            ok = jnp.broadcast_shapes(s.shape, sq.shape) == sq.shape
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"`group_lasso`: `strength{jtu.keystr(path)}` has shape {s.shape}; it needs one "
-                f"entry per group of `x{jtu.keystr(path)}` (shape {sq.shape} with axis={axis} "
-                "kept, or a scalar).")
-        t = (scale * s).astype(leaf.dtype)
-        factor = _invalid_to_nan(_block_factor(sq, t), ~(t >= 0))
+        factor = invalid_to_nan(_block_factor(_group_norms_sq(leaf, axis), t), ~(t >= 0))
         out.append((factor * leaf).astype(leaf.dtype))
     return jtu.tree_unflatten(treedef, out)
 
@@ -307,8 +275,8 @@ def nuclear(x: Any, strength: Any, scale: float = 1.0) -> Any:
                              "strength per matrix); vmap for one per matrix of a stack.")
         u, sigma, vh = jnp.linalg.svd(leaf, full_matrices=False)
         y = (u * jnp.maximum(sigma - t, 0)[..., None, :]) @ vh
-        out.append(_invalid_to_nan(y.astype(leaf.dtype), ~(t >= 0)))
-    return jtu.tree_unflatten(treedef, [_invalid_to_nan(y, ~(scale >= 0)) for y in out])
+        out.append(invalid_to_nan(y.astype(leaf.dtype), ~(t >= 0)))
+    return jtu.tree_unflatten(treedef, [invalid_to_nan(y, ~(scale >= 0)) for y in out])
 
 
 def indicator(projection: Callable) -> Callable:
@@ -374,12 +342,12 @@ def conjugate(prox: Callable) -> Callable:
                         f"scale)`; got {type(prox).__name__}.")
 
     def prox_conjugate(x, hyperparams=None, scale=1.0):
-        _check_values("conjugate", "scale", scale, positive=True)
+        check_values("conjugate", "scale", scale, positive=True)
         scale = jnp.asarray(scale)
         inner = prox(jtu.tree_map(lambda leaf: leaf / scale.astype(jnp.result_type(leaf)), x),
                      hyperparams, 1 / scale)
         return jtu.tree_map(
-            lambda a, b: _invalid_to_nan((a - scale * b).astype(jnp.result_type(a)),
+            lambda a, b: invalid_to_nan((a - scale * b).astype(jnp.result_type(a)),
                                          ~(scale > 0)), x, inner)
 
     return prox_conjugate

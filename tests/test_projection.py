@@ -155,6 +155,30 @@ def test_box_jacobian_is_the_free_mask():
     np.testing.assert_array_equal(Ju, np.diag([0.0, 0.0, 1.0, 1.0]))
 
 
+def test_box_derivative_at_ties_is_the_mask_and_shared_with_bounds():
+    """At x = lower or x = upper the coordinate counts as free: derivative 1 (jnp.clip would
+    give 0.5), 0 with respect to the bound. `minimize(..., bounds=)` projects with the same
+    function, and linf_ball is the box [−r, r]. Away from ties: central differences."""
+    from jaxopt2._composite import Composite
+
+    x = jnp.array([-2.0, 0.0, 0.3, 1.0, 4.0])
+    lo, hi = jnp.zeros(5), jnp.ones(5)
+    mask = np.diag([0.0, 1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(jax.jacobian(P.box)(x, (lo, hi)), mask)
+    Jl, Ju = jax.jacobian(lambda b: P.box(x, b))((lo, hi))
+    np.testing.assert_array_equal(Jl, np.diag([1.0, 0.0, 0.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(Ju, np.diag([0.0, 0.0, 0.0, 0.0, 1.0]))
+    bounded = Composite(lower=lo, upper=hi)
+    np.testing.assert_array_equal(bounded.project(x), P.box(x, (lo, hi)))
+    np.testing.assert_array_equal(jax.jacobian(bounded.project)(x), mask)
+    np.testing.assert_array_equal(jax.jacobian(lambda v: P.linf_ball(v, 1.0))(x),
+                                  np.diag([0.0, 1.0, 1.0, 1.0, 0.0]))
+    for i in (0, 2, 4):                                   # not at a tie: finite differences
+        e = np.eye(5)[i]
+        fd = (P.box(x + 1e-3 * e, (lo, hi)) - P.box(x - 1e-3 * e, (lo, hi))) / 2e-3
+        np.testing.assert_allclose(fd, mask[:, i], atol=1e-3)   # float32 round-off
+
+
 def test_simplex_jacobian_closed_form():
     x = jnp.array([0.8, -0.5, 0.6, 0.1, 2.0]) * 0.5
     y = P.simplex(x)
@@ -279,7 +303,9 @@ def test_docstring_examples_run(capsys):
     assert len(blocks) == len(P.__all__)           # every public function has an example
     for block in blocks:
         exec(block, {})
-    assert "[ 2. -1.]" in capsys.readouterr().out   # the l1-ball example prints its answer
+    out = capsys.readouterr().out
+    assert "Array([2., 0.]" in out and "Array(-1." in out   # the l1-ball example's answer
+    assert "[[ 0.128 -0.096]" in out                        # the l2-ball Jacobian's
 
 
 @pytest.mark.float64

@@ -58,8 +58,8 @@ class GradientDescent(AbstractMinimizer):
 
     rtol: float | None = None
     atol: float = 0.0
-    step_size: float | None = None
-    grow: float = 2.0
+    step_size: float | None = None  # the first trial; None: the Cauchy step 1/q₀
+    grow: float = 2.0  # where sᵀy ≤ 0 (no BB step) the next first trial is grow·(last step)
     c1: float = 1e-4
     max_backtracks: int = 40
 

@@ -27,23 +27,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._base import AbstractMinimizer, Iterate, roundoff
-from .._linesearch import LINE_SEARCH_ROUNDOFF, projected_backtracking
+from .._base import AbstractMinimizer, Iterate
+from .._composite import box_search, flat_bounds
 from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import ravel, result_dtype
 from .._validate import check_budget, check_line_search, check_tolerances
-
-
-def _flat_box(constraint, x_flat):
-    """The bounds of `constraint` as flat vectors like the raveled params (±inf where none)."""
-    lower = getattr(constraint, "lower", None)
-    upper = getattr(constraint, "upper", None)
-    lo = (jnp.full_like(x_flat, -jnp.inf) if lower is None
-          else ravel(lower)[0].astype(x_flat.dtype))
-    hi = (jnp.full_like(x_flat, jnp.inf) if upper is None
-          else ravel(upper)[0].astype(x_flat.dtype))
-    return lo, hi
 
 
 class _LBFGSBState(eqx.Module):
@@ -185,7 +174,7 @@ class LBFGSB(AbstractMinimizer):
 
     rtol: float | None = None
     atol: float = 0.0
-    history: int = 10
+    history: int = 10  # m: W is n × 2m and the middle matrix M is 2m × 2m
     c1: float = 1e-4
     max_backtracks: int = 30
     constraint: Any = None  # a `jaxopt2._composite.Composite` with the bounds, set by minimize
@@ -212,9 +201,9 @@ class LBFGSB(AbstractMinimizer):
                             jnp.array(True))
 
     def step(self, fn, iterate: Iterate, args, state: _LBFGSBState):
-        x, unravel = ravel(iterate.params)
+        x, _ = ravel(iterate.params)
         g = ravel(iterate.grad)[0].astype(x.dtype)
-        lo, hi = _flat_box(self.constraint, x)
+        lo, hi = flat_bounds(self.constraint, x)
         x = jnp.clip(x, lo, hi)
         theta = jnp.where(state.empty, 1.0, state.theta).astype(x.dtype)
         valid = state.valid & ~state.empty
@@ -229,17 +218,7 @@ class LBFGSB(AbstractMinimizer):
         d_norm = jnp.linalg.norm(d)
         init_step = jnp.where(state.empty, jnp.minimum(1.0, 1.0 / jnp.where(d_norm > 0, d_norm,
                                                                               1.0)), 1.0)
-
-        def project(p):
-            return unravel(jnp.clip(ravel(p)[0], lo, hi))
-
-        ls = projected_backtracking(
-            fn, iterate, unravel(d), args, project, init_step, c1=self.c1,
-            max_trials=self.max_backtracks,
-            noise=roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF))
-        new = ls.iterate
-        s_new = ravel(new.params)[0] - x
-        y_new = ravel(new.grad)[0].astype(x.dtype) - g
+        ls, s_new, y_new = box_search(self, fn, iterate, args, x, g, lo, hi, d, init_step)
         sy, yy = s_new @ y_new, y_new @ y_new
         accept = ls.ok & jnp.isfinite(sy) & jnp.isfinite(yy) & (sy > jnp.finfo(x.dtype).eps * yy)
 
@@ -255,4 +234,4 @@ class LBFGSB(AbstractMinimizer):
         empty = ~ls.ok | (state.empty & ~accept)
         result = RESULTS.where(ls.ok | ~state.empty, RESULTS.successful,
                                RESULTS.line_search_failed)
-        return new, _LBFGSBState(s_mem, y_mem, valid, theta, empty), ls.counts, result
+        return ls.iterate, _LBFGSBState(s_mem, y_mem, valid, theta, empty), ls.counts, result

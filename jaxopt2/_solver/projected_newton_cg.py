@@ -28,20 +28,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._base import AbstractMinimizer, Counts, Iterate, roundoff
+from .._base import AbstractMinimizer, Counts, Iterate
+from .._composite import box_search, flat_bounds
 from .._linalg import truncated_cg
-from .._linesearch import LINE_SEARCH_ROUNDOFF, projected_backtracking
 from .._results import RESULTS
 from .._tree import ravel, result_dtype
 from .._validate import check_budget, check_line_search, check_positive, check_tolerances
-
-
-def _flat_box(constraint, x):
-    lower = getattr(constraint, "lower", None)
-    upper = getattr(constraint, "upper", None)
-    lo = jnp.full_like(x, -jnp.inf) if lower is None else ravel(lower)[0].astype(x.dtype)
-    hi = jnp.full_like(x, jnp.inf) if upper is None else ravel(upper)[0].astype(x.dtype)
-    return lo, hi
 
 
 class _PNCGState(eqx.Module):
@@ -119,7 +111,7 @@ class ProjectedNewtonCG(AbstractMinimizer):
     def init(self, fn, iterate: Iterate, args) -> _PNCGState:
         x, _ = ravel(iterate.params)
         g = ravel(iterate.grad)[0].astype(x.dtype)
-        lo, hi = _flat_box(self.constraint, x)
+        lo, hi = flat_bounds(self.constraint, x)
         pg0 = jnp.max(jnp.abs(self._projected_gradient(x, g, lo, hi)), initial=0.0)
         dtype = result_dtype(iterate.params)
         return _PNCGState(pg0.astype(dtype), jnp.ones((), dtype), jnp.zeros((), jnp.int32))
@@ -127,7 +119,7 @@ class ProjectedNewtonCG(AbstractMinimizer):
     def step(self, fn, iterate: Iterate, args, state: _PNCGState):
         x, unravel = ravel(iterate.params)
         g = ravel(iterate.grad)[0].astype(x.dtype)
-        lo, hi = _flat_box(self.constraint, x)
+        lo, hi = flat_bounds(self.constraint, x)
         pg = jnp.max(jnp.abs(self._projected_gradient(x, g, lo, hi)), initial=0.0)
         eps = jnp.minimum(self.active_eps, pg)
         free = ~active_set(x, g, lo, hi, eps)
@@ -146,21 +138,11 @@ class ProjectedNewtonCG(AbstractMinimizer):
         max_cg = x.shape[0] if self.cg_max_steps is None else self.cg_max_steps
         cg = truncated_cg(reduced, jnp.where(free, -g, 0.0), rtol=eta, max_iters=max_cg)
         d = jnp.where(free, cg.x, -g)
-
-        def project(p):
-            return unravel(jnp.clip(ravel(p)[0], lo, hi))
-
-        ls = projected_backtracking(
-            fn, iterate, unravel(d), args, project, 1.0, c1=self.c1,
-            max_trials=self.max_backtracks,
-            noise=roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF))
-        new = ls.iterate
-        s = ravel(new.params)[0] - x
-        y = ravel(new.grad)[0].astype(x.dtype) - g
+        ls, s, y = box_search(self, fn, iterate, args, x, g, lo, hi, d, 1.0)
         sy, yy = s @ y, y @ y
         good = ls.ok & (sy > 0) & jnp.isfinite(yy)
         theta = jnp.where(good, yy / jnp.where(good, sy, 1.0), state.theta)
         result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
         counts = ls.counts + Counts.of(hvp=cg.num_iters)
-        return new, _PNCGState(state.pg_norm0, theta.astype(state.theta.dtype),
+        return ls.iterate, _PNCGState(state.pg_norm0, theta.astype(state.theta.dtype),
                                cg.num_iters), counts, result
