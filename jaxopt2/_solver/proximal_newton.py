@@ -26,9 +26,17 @@ from .._tree import (
 from .._validate import check_budget, check_tolerances, check_unit_interval
 
 
+# The inner forcing sequence ηₖ = min(CAP, γ·(‖G(xₖ)‖/‖G(xₖ₋₁)‖)^α): Eisenstat & Walker,
+# "Choosing the forcing terms in an inexact Newton method", SIAM J. Sci. Comput. 17 (1996),
+# choice 2, with their γ = 0.9 and α = (1 + √5)/2.
+FORCING_CAP = 0.5
+FORCING_GAMMA = 0.9
+FORCING_POWER = (1 + 5**0.5) / 2
+
+
 class _PNState(eqx.Module):
     lipschitz: jax.Array  # L̂ ≥ the model's largest curvature seen so far
-    grad_map0: jax.Array  # ‖G(x₀)‖∞, for the inner solves' forcing sequence
+    grad_map_prev: jax.Array  # ‖G(xₖ₋₁)‖∞, for the inner solves' forcing sequence
 
 
 class _Inner(eqx.Module):
@@ -45,6 +53,11 @@ class _Inner(eqx.Module):
     grad_map: jax.Array  # ‖L(y − z)‖∞ of the last accepted step
     steps: jax.Array
     hvps: jax.Array
+    # The iterate with the best certified model decrease ψ (see `_subproblem`), its v, and ψ.
+    best: object
+    best_subgrad: object
+    best_psi: jax.Array
+    psi: jax.Array  # ψ of z
 
 
 class ProximalNewton(AbstractMinimizer):
@@ -57,9 +70,14 @@ class ProximalNewton(AbstractMinimizer):
 
     inexactly, by FISTA with adaptive restart on the model (matrix-free: one Hessian-vector
     product per inner iteration, through `jax.linearize` of ∇f), stopped when its gradient
-    mapping falls below min(½, √(‖G(xₖ)‖/‖G(x₀)‖))·‖G(xₖ)‖ (a forcing sequence, so the
-    convergence is superlinear) or after `inner_steps`. Then xₖ₊₁ = xₖ + t·dₖ, dₖ = zₖ − xₖ,
-    with t = 1, ½, … the first to pass
+    mapping falls below max(ηₖ‖G(xₖ)‖, atol/2) or after `inner_steps`, with the forcing term
+
+        ηₖ = min(½, 0.9·(‖G(xₖ)‖/‖G(xₖ₋₁)‖)^((1+√5)/2))
+
+    (Eisenstat & Walker's choice 2, SIAM J. Sci. Comput. 17, 1996, on the gradient mapping G):
+    relative to the current point, so a warm start near the solution begins with a loose inner
+    solve, and ηₖ → 0 with the outer ratio, so the convergence is superlinear. Then
+    xₖ₊₁ = xₖ + t·dₖ, dₖ = zₖ − xₖ, with t = 1, ½, … the first to pass
 
         f(xₖ + t dₖ) − f(xₖ) + t·vᵀdₖ ≤ c₁·t·(∇f(xₖ) + v)ᵀdₖ,
 
@@ -70,9 +88,19 @@ class ProximalNewton(AbstractMinimizer):
     Near the solution t = 1 is accepted and the convergence is quadratic, as in glmnet and
     QUIC, which solve the same subproblem by coordinate descent.
 
+    Safeguards. The same certificate bounds the model's decrease, φ(z) − φ(xₖ) ≤ ψ(z) =
+    (∇f + v)ᵀd + ½dᵀHd, known for free from the carried products. FISTA is not monotone, and an
+    inner solve cut off by `inner_steps` can end on an iterate with ψ ≥ 0, along which the test
+    above cannot pass; the inner loop therefore keeps its best-ψ iterate and the step uses it
+    when the last one certifies less than half as much (the first prox step already certifies
+    ψ ≤ −L̂‖d‖²/2 < 0 for convex f). Where the Newton step still fails (a nonconvex f), a
+    proximal-gradient step with backtracking on f's descent lemma is taken instead, which
+    decreases F whenever any step of that kind can; `line_search_failed` is reported only
+    when neither finds a decrease.
+
     Stops by the shared rule on the gradient mapping (`ProximalGradient`); `Solution.value`
-    is f alone. For convex f (the model must be convex for the subproblem to be one); on a
-    nonconvex f a step that is no descent direction ends the solve as `line_search_failed`.
+    is f alone. Meant for convex f (then the subproblem is convex); on a nonconvex f the
+    fallback steps reach a stationary point, without the fast local convergence.
 
     - `inner_steps`: the FISTA budget of each subproblem;
     - `c1`, `max_backtracks`: the line search.
@@ -114,6 +142,7 @@ class ProximalNewton(AbstractMinimizer):
 
     def init(self, fn, iterate: Iterate, args) -> _PNState:
         lipschitz = 1 / initial_step(fn, iterate, args, self.constraint)
+        # ‖G(x₋₁)‖ := ‖G(x₀)‖: the first inner solve gets η₀ = FORCING_CAP wherever x₀ is.
         return _PNState(lipschitz, self._grad_map(iterate.params, iterate.grad, lipschitz))
 
     def _subproblem(self, x, g, hvp, lipschitz, forcing) -> _Inner:
@@ -140,13 +169,19 @@ class ProximalNewton(AbstractMinimizer):
             y_next = tree_axpy(beta, tree_sub(z, s.z), z)
             hy_next = tree_axpy(beta, tree_sub(hz, s.hz), hz)
             gap = tree_scale(s.lipschitz, d)
+            v = tree_sub(tree_scale(-1.0, gap), grad_y)  # L(y − z) − ∇φ(y) ∈ ∂h(z)
+            dz = tree_sub(z, x)
+            psi = (tree_dot(tree_add(g, v), dz) + tree_dot(dz, hz) / 2).astype(dtype)
+            better = psi < s.best_psi
             accepted = _Inner(
                 z=z, hz=hz, y=y_next, hy=hy_next,
                 momentum=jnp.where(restart, 1.0, t_next).astype(dtype),
-                lipschitz=s.lipschitz,
-                subgrad=tree_sub(tree_scale(-1.0, gap), grad_y),  # L(y − z) − ∇φ(y) ∈ ∂h(z)
+                lipschitz=s.lipschitz, subgrad=v,
                 grad_map=tree_inf_norm(gap).astype(dtype),
-                steps=s.steps + 1, hvps=s.hvps + 1)
+                steps=s.steps + 1, hvps=s.hvps + 1,
+                best=tree_where(better, z, s.best),
+                best_subgrad=tree_where(better, v, s.best_subgrad),
+                best_psi=jnp.where(better, psi, s.best_psi), psi=psi)
             rejected = eqx.tree_at(lambda r: (r.lipschitz, r.steps, r.hvps), s,
                                    (2 * s.lipschitz, s.steps + 1, s.hvps + 1))
             return tree_where(ok, accepted, rejected)
@@ -154,21 +189,65 @@ class ProximalNewton(AbstractMinimizer):
         zero = tree_zeros_like(x)
         inf = jnp.asarray(jnp.inf, dtype)
         start = _Inner(x, zero, x, zero, jnp.ones((), dtype), lipschitz, tree_scale(-1.0, g),
-                       inf, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+                       inf, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                       x, tree_scale(-1.0, g), jnp.zeros((), dtype), jnp.zeros((), dtype))
         return while_loop(cond, body, start, max_steps=self.inner_steps)
+
+    def _gradient_step(self, fn, iterate: Iterate, args, lipschitz, active, noise):
+        """x⁺ = prox_{s·h}(x − s∇f(x)) with s = 1/L̂ halved until f(x⁺) ≤ f(x) + ∇f(x)ᵀ(x⁺ − x)
+        + ‖x⁺ − x‖²/(2s); then F(x⁺) ≤ F(x) − ‖x⁺ − x‖²/(2s) (Beck, First-Order Methods in
+        Optimization, SIAM 2017, Lemma 10.4), without the value of h. Runs only where `active`
+        (no function evaluations otherwise). Returns (found, x⁺, evaluations)."""
+        x, g = iterate.params, iterate.grad
+        dtype = iterate.value.dtype
+
+        def trial(s):
+            z = prox_of(self.constraint, tree_axpy(-s, g, x), s)
+            d = tree_sub(z, x)
+            model = tree_dot(g, d) + tree_dot(d, d) / (2 * s)
+            return z, model, tree_inf_norm(d) > 0
+
+        def accept(s, value):
+            _, model, moved = trial(s)
+            return moved & jnp.isfinite(value) & (value - iterate.value <= model + noise)
+
+        def cond(c):
+            s, value, k = c
+            return active & ((k == 0) | (~accept(s, value) & (k < self.max_backtracks + 1)))
+
+        def body(c):
+            s, _, k = c
+            s = jnp.where(k == 0, s, s / 2)
+            return s, fn(trial(s)[0], args)[0].astype(dtype), k + 1
+
+        s0 = (1 / lipschitz).astype(dtype)
+        s, value, trials = while_loop(cond, body, (s0, jnp.asarray(jnp.inf, dtype),
+                                                   jnp.zeros((), jnp.int32)),
+                                      max_steps=self.max_backtracks + 1)
+        return active & accept(s, value), trial(s)[0], trials
 
     def step(self, fn, iterate: Iterate, args, state: _PNState):
         x, g = iterate.params, iterate.grad
         dtype = iterate.value.dtype
         _, hvp = jax.linearize(lambda p: jax.grad(lambda q: fn(q, args)[0])(p), x)
         gmap = self._grad_map(x, g, state.lipschitz)
-        relative = gmap / jnp.where(state.grad_map0 > 0, state.grad_map0, 1.0)
-        forcing = jnp.minimum(0.5, jnp.sqrt(relative)) * gmap
+        # Eisenstat-Walker's second forcing sequence on the gradient mapping: relative to the
+        # current point (a warm start near x* starts with a loose inner solve), superlinear
+        # (ηₖ → 0 as the outer ratio does), and never below what the stopping rule asks.
+        ratio = gmap / jnp.where(state.grad_map_prev > 0, state.grad_map_prev, 1.0)
+        eta = jnp.minimum(FORCING_CAP, FORCING_GAMMA * ratio**FORCING_POWER)
+        forcing = jnp.maximum(eta * gmap, self.atol / 2).astype(dtype)
         inner = self._subproblem(x, g, hvp, state.lipschitz, forcing)
-        d = tree_sub(inner.z, x)
+        # FISTA is not monotone: after a budget-bound inner solve the last iterate can certify
+        # no decrease (ψ ≥ 0) where an earlier one did; it is kept while it holds at least half
+        # of the best certified decrease, so a good last iterate is never thrown away.
+        keep_last = inner.psi <= inner.best_psi / 2
+        z = tree_where(keep_last, inner.z, inner.best)
+        v = tree_where(keep_last, inner.subgrad, inner.best_subgrad)
+        d = tree_sub(z, x)
         # (∇f + v)ᵀd ≥ F's directional decrease bound; it is −dᵀHd for an exact subproblem.
-        slope = tree_dot(tree_add(g, inner.subgrad), d)
-        vd = tree_dot(inner.subgrad, d)
+        slope = tree_dot(tree_add(g, v), d)
+        vd = tree_dot(v, d)
         noise = roundoff(iterate.value, x, LINE_SEARCH_ROUNDOFF)
 
         def accept(t, value):
@@ -188,12 +267,18 @@ class ProximalNewton(AbstractMinimizer):
                                                    jnp.zeros((), jnp.int32)),
                                       max_steps=self.max_backtracks + 1)
         ok = accept(t, value) & (slope < 0)
-        moved = tree_axpy(jnp.where(ok, t, 0.0).astype(dtype), d, x)
+        zero_step = tree_inf_norm(d) == 0
+        # Where the Newton step fails (a nonconvex f, or round-off), a proximal-gradient step
+        # with backtracking on f's descent lemma, which decreases F whenever anything does.
+        fallback = ~ok & ~zero_step
+        pg_ok, pg_x, pg_trials = self._gradient_step(fn, iterate, args, state.lipschitz,
+                                                     fallback, noise)
+        moved = tree_where(ok, tree_axpy(t.astype(dtype), d, x), pg_x)
+        ok = ok | (fallback & pg_ok)
         new = tree_where(ok, evaluate(fn, moved, args), iterate)
         # A zero step (the start, or a point where the subproblem returns x) is success: the
         # stopping rule then judges it; only a failed search for a real step fails.
-        zero_step = tree_inf_norm(d) == 0
         result = RESULTS.where(ok | zero_step, RESULTS.successful, RESULTS.line_search_failed)
         lipschitz = jnp.maximum(inner.lipschitz, jnp.finfo(dtype).tiny).astype(dtype)
-        counts = Counts.of(fun=trials, grad=1, hvp=inner.hvps)
-        return new, _PNState(lipschitz, state.grad_map0), counts, result
+        counts = Counts.of(fun=trials + pg_trials, grad=1, hvp=inner.hvps)
+        return new, _PNState(lipschitz, gmap), counts, result
