@@ -25,7 +25,6 @@ from .._tree import (
 )
 from .._validate import check_budget, check_tolerances, check_unit_interval
 
-
 # The inner forcing sequence ηₖ = min(CAP, γ·(‖G(xₖ)‖/‖G(xₖ₋₁)‖)^α): Eisenstat & Walker,
 # "Choosing the forcing terms in an inexact Newton method", SIAM J. Sci. Comput. 17 (1996),
 # choice 2, with their γ = 0.9 and α = (1 + √5)/2.
