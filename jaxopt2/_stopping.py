@@ -260,13 +260,13 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
     flat point), counted in `num_hvp`/`num_fun`. The caller runs it only where the solve
     succeeded.
 
-    Example: NewtonCG stops early on that quadratic (in float32 as in float64), and says so:
+    Example: DampedNewton stops early on that quadratic in float32, and says so:
 
     ```python
     import jax.numpy as jnp, jaxopt2
     D = jnp.logspace(0, -10, 20)
     sol = jaxopt2.minimize(lambda x, D: 0.5 * jnp.sum(D * (x - 1) ** 2), jnp.zeros(20), D,
-                           solver=jaxopt2.NewtonCG(), max_steps=2000, throw=False)
+                           solver=jaxopt2.DampedNewton(), max_steps=2000, throw=False)
     assert jaxopt2.status_name(sol.status) == "ill_conditioned"
     ```"""
     params = it.params

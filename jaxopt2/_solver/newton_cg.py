@@ -21,8 +21,8 @@ from .._tree import (
     tree_add,
     tree_dot,
     tree_inf_norm,
-    tree_neg,
     tree_norm,
+    tree_scale,
     tree_size,
 )
 from .._trust_region import bands, reduction_ratio, update_radius
@@ -82,6 +82,15 @@ class NewtonCG(AbstractMinimizer):
     accepted points). Prefer the trust region on non-convex problems with large indefinite
     regions; the line search is cheaper per step on convex ones. A trust region that shrinks
     to nothing (no decrease possible) is reported as `RESULTS.line_search_failed`.
+
+    Stopping: besides the gradient test, the error ‖xₖ − x*‖∞ is estimated by the last CG
+    step ‖dₖ₋₁‖∞ ≈ ‖H⁻¹g‖∞ (the Newton step; near x* it bounds the distance left), which must
+    be at most rtol·s(x). It counts only where CG met a residual test of max(rtol, √eps)
+    (at most 0.1), not cut short by the radius or negative curvature: CG iterates grow in norm
+    towards H⁻¹g (Steihaug 1983, Thm 2.1), so a loose solve underestimates it. Once the
+    gradient test passes, the forcing term is tightened to that, which costs one accurate
+    solve at the end. This replaces the shared step-contraction and secant estimates
+    (`jaxopt2._stopping`), which loose, irregular CG steps fool.
 
     **Arguments:**
 
@@ -199,9 +208,20 @@ class NewtonCG(AbstractMinimizer):
         eta_certify = self._certifying_forcing(iterate.params)
         eta = jnp.where(tree_inf_norm(iterate.grad) <= state.grad_tol,
                         jnp.minimum(eta, eta_certify), eta).astype(state.eta.dtype)
-        radius = state.radius if self.trust_region else None
-        cg = truncated_cg(operator.mv, tree_neg(iterate.grad), rtol=eta, max_iters=max_cg,
-                          precond=precond, radius=radius)
+        # CG solves for −g/‖g‖∞ and the step is scaled back (CG is linear in its right-hand
+        # side): with a gradient near the underflow threshold, as at a float32 minimizer along
+        # curvatures of 1e−10, pᵀHp of the unscaled g rounds to 0 and reads as negative
+        # curvature, so no Newton step (and no error estimate) could ever be formed.
+        gscale = tree_inf_norm(iterate.grad).astype(state.eta.dtype)
+        gscale = jnp.where(gscale > 0, gscale, 1)
+        radius = None
+        if self.trust_region:
+            # the radius in the scaled units, capped so that CG's squares of it stay finite
+            cap = float(jnp.finfo(state.eta.dtype).max) ** 0.25
+            radius = jnp.minimum(state.radius / gscale, cap)
+        cg = truncated_cg(operator.mv, tree_scale(-1 / gscale, iterate.grad), rtol=eta,
+                          max_iters=max_cg, precond=precond, radius=radius)
+        cg = eqx.tree_at(lambda c: c.x, cg, tree_scale(gscale, cg.x))
         error = self._error(cg, eta, eta_certify, state.eta.dtype)
         if self.trust_region:
             return self._trust_region_step(fn, iterate, args, state, operator, cg, grad_norm,

@@ -1,0 +1,123 @@
+"""NewtonCG's own stopping estimate (issue 13): the norm of its last CG step, trusted only
+where CG solved the Newton system to max(rtol, √eps). The shared contraction and secant
+estimates, fooled by loosely solved steps on the 4-D Rosenbrock valley, let float32 solves
+stop 0.1 from any minimizer, which the final curvature check then (rightly) refused as
+`ill_conditioned`; with rtol below float32's gradient resolution they never certified."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt2 as J
+from jaxopt2._linalg import truncated_cg
+
+STARTS = [([-1.2, 1.0, 1.0], 1.0), ([-1.2, 1.0, -0.5], 0.8)]
+VARIANTS = {"line-search": {}, "trust-region": {"trust_region": True}}
+
+
+def rosenbrock(p, a):
+    x = jnp.concatenate([p["x"], p["y"][None]])
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (a - x[:-1]) ** 2)
+
+
+def _grad_hess(x):
+    """Gradient and Hessian of the chained Rosenbrock function (a = 1), in float64 numpy."""
+    n = x.size
+    g = np.zeros(n)
+    H = np.zeros((n, n))
+    for i in range(n - 1):
+        r = x[i + 1] - x[i] ** 2
+        g[i] += -400 * x[i] * r - 2 * (1 - x[i])
+        g[i + 1] += 200 * r
+        H[i, i] += 1200 * x[i] ** 2 - 400 * x[i + 1] + 2
+        H[i + 1, i + 1] += 200
+        H[i, i + 1] = H[i + 1, i] = -400 * x[i]
+    return g, H
+
+
+def _distance_to_minimizer(params):
+    """‖x − x*‖∞ for the minimizer x* that float64 Newton reaches from the solver's answer
+    (asserted to be a strict local minimum: zero gradient, positive definite Hessian)."""
+    x = np.concatenate([np.asarray(params["x"], np.float64),
+                        np.asarray(params["y"], np.float64)[None]])
+    z = x.copy()
+    for _ in range(50):
+        g, H = _grad_hess(z)
+        z = z - np.linalg.solve(H, g)
+    g, H = _grad_hess(z)
+    assert np.max(np.abs(g)) < 1e-9 and np.linalg.eigvalsh(H)[0] > 0
+    return np.max(np.abs(x - z)), max(np.max(np.abs(x)), 1.0)
+
+
+def _start(x, y, dtype):
+    return {"x": jnp.asarray(x, dtype), "y": jnp.asarray(y, dtype)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("start", range(len(STARTS)))
+def test_float32_4d_rosenbrock_is_solved_not_refused(variant, start):
+    sol = J.minimize(rosenbrock, _start(*STARTS[start], jnp.float32), 1.0,
+                     solver=J.NewtonCG(**VARIANTS[variant]), max_steps=500, throw=False)
+    status = J.status_name(sol.status)
+    # Before: ill_conditioned 0.1 (start 0) and 0.04 (start 1) from the local minimizer.
+    assert status == "successful", status
+    distance, scale = _distance_to_minimizer(sol.params)
+    assert distance <= 1e-3 * scale
+    assert sol.params["x"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_float32_rtol_below_gradient_resolution_certifies(variant):
+    # rtol = 1e-5 in float32: the shared estimates never settled (max_steps_reached at 500).
+    sol = J.minimize(rosenbrock, _start(*STARTS[0], jnp.float32), 1.0,
+                     solver=J.NewtonCG(rtol=1e-5, **VARIANTS[variant]), max_steps=500,
+                     throw=False)
+    assert J.status_name(sol.status) == "successful"
+    distance, scale = _distance_to_minimizer(sol.params)
+    assert distance <= 1e-5 * scale
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_float64_4d_rosenbrock_is_solved(variant):
+    for x, y in STARTS:
+        sol = J.minimize(rosenbrock, _start(x, y, jnp.float64), 1.0,
+                         solver=J.NewtonCG(**VARIANTS[variant]), max_steps=500, throw=False)
+        assert J.status_name(sol.status) == "successful"
+        distance, scale = _distance_to_minimizer(sol.params)
+        assert distance <= 1e-6 * scale
+
+
+def test_vmap_over_starts_reports_per_problem():
+    starts = jax.tree_util.tree_map(lambda *a: jnp.stack(a),
+                                    *[_start(x, y, jnp.float32) for x, y in STARTS])
+    solve = jax.jit(jax.vmap(lambda p0: J.minimize(rosenbrock, p0, 1.0, solver=J.NewtonCG(),
+                                                   max_steps=500, throw=False)))
+    sols = solve(starts)
+    assert np.all(np.asarray(sols.status == J.RESULTS.successful))
+    for i in range(len(STARTS)):
+        distance, scale = _distance_to_minimizer(
+            jax.tree_util.tree_map(lambda a: a[i], sols.params))
+        assert distance <= 1e-3 * scale
+
+
+def test_error_estimate_is_the_newton_step_only_for_a_tight_solve():
+    rng = np.random.default_rng(0)
+    Q = np.linalg.qr(rng.standard_normal((8, 8)))[0]
+    A = jnp.asarray(Q @ np.diag(np.logspace(0, 3, 8)) @ Q.T, jnp.float32)
+    g = jnp.asarray(rng.standard_normal(8), jnp.float32)
+    newton = float(jnp.max(jnp.abs(jnp.linalg.solve(A, g))))
+    solver = J.NewtonCG()
+    eta_certify = solver._certifying_forcing(g)
+    tight = truncated_cg(lambda v: A @ v, -g, rtol=eta_certify, max_iters=16)
+    estimate = float(solver._error(tight, jnp.asarray(eta_certify), eta_certify, jnp.float32))
+    np.testing.assert_allclose(estimate, newton, rtol=0.05)
+    # A loose solve (the forcing term far from the end) underestimates: no estimate at all.
+    loose = truncated_cg(lambda v: A @ v, -g, rtol=0.5, max_iters=16)
+    assert float(jnp.max(jnp.abs(loose.x))) < 0.9 * newton
+    assert np.isinf(float(solver._error(loose, jnp.asarray(0.5), eta_certify, jnp.float32)))
+    # Cut short by a trust region: not a Newton step either.
+    cut = truncated_cg(lambda v: A @ v, -g, rtol=eta_certify, max_iters=16, radius=0.1 * newton)
+    assert np.isinf(float(solver._error(cut, jnp.asarray(eta_certify), eta_certify,
+                                        jnp.float32)))
