@@ -98,7 +98,7 @@ def test_vmap_over_starts_reports_per_problem():
     assert np.all(np.asarray(sols.status == J.RESULTS.successful))
     for i in range(len(STARTS)):
         distance, scale = _distance_to_minimizer(
-            jax.tree_util.tree_map(lambda a: a[i], sols.params))
+            jax.tree_util.tree_map(lambda a, i=i: a[i], sols.params))
         assert distance <= 1e-3 * scale
 
 
