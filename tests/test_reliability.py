@@ -38,11 +38,7 @@ def rosenbrock(x, _):
     return jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
-        "ends 1.004e-3 from (1, 1): its error estimates see the curvature along the last "
-        "step, not the valley's flat direction (issue 13, open)"))) if n == "NewtonCG-tr" else n
-    for n in NEWTON_TYPE])
+@pytest.mark.parametrize("name", NEWTON_TYPE)
 def test_rosenbrock_float32_is_solved_or_fails_honestly(name):
     sol = J.minimize(rosenbrock, jnp.array([-1.2, 1.0], F32), None, solver=NEWTON_TYPE[name](),
                      throw=False)
@@ -65,7 +61,10 @@ def test_far_start_is_as_accurate_as_a_near_one(name, scale):
         # the quartic's minimizer is resolved to about eps^(1/4) by values; 1e-2 either way
         np.testing.assert_allclose(sol.params, 1.0, atol=2e-2)
     else:
-        assert status(sol) in ("line_search_failed", "max_steps_reached")
+        # NewtonCG-tr from 1e6: its first step, cut to the initial radius 1, is below
+        # 10·eps·s(x), so the shared first-step rule takes it for a start at the solution and
+        # the curvature check refuses it (before, CG's pᵀHp overflowed and no step was taken).
+        assert status(sol) in ("line_search_failed", "max_steps_reached", "ill_conditioned")
 
 
 @pytest.mark.parametrize("name", ROOT)
