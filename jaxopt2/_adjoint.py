@@ -251,11 +251,16 @@ class UnrolledAdjoint(AbstractAdjoint):
 
 
 def _is_differentiable(x) -> bool:
-    """Floating arrays only. A Python float in `args` is a constant: whatever `jax.grad` or
-    `jax.jvp` differentiates reaches the front door as a traced array, never as a Python
-    float, so such a float never carries a tangent (counting it as differentiable made
-    `jacfwd` trace the closure-converted objective with an array where it was built with a
-    float, and fail)."""
+    """Floating arrays, and JAX's typed scalars (float subclasses carrying a dtype: the
+    values `fun` closes over reach the derivative rules as those, and must keep their
+    tangents). A plain Python float or complex in `args` is a constant: whatever `jax.grad`
+    or `jax.jvp` differentiates reaches the front door traced, never as a plain Python
+    number (counting one as differentiable made `jacfwd` retrace the closure-converted
+    objective with an array where it was built with a float, and fail)."""
+    if type(x) in (float, complex):
+        return False
+    if isinstance(x, (float, complex)):
+        return True
     return eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
 
 

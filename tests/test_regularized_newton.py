@@ -376,7 +376,8 @@ def test_invalid_configuration():
 
 
 def _saddle_check_products(sol):
-    """The Hessian-vector products of the saddle check at the end (jaxopt2/_stopping.py)."""
+    """The Hessian-vector products of the curvature check at the end (jaxopt2/_stopping.py):
+    two batched Lanczos runs, from a fixed vector and from g."""
     from jaxopt2._stopping import CURVATURE_STEPS
     n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(sol.params))
-    return min(n, CURVATURE_STEPS)
+    return 2 * min(n, CURVATURE_STEPS)
