@@ -81,6 +81,16 @@ class RESULTS(eqx.Enumeration):
         "solver and dtype: rescale or precondition the parameters, add regularization, use "
         "float64, or use Newton (exact Hessian solves)."
     )
+    primal_infeasible = (
+        "The constraints have no common point: the solver found a certificate (multipliers "
+        "y, z with Aᵀy + Gᵀz = 0 and bᵀy + hᵀz < 0, for a QP) that no x satisfies them all. "
+        "Check the constraint data (signs, units, lower ≤ upper), or relax the constraints."
+    )
+    dual_infeasible = (
+        "The objective is unbounded below on the feasible set: the solver found a direction "
+        "d with Qd = 0, cᵀd < 0 that keeps every constraint satisfied (a QP certificate of "
+        "unboundedness). Add bounds or constraints along d, or a regularization to Q."
+    )
 
 
 # equinox does not export the item class; every item is an instance of it.
