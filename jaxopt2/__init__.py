@@ -45,6 +45,9 @@ from ._solver.subspace_newton import SubspaceNewton as SubspaceNewton
 from ._stepper import Stepper as Stepper
 from ._stepper import StepState as StepState
 from ._version import __version__ as __version__
+from .constrained import AugmentedLagrangian as AugmentedLagrangian
+from .constrained import ConstrainedSolution as ConstrainedSolution
+from .constrained import minimize_constrained as minimize_constrained
 from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
 from .implicit import root_jvp as root_jvp
