@@ -106,3 +106,7 @@ from ._nystrom_sgd import NystromSGDState as NystromSGDState
 from ._nystrom_sgd import nystrom_sgd as nystrom_sgd
 from ._regularized_newton import RegularizedNewtonState as RegularizedNewtonState
 from ._regularized_newton import regularized_newton as regularized_newton
+from ._shampoo import ShampooState as ShampooState
+from ._shampoo import shampoo as shampoo
+from ._soap import SOAPState as SOAPState
+from ._soap import soap as soap

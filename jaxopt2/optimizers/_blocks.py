@@ -1,0 +1,204 @@
+"""What `shampoo` and `soap` share: how a parameter leaf is seen as a matrix cut into blocks,
+the Kronecker statistics of its gradient blocks, their inverse roots and eigenbases, and the
+Adam moments both fall back on.
+
+**A leaf as blocked matrices.** A leaf with two or more axes is reshaped to a matrix
+(prod(shape[:k]), prod(shape[k:])) at the split k that makes the larger side smallest: a
+dense kernel (in, out) stays as it is, a convolution kernel (3, 3, 16, 32) becomes
+(144, 32) and equinox's (32, 16, 3, 3) becomes (32, 144). Each side n is then
+cut into ceil(n / block_size) equal blocks of ceil(n / nb) rows (zero-padded by at most nb − 1
+rows), so a leaf is a stack of (nb_rows, nb_cols) blocks of one shape and every block
+operation is one batched matrix operation. Scalars and vectors (biases, norms' scales) have no
+Kronecker structure worth keeping: they are left to Adam, and their statistics are empty
+arrays of shape (0,), so the state has one fixed structure for any parameters.
+
+Statistics are kept in float32 at least (`stat_dtype`): bfloat16 parameters get float32
+factors, eigendecompositions and moments; float64 parameters keep float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from ._checks import (
+    check_grads,
+    check_int,
+    check_learning_rate,
+    check_number,
+    static_int,
+)
+from ._common import sanitize
+
+
+def stat_dtype(dtype):
+    """The dtype of the statistics kept for a parameter of `dtype`: float32 at least."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def split_point(shape) -> int | None:
+    """The axis k at which `shape` becomes the matrix (prod(shape[:k]), prod(shape[k:])) whose
+    larger side is smallest (ties: the first such k); None for scalars and vectors."""
+    if len(shape) < 2:
+        return None
+    sides = [max(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape))]
+    return 1 + sides.index(min(sides))
+
+
+def side_blocks(n: int, block_size: int) -> tuple[int, int]:
+    """(number of blocks, block length) for one side of n rows: equal blocks of at most
+    `block_size` rows, as little padding as equal blocks allow."""
+    nb = -(-n // block_size)
+    return nb, -(-n // nb)
+
+
+def is_matrix(shape) -> bool:
+    return split_point(shape) is not None
+
+
+def to_blocks(x, rows: tuple[int, int], cols: tuple[int, int]):
+    """The leaf `x` as its (nb_r, nb_c, b_r, b_c) stack of zero-padded blocks, in the
+    statistics' dtype."""
+    k = split_point(x.shape)
+    m, n = math.prod(x.shape[:k]), math.prod(x.shape[k:])
+    (nr, br), (nc, bc) = rows, cols
+    mat = x.reshape(m, n).astype(stat_dtype(x.dtype))
+    mat = jnp.pad(mat, ((0, nr * br - m), (0, nc * bc - n)))
+    return mat.reshape(nr, br, nc, bc).transpose(0, 2, 1, 3)
+
+
+def from_blocks(blocks, shape):
+    """Inverse of `to_blocks`: the leaf of `shape` (padding dropped), dtype kept."""
+    k = split_point(shape)
+    m, n = math.prod(shape[:k]), math.prod(shape[k:])
+    nr, nc, br, bc = blocks.shape
+    mat = blocks.transpose(0, 2, 1, 3).reshape(nr * br, nc * bc)
+    return mat[:m, :n].reshape(shape)
+
+
+def layout(shape, block_size: int):
+    """(rows, cols) block layouts of a matrix-shaped leaf (see `side_blocks`)."""
+    k = split_point(shape)
+    return (side_blocks(math.prod(shape[:k]), block_size),
+            side_blocks(math.prod(shape[k:]), block_size))
+
+
+def layout_of(shape, left):
+    """The layout a leaf of `shape` was given by `init`, read back from the shape of its left
+    statistics (nb_r, nb_c, b_r, b_r), so that `update` never needs `block_size` (which
+    `optax.inject_hyperparams` hands it as a traced array)."""
+    k = split_point(shape)
+    nr, nc, br, _ = left.shape
+    n = math.prod(shape[k:])
+    return (nr, br), (nc, -(-n // nc))
+
+
+def init_factors(params, block_size, optimizer: str):
+    """Zero left and right statistics (b_r × b_r and b_c × b_c per block) for the matrix
+    leaves, empty (0,) arrays for the others; also the identity-initialized copies that hold
+    roots or eigenbases. Returns (left, right, left_id, right_id)."""
+    block_size = static_int(optimizer, "block_size", block_size)
+    if block_size < 1:
+        raise ValueError(f"`block_size` must be an int ≥ 1; got {block_size!r}.")
+
+    def make(p, identity: bool, side: int):
+        dtype = stat_dtype(p.dtype)
+        if not is_matrix(p.shape):
+            return jnp.zeros((0,), dtype)
+        (nr, br), (nc, bc) = layout(p.shape, block_size)
+        b = (br, bc)[side]
+        block = jnp.eye(b, dtype=dtype) if identity else jnp.zeros((b, b), dtype)
+        return jnp.broadcast_to(block, (nr, nc, b, b))
+
+    return tuple(jtu.tree_map(lambda p, i=i, s=s: make(p, i, s), params)
+                 for i, s in ((False, 0), (False, 1), (True, 0), (True, 1)))
+
+
+def accumulate(left, right, blocks, beta):
+    """L ← β L + (1 − β) G Gᵀ and R ← β R + (1 − β) GᵀG for every block G."""
+    gg_t = blocks @ blocks.swapaxes(-1, -2)
+    gtg = blocks.swapaxes(-1, -2) @ blocks
+    return (beta * left + (1 - beta) * gg_t).astype(left.dtype), \
+        (beta * right + (1 - beta) * gtg).astype(right.dtype)
+
+
+def _spectrum(stats):
+    """Eigenvalues (clipped at 0: roundoff may make a PSD matrix's smallest ones negative),
+    eigenvectors, and whether the block has any statistics at all."""
+    w, q = jnp.linalg.eigh(stats)
+    w = jnp.maximum(w, 0)
+    top = jnp.max(w, axis=-1, keepdims=True)
+    return w, q, top > 0
+
+
+def inverse_root(stats, p: int, eps):
+    """(S + ε λ_max(S) I)^(−1/p) of every PSD block S by its eigendecomposition; the identity
+    for an all-zero block (no gradient seen there yet). The damping ε is relative to the
+    largest eigenvalue, so the root does not depend on the scale of the gradients and never
+    amplifies a direction by more than ε^(−1/p) relative to the top one."""
+    w, q, seen = _spectrum(stats)
+    top = jnp.max(w, axis=-1, keepdims=True)
+    scale = jnp.where(seen, (w + eps * top) ** (-1.0 / p), 1.0)
+    root = (q * scale[..., None, :]) @ q.swapaxes(-1, -2)
+    eye = jnp.eye(stats.shape[-1], dtype=stats.dtype)
+    return jnp.where(seen[..., None], root, eye).astype(stats.dtype)
+
+
+def eigenbasis(stats):
+    """The eigenvectors of every PSD block (columns, eigenvalues ascending); the identity for
+    an all-zero block."""
+    _, q, seen = _spectrum(stats)
+    eye = jnp.eye(stats.shape[-1], dtype=stats.dtype)
+    return jnp.where(seen[..., None], q, eye).astype(stats.dtype)
+
+
+def adam_moments(m, v, g, b1, b2):
+    """Adam's moment averages m ← β₁ m + (1 − β₁) g, v ← β₂ v + (1 − β₂) g², in the
+    statistics' dtype."""
+    g = g.astype(m.dtype)
+    return (b1 * m + (1 - b1) * g).astype(m.dtype), (b2 * v + (1 - b2) * g * g).astype(v.dtype)
+
+
+def bias_corrections(b1, b2, t, dtype):
+    """1 − β₁ᵗ and 1 − β₂ᵗ after t averaged gradients (t ≥ 1)."""
+    t = t.astype(dtype)
+    return 1 - jnp.asarray(b1, dtype) ** t, 1 - jnp.asarray(b2, dtype) ** t
+
+
+def check_hyperparameters(learning_rate, b1, b2, eps, matrix_eps, precondition_freq,
+                          block_size, weight_decay):
+    """The hyperparameters `shampoo` and `soap` share (traced ones are let through)."""
+    check_learning_rate("learning_rate", learning_rate)
+    check_number("b1", b1, low=0.0, high=1.0, high_open=True)
+    check_number("b2", b2, low=0.0, high=1.0, high_open=True)
+    check_number("eps", eps, low=0.0, low_open=True)
+    if matrix_eps is not None:
+        check_number("matrix_eps", matrix_eps, low=0.0, low_open=True)
+    check_int("precondition_freq", precondition_freq)
+    check_int("block_size", block_size)
+    check_number("weight_decay", weight_decay, low=0.0)
+
+
+def begin(name, grads, params, weight_decay):
+    """The reference tree for dtypes (params, or grads when params are not passed), the
+    gradient in the parameters' dtypes with non-finite entries zeroed, and whether it was
+    finite."""
+    if params is None:
+        if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+            raise ValueError(f"{name}: decoupled weight decay needs the current parameters: "
+                             f"call `update(grads, state, params)`.")
+        params = grads
+    check_grads(name, grads, params)
+    g, finite = sanitize(grads, params)
+    return params, g, finite
+
+
+def finish(direction, params, lr, weight_decay, with_params: bool):
+    """−lr·(d + wd·θ) in the parameters' dtypes (decoupled weight decay, as AdamW)."""
+    def leaf(d, p):
+        step = d + weight_decay * p.astype(d.dtype) if with_params else d
+        return (-lr * step).astype(p.dtype)
+
+    return jtu.tree_map(leaf, direction, params)

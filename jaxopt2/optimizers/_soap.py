@@ -1,0 +1,170 @@
+"""SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's preconditioner, as an optax
+gradient transformation."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optax
+
+from . import _blocks as B
+from ._checks import check_init_params, check_state
+from ._common import ScalarOrSchedule, guard, learning_rate_at
+
+
+class SOAPState(NamedTuple):
+    count: jax.Array  # int32: steps taken (skipped non-finite steps do not count)
+    mu: Any  # m, the average of gradients, in the original basis (params-shaped)
+    nu: Any  # v, the average of squared rotated gradients: (nb_r, nb_c, b_r, b_c) blocks for
+    #          matrix leaves, params-shaped for scalars and vectors (plain Adam there)
+    left: Any  # per leaf: L per block, (nb_r, nb_c, b_r, b_r); (0,) for scalars and vectors
+    right: Any  # per leaf: R per block, (nb_r, nb_c, b_c, b_c)
+    left_basis: Any  # Q_L, eigenvectors of L as of the last refresh (the identity before)
+    right_basis: Any  # Q_R, eigenvectors of R as of the last refresh
+
+
+def soap(
+    learning_rate: ScalarOrSchedule = 3e-3, *, b1: float = 0.95, b2: float = 0.95,
+    eps: float = 1e-8, precondition_freq: int = 10, block_size: int = 256,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """SOAP: Adam run in the eigenbasis of Shampoo's Kronecker factors. For every
+    matrix-shaped parameter block (blocks as in `shampoo`), with G the gradient block:
+
+        L ← β₂ L + (1 − β₂) G Gᵀ,   R ← β₂ R + (1 − β₂) GᵀG,
+        L = Q_L Λ_L Q_Lᵀ,  R = Q_R Λ_R Q_Rᵀ            (eigh, every T steps),
+        m ← β₁ m + (1 − β₁) G                          (in the original basis),
+        G' = Q_Lᵀ G Q_R,  v ← β₂ v + (1 − β₂) G'⊙G'     (in the rotated basis),
+        update = −lr · Q_L [ (Q_Lᵀ m̂ Q_R) / (max(√v̂, δ) + eps) ] Q_Rᵀ,
+        δ = √ε_mach · max √v̂   (per block),
+
+    with m̂, v̂ Adam's bias-corrected moments. With Q_L = Q_R = I this is Adam exactly; in the
+    eigenbasis Adam's diagonal second moment estimates the eigenvalues of the Kronecker
+    factored curvature and keeps adapting between refreshes, where Shampoo's frozen roots do
+    not (Vyas et al. show Shampoo with power 1/2 is Adafactor in this basis). Scalars and
+    vectors take plain Adam steps. Decoupled weight decay: −lr·wd·θ is added.
+
+    **Rounding floor δ.** The rotation rounds: a rotated entry that is zero in exact arithmetic
+    (a direction the gradients never had, e.g. the null space of a low-rank first gradient)
+    comes out near ε_mach·‖G‖, and Adam's normalization would turn it into a full ±lr step
+    (float32 SOAP diverged on the least-squares test without it). Entries below √ε_mach of
+    the block's largest (3.5e-4 in float32) are damped in proportion instead of normalized;
+    this matches Shampoo's relative damping of 1e-6 on eigenvalues (1e-3 on singular values).
+
+    **Refreshes.** The eigenbases are recomputed by `eigh` at steps 0, T, 2T, ...
+    (T = `precondition_freq`) under `lax.cond` (the paper refreshes by one power iteration
+    and QR after the first `eigh`; a full `eigh` costs more on large blocks but is exact). v
+    is kept across a refresh, as in the paper (it is then a slightly stale estimate in the
+    new basis; with eigenvalues sorted, consecutive bases are close). m is kept in the
+    original basis, so a refresh never rotates it.
+
+    **Cost per step** for an m × n block: four products with the bases, O(mn(m + n)), plus
+    O(m³ + n³) for the eigendecompositions every T steps (under `jax.vmap`, every step).
+    Memory: m (like the parameters), v and 2(m² + n²) per block.
+
+    **Dtypes, state, hyperparameters.** As `shampoo`: statistics and moments in float32 at
+    least, updates in the parameters' dtypes, a `SOAPState` of fixed structure, non-finite
+    gradients skip the step, `block_size` is read by `init` only. Defaults are the paper's
+    (β₁ = β₂ = 0.95, T = 10, lr 3e-3).
+
+    Reference: N. Vyas, D. Morwani, R. Zhao, M. Kwun, I. Shapira, D. Brandfonbrener,
+    L. Janson, S. Kakade, "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR 2025
+    (arXiv:2409.11321).
+
+    ```python
+    import jax, jax.numpy as jnp, optax, jaxopt2
+    X = jax.random.normal(jax.random.key(0), (64, 4)) * jnp.array([1.0, 3.0, 0.3, 1.0])
+    Y = X @ jax.random.normal(jax.random.key(1), (4, 2))
+    loss = lambda p: 0.5 * jnp.mean((X @ p["W"] + p["b"] - Y) ** 2)
+    opt = jaxopt2.optimizers.soap(1e-2)
+    params = {"W": jnp.zeros((4, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    for _ in range(5):
+        updates, state = opt.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    ```
+    """
+    name = "soap"
+    B.check_hyperparameters(learning_rate, b1, b2, eps, None, precondition_freq, block_size,
+                          weight_decay)
+
+    def init(params):
+        check_init_params(name, params)
+        left, right, left_id, right_id = B.init_factors(params, block_size, name)
+        mu = jtu.tree_map(lambda p: jnp.zeros(p.shape, B.stat_dtype(p.dtype)), params)
+
+        def second_moment(p, L, R):
+            if not B.is_matrix(p.shape):
+                return jnp.zeros(p.shape, B.stat_dtype(p.dtype))
+            nr, nc, br, _ = L.shape
+            return jnp.zeros((nr, nc, br, R.shape[-1]), L.dtype)
+
+        nu = jtu.tree_map(second_moment, params, left, right)
+        return SOAPState(jnp.zeros((), jnp.int32), mu, nu, left, right, left_id, right_id)
+
+    def update(grads, state, params=None, **extra_args):
+        del extra_args
+        with_params = params is not None
+        params, g, finite = B.begin(name, grads, params, weight_decay)
+        check_state(name, "state.mu", state.mu, params)
+        t = state.count
+        treedef = jtu.tree_structure(params)
+        leaves = lambda tree: treedef.flatten_up_to(tree)  # noqa: E731
+        shapes = [p.shape for p in leaves(params)]
+        layouts = [B.layout_of(s, L) if B.is_matrix(s) else None
+                   for s, L in zip(shapes, leaves(state.left), strict=True)]
+
+        left, right = [], []
+        for lay, gl, L, R in zip(layouts, leaves(g), leaves(state.left), leaves(state.right),
+                                 strict=True):
+            if lay is not None:
+                L, R = B.accumulate(L, R, B.to_blocks(gl, *lay), b2)
+            left.append(L)
+            right.append(R)
+
+        def bases():
+            return ([B.eigenbasis(L) if lay else L for L, lay in zip(left, layouts, strict=True)],
+                    [B.eigenbasis(R) if lay else R for R, lay in zip(right, layouts, strict=True)])
+
+        left_basis, right_basis = jax.lax.cond(
+            t % precondition_freq == 0, bases,
+            lambda: (leaves(state.left_basis), leaves(state.right_basis)))
+
+        dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in leaves(state.mu)]))
+        c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
+        mu, nu, direction = [], [], []
+        for s, lay, gl, m, v, QL, QR in zip(shapes, layouts, leaves(g), leaves(state.mu),
+                                            leaves(state.nu), left_basis, right_basis,
+                                            strict=True):
+            if lay is None:
+                m, v = B.adam_moments(m, v, gl, b1, b2)
+                d = (m / c1) / (jnp.sqrt(v / c2) + eps)
+            else:
+                rotate = lambda X, QL=QL, QR=QR: QL.swapaxes(-1, -2) @ X @ QR  # noqa: E731
+                m = (b1 * m + (1 - b1) * gl.astype(m.dtype)).astype(m.dtype)
+                rotated = rotate(B.to_blocks(gl, *lay))
+                v = (b2 * v + (1 - b2) * rotated * rotated).astype(v.dtype)
+                rms = jnp.sqrt(v / c2)
+                # The rotation rounds: an entry of Q_Lᵀ G Q_R that is zero in exact arithmetic
+                # comes out near eps·‖G‖, and Adam would blow it up to a ±1 step. Entries below
+                # √eps of the block's largest are damped instead of normalized, which leaves
+                # rounding noise at √eps of a step.
+                floor = jnp.sqrt(jnp.finfo(rms.dtype).eps) * jnp.max(
+                    rms, axis=(-2, -1), keepdims=True)
+                adam = rotate(B.to_blocks(m, *lay)) / c1 / (jnp.maximum(rms, floor) + eps)
+                d = B.from_blocks(QL @ adam @ QR.swapaxes(-1, -2), s)
+            mu.append(m)
+            nu.append(v)
+            direction.append(d.astype(m.dtype))
+
+        lr = learning_rate_at(learning_rate, t, dtype)
+        unflat = lambda xs: jtu.tree_unflatten(treedef, list(xs))  # noqa: E731
+        updates = B.finish(unflat(direction), params, lr, weight_decay, with_params)
+        new_state = SOAPState(t + 1, unflat(mu), unflat(nu), unflat(left), unflat(right),
+                              unflat(left_basis), unflat(right_basis))
+        return guard(finite, updates, new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
