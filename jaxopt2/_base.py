@@ -123,6 +123,10 @@ class AbstractMinimizer(eqx.Module):
     supports_bounds: ClassVar[bool] = False
     supports_prox: ClassVar[bool] = False
     supports_bounds_with_prox: ClassVar[bool] = False
+    # The step budget `minimize` gives when the user passes no `max_steps`: Newton-type
+    # steps converge superlinearly and need few; quasi-Newton and first-order solvers
+    # override it (LBFGS took 396 steps on the cond-1e4 logistic benchmark in float64).
+    default_max_steps: ClassVar[int] = 256
 
     def __new__(cls, *args, **kwargs):
         # jaxopt-style keywords (`tol=`, `maxiter=`) fail with a message naming ours.

@@ -22,6 +22,12 @@ def check_max_steps(max_steps) -> None:
         raise ValueError(f"`max_steps` must be a non-negative Python int; got {max_steps!r}.")
 
 
+def step_budget(solver, max_steps):
+    """`max_steps`, or where it is None the solver's own default (`default_max_steps`:
+    few for Newton-type solvers, more for quasi-Newton and first-order ones)."""
+    return getattr(solver, "default_max_steps", 256) if max_steps is None else max_steps
+
+
 def check_solver(solver, kinds, example: str, door: str) -> None:
     if not isinstance(solver, kinds):
         raise TypeError(f"`solver` for jaxopt2.{door} must be one of its solvers such as "
@@ -61,23 +67,55 @@ def stats(counts: Counts, num_steps) -> dict:
 
 def raise_if_failed(token, status: RESULTS,
                     hint: str = "Pass throw=False to return the status instead of raising.",
-                    problem=None):
+                    problem=None, detail=None):
     """Raise `status`'s message unless it is `successful`; a no-op under a `vmap` over
     problems (each problem's status is reported instead). Returns `token` with the check
     attached.
 
     `problem` (an array that is batched exactly when the problems are) tells a `vmap` over
     problems from one over tangents: `jax.jacfwd` vmaps the tangent rules of one problem, and
-    there a failure in any tangent must raise, not vanish."""
+    there a failure in any tangent must raise, not vanish.
+
+    `detail`: optional `[num_steps, gradient ratio, error ratio]` of a minimization
+    (`shortfall_detail`), which a `max_steps_reached` message then reports: by how much the
+    tolerance was missed."""
     code = status._value
-    if not isinstance(code, jax.core.Tracer):
+    detail = _NO_DETAIL if detail is None else jnp.asarray(detail, jnp.float32)
+    if not isinstance(code, jax.core.Tracer) and not isinstance(detail, jax.core.Tracer):
         if int(code) != RESULTS.successful._value:
             raise RuntimeError(f"jaxopt2: solve failed ({status_name(status)}): "
-                               f"{RESULTS[status]}\n{hint}")
+                               f"{RESULTS[status]}{describe(int(code), detail)}\n{hint}")
         return token
     # Without `problem`, any batching of the status is a batch of problems.
     marker = code if problem is None else _marker(problem)
-    return _checker(hint)(token, code, marker)
+    return _checker(hint)(token, code, marker, detail)
+
+
+_NO_DETAIL = np.full(3, np.nan, np.float32)
+
+
+def shortfall_detail(num_steps, shortfall):
+    """The `detail` of `raise_if_failed` for a minimization: steps taken and
+    `MinimizerRule.shortfall`."""
+    return jnp.concatenate([jnp.asarray(num_steps, jnp.float32)[None],
+                            jnp.asarray(shortfall, jnp.float32)])
+
+
+
+
+def describe(code: int, detail) -> str:
+    """The sentence a `max_steps_reached` message gets from `detail`: the ratio of each
+    achieved stopping measure to the one requested, so the user can tell a near miss (give
+    a few more steps) from a solve that is nowhere near (loosen, rescale, change solver)."""
+    detail = np.asarray(detail, np.float64)
+    if code != RESULTS.max_steps_reached._value or not np.isfinite(detail[0]):
+        return ""
+    steps, by_grad, by_error = detail
+    error = (f"{by_error:.3g}× rtol·max(‖x‖∞, 1)" if np.isfinite(by_error)
+             else "not estimated yet (the steps have not started to contract)")
+    return (f" After {int(steps)} steps ‖∇f‖∞ was {by_grad:.3g}× its tolerance "
+            f"atol + rtol·‖∇f(x₀)‖∞ and the estimated distance to the minimizer {error} "
+            "(both must be at most 1×).")
 
 
 DERIVATIVE_HINT = (
@@ -96,16 +134,18 @@ def adjoint_for(adjoint, throw: bool):
     return eqx.tree_at(lambda a: a.throw, adjoint, False)
 
 
-def finish(params, status: RESULTS, adjoint, throw: bool):
-    """The front doors' last step: raise on failure (`throw`) and guard the derivatives."""
+def finish(params, status: RESULTS, adjoint, throw: bool, detail=None):
+    """The front doors' last step: raise on failure (`throw`) and guard the derivatives.
+    `detail`: as in `raise_if_failed`."""
     if throw:  # first: a concrete failure raises here, with the plain hint
-        params = raise_if_failed(params, status)
+        params = raise_if_failed(params, status, detail=detail)
     unconverged = getattr(adjoint, "differentiate_unconverged", False)
     return guard_derivatives(params, status, throw=throw, unconverged=unconverged,
-                             hint=DERIVATIVE_HINT)
+                             hint=DERIVATIVE_HINT, detail=detail)
 
 
-def guard_derivatives(params, status: RESULTS, *, throw: bool, unconverged: bool, hint: str):
+def guard_derivatives(params, status: RESULTS, *, throw: bool, unconverged: bool, hint: str,
+                      detail=None):
     """`params`, whose derivatives (forward and reverse mode) are NaN for a problem whose
     solve failed, unless `unconverged` (the user asked for derivatives of whatever point was
     reached). With `throw` they also raise outside a `vmap` over problems. The check sits in
@@ -117,7 +157,7 @@ def guard_derivatives(params, status: RESULTS, *, throw: bool, unconverged: bool
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
     scale = jnp.where(ok, 1.0, jnp.nan).astype(dtype)
     if throw:
-        scale = raise_if_failed(scale, status, hint)
+        scale = raise_if_failed(scale, status, hint, detail=detail)
     return _scale_tangent(params, scale)
 
 
@@ -149,7 +189,7 @@ def _checker(hint: str):
                 for i, m in enumerate(RESULTS._index_to_message)]
 
     @custom_vmap
-    def check(token, code, marker):
+    def check(token, code, marker, detail):
         del marker
         failed = code != RESULTS.successful._value
         if os.environ.get("EQX_ON_ERROR", "raise") != "raise" or jax.default_backend() == "tpu":
@@ -158,16 +198,21 @@ def _checker(hint: str):
             return eqx.branched_error_if(token, failed, code, messages)
         struct = jax.eval_shape(lambda: token)
 
-        def fail(c):
-            _raise_alone(messages[int(c)])
+        def fail(c, d):
+            message = messages[int(c)]
+            extra = describe(int(c), d)
+            if extra:  # before the hint line, after the status's own message
+                head, _, tail = message.partition("\n")
+                message = f"{head}{extra}\n{tail}"
+            _raise_alone(message)
             return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), struct)
 
         # The callback runs only on failure: a successful solve pays no host round trip.
-        return jax.lax.cond(failed, lambda: jax.pure_callback(fail, struct, code),
+        return jax.lax.cond(failed, lambda: jax.pure_callback(fail, struct, code, detail),
                             lambda: token)
 
     @check.def_vmap
-    def check_batched(axis_size, in_batched, token, code, marker):
+    def check_batched(axis_size, in_batched, token, code, marker, detail):
         del axis_size
         if in_batched[2] or not in_batched[1]:
             return token, in_batched[0]  # a batch of problems: each reports its own status
@@ -176,16 +221,18 @@ def _checker(hint: str):
         # `marker` is batched) still reports per problem instead of raising.
         failed = code != RESULTS.successful._value
         worst = jnp.max(jnp.where(failed, code, 0)).astype(code.dtype)
-        return check(token, worst, marker), in_batched[0]
+        if in_batched[3]:
+            detail = detail[0]
+        return check(token, worst, marker, detail), in_batched[0]
 
     @jax.custom_jvp
-    def checked(token, code, marker):
-        return check(token, code, marker)
+    def checked(token, code, marker, detail):
+        return check(token, code, marker, detail)
 
     @checked.defjvp
     def checked_jvp(primals, tangents):
-        token, code, marker = primals
-        return checked(token, code, marker), tangents[0]
+        token, code, marker, detail = primals
+        return checked(token, code, marker, detail), tangents[0]
 
     return checked
 

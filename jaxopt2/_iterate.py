@@ -34,6 +34,9 @@ class LoopOutput(eqx.Module):
     counts: Counts
     result: RESULTS
     num_steps: jax.Array
+    # `MinimizerRule.shortfall` at the end: how far each test was from passing (the
+    # `max_steps_reached` message reports it)
+    shortfall: jax.Array
 
 
 def _classify(it: Iterate, converged, result: RESULTS, diverged) -> tuple[jax.Array, RESULTS]:
@@ -217,17 +220,22 @@ def run_minimizer(
 
     carry0 = (it0, state0, Counts.of(grad=1), result0, no_steps, done0, rule.no_step(it0),
               no_steps, needs_check(it0, done0, result0))
-    it, state, counts, result, num_steps, done, *_ = while_loop(cond, body, carry0,
-                                                                max_steps=max_steps + 1)
+    it, state, counts, result, num_steps, done, progress, *_ = while_loop(
+        cond, body, carry0, max_steps=max_steps + 1)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
-    return LoopOutput(it, state, counts, result, num_steps)
+    return LoopOutput(it, state, counts, result, num_steps,
+                      _shortfall(solver, rule, it, state, progress))
+
+
+def _shortfall(solver, rule, it, state, progress):
+    return rule.shortfall(rule_view(solver, it, state), progress, solver.error_estimate(state))
 
 
 def _loop(step, carry0, max_steps: int):
     """The plain loop of both front-door kinds: `step(point, state, progress, num_steps)` →
     (new, state, counts, result, num_steps, done, progress) until done or `max_steps`; a loop
     that ran out of steps ends `max_steps_reached`. Returns (point, state, counts, result,
-    num_steps)."""
+    num_steps, progress)."""
 
     def cond(carry):
         num_steps, done = carry[4], carry[5]
@@ -239,10 +247,10 @@ def _loop(step, carry0, max_steps: int):
             point, state, progress, num_steps)
         return new, state, counts + step_counts, result, num_steps, done, progress
 
-    point, state, counts, result, num_steps, done, _ = while_loop(cond, body, carry0,
-                                                                  max_steps=max_steps)
-    return point, state, counts, RESULTS.where(done, result, RESULTS.max_steps_reached), \
-        num_steps
+    point, state, counts, result, num_steps, done, progress = while_loop(
+        cond, body, carry0, max_steps=max_steps)
+    return (point, state, counts, RESULTS.where(done, result, RESULTS.max_steps_reached),
+            num_steps, progress)
 
 
 def _check_after(solver, fn, args, when, it0, rule, state0, done0, result0, max_steps,
@@ -259,11 +267,12 @@ def _check_after(solver, fn, args, when, it0, rule, state0, done0, result0, max_
 
     carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0,
               rule.no_step(it0))
-    it, state, counts, result, num_steps = _loop(step, carry0, max_steps)
+    it, state, counts, result, num_steps, progress = _loop(step, carry0, max_steps)
+    shortfall = _shortfall(solver, rule, it, state, progress)
     if when is None:
-        return LoopOutput(it, state, counts, result, num_steps)
+        return LoopOutput(it, state, counts, result, num_steps, shortfall)
     result, check_counts = final_check(solver, fn, args, when, it, state, result)
-    return LoopOutput(it, state, counts + check_counts, result, num_steps)
+    return LoopOutput(it, state, counts + check_counts, result, num_steps, shortfall)
 
 
 class SolverOutput(eqx.Module):
@@ -317,7 +326,7 @@ def run_solver(solver: AbstractIterativeSolver, fn, y0, args, max_steps: int, ca
             report_step(callback, num_steps, point.y, new.y, (measure(new),), state)
         return out
 
-    point, state, counts, result, num_steps = _loop(step, carry0, max_steps)
+    point, state, counts, result, num_steps, _ = _loop(step, carry0, max_steps)
     return SolverOutput(point, state, counts, result, num_steps)
 
 

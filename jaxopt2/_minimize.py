@@ -20,7 +20,7 @@ from ._composite import (
     make_bounds,
 )
 from ._composite import optimality as composite_optimality
-from ._front import adjoint_for, finish, open_door, stats
+from ._front import adjoint_for, finish, open_door, shortfall_detail, stats, step_budget
 from ._iterate import run_minimizer
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
@@ -68,7 +68,7 @@ def minimize(
     args: Any = None,
     *,
     solver: AbstractMinimizer,
-    max_steps: int = 256,
+    max_steps: int | None = None,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     has_aux: bool = False,
     throw: bool = True,
@@ -88,7 +88,10 @@ def minimize(
     - `args`: any pytree of data and hyperparameters, passed unchanged to `fun`. Never copied
       or flattened, so it may be sharded across devices.
     - `solver`: e.g. `jaxopt2.GradientDescent()`, with its tolerances.
-    - `max_steps`: the iteration budget (static).
+    - `max_steps`: the iteration budget (static). None (default): the solver's
+      `default_max_steps`, 256 for Newton-type solvers, 1000 for quasi-Newton ones (LBFGS,
+      BFGS, LBFGSB), 5000 for first-order ones (GradientDescent, ProximalGradient). When it
+      runs out, the `max_steps_reached` error says by how much each test was missed.
     - `adjoint`: how `Solution.params` is differentiated; the default `ImplicitAdjoint()` uses
       the implicit function theorem on ∇f(x*, args) = 0 (forward and reverse mode).
     - `throw`: if True, a failed solve raises with a message saying what to try; under `vmap`
@@ -131,6 +134,7 @@ def minimize(
                            solver=jaxopt2.GradientDescent())
     ```
     """
+    max_steps = step_budget(solver, max_steps)
     params0, fn, args, callback = open_door(
         "minimize", solver=solver, kinds=AbstractMinimizer, example="jaxopt2.LBFGS()",
         max_steps=max_steps, callback=callback, verbose=verbose, fun=fun, x0=params0,
@@ -158,7 +162,8 @@ def minimize(
     adjoint = adjoint_for(adjoint, throw)
     params, out = adjoint.apply(primal, stationarity, params0, inputs, tags)
     status = out.result
-    params = finish(params, status, adjoint, throw)
+    params = finish(params, status, adjoint, throw,
+                    detail=shortfall_detail(out.num_steps, out.shortfall))
     value, aux = attach_tangent((out.iterate.value, out.iterate.aux), params, inputs[:2],
                                 fn=lambda p, i: i[0](p, i[1]))
     return Solution(params=params, value=value, status=status,

@@ -174,6 +174,24 @@ class MinimizerRule(eqx.Module):
             by_gradient = (gnorm <= self.grad_tol) & (own_error <= self.rtol * x_scale(new.params))
         return (gnorm <= self.atol) | by_gradient | stalled, progress
 
+    def shortfall(self, it: Iterate, progress: Progress, own_error=None):
+        """How far the two tests of `converged` were from passing at `it`: an array
+        `[‖g‖∞ / (atol + rtol·‖g₀‖∞), error estimate / (rtol·s(x))]`, each ≤ 1 where that test
+        passed. The second is the least factor that would have let either branch of the
+        error test pass (both estimates within rtol, or the secant one within rtol²); it is
+        ∞ where no estimate exists yet (no accepted step, or steps that did not contract).
+        What the failure message of `max_steps_reached` reports."""
+        gnorm = tree_inf_norm(it.grad)
+        by_grad = jnp.where(self.grad_tol > 0, gnorm / jnp.where(self.grad_tol > 0,
+                                                                 self.grad_tol, 1),
+                            jnp.where(gnorm > 0, jnp.inf, 0.0))
+        if own_error is not None:
+            by_error = own_error / (self.rtol * x_scale(it.params))
+        else:
+            by_error = jnp.minimum(jnp.maximum(progress.error, progress.secant) / self.rtol,
+                                   progress.secant / self.rtol**2)
+        return jnp.stack([by_grad.astype(jnp.float32), jnp.asarray(by_error, jnp.float32)])
+
     def diverged(self, it: Iterate):
         far = 1 / self.eps**0.5
         return ((tree_inf_norm(it.params) > far * self.scale0)

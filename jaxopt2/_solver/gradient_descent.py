@@ -3,6 +3,8 @@ through the shared loop, with its own evidence of convergence (a gradient-implie
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -62,6 +64,10 @@ class GradientDescent(AbstractMinimizer):
     grow: float = 2.0  # where sᵀy ≤ 0 (no BB step) the next first trial is grow·(last step)
     c1: float = 1e-4
     max_backtracks: int = 40
+
+    # linear convergence: about cond·ln(1/rtol) steps (2,104 on the cond-1e4 logistic
+    # benchmark of 2,000 × 100 in float64)
+    default_max_steps: ClassVar[int] = 5000
 
     def __check_init__(self):
         check_tolerances(self)

@@ -182,6 +182,7 @@ class LBFGSB(AbstractMinimizer):
     supports_bounds: ClassVar[bool] = True
     # Armijo backtracking alone can accept a tiny first step anywhere (`_base.py`).
     first_step_scale_free: ClassVar[bool] = False
+    default_max_steps: ClassVar[int] = 1000  # quasi-Newton, as LBFGS
 
     def __check_init__(self):
         check_tolerances(self)

@@ -64,6 +64,7 @@ class ProximalGradient(AbstractMinimizer):
     first_step_scale_free: ClassVar[bool] = False  # a backtracked step may be tiny anywhere
     supports_bounds: ClassVar[bool] = True
     supports_prox: ClassVar[bool] = True
+    default_max_steps: ClassVar[int] = 5000  # first-order: linear convergence, as GradientDescent
 
     rtol: float | None = None
     atol: float = 0.0

@@ -64,6 +64,10 @@ class _AbstractQuasiNewton(AbstractMinimizer):
     c2: eqx.AbstractVar[float]
     max_backtracks: eqx.AbstractVar[int]
 
+    # superlinear only once the model has learnt the curvature: hundreds of steps on
+    # ill-conditioned problems (`_base.py`)
+    default_max_steps: ClassVar[int] = 1000
+
     def __check_init__(self):
         # run for LBFGS and BFGS alike (equinox calls every __check_init__ in the MRO)
         check_tolerances(self)
