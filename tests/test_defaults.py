@@ -81,3 +81,52 @@ def test_max_steps_message_says_by_how_much(jit):
     text = str(info.value)
     assert f"After 3 steps ‖∇f‖∞ was {ratio:.3g}× its tolerance" in text, text
     assert "throw=False" in text
+
+
+# --- SketchedNewton: no sketch where it would not be smaller than the data
+
+
+def _glm(n, d, seed=0):
+    X = jax.random.normal(jax.random.key(seed), (n, d))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(X.dtype)
+    return X, y
+
+
+def _mean_logistic(w, data):
+    z = data[0] @ w
+    return jnp.mean(jnp.logaddexp(0.0, z) - data[1] * z) + 0.05 * jnp.sum(w**2)
+
+
+def _glm_sqrt_hessian(w, data):
+    X = data[0]
+    s = jax.nn.sigmoid(X @ w)
+    return jnp.sqrt(s * (1 - s) / X.shape[0])[:, None] * X, 0.1
+
+
+def test_sketched_newton_falls_back_to_the_exact_hessian():
+    # 150 examples, d = 20: the default sample max(10d, 100) = 200 is not a tenth of the
+    # data, so every step uses the exact Hessian, whatever the key (the old default refused
+    # this data, and drew 150 of 150 rows with replacement for the Newton sketch).
+    data = _glm(150, 20)
+    solve = jax.jit(lambda key: jaxopt2.minimize(
+        _mean_logistic, jnp.zeros(20), data, solver=jaxopt2.SketchedNewton(key=key)))
+    a, b = solve(jax.random.key(0)), solve(jax.random.key(1))
+    assert a.status == b.status == jaxopt2.RESULTS.successful
+    np.testing.assert_array_equal(a.params, b.params)  # no randomness left
+    f = lambda w: _mean_logistic(w, data)  # noqa: E731
+    w = a.params
+    newton = jnp.linalg.solve(jax.hessian(f)(w), jax.grad(f)(w))  # the distance left
+    assert float(jnp.max(jnp.abs(newton))) <= 1e-4 * max(float(jnp.max(jnp.abs(w))), 1.0)
+    # the Newton sketch's model is then BᵀB + R exactly
+    sketch = jaxopt2.SketchedNewton(sketch="gaussian", sqrt_hessian=_glm_sqrt_hessian)
+    h = sketch._sketched_hessian(lambda v: v, w, data, jax.random.key(0))
+    np.testing.assert_allclose(h, jax.hessian(f)(w), rtol=1e-5, atol=1e-6)
+
+
+def test_sketched_newton_samples_without_replacement():
+    solver = jaxopt2.SketchedNewton()
+    rows = jnp.arange(1000.0)
+    assert solver._sample_size(1000, 5) == 100 and solver._sample_size(999, 5) is None
+    assert jaxopt2.SketchedNewton(sketch_size=150)._sample_size(150, 20) is None
+    batch = solver._draw_batch((rows,), jax.random.key(3), 5)[0]
+    assert batch.shape == (100,) and np.unique(np.asarray(batch)).size == 100

@@ -81,10 +81,12 @@ class SketchedNewton(AbstractRandomNewton):
       of ∇²f when `fun` is a mean; the regulariser enters exactly). By default every array
       leaf of `args` holds one row per example along axis 0 and scalars pass unchanged;
       `batch_fn(args, key, m) -> args` (a random batch of about m examples, in the form
-      `fun` takes) overrides that. Costs d Hessian-vector products on
-      the m sampled examples, and no pass over the full data. Data closed over in `fun`
-      instead of passed in `args` is never subsampled (every "sampled" Hessian is then the
-      full one); `args` with fewer rows than m is refused with a ValueError for that reason.
+      `fun` takes) overrides that. The m examples are drawn without replacement (with
+      replacement, m = n draws hold only about 63% of the distinct rows). Costs d
+      Hessian-vector products on the m sampled examples, and no pass over the full data.
+      Data closed over in `fun` instead of passed in `args` is never subsampled (every
+      "sampled" Hessian is then the full one); `args` with fewer rows than a `sketch_size`
+      given is refused with a ValueError for that reason.
     - **Newton sketch** (`sqrt_hessian` given): `sqrt_hessian(params, args) -> (B, R)` with
       ∇²f(x) = BᵀB + R, B an n × d array (one row per example: for a generalized linear model
       f = (1/n)Σ φ(aᵢᵀx, yᵢ) + r(x), B = diag(√(φ''(Ax)/n)) A) and R the d × d Hessian of the
@@ -94,8 +96,12 @@ class SketchedNewton(AbstractRandomNewton):
       O(nd)), `"uniform"` rows or `"leverage"` rows (sampled by approximate leverage scores
       of B, which embeds range(B) with m = O(d log d) rows even for coherent data).
 
-    **Arguments:** `sketch_size` m (default min(n, max(10·d, 100)); larger is slower per step
-    and faster per iteration), `sketch`, `sqrt_hessian`, `batch_fn`, `key` (a
+    **Arguments:** `sketch_size` m (default max(10·d, 100), where that is at most a tenth of
+    the n examples; otherwise the sketch would save less per step than its extra steps cost,
+    so each step uses the exact Hessian ∇²f (BᵀB + R for the Newton sketch) and the solver
+    is Newton's method, the same iterates for every key; larger is slower per step and
+    faster per iteration. A `sketch_size` of at least n also gives the exact Hessian),
+    `sketch`, `sqrt_hessian`, `batch_fn`, `key` (a
     `jax.random.key`, or a legacy `jax.random.PRNGKey`; split once per step and kept in the
     state, so solves are deterministic; `seed`, an int, default 0, is the shortcut used when
     no key is given), `rtol`/`atol` (stopping test on the exact gradient), `c1`,
@@ -158,6 +164,8 @@ class SketchedNewton(AbstractRandomNewton):
         if self.sqrt_hessian is not None:
             return full
         d = sum(jnp.size(leaf) for leaf in jtu.tree_leaves(params0))
+        if self.batch_fn is None and self._sample_size(_num_examples(args), d) is None:
+            return full  # the exact Hessian: `fun` only ever sees the full data
         batch = jax.eval_shape(lambda a: self._draw_batch(a, jax.random.key(0), d), args)
         return _WithBatch(full, eqx.filter_closure_convert(fn, params0, batch))
 
@@ -165,27 +173,43 @@ class SketchedNewton(AbstractRandomNewton):
         if self.batch_fn is not None:
             return self.batch_fn(args, key, self._size(math.inf, d))
         n = _num_examples(args)  # fails at trace time with a message that says what to fix
-        m = self.sketch_size if self.sketch_size is not None else max(10 * d, 100)
-        if n < m:
+        m = self.sketch_size
+        if m is not None and n < m:
             # Fewer "examples" than the sample asks for: `args` is not the data (e.g. the
             # bilevel pattern, data closed over in `fun` and a hyperparameter vector in
             # `args`), or the data is too small for subsampling to pay. Either way a sampled
-            # Hessian would be silently wrong or pointless.
+            # Hessian would be silently wrong or pointless. (The default size falls back to
+            # the exact Hessian instead, which is right whatever `args` holds.)
             raise ValueError(
                 f"SketchedNewton subsamples axis 0 of the arrays in `args` as examples, but "
                 f"`args` holds only {n} rows, fewer than the sample of m = {m} "
-                f"({'sketch_size' if self.sketch_size is not None else 'the default max(10d, 100)'}"
-                f"). If the data is closed over in `fun` and `args` holds hyperparameters, the "
-                "subsample would be of the hyperparameters and every Hessian would use all the "
-                "data: pass the data in `args` (hyperparameters as scalars or in a leaf that "
-                "`batch_fn` leaves whole), or `batch_fn=(args, key, m) -> args` to draw a "
-                "batch yourself. For small data use jaxopt2.Newton(), or a smaller "
-                "`sketch_size`.")
-        return subsample_args(args, jax.random.randint(key, (self._size(n, d),), 0, n))
+                "(sketch_size). If the data is closed over in `fun` and `args` holds "
+                "hyperparameters, the subsample would be of the hyperparameters and every "
+                "Hessian would use all the data: pass the data in `args` (hyperparameters "
+                "as scalars or in a leaf that `batch_fn` leaves whole), or "
+                "`batch_fn=(args, key, m) -> args` to draw a batch yourself. For small data "
+                "leave `sketch_size` at its default (the exact Hessian), or make it smaller.")
+        m = self._sample_size(n, d)
+        if m is None:
+            return args
+        return subsample_args(args, jax.random.choice(key, n, (m,), replace=False))
 
     def _size(self, n: int, d: int) -> int:
         m = self.sketch_size if self.sketch_size is not None else max(10 * d, 100)
         return int(min(m, n))
+
+    def _sample_size(self, n: int, d: int) -> int | None:
+        """The number m of rows a step samples out of n, or None for the exact Hessian,
+        where a sketch would not pay. A sampled Hessian costs m/n of the exact one but turns
+        Newton's few quadratically convergent steps into many linear ones: on digits
+        (n = 1,797, d = 65) m = 650 rows took 60 steps against Newton's 9, 17x its time,
+        and with m = n drawn with replacement (the old default) 46 steps on breast cancer.
+        So the default m = max(10d, 100) is used only where it is at most n/10; a
+        `sketch_size` the user gave falls back at m ≥ n."""
+        if self.sketch_size is None:
+            m = max(10 * d, 100)
+            return None if 10 * m > n else m
+        return None if self.sketch_size >= n else self.sketch_size
 
     def step(self, fn, iterate: Iterate, args, state: RandomNewtonState):
         key, sub = jax.random.split(state.key)
@@ -222,7 +246,9 @@ class SketchedNewton(AbstractRandomNewton):
             raise ValueError(f"`sqrt_hessian` must return B of shape (n, {d}) (one row per "
                              f"example, one column per parameter); got {b.shape}.")
         b = b.astype(x.dtype)
-        sb = sketch_rows(self.sketch, key, b, self._size(b.shape[0], d))
+        m = self._sample_size(b.shape[0], d)
+        # no smaller sketch to be had: BᵀB itself, cheaper than any sketch of all n rows
+        sb = b if m is None else sketch_rows(self.sketch, key, b, m)
         h = sb.T @ sb
         if rest is None:
             return h
