@@ -10,3 +10,6 @@ from ._augmented_lagrangian import AugmentedLagrangian as AugmentedLagrangian
 from ._base import AbstractConstrainedSolver as AbstractConstrainedSolver
 from ._front import ConstrainedSolution as ConstrainedSolution
 from ._front import minimize_constrained as minimize_constrained
+from ._sqp import AbstractSQP as AbstractSQP
+from ._sqp import DenseSQP as DenseSQP
+from ._sqp import SketchedSQP as SketchedSQP

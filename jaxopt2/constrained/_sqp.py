@@ -1,0 +1,376 @@
+"""`SketchedSQP` and `DenseSQP`: Newton steps on the KKT system of an equality-constrained
+problem, globalized by an exact augmented-Lagrangian merit function.
+
+For min f(x) s.t. c(x) = 0 (c: ℝⁿ → ℝᵐ, Jacobian G), with L = f + λᵀc, a step solves
+
+    [H + δI  Gᵀ] [Δx]     [∇ₓL]
+    [G       0 ] [Δλ] = − [ c ]                                         (KKT system)
+
+with H = ∇²ₓₓL (exact, from Hessian-vector products), to a relative residual θₖ (inexactly,
+by randomized sketch-and-project, in `SketchedSQP`; exactly, by a dense LU solve, in
+`DenseSQP`). The step is judged on the exact augmented Lagrangian
+
+    M_{μ,ν}(x, λ) = L(x, λ) + (μ/2)‖c(x)‖² + (ν/2)‖∇ₓL(x, λ)‖²,
+
+whose stationary points are the KKT points for μ large enough (Di Pillo & Grippo 1979,
+Bertsekas 1982). Its directional derivative along the step is affine in μ, D = D₀ + μ·cᵀGΔx;
+the penalty μ grows (by `penalty_growth`, at least to twice the value that works) until
+(cᵀGΔx = −‖c‖² for an exact step)
+
+    D ≤ −η (ν‖∇ₓL‖² + μ|cᵀGΔx|),    η = 1/2,
+
+which the exact Newton step satisfies for μ large enough whenever H + δI is positive definite
+on the null space of G. If no μ up to its cap works, the step is recomputed, first more
+accurately (θ/10), then with more regularization δ (×10 from 10⁻⁴; δ also grows when the
+curvature test ΔxᵀHΔx ≥ √eps·‖Δx‖² fails, an inertia-free substitute for an inertia count,
+Chiang & Zavala 2016; the next step starts from δ/3). Then Armijo backtracking on M from the
+unit step, which is accepted near a solution: the exact augmented Lagrangian does not suffer
+the Maratos effect.
+
+The accuracy θₖ is `sketch_rtol` when given (fixed θ: local linear convergence), or
+min(0.1, ‖(∇ₓL, c)‖₂) (θ → 0 with the KKT residual: superlinear), as in
+I. Hong, S. Na, M. W. Mahoney and M. Kolar, "Constrained Optimization via Exact Augmented
+Lagrangian and Randomized Iterative Sketching", ICML 2023 (their Alg. 1 with the sketch
+accuracy rule; our constants and regularization are our own choices).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+from .._loops import while_loop
+from .._prng import as_key, check_seed, module_key
+from .._results import RESULTS
+from .._validate import check_choice
+from ..sketch import sketch_and_project
+from ._base import AbstractConstrainedSolver, ConstrainedOutput
+from ._problem import Problem, converged, default_rtol, kkt_residuals
+
+_ETA = 0.5  # the fraction of the model decrease the penalty rule asks for
+_DELTA_MIN = 1e-4  # the first regularization tried (IPOPT's δ₀)
+
+
+class _State(eqx.Module):
+    x: jax.Array
+    lam: jax.Array
+    penalty: jax.Array
+    delta: jax.Array
+    key: jax.Array
+    step: jax.Array
+    sketch_steps: jax.Array
+    unit_steps: jax.Array
+    done: jax.Array
+    result: RESULTS
+
+
+class _Try(eqx.Module):
+    dx: jax.Array
+    dlam: jax.Array
+    delta: jax.Array
+    delta_c: jax.Array
+    theta: jax.Array
+    penalty: jax.Array
+    tries: jax.Array
+    ok: jax.Array
+    sketch_steps: jax.Array
+    key: jax.Array
+
+
+class AbstractSQP(AbstractConstrainedSolver):
+    """The globalization shared by `SketchedSQP` and `DenseSQP` (module docstring); the
+    subclasses say how the KKT system is solved (`_kkt_solve`)."""
+
+    rtol: eqx.AbstractVar[float | None]
+    atol: eqx.AbstractVar[float]
+    merit_nu: eqx.AbstractVar[float]
+    penalty: eqx.AbstractVar[float]
+    penalty_growth: eqx.AbstractVar[float]
+    max_penalty: eqx.AbstractVar[float | None]
+    c1: eqx.AbstractVar[float]
+    max_backtracks: eqx.AbstractVar[int]
+    max_tries: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def _kkt_solve(self, problem: Problem, x, lam, args, rhs, delta, delta_c, theta, key):
+        """(z, sketch steps) with z ≈ K⁻¹ rhs to relative residual θ, on flat (n + m)
+        vectors, K = [[H + δI, Gᵀ], [G, −δ_c I]]."""
+
+    def _accuracy(self, residual_norm, dtype):
+        return jnp.asarray(0.0, dtype)
+
+    def _key(self):
+        return jax.random.key(0)
+
+    def run(self, problem: Problem, x0, args, max_steps: int) -> ConstrainedOutput:
+        n, m = problem.n, problem.m
+        dtype = x0.dtype
+        eps = float(jnp.finfo(dtype).eps)
+        rtol = default_rtol(dtype) if self.rtol is None else self.rtol
+        big = 1e12 if eps < 1e-10 else 1e6
+        pen_max = big if self.max_penalty is None else self.max_penalty
+        nu = self.merit_nu
+        no_mu = jnp.zeros((0,), dtype)
+
+        def grad_l(x, lam):
+            return problem.lagrangian_grad(x, lam, no_mu, args)
+
+        def merit(x, lam, penalty):
+            c = problem.c_eq(x, args)
+            gl = grad_l(x, lam)
+            return (problem.f(x, args) + lam @ c + 0.5 * penalty * (c @ c)
+                    + 0.5 * nu * (gl @ gl))
+
+        def hvp(x, lam, v):
+            return jax.jvp(lambda y: grad_l(y, lam), (x,), (v,))[1]
+
+        def direction(s: _State, gl, c):
+            """A step that passes the curvature and descent tests, with its δ and μ."""
+            rhs = -jnp.concatenate([gl, c])
+            r_norm = jnp.linalg.norm(rhs)
+            theta0 = self._accuracy(r_norm, dtype)
+            grad0 = jax.grad(merit, argnums=(0, 1))(s.x, s.lam, 0.0)
+            gc = jax.grad(lambda y: 0.5 * jnp.sum(problem.c_eq(y, args) ** 2))(s.x)
+            gl2 = gl @ gl
+
+            def attempt(t: _Try):
+                key, sub = jax.random.split(t.key)
+                z, steps = self._kkt_solve(problem, s.x, s.lam, args, rhs, t.delta, t.delta_c,
+                                           t.theta, sub)
+                dx, dlam = z[:n], z[n:]
+                # A singular KKT matrix (G rank-deficient: HS 61 at x₀) gives no step or an
+                # absurd one: the (2,2) block is then regularized by −δ_c I (IPOPT's δ_c).
+                finite = jnp.all(jnp.isfinite(z)) & (
+                    jnp.max(jnp.abs(dx), initial=0.0) <= 1e8 * jnp.maximum(
+                        1.0, jnp.max(jnp.abs(s.x), initial=0.0)))
+                curv = dx @ hvp(s.x, s.lam, dx) + t.delta * (dx @ dx)
+                curv_ok = curv >= eps**0.5 * (dx @ dx)
+                d0 = grad0[0] @ dx + grad0[1] @ dlam
+                b = gc @ dx
+                target = _ETA * nu * gl2
+                # D ≤ −η(ν‖∇ₓL‖² + μ|cᵀGΔx|): with an exact solve cᵀGΔx = −‖c‖²; a
+                # regularized one (δ_c > 0) still asks only that the step reduce ‖c‖.
+                slope = b - _ETA * jnp.minimum(b, 0.0)
+                works = d0 + t.penalty * slope <= -target
+                need = jnp.where(slope < 0, (d0 + target) / jnp.where(slope < 0, -slope, 1.0),
+                                 jnp.inf)
+                raised = jnp.maximum(self.penalty_growth * t.penalty, 2.0 * need)
+                penalty = jnp.where(works, t.penalty, raised)
+                fixable = works | (raised <= pen_max)
+                ok = finite & curv_ok & fixable
+                # Not a descent direction for any admissible μ: solve more accurately first,
+                # then regularize more.
+                sharpen = finite & curv_ok & ~fixable & (t.theta > eps)
+                delta = jnp.where(ok | sharpen, t.delta,
+                                  jnp.maximum(_DELTA_MIN, 10.0 * t.delta)).astype(dtype)
+                theta = jnp.where(sharpen, 0.1 * t.theta, t.theta).astype(dtype)
+                delta_c = jnp.where(finite, t.delta_c,
+                                    jnp.maximum(eps**0.25, 10.0 * t.delta_c)).astype(dtype)
+                return _Try(dx, dlam, delta, delta_c, theta,
+                            jnp.where(ok, penalty, t.penalty).astype(dtype), t.tries + 1, ok,
+                            t.sketch_steps + steps, key)
+
+            zero = jnp.zeros((), jnp.int32)
+            t0 = _Try(jnp.zeros((n,), dtype), jnp.zeros((m,), dtype), s.delta,
+                      jnp.zeros((), dtype), theta0,
+                      s.penalty, zero, jnp.zeros((), bool), zero, s.key)
+            return while_loop(lambda t: ~t.ok & (t.tries < self.max_tries), attempt, t0,
+                              max_steps=self.max_tries)
+
+        def line_search(s: _State, t: _Try, gl, c):
+            m0 = merit(s.x, s.lam, t.penalty)
+            grad0 = jax.grad(merit, argnums=(0, 1))(s.x, s.lam, t.penalty)
+            slope = grad0[0] @ t.dx + grad0[1] @ t.dlam
+            noise = 10 * eps * jnp.abs(m0)
+
+            def body(carry):
+                alpha, _, trial = carry
+                alpha = jnp.where(trial > 0, 0.5 * alpha, alpha)
+                value = merit(s.x + alpha * t.dx, s.lam + alpha * t.dlam, t.penalty)
+                ok = value <= m0 + self.c1 * alpha * slope + noise
+                return alpha, jnp.isfinite(value) & ok, trial + 1
+
+            init = (jnp.asarray(1.0, dtype), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+            alpha, ok, _ = while_loop(lambda c: ~c[1] & (c[2] < self.max_backtracks), body,
+                                      init, max_steps=self.max_backtracks)
+            return alpha, ok
+
+        def step(s: _State):
+            gl = grad_l(s.x, s.lam)
+            c = problem.c_eq(s.x, args)
+            t = direction(s, gl, c)
+            alpha, ls_ok = line_search(s, t, gl, c)
+            moved = t.ok & ls_ok
+            x = jnp.where(moved, s.x + alpha * t.dx, s.x)
+            lam = jnp.where(moved, s.lam + alpha * t.dlam, s.lam)
+            kkt = kkt_residuals(problem, x, lam, no_mu, args)
+            done = converged(kkt, problem, x, args, rtol, self.atol)
+            finite = jnp.all(jnp.isfinite(x)) & jnp.isfinite(kkt.stationarity)
+            result = RESULTS.where(done, RESULTS.successful, RESULTS.max_steps_reached)
+            result = RESULTS.where(~done & ~t.ok, RESULTS.linear_solve_failed, result)
+            result = RESULTS.where(~done & t.ok & ~ls_ok, RESULTS.line_search_failed, result)
+            result = RESULTS.where(finite, result, RESULTS.nonfinite)
+            number = s.step + 1
+            stop = done | ~moved | ~finite | (number >= max_steps)
+            return _State(x, lam, t.penalty, (t.delta / 3).astype(dtype), t.key, number,
+                          s.sketch_steps + t.sketch_steps,
+                          s.unit_steps + (moved & (alpha == 1)).astype(jnp.int32), stop,
+                          result)
+
+        # λ₀: the least-squares multiplier argmin ‖∇f + Gᵀλ‖ (m Jacobian products), so
+        # that H = ∇²L carries the constraints' curvature from the first step (with λ₀ = 0 a
+        # linear objective would give H = 0 and a step of length ‖g‖/δ).
+        G0 = jax.jacrev(lambda y: problem.c_eq(y, args))(x0).reshape(m, n)
+        g0 = jax.grad(problem.f)(x0, args)
+        lam0 = jnp.linalg.lstsq(G0.T, -g0)[0].astype(dtype)
+        lam0 = jnp.where(jnp.all(jnp.isfinite(lam0)), lam0, 0.0)
+        kkt0 = kkt_residuals(problem, x0, lam0, no_mu, args)
+        done0 = converged(kkt0, problem, x0, args, rtol, self.atol)
+        zero = jnp.zeros((), jnp.int32)
+        key = self._key()
+        s0 = _State(x0, lam0, jnp.asarray(self.penalty, dtype), jnp.zeros((), dtype), key,
+                    zero, zero, zero, done0 | (max_steps == 0),
+                    RESULTS.where(done0, RESULTS.successful, RESULTS.max_steps_reached))
+        out = while_loop(lambda s: ~s.done, step, s0, max_steps=max(max_steps, 1))
+        stats = dict(penalty=out.penalty, num_sketch_steps=out.sketch_steps,
+                     num_unit_steps=out.unit_steps)
+        return ConstrainedOutput(out.x, out.lam, no_mu, out.result, out.step, stats)
+
+
+def _kkt_matrix(problem: Problem, x, lam, args, delta, delta_c):
+    """The dense KKT matrix [[H + δI, Gᵀ], [G, −δ_c I]] (n Hessian-vector products, one
+    Jacobian)."""
+    n, m = problem.n, problem.m
+    no_mu = jnp.zeros((0,), x.dtype)
+    H = jax.jacfwd(lambda y: problem.lagrangian_grad(y, lam, no_mu, args))(x)
+    H = 0.5 * (H + H.T) + delta * jnp.eye(n, dtype=x.dtype)
+    G = jax.jacfwd(lambda y: problem.c_eq(y, args))(x).reshape(m, n)
+    return jnp.block([[H, G.T], [G, -delta_c * jnp.eye(m, dtype=x.dtype)]])
+
+
+class DenseSQP(AbstractSQP):
+    """Newton–KKT steps solved exactly (dense LU of the (n + m)-square KKT matrix, formed
+    from n Hessian-vector products and the constraint Jacobian), with `SketchedSQP`'s
+    globalization (module docstring): for small and medium equality-constrained problems.
+
+    - `rtol`, `atol`: the KKT tolerance (`None`: 1e-8 in float64, 1e-3 in float32).
+    - `merit_nu` (ν), `penalty` (the initial μ), `penalty_growth`, `max_penalty` (`None`:
+      1e12, 1e6 in float32): the merit function and its penalty rule.
+    - `c1`, `max_backtracks`: the Armijo line search; `max_tries`: the attempts per step
+      at a direction that passes the tests.
+
+    ```python
+    import jax.numpy as jnp, jaxopt2
+    fun = lambda x, _: x[0] + x[1]
+    circle = lambda x, _: jnp.sum(x**2) - 2.0
+    sol = jaxopt2.minimize_constrained(fun, jnp.array([1.0, -0.5]), eq=circle,
+                                       solver=jaxopt2.DenseSQP())   # x* = (−1, −1)
+    ```
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    merit_nu: float = 1e-2
+    penalty: float = 1.0
+    penalty_growth: float = 10.0
+    max_penalty: float | None = None
+    c1: float = 1e-4
+    max_backtracks: int = eqx.field(static=True, default=40)
+    max_tries: int = eqx.field(static=True, default=12)
+
+    def _kkt_solve(self, problem, x, lam, args, rhs, delta, delta_c, theta, key):
+        K = _kkt_matrix(problem, x, lam, args, delta, delta_c)
+        return jnp.linalg.solve(K, rhs), jnp.zeros((), jnp.int32)
+
+
+class SketchedSQP(AbstractSQP):
+    """Hong, Na, Mahoney & Kolar's sketched Newton–KKT method for equality constraints
+    (module docstring): each KKT system solved by randomized sketch-and-project
+    (`jaxopt2.sketch.sketch_and_project`) to the relative residual θₖ, the step judged on
+    the exact augmented Lagrangian with an adaptive penalty.
+
+    - `sketch`: `"gaussian"` (every step mixes all equations) or `"rows"` (randomized block
+      Kaczmarz); `sketch_size`: equations per sketch (`None`: half of n + m, rounded up);
+      `sketch_max_steps`: the projections allowed per KKT solve.
+    - `sketch_rtol`: a fixed accuracy θ (local linear convergence), or `None`: θₖ =
+      min(0.1, ‖(∇ₓL, c)‖₂), tightening with the KKT residual (superlinear).
+    - `matrix_free`: False forms the KKT matrix (n Hessian-vector products) once per step
+      and sketches its rows; True never forms it: every projection costs `sketch_size`
+      products with the KKT operator (Hessian-vector products and Jacobian products), for
+      problems whose KKT matrix does not fit in memory.
+    - `key` (a PRNG key) or `seed` (an int): the stream of the sketches.
+    - the merit and line-search fields as for `DenseSQP`.
+
+    ```python
+    import jax.numpy as jnp, jaxopt2
+    fun = lambda x, _: jnp.sum((x - 1.0) ** 2) + x[0] * x[1]
+    eq = lambda x, _: jnp.stack([x[0] + x[1] + x[2] - 1.0, x[0] - x[3]])
+    sol = jaxopt2.minimize_constrained(fun, jnp.zeros(4), eq=eq,
+                                       solver=jaxopt2.SketchedSQP(sketch_size=3))
+    ```
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    sketch: str = eqx.field(static=True, default="gaussian")
+    sketch_size: int | None = eqx.field(static=True, default=None)
+    sketch_max_steps: int = eqx.field(static=True, default=500)
+    sketch_rtol: float | None = None
+    matrix_free: bool = eqx.field(static=True, default=False)
+    key: jax.Array | None = None
+    seed: int = eqx.field(static=True, default=0)
+    merit_nu: float = 1e-2
+    penalty: float = 1.0
+    penalty_growth: float = 10.0
+    max_penalty: float | None = None
+    c1: float = 1e-4
+    max_backtracks: int = eqx.field(static=True, default=40)
+    max_tries: int = eqx.field(static=True, default=12)
+
+    def __check_init__(self):
+        check_choice("sketch", self.sketch, ("gaussian", "rows"))
+        check_seed(self.seed, "SketchedSQP", self.key)
+        if self.key is not None:
+            as_key(self.key, "SketchedSQP")
+        if self.sketch_size is not None and not (isinstance(self.sketch_size, int)
+                                                 and self.sketch_size >= 1):
+            raise ValueError(f"`sketch_size` must be a positive int or None; got "
+                             f"{self.sketch_size!r}.")
+        if self.sketch_rtol is not None and not 0 < self.sketch_rtol < 1:
+            raise ValueError(f"`sketch_rtol` must be in (0, 1) or None; got "
+                             f"{self.sketch_rtol!r}.")
+
+    def _key(self):
+        return module_key(as_key(self.key, "SketchedSQP"), self.seed, "SketchedSQP")
+
+    def _accuracy(self, residual_norm, dtype):
+        if self.sketch_rtol is not None:
+            return jnp.asarray(self.sketch_rtol, dtype)
+        return jnp.minimum(0.1, residual_norm).astype(dtype)
+
+    def _kkt_solve(self, problem, x, lam, args, rhs, delta, delta_c, theta, key):
+        n, m = problem.n, problem.m
+        size = (n + m + 1) // 2 if self.sketch_size is None else min(self.sketch_size, n + m)
+        if self.matrix_free:
+            no_mu = jnp.zeros((0,), x.dtype)
+
+            def mv(z):
+                dx, dlam = z[:n], z[n:]
+                hdx = jax.jvp(lambda y: problem.lagrangian_grad(y, lam, no_mu, args), (x,),
+                              (dx,))[1]
+                c, vjp = jax.vjp(lambda y: problem.c_eq(y, args), x)
+                gdx = jax.jvp(lambda y: problem.c_eq(y, args), (x,), (dx,))[1]
+                return jnp.concatenate([hdx + delta * dx + vjp(dlam)[0],
+                                        gdx - delta_c * dlam])
+
+            A = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct((n + m,), x.dtype),
+                                          tags=lx.symmetric_tag)
+        else:
+            A = _kkt_matrix(problem, x, lam, args, delta, delta_c)
+        z, info = sketch_and_project(A, rhs, key, sketch_size=size, sketch=self.sketch,
+                                     max_steps=self.sketch_max_steps, rtol=theta, atol=0.0)
+        return z, info.num_steps
