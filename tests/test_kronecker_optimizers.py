@@ -160,6 +160,7 @@ def steps_to_target(name, steps=300, reduction=1e-4):
     return min(int(np.argmax(h)) + 1 if h.any() else steps + 1 for h in hit)
 
 
+@pytest.mark.slow
 def test_beat_tuned_adam_in_steps_on_ill_conditioned_matrix_least_squares():
     adam = steps_to_target("adam")
     assert adam <= 300  # the target is reachable by tuned Adam: the comparison means something
@@ -254,6 +255,7 @@ def softmax_loss(p, batch):
     return jnp.mean(jax.nn.logsumexp(z, 1) - jnp.take_along_axis(z, batch[1][:, None], 1)[:, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["shampoo", "soap"])
 def test_vmap_over_an_ensemble_equals_a_loop(name):
     """Three data sets trained at once under `jax.vmap` (refresh under vmap runs both `cond`

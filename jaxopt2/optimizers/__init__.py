@@ -102,6 +102,8 @@ from ._diag_newton import diag_newton as diag_newton
 from ._diag_newton import scale_by_diag_newton as scale_by_diag_newton
 from ._hessian_free import HessianFreeState as HessianFreeState
 from ._hessian_free import hessian_free as hessian_free
+from ._kfac import KFACState as KFACState
+from ._kfac import kfac as kfac
 from ._nystrom_sgd import NystromSGDState as NystromSGDState
 from ._nystrom_sgd import nystrom_sgd as nystrom_sgd
 from ._regularized_newton import RegularizedNewtonState as RegularizedNewtonState
