@@ -1,0 +1,233 @@
+"""jaxopt2.minimize_constrained: AugmentedLagrangian, SketchedSQP and DenseSQP against the
+Hock–Schittkowski optima, implicit derivatives against finite differences, vmap, statuses
+and input checks. The whole HS set is `slow`; the default run solves a handful."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt2
+from jaxopt2.constrained import DenseSQP, SketchedSQP
+
+from .hock_schittkowski import EQUALITY_ONLY, PROBLEMS
+
+
+def _solve(number, solver, dtype=jnp.float64, **kw):
+    p = PROBLEMS[number]
+    bounds = None
+    if p.bounds is not None:
+        bounds = (jnp.asarray(p.bounds[0], dtype), jnp.asarray(p.bounds[1], dtype))
+    return jaxopt2.minimize_constrained(p.fun, jnp.asarray(p.x0, dtype), eq=p.eq, ineq=p.ineq,
+                                        bounds=bounds, solver=solver, throw=False, **kw)
+
+
+def _check_optimum(number, sol, rtol):
+    p = PROBLEMS[number]
+    assert jaxopt2.status_name(sol.status) == "successful", (number, sol.stats)
+    assert abs(float(sol.value) - p.f_star) <= rtol * max(1.0, abs(p.f_star)), (
+        number, float(sol.value), p.f_star)
+    if p.x_star is not None:
+        np.testing.assert_allclose(np.asarray(sol.params), p.x_star, atol=1e-3 + rtol ** 0.5,
+                                   err_msg=f"HS{number}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hock–Schittkowski
+
+
+@pytest.mark.float64
+def test_augmented_lagrangian_hs_default():
+    """HS 71: an equality, an inequality and bounds, nonconvex."""
+    _check_optimum(71, _solve(71, jaxopt2.AugmentedLagrangian()), 1e-6)
+
+
+@pytest.mark.float64
+@pytest.mark.slow
+@pytest.mark.parametrize("number", sorted(PROBLEMS))
+def test_augmented_lagrangian_hs_all(number):
+    _check_optimum(number, _solve(number, jaxopt2.AugmentedLagrangian()), 1e-6)
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("solver", [
+    SketchedSQP(), pytest.param(DenseSQP(), marks=pytest.mark.slow)],
+    ids=["sketched", "dense"])
+def test_sqp_hs_default(solver):
+    """HS 40 (three nonlinear equalities, nonconvex), and the multipliers satisfy
+    stationarity against jax.grad/jax.jacobian."""
+    p = PROBLEMS[40]
+    sol = _solve(40, solver)
+    _check_optimum(40, sol, 1e-8)
+    x, lam = sol.params, sol.multipliers["eq"]
+    grad = jax.grad(p.fun)(x, None) + jax.jacobian(p.eq)(x, None).T @ lam
+    assert float(jnp.max(jnp.abs(grad))) < 1e-7
+
+
+@pytest.mark.float64
+@pytest.mark.slow
+@pytest.mark.parametrize("number", EQUALITY_ONLY)
+def test_dense_sqp_hs_all(number):
+    if number == 61:
+        # From x0 = 0 the constraint Jacobian has rank 1 and the regularized first step leads
+        # to another KKT point (f = -81.92); the published optimum is f* = -143.65.
+        sol = _solve(number, DenseSQP())
+        assert jaxopt2.status_name(sol.status) == "successful"
+        assert float(sol.stats["kkt_stationarity"]) < 1e-6
+        return
+    _check_optimum(number, _solve(number, DenseSQP()), 1e-6)
+
+
+# Degenerate minimizers (a singular Hessian at x*: quartic and sextic terms) make the KKT
+# system singular at the solution, where sketch-and-project converges arbitrarily slowly.
+_SKETCH_HARD = (26, 46, 47, 49)
+
+
+@pytest.mark.float64
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [k for k in EQUALITY_ONLY if k not in _SKETCH_HARD])
+def test_sketched_sqp_hs_all(number):
+    _check_optimum(number, _solve(number, SketchedSQP()), 1e-6)
+
+
+def test_float32_augmented_lagrangian():
+    """float32 stays float32 and reaches f* to float32 accuracy, status honest."""
+    sol = _solve(43, jaxopt2.AugmentedLagrangian(), dtype=jnp.float32)
+    assert sol.params.dtype == jnp.float32 and sol.value.dtype == jnp.float32
+    _check_optimum(43, sol, 1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [14, 28, 42, 71, 100])
+def test_float32_subset(number):
+    _check_optimum(number, _solve(number, jaxopt2.AugmentedLagrangian(), dtype=jnp.float32),
+                   1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# A parametrised problem: derivatives, vmap, statuses
+
+def _fun(x, a):
+    return jnp.sum((x - a["target"]) ** 2) + 0.1 * x[0] * x[1]
+
+
+def _eq(x, a):
+    return jnp.sum(x) - a["total"]
+
+
+def _ineq(x, a):
+    return x[:1] - x[1:2] - a["gap"]  # x0 − x1 ≤ gap, active
+
+
+def _params(total=1.0):
+    return {"target": jnp.array([2.0, 0.5, -1.0, 0.3]), "total": jnp.asarray(total),
+            "gap": jnp.asarray(0.5)}
+
+
+def _run(a, **kw):
+    return jaxopt2.minimize_constrained(_fun, jnp.full(4, 0.25), a, eq=_eq, ineq=_ineq,
+                                        bounds=(0.0, None), **kw)
+
+
+@pytest.mark.float64
+def test_kkt_and_derivatives_match_finite_differences():
+    a = _params()
+    sol = _run(a)
+    x = sol.params
+    assert float(x[2]) == 0.0  # the bound is active ...
+    assert float(sol.multipliers["ineq"][0]) > 0  # ... and so is the inequality
+    assert float(sol.multipliers["bounds"][2]) < 0
+    stats = sol.stats
+    assert max(float(stats[k]) for k in ("kkt_stationarity", "kkt_feasibility",
+                                         "kkt_complementarity")) < 1e-7
+    # Stationarity with the returned multipliers, against jax.grad.
+    g = (jax.grad(_fun)(x, a) + sol.multipliers["eq"] * jnp.ones(4)
+         + sol.multipliers["ineq"][0] * jnp.array([1.0, -1.0, 0, 0]) + sol.multipliers["bounds"])
+    assert float(jnp.max(jnp.abs(g))) < 1e-7
+
+    weights = jnp.array([1.0, -2.0, 0.5, 3.0])
+
+    @jax.jit
+    def loss(a):
+        sol = _run(a)
+        return weights @ sol.params + sol.multipliers["eq"]
+
+    grads = jax.jit(jax.grad(loss))(a)
+    h = 1e-5
+    for name in ("total", "gap"):
+        up = dict(a, **{name: a[name] + h})
+        down = dict(a, **{name: a[name] - h})
+        fd = (loss(up) - loss(down)) / (2 * h)
+        np.testing.assert_allclose(grads[name], fd, rtol=1e-5, atol=1e-7, err_msg=name)
+    for i in (0, 1, 3):  # the target of the variable at its bound has no influence
+        e = jnp.zeros(4).at[i].set(h)
+        up = dict(a, target=a["target"] + e)
+        down = dict(a, target=a["target"] - e)
+        fd = (loss(up) - loss(down)) / (2 * h)
+        np.testing.assert_allclose(grads["target"][i], fd, rtol=1e-5, atol=1e-7)
+    assert abs(float(grads["target"][2])) < 1e-9
+
+
+@pytest.mark.float64
+def test_vmap_and_infeasible_status():
+    """A batch with an infeasible problem (x ≥ 0 and Σx = −1): that one reports
+    primal_infeasible, the others match their single solves."""
+    totals = jnp.array([1.0, -1.0, 2.0])
+    solve = jax.jit(lambda t: _run(_params(t), throw=False))
+    batch = jax.vmap(solve)(totals)
+    names = list(jaxopt2.status_name(batch.status))
+    assert names == ["successful", "primal_infeasible", "successful"]
+    for i in (0, 2):
+        single = solve(totals[i])
+        np.testing.assert_allclose(batch.params[i], single.params, rtol=1e-10, atol=1e-12)
+    assert float(batch.stats["kkt_feasibility"][1]) > 0.1
+
+
+@pytest.mark.float64
+@pytest.mark.slow
+def test_infeasible_raises():
+    with pytest.raises(RuntimeError, match="primal_infeasible"):
+        _run(_params(-1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _quad(x, a):
+    return jnp.sum(x**2)
+
+
+def test_bad_inputs():
+    x0 = jnp.ones(3)
+    with pytest.raises(ValueError, match="dtype int32"):
+        jaxopt2.minimize_constrained(_quad, x0, eq=lambda x, a: jnp.sum(x).astype(jnp.int32))
+    with pytest.raises(ValueError, match="boolean"):
+        jaxopt2.minimize_constrained(_quad, x0, ineq=lambda x, a: x > 0)
+    with pytest.raises(ValueError, match="more equations than unknowns"):
+        jaxopt2.minimize_constrained(_quad, x0, eq=lambda x, a: jnp.concatenate([x, x[:1]]))
+    with pytest.raises(ValueError, match="the box is empty"):
+        jaxopt2.minimize_constrained(_quad, x0, bounds=(1.0, jnp.array([2.0, 0.0, 2.0])))
+    with pytest.raises(ValueError, match="NaN"):
+        jaxopt2.minimize_constrained(_quad, x0.at[1].set(jnp.nan), eq=lambda x, a: x[0])
+    with pytest.raises(ValueError, match="NaN"):
+        jaxopt2.minimize_constrained(_quad, x0, jnp.array([jnp.nan]), eq=lambda x, a: x[0])
+    with pytest.raises(ValueError, match="equality constraints only"):
+        jaxopt2.minimize_constrained(_quad, x0, ineq=lambda x, a: x[0], solver=DenseSQP())
+    with pytest.raises(ValueError, match="does not take `bounds`"):
+        jaxopt2.minimize_constrained(_quad, x0, bounds=(0.0, 1.0), solver=SketchedSQP())
+    with pytest.raises(ValueError, match="no constraint values"):
+        jaxopt2.minimize_constrained(_quad, x0, eq=lambda x, a: jnp.zeros((0,)))
+    with pytest.raises(ValueError, match="failed while tracing"):
+        jaxopt2.minimize_constrained(_quad, x0, eq=lambda x, a: x[0] @ jnp.ones(5))
+    with pytest.raises(TypeError, match="constrained solver"):
+        jaxopt2.minimize_constrained(_quad, x0, solver=jaxopt2.LBFGS())
+    with pytest.raises(ValueError, match="sketch_size"):
+        SketchedSQP(sketch_size=0)
+
+
+@pytest.mark.float64
+def test_constraint_dtype_must_match_params():
+    with pytest.raises(ValueError, match="float64 but the parameters are float32"):
+        jaxopt2.minimize_constrained(_quad, jnp.ones(3, jnp.float32),
+                                     eq=lambda x, a: jnp.sum(x).astype(jnp.float64) - 1.0)
