@@ -47,6 +47,8 @@ from ._stepper import StepState as StepState
 from ._version import __version__ as __version__
 from .constrained import AugmentedLagrangian as AugmentedLagrangian
 from .constrained import ConstrainedSolution as ConstrainedSolution
+from .constrained import DenseSQP as DenseSQP
+from .constrained import SketchedSQP as SketchedSQP
 from .constrained import minimize_constrained as minimize_constrained
 from .implicit import custom_fixed_point as custom_fixed_point
 from .implicit import custom_root as custom_root
