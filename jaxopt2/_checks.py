@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+
+from .distributed import explicit_spec, on_mesh
 
 
 def _name(root: str, path) -> str:
@@ -54,13 +57,23 @@ def check_params(params0, root: str = "params0"):
             )
         if _is_concrete(arr) and _has_nonfinite(arr):
             raise ValueError(f"`{name}` contains NaN or infinity; start from finite values.")
-        out.append(arr)
+        out.append(on_mesh(arr))
     return jtu.tree_unflatten(treedef, out)
 
 
 def check_args(args) -> None:
-    """Concrete floating-point leaves of `args` must be finite."""
+    """Concrete floating-point leaves of `args` must be finite; data sharded over Explicit
+    mesh axes needs the mesh set around the call."""
     for path, leaf in jtu.tree_flatten_with_path(args)[0]:
+        if (eqx.is_array(leaf) and explicit_spec(leaf) is not None
+                and jax.sharding.get_abstract_mesh().empty):
+            # Without a mesh in context JAX cannot type the contractions over the sharded
+            # axis in the derivatives of `fun` (a ShardingTypeError deep inside the solve).
+            raise ValueError(
+                f"`{_name('args', path)}` is sharded over Explicit mesh axes "
+                f"({jax.typeof(leaf).sharding.spec}); call the solver inside "
+                "`with jax.set_mesh(mesh):` (around the jit call or the jitted function), "
+                "or use a mesh with AxisType.Auto axes.")
         if isinstance(leaf, (jax.Array, np.ndarray)) and _is_concrete(leaf):
             if jnp.issubdtype(leaf.dtype, jnp.inexact) and _has_nonfinite(leaf):
                 raise ValueError(f"`{_name('args', path)}` contains NaN or infinity; clean the "

@@ -18,11 +18,28 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
+from .distributed import like, on_mesh
+
 _SYM_PSD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
 
 def _structure(tree):
     return jax.eval_shape(lambda: tree)
+
+
+class _Symmetric(lx.FunctionLinearOperator):
+    """A symmetric `lx.FunctionLinearOperator` whose output structure is its input structure.
+    lineax infers the output structure by an abstract evaluation that drops shardings
+    (equinox's cached eval_shape), so over data sharded on Explicit mesh axes the inferred
+    types differ from the input's and lineax refuses the symmetric tag."""
+
+    def out_structure(self):
+        return self.in_structure()
+
+    def mv(self, vector):
+        # A scalar made by jnp.ones(()) under the mesh is typed without it: give the vector
+        # the structure's shardings, which the closure-converted product checks.
+        return super().mv(like(vector, self.in_structure()))
 
 
 def _transpose(linear_fn, in_structure) -> Callable:
@@ -49,9 +66,11 @@ def hessian(fun: Callable, params: Any, args: Any = None) -> lx.FunctionLinearOp
     H.mv(jnp.ones(3))  # 12 * ones
     ```
     """
+    params = jtu.tree_map(on_mesh, params)
     grad_fn = jax.grad(lambda p: fun(p, args))
     _, hvp = jax.linearize(grad_fn, params)
-    return lx.FunctionLinearOperator(hvp, _structure(params), tags=lx.symmetric_tag)
+    return _Symmetric(lambda v: like(hvp(v), params), _structure(params),
+                      tags=lx.symmetric_tag)
 
 
 def gauss_newton(
@@ -88,14 +107,15 @@ def gauss_newton(
     G.mv(jnp.ones(3))  # Xᵀ X 1 = 5 * 3 * ones, since tanh'(0) = 1
     ```
     """
+    params = jtu.tree_map(on_mesh, params)
     outputs, jvp_fn = jax.linearize(lambda p: model_fn(p, args), params)
     vjp_fn = _transpose(jvp_fn, _structure(params))
     _, loss_hvp = jax.linearize(jax.grad(lambda o: loss_fn(o, args)), outputs)
 
     def mv(vector):
-        return vjp_fn(loss_hvp(jvp_fn(vector)))
+        return like(vjp_fn(loss_hvp(jvp_fn(vector))), params)
 
-    return lx.FunctionLinearOperator(mv, _structure(params), tags=_SYM_PSD)
+    return _Symmetric(mv, _structure(params), tags=_SYM_PSD)
 
 
 def fisher(

@@ -10,11 +10,22 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from .distributed import explicit_spec
+
 
 def tree_dot(x, y):
     """Sum over leaves of <x_leaf, y_leaf>, accumulated in the widest leaf dtype."""
-    parts = [jnp.vdot(a, b) for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y), strict=True)]
+    parts = [_vdot(a, b) for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y), strict=True)]
     return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
+
+
+def _vdot(a, b):
+    # Over Explicit mesh axes (sharding in types) a dot product contracting a sharded axis
+    # must name its output's sharding, which vdot cannot: an elementwise product and a sum
+    # reduce locally and then all-reduce, like the sum of a loss over examples.
+    if explicit_spec(a) is None and explicit_spec(b) is None:
+        return jnp.vdot(a, b)
+    return jnp.sum(jnp.conj(a) * b)
 
 
 def tree_add(x, y):

@@ -15,6 +15,7 @@ from .._base import Counts, Iterate
 from .._prng import as_key
 from .._random_newton import AbstractRandomNewton, RandomNewtonState, damped_newton_step
 from .._tree import ravel
+from ..distributed import explicit_spec, take_rows
 from ..sketch._operators import (
     gaussian_sketch,
     leverage_scores,
@@ -31,8 +32,9 @@ _SPARSE_NONZEROS = 8
 def subsample_args(args, indices):
     """Subsampled Newton's default batch: `indices` taken along axis 0 of every array leaf of
     `args` with at least one dimension; scalars (hyperparameters such as a ridge weight) pass
-    unchanged."""
-    return jtu.tree_map(lambda a: a[indices] if jnp.ndim(a) >= 1 else a, args)
+    unchanged. Rows of data sharded over Explicit mesh axes come back replicated (`take_rows`:
+    m rows, never the whole data)."""
+    return jtu.tree_map(lambda a: take_rows(a, indices) if jnp.ndim(a) >= 1 else a, args)
 
 
 def _num_examples(args) -> int:
@@ -242,6 +244,12 @@ class SketchedNewton(AbstractRandomNewton):
         b, rest = self.sqrt_hessian(unravel(x), args)
         b = jnp.asarray(b)
         d = x.size
+        if explicit_spec(b) is not None:
+            # The sketch operators are lineax operators typed without shardings.
+            raise ValueError(
+                "SketchedNewton: the Newton sketch (`sqrt_hessian`) does not support B sharded "
+                "over Explicit mesh axes; use a mesh with AxisType.Auto axes, or subsampled "
+                "Newton (no `sqrt_hessian`), which works under both.")
         if b.ndim != 2 or b.shape[1] != d:
             raise ValueError(f"`sqrt_hessian` must return B of shape (n, {d}) (one row per "
                              f"example, one column per parameter); got {b.shape}.")
