@@ -1,6 +1,7 @@
 """jaxopt2: differentiable second-order solvers for JAX."""
 
 from . import curvature as curvature
+from . import distributed as distributed
 from . import implicit as implicit
 from . import optimizers as optimizers
 from . import projection as projection
