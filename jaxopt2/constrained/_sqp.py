@@ -254,7 +254,9 @@ def _kkt_matrix(problem: Problem, x, lam, args, delta, delta_c):
 
 class DenseSQP(AbstractSQP):
     """Newton–KKT steps solved exactly (dense LU of the (n + m)-square KKT matrix, formed
-    from n Hessian-vector products and the constraint Jacobian), with `SketchedSQP`'s
+    from n Hessian-vector products and the constraint Jacobian; where it is singular, e.g. a
+    rank-deficient constraint Jacobian, its minimum-norm least-squares solution), with
+    `SketchedSQP`'s
     globalization (module docstring): for small and medium equality-constrained problems.
 
     - `rtol`, `atol`: the KKT tolerance (`None`: 1e-8 in float64, 1e-3 in float32).
@@ -283,8 +285,13 @@ class DenseSQP(AbstractSQP):
     max_tries: int = eqx.field(static=True, default=12)
 
     def _kkt_solve(self, problem, x, lam, args, rhs, delta, delta_c, theta, key):
-        K = _kkt_matrix(problem, x, lam, args, delta, delta_c)
-        return jnp.linalg.solve(K, rhs), jnp.zeros((), jnp.int32)
+        # LU while K is nonsingular; once a solve has failed (δ_c > 0 flags it), the
+        # minimum-norm least-squares step of the unregularized K, whose Δλ stays bounded
+        # where the regularized system's grows like 1/δ_c (λ then wrecks H = ∇²L).
+        K = _kkt_matrix(problem, x, lam, args, delta, 0.0)
+        z = jax.lax.cond(delta_c > 0, lambda: jnp.linalg.lstsq(K, rhs)[0],
+                         lambda: jnp.linalg.solve(K, rhs))
+        return z, jnp.zeros((), jnp.int32)
 
 
 class SketchedSQP(AbstractSQP):
