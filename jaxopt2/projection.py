@@ -42,8 +42,8 @@ import numpy as np
 
 from ._leafwise import as_float, check_values, clip, invalid_to_nan, is_concrete, like_x, x_leaves
 
-__all__ = ["affine_set", "box", "halfspace", "hyperplane", "l1_ball", "l2_ball", "linf_ball",
-           "non_negative", "psd", "simplex"]
+__all__ = ["affine_set", "birkhoff", "box", "halfspace", "hyperplane", "l1_ball", "l2_ball",
+           "linf_ball", "non_negative", "psd", "simplex"]
 
 
 def _check_radius(fname: str, radius, dtype):
@@ -404,3 +404,49 @@ def psd(x: Any, hyperparams: Any = None) -> Any:
         out.append(((v * jnp.maximum(w, 0)[..., None, :]) @ jnp.swapaxes(v, -1, -2).conj())
                    .astype(leaf.dtype))
     return jtu.tree_unflatten(treedef, out)
+
+
+def birkhoff(x: jax.Array, epsilon: float = 1.0, *, rtol: float | None = None,
+             max_steps: int = 1000) -> jax.Array:
+    """Entropic projection onto the Birkhoff polytope (doubly stochastic matrices, rows and
+    columns summing to 1): the matrix P ≥ 0 with P1 = 1, Pᵀ1 = 1 closest to exp(x/ε) in KL,
+
+        P = argmax_{P ∈ B} <P, x> − ε Σ P(log P − 1),
+
+    i.e. Sinkhorn's normalisation of exp(x/ε) (as in Gumbel-Sinkhorn), computed by
+    [`jaxopt2.ot.sinkhorn`][jaxopt2.ot.sinkhorn] in the log domain with cost −x. Not a Euclidean
+    projection (unlike the rest of this module): as ε → 0 it tends to the permutation matrix
+    that maximises <P, x> (the assignment problem). Differentiable with respect to `x` and ε
+    by implicit differentiation; under `jit`/`vmap` a problem that does not converge within
+    `max_steps` returns NaN (so a solver using it reports a non-finite status).
+
+    Reference: Sinkhorn, "A relationship between arbitrary positive matrices and doubly
+    stochastic matrices", Ann. Math. Statist. 35 (1964); Mena et al., "Learning Latent
+    Permutations with Gumbel-Sinkhorn Networks", ICLR 2018.
+
+    Args:
+        x: a square (n, n) matrix of scores.
+        epsilon: the temperature ε > 0 (in the units of `x`).
+        rtol: tolerance on the L1 error of the row and column sums, relative to n
+            (default 1e-6 in float64, 1e-4 in float32).
+        max_steps: Sinkhorn's iteration budget.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        from jaxopt2 import projection
+        P = projection.birkhoff(jnp.array([[2.0, 0.0], [0.0, 1.0]]), epsilon=0.5)
+        print(P.sum(0), P.sum(1))  # [1. 1.] [1. 1.]
+        ```
+    """
+    from .ot import sinkhorn  # ot imports the shared modules this package's __init__ loads
+
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[0] != x.shape[1]:
+        raise ValueError(f"`birkhoff`: `x` has shape {x.shape}; it must be a square (n, n) "
+                         "matrix (jax.vmap it for a stack).")
+    x = as_float(x)
+    n = x.shape[0]
+    ones = jnp.ones((n,), x.dtype)
+    out = sinkhorn(-x, ones, ones, epsilon, rtol=rtol, max_steps=max_steps, throw=False)
+    return jnp.where(out.success, out.plan, jnp.asarray(jnp.nan, x.dtype))

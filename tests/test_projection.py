@@ -339,3 +339,37 @@ def test_same_answers_as_jaxopt():
     }
     for name, (ours, theirs) in pairs.items():
         np.testing.assert_allclose(ours, theirs, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.float64
+def test_birkhoff_is_sinkhorn_normalisation():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, 5))
+    Y = np.asarray(P.birkhoff(jnp.asarray(X), 0.5, rtol=1e-12))
+    np.testing.assert_allclose(Y.sum(0), 1, atol=1e-11)
+    np.testing.assert_allclose(Y.sum(1), 1, atol=1e-11)
+    # doubly stochastic and of the form diag(r) exp(X/ε) diag(c): log Y − X/ε has rank-one sums
+    L = np.log(Y) - X / 0.5
+    np.testing.assert_allclose(L - L[:, :1] - L[:1, :] + L[0, 0], 0, atol=1e-9)
+    with pytest.raises(ValueError, match="square"):
+        P.birkhoff(jnp.ones((2, 3)))
+
+
+@pytest.mark.slow  # three more Sinkhorn compilations
+@pytest.mark.float64
+def test_birkhoff_limit_and_derivative():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5, 5))
+    X2 = X + 3 * np.eye(5)[rng.permutation(5)]  # a clear best assignment
+    rows, cols = linear_sum_assignment(-X2)
+    perm = np.zeros((5, 5))
+    perm[rows, cols] = 1
+    np.testing.assert_allclose(P.birkhoff(jnp.asarray(X2), 0.05), perm, atol=1e-3)
+    # implicit derivative against a central difference
+    V = rng.normal(size=X.shape)
+    f = lambda x: P.birkhoff(x, 0.5, rtol=1e-12)  # noqa: E731
+    h = 1e-6
+    np.testing.assert_allclose(jax.jvp(f, (jnp.asarray(X),), (jnp.asarray(V),))[1],
+                               (f(X + h * V) - f(X - h * V)) / (2 * h), atol=1e-7)
