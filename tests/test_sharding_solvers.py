@@ -199,3 +199,76 @@ def test_solvers_on_sharded_data_explicit_axes():
 def test_all_solvers_on_sharded_data_both_modes():
     _run("auto,explicit", "NewtonCG,LBFGS,LevenbergMarquardt-cg,SketchedNewton,hypergradient,"
          "vmap,hessian_free,hvp")
+
+
+# In-process checks on one device: mixed precision and the compiled program's memory.
+
+
+def _logistic_data(n, d, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=d).astype(np.float32) / np.sqrt(d)
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ w))).astype(np.float32)
+    return X, y
+
+
+def _logistic(w, data):
+    import jax
+    import jax.numpy as jnp
+
+    X, y = data
+    z = X @ w  # bfloat16 X promotes to float32 here: the products accumulate in float32
+    return jnp.mean(jax.nn.softplus(z) - y * z) + 5e-3 * w @ w
+
+
+def test_bfloat16_data_float32_accumulation():
+    """The mixed-precision recipe: data stored in bfloat16, parameters (so the solver state,
+    CG, its dot products and the stopping test) in float32. The solve is the float32 solve of
+    the rounded data to float32 accuracy (a bfloat16 accumulation would be off by ~1e-2),
+    and differs from the float32-data solve only by the data's rounding (measured 1e-3)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxopt2
+
+    X, y = _logistic_data(2048, 16)
+    Xb = jnp.asarray(X, jnp.bfloat16)
+    solve = jax.jit(lambda X: jaxopt2.minimize(_logistic, jnp.zeros(16), (X, y),
+                                               solver=jaxopt2.NewtonCG(rtol=1e-5)))
+    mixed, rounded, full = solve(Xb), solve(Xb.astype(jnp.float32)), solve(jnp.asarray(X))
+    for sol in (mixed, rounded, full):
+        assert sol.status == jaxopt2.RESULTS.successful
+        assert sol.params.dtype == jnp.float32
+    scale = np.max(np.abs(full.params))
+    np.testing.assert_allclose(mixed.params, rounded.params, atol=1e-5 * scale)
+    err = np.max(np.abs(mixed.params - full.params)) / scale
+    assert 1e-5 < err < 1e-2, err  # the data's rounding, 2^-8 relative, and no more
+    # One Hessian-vector product: float32 accuracy on the rounded data.
+    v = jnp.linspace(-1.0, 1.0, 16)
+    hvp = lambda X: jaxopt2.curvature.hessian(_logistic, full.params, (X, y)).mv(v)  # noqa: E731
+    np.testing.assert_allclose(hvp(Xb), hvp(Xb.astype(jnp.float32)), rtol=2e-5, atol=1e-7)
+
+
+def test_newton_cg_temporary_memory_is_parameter_sized():
+    """NewtonCG's compiled solve keeps no data-sized temporary: quadrupling the number of
+    features d (the data grows 4x) leaves the temporaries, a few n-vectors of per-example
+    values and O(d) solver state, nearly unchanged, and well below the data's size."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxopt2
+
+    n, temps = 4096, {}
+    for d in (16, 64):
+        X, y = _logistic_data(n, d)
+        solve = jax.jit(lambda X, y: jaxopt2.minimize(
+            _logistic, jnp.zeros(X.shape[1]), (X, y), solver=jaxopt2.NewtonCG()).params)
+        memory = solve.lower(X, y).compile().memory_analysis()
+        if memory is None:
+            pytest.skip("this backend reports no memory analysis")
+        temps[d] = memory.temp_size_in_bytes
+        assert temps[d] < X.nbytes / 4 + 64 * 1024, (d, temps[d], X.nbytes)
+    assert temps[64] < 1.5 * temps[16], temps
