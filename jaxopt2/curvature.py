@@ -13,5 +13,6 @@ from ._curvature import jacobian as jacobian
 from ._estimators import diagonal as diagonal
 from ._estimators import extreme_eigenvalues as extreme_eigenvalues
 from ._estimators import trace as trace
+from ._jacobi import JacobiPreconditioner as JacobiPreconditioner
 from ._kronecker import KroneckerFactors as KroneckerFactors
 from ._kronecker import kronecker_factors as kronecker_factors
