@@ -15,7 +15,8 @@ built on `sinkhorn`.
 ```python
 import jax, jax.numpy as jnp
 from jaxopt2 import ot
-x = jax.random.uniform(jax.random.key(0), (40, 2)); y = jax.random.normal(jax.random.key(1), (30, 2))
+x = jax.random.uniform(jax.random.key(0), (40, 2))
+y = jax.random.normal(jax.random.key(1), (30, 2))
 C = jnp.sum((x[:, None] - y[None]) ** 2, -1); C = C / C.mean()
 out = ot.sinkhorn_newton_sparse(C, epsilon=0.01)
 print(out.status, out.stats["num_steps"], out.transport_cost)

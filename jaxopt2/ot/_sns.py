@@ -212,7 +212,7 @@ def sinkhorn_newton_sparse(cost, a=None, b=None, epsilon=1e-2, *, rtol: float | 
         d, grad, cg_iters = newton_direction(u, v, c["rows"], c["cols"], c["err"], sparse)
         ok, point = line_search(u, v, c["P"], c["err"], d, grad)
         point = jax.lax.cond(ok, lambda: point, lambda: sinkhorn_step(u, v))
-        return dict(zip(("u", "v", "P", "rows", "cols", "err"), point),
+        return dict(zip(("u", "v", "P", "rows", "cols", "err"), point, strict=True),
                     steps=c["steps"] + 1, newton=c["newton"] + ok.astype(jnp.int32),
                     cg=c["cg"] + cg_iters, sparse=sparse, last_ok=ok,
                     age=jnp.where(stale, 1, c["age"] + 1))
