@@ -72,12 +72,18 @@ def kfac(
 
     so no learning rate is needed (`learning_rate=α` fixes α instead, with no momentum).
 
-    **Damping** (Levenberg-Marquardt): the reduction ratio ρ = (f(θ + δ) − f(θ)) / M(δ) of
-    the last update δ is measured at the next `update`, on *its* minibatch, a different one
-    from the minibatch δ was fitted to (measured on the same minibatch, ρ is biased upward and
-    drives λ down to the float floor, the failure seen in `hessian_free`); λ ← λ·19/20 if
-    ρ > 3/4, λ ← λ·20/19 if ρ < 1/4. It costs one extra forward pass (f(θ) comes from the
-    statistics' forward pass). `adapt_damping=False` keeps λ = `damping`.
+    **Damping** (Levenberg-Marquardt) from a minibatch the step was not fitted to: at the
+    next `update`, with its minibatch f, gradient g and Gauss-Newton matrix C at θ + δ,
+
+        ρ = (f(θ + δ) − f(θ)) / (gᵀδ − ½ δᵀCδ),
+
+    the actual change of f against its quadratic model (expanded at θ + δ, so the products
+    of the momentum term are reused). λ ← λ·19/20 if ρ > 3/4, λ ← λ·20/19 if ρ < 1/4. On the
+    minibatch δ was fitted to, ρ is biased upward and drives λ to the float floor (as in
+    `hessian_free`); comparing the new minibatch's change with the old minibatch's
+    prediction is biased downward near the noise floor (the fitted part of the prediction
+    does not generalize) and drives λ up without bound. One extra forward pass.
+    `adapt_damping=False` keeps λ = `damping`.
 
     **Arguments:** `model_fn(params, batch) -> outputs` and `loss_fn(outputs, batch) ->
     scalar` (the loss a sum or mean over the leading axis of the outputs); `example_batch`:
@@ -89,8 +95,8 @@ def kfac(
 
     **Cost per step:** a forward and a backward pass with probes (the statistics), k
     output-space Hessian-vector products (k outputs per example; none for "empirical"),
-    one linearization and two Jacobian-vector products with two output-space products (the
-    quadratic model), one forward pass (ρ), the products aᵀa and gᵀg, and every T steps
+    one linearization and three Jacobian-vector products with output-space products (the
+    quadratic model and ρ), one forward pass (ρ), the products aᵀa and gᵀg, and every T steps
     `eigh` of every factor (d_in³ + d_out³ per layer; under `jax.vmap` the `lax.cond` runs
     both branches, so every step). Memory: d_in² + d_out² per layer, twice.
 
@@ -190,14 +196,29 @@ def kfac(
         G = [ema(o, n) for o, n in zip(flat(state.G), G_b, strict=True)]
         diag = [ema(o, n) for o, n in zip(flat(state.diagonal), d_b, strict=True)]
 
-        # ρ of the last update δ, on this minibatch: f(θ) − f(θ − δ) against M(δ)
+        # the quadratic model on the exact GGN: J s by jvp, then ∇²L in output space
+        velocity = state.velocity
+        _, lin = jax.linearize(lambda p: model_fn(p, batch), params)
+        grad_out = jax.grad(lambda o: loss_fn(o, batch))
+
+        def curvature(u, v):  # uᵀ C v with C = Jᵀ ∇²L J
+            Ju, Jv = lin(u), lin(v)
+            HJv = jax.jvp(grad_out, (outputs,), (Jv,))[1]
+            return tree_dot(Ju, HJv).astype(dtype)
+
+        c22 = curvature(velocity, velocity)
+        b2 = tree_dot(g, velocity).astype(dtype)
+
+        # ρ of the last update δ on this minibatch, which δ was not fitted to: the change
+        # f(θ) − f(θ − δ) against the quadratic model of this minibatch at θ, gᵀδ − ½δᵀCδ
         lam = state.damping
         rho = state.rho
         if adapt_damping:
-            judged = state.predicted < 0
             f_before = loss_fn(model_fn(tree_sub(params, state.velocity), batch), batch)
+            modelled = b2 - 0.5 * c22
+            judged = (state.predicted < 0) & (jnp.abs(modelled) > 0)
             rho = jnp.where(judged, (f0 - f_before.astype(dtype)) / jnp.where(
-                judged, state.predicted, 1), 0.0).astype(dtype)
+                judged, modelled, 1), 0.0).astype(dtype)
             low, high = bounds(dtype)
             lam = adapt(lam, rho, jnp.isfinite(rho), ~judged, grow=20 / 19, shrink=19 / 20,
                         low=low, high=high)
@@ -221,22 +242,11 @@ def kfac(
             direction.append(-jnp.transpose(nat.reshape(moved.shape), back).astype(gl.dtype))
         direction = pack(direction)
 
-        # the quadratic model on the exact GGN: J s by jvp, then ∇²L in output space
-        velocity = state.velocity
-        _, lin = jax.linearize(lambda p: model_fn(p, batch), params)
-        grad_out = jax.grad(lambda o: loss_fn(o, batch))
-
-        def curvature(u, v):  # uᵀ C v with C = Jᵀ ∇²L J
-            Ju, Jv = lin(u), lin(v)
-            HJv = jax.jvp(grad_out, (outputs,), (Jv,))[1]
-            return tree_dot(Ju, HJv).astype(dtype)
-
         q11 = curvature(direction, direction) + lam * tree_dot(direction, direction)
         b1 = tree_dot(g, direction).astype(dtype)
         if learning_rate is None:
             q12 = curvature(direction, velocity) + lam * tree_dot(direction, velocity)
-            q22 = curvature(velocity, velocity) + lam * tree_dot(velocity, velocity)
-            b2 = tree_dot(g, velocity).astype(dtype)
+            q22 = c22 + lam * tree_dot(velocity, velocity)
             det = q11 * q22 - q12 * q12
             two = (det > 1e-6 * q11 * q22) & (q22 > 0)
             safe = jnp.where(two, det, 1.0)
