@@ -181,7 +181,8 @@ def _free_port() -> int:
 def _env(devices: int) -> dict:
     env = dict(os.environ)
     if devices:
-        flags = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+        # First: XLA may stop reading at a malformed flag further on.
+        flags = f"--xla_force_host_platform_device_count={devices} " + env.get("XLA_FLAGS", "")
         env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     return env
 
