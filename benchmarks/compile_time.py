@@ -70,13 +70,19 @@ def problems():
     }
 
 
+def _minimize(solver):
+    return lambda f, x0, a: jaxopt2.minimize(f, x0, a, solver=solver, throw=False)
+
+
+def _minimise(solver):
+    return lambda f, x0, a: optx.minimise(f, solver, x0, a, max_steps=1000, throw=False)
+
+
 def ours(kind):
     if kind == "min":
-        return {name: (lambda S: lambda f, x0, a: jaxopt2.minimize(
-                    f, x0, a, solver=S, throw=False))(S)
-                for name, S in [("jaxopt2.NewtonCG", jaxopt2.NewtonCG()),
-                                ("jaxopt2.LBFGS", jaxopt2.LBFGS()),
-                                ("jaxopt2.Newton", jaxopt2.Newton())]}
+        return {"jaxopt2.NewtonCG": _minimize(jaxopt2.NewtonCG()),
+                "jaxopt2.LBFGS": _minimize(jaxopt2.LBFGS()),
+                "jaxopt2.Newton": _minimize(jaxopt2.Newton())}
     if kind == "lsq":
         return {"jaxopt2.LevenbergMarquardt": lambda f, x0, a: jaxopt2.least_squares(
             f, x0, a, solver=jaxopt2.LevenbergMarquardt(), throw=False)}
@@ -87,10 +93,8 @@ def ours(kind):
 def anchors(kind):
     tol = dict(rtol=1e-8, atol=1e-8)
     if kind == "min":
-        return {name: (lambda S: lambda f, x0, a: optx.minimise(
-                    f, S, x0, a, max_steps=1000, throw=False))(S)
-                for name, S in [("optimistix.BFGS", optx.BFGS(**tol)),
-                                ("optimistix.LBFGS", optx.LBFGS(**tol))]}
+        return {"optimistix.BFGS": _minimise(optx.BFGS(**tol)),
+                "optimistix.LBFGS": _minimise(optx.LBFGS(**tol))}
     if kind == "lsq":
         return {"optimistix.LevenbergMarquardt": lambda f, x0, a: optx.least_squares(
             f, optx.LevenbergMarquardt(**tol), x0, a, max_steps=256, throw=False)}
