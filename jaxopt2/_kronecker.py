@@ -354,7 +354,7 @@ def kronecker_factors(model_fn, loss_fn, params, batch, *, fisher: str = "sample
     loss_fn = lambda out, b: 0.5 * jnp.mean((out[:, 0] - b[1]) ** 2)
     params = {"w": jnp.zeros((3, 1)), "b": jnp.zeros(1)}
     f = jaxopt2.curvature.kronecker_factors(model_fn, loss_fn, params, (X, y), fisher="exact")
-    print(f.A["w"].shape, f.G["w"])  # (3, 3) and [[1/32 · 32]] = [[1.]]
+    print(f.A["w"].shape, f.G["w"])  # (3, 3) and Σₙ 1/32 ≈ [[1.]]
     ```
     """
     if fisher not in FISHERS:

@@ -1,7 +1,17 @@
 """Curvature-aware optimizers for JAX training loops, as optax gradient transformations.
 
-Four optimizers that use second-order information of the *minibatch* loss, each a drop-in
-`optax.GradientTransformationExtraArgs` for the training loop you already have:
+Optimizers that use second-order information of the *minibatch* loss, each a drop-in
+`optax.GradientTransformationExtraArgs` for the training loop you already have. Three are
+Kronecker-factored:
+
+- `shampoo`: Shampoo with Adam grafting, L^(−1/4) M R^(−1/4) from left/right gradient
+  statistics per (blocked) matrix leaf; needs only the gradient.
+- `soap`: Adam in the eigenbasis of Shampoo's factors (SOAP); needs only the gradient.
+- `kfac`: K-FAC on Kronecker factors found by tracing `model_fn` (no layer registration;
+  `jaxopt2.curvature.kronecker_factors`), with the quadratic-model step length and momentum
+  and Levenberg-Marquardt damping judged on the next minibatch.
+
+Four work with matrix-free curvature products:
 
 - `hessian_free`: Martens' truncated Newton, CG on the damped Gauss-Newton (or Hessian) with
   Levenberg-Marquardt damping.
@@ -70,7 +80,13 @@ finite, or rises, is rejected instead: zero update, and more damping for the nex
 `nystrom_sgd` O(n·rank) and 1–2 loss values plus, every `update_freq` steps, `rank`
 products (vmapped) and `power_iters` products; `diag_newton` O(n) plus, every
 `update_freq` steps, `num_probes` products (vmapped). ("1–2 loss values": one when `value=`
-is passed.)
+is passed.) `shampoo` / `soap`: O(mn(m + n)) per m × n block and `eigh` of the factors every
+`precondition_freq` steps; `kfac`: about four forward/backward passes plus `eigh` of the
+factors every `inverse_freq` steps (see their docstrings).
+
+`shampoo` and `soap` need only the gradient (they accept and ignore the extra arguments);
+`kfac` needs `model_fn`, `loss_fn` and an `example_batch` at construction and `batch=` in
+`update`, and should be the last member of an `optax.chain` (it judges its own update).
 
 ```python
 import jax, jax.numpy as jnp, optax, jaxopt2
