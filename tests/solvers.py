@@ -4,6 +4,7 @@ instance, plus the step budget it needs on the small strongly convex contract pr
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 import jaxopt2
 
@@ -76,3 +77,23 @@ FIXED_POINT = {
     "FixedPointIteration": (lambda: jaxopt2.FixedPointIteration(), 400),
     "Anderson": (lambda: jaxopt2.Anderson(), 100),
 }
+
+
+# `make test` runs the contract tests on one solver of each family (dense Newton, matrix-free
+# Newton, quasi-Newton, bounded, randomized; for the equation doors one per door and kind of
+# inner solve); the other solvers' contract tests are marked slow and run in `make test-slow`
+# (.ci/run runs both). Every solver stays under the whole contract in CI; only the quick
+# everyday run is thinner.
+CORE = {
+    "Newton", "NewtonCG", "LBFGS", "LBFGSB", "SketchedNewton",
+    "least_squares-LevenbergMarquardt", "least_squares-GaussNewton-cg",
+    "root_find-NewtonRaphson", "root_find-Broyden", "scalar_root-Bisection",
+    "fixed_point-Anderson", "fixed_point-NewtonKrylov",
+}
+
+
+def contract_params(values, ids=None):
+    """`values` for `pytest.mark.parametrize`, those outside `CORE` marked slow."""
+    ids = list(values) if ids is None else ids
+    return [pytest.param(v, id=i, marks=() if i in CORE else pytest.mark.slow)
+            for v, i in zip(values, ids, strict=True)]

@@ -45,6 +45,7 @@ def test_infinite_bounds_change_nothing_and_far_start_is_projected():
     np.testing.assert_allclose(sol.params["a"], [1.0, 0.0, 2.0], atol=TOL)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 def test_prox_args_are_differentiable_and_value_is_smooth_part():
     # min (x − c)² + λ|x| has x = sign(c)·max(|c| − λ/2, 0): dx/dλ = −sign(c)/2 where x ≠ 0.
     f = lambda x, c: jnp.sum((x - c) ** 2)  # noqa: E731

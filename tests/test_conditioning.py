@@ -34,6 +34,7 @@ def _bound(H, g, steps, q):
     return _stopping._newton_step_bound(alphas, betas, alive, basis, g, full=steps == g.size)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.float64
 @pytest.mark.parametrize("kind", ["spd", "indefinite"])
 def test_bound_is_a_lower_bound_and_exact_on_the_whole_space(kind):

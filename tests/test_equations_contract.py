@@ -16,7 +16,13 @@ import jaxopt2
 from jaxopt2 import RESULTS
 from jaxopt2._front import raise_if_failed
 
-from .solvers import FIXED_POINT, LEAST_SQUARES, ROOT_FINDERS, SCALAR_ROOT_FINDERS
+from .solvers import (
+    FIXED_POINT,
+    LEAST_SQUARES,
+    ROOT_FINDERS,
+    SCALAR_ROOT_FINDERS,
+    contract_params,
+)
 
 pytestmark = pytest.mark.float64  # written for float64 tolerances
 
@@ -161,7 +167,7 @@ def assert_tree_close(a, b, **kw):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), **kw)
 
 
-@pytest.mark.parametrize("case", CASES + WRAPPED, ids=IDS + WRAPPED_IDS)
+@pytest.mark.parametrize("case", contract_params(CASES + WRAPPED, IDS + WRAPPED_IDS))
 def test_jit_vmap_equals_loop_and_isolates_failures(case):
     door = DOORS[case[0]]
     batch = [door.data(seed, jnp.float64) for seed in range(3)]
@@ -187,7 +193,7 @@ def test_jit_vmap_equals_loop_and_isolates_failures(case):
         assert int(sol.stats["num_steps"]) >= 1 and int(sol.stats["num_fun"]) >= 1
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", contract_params(CASES, IDS))
 def test_float32_kept(case):
     door = DOORS[case[0]]
     data = door.data(0, jnp.float32)
@@ -199,7 +205,7 @@ def test_float32_kept(case):
     assert_tree_close(sol.params, ref, rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("case", BASE, ids=BASE_IDS)
+@pytest.mark.parametrize("case", contract_params(BASE, BASE_IDS))
 def test_no_recompilation_and_max_steps(case):
     door = DOORS[case[0]]
     traces = []
@@ -224,7 +230,7 @@ def test_no_recompilation_and_max_steps(case):
         raise_if_failed(sol.params, sol.status)
 
 
-@pytest.mark.parametrize("case", CASES + WRAPPED, ids=IDS + WRAPPED_IDS)
+@pytest.mark.parametrize("case", contract_params(CASES + WRAPPED, IDS + WRAPPED_IDS))
 def test_implicit_gradient_matches_finite_differences(case):
     door = DOORS[case[0]]
     data = door.data(2, jnp.float64)

@@ -102,6 +102,7 @@ def test_rescaled_objective_gives_the_same_minimizer():
         np.testing.assert_allclose(sol.params, ref, atol=2e-3 * max(1, float(abs(ref).max())))
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 def test_success_is_within_the_promised_distance():
     # an ill-conditioned logistic regression in float32 (the probe): success must
     # mean |x − x*| ≲ rtol·s(x*) (here 1e-3·3.6), or the status must say otherwise

@@ -71,6 +71,7 @@ def test_vmap_over_hyperparameters_equals_loop():
                                    rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 def test_second_derivative_through_a_solve():
     data = ridge_data(2)
 

@@ -126,6 +126,7 @@ def test_curve_fit_pytree_matches_scipy(solver):
         assert int(sol.stats["num_jac"]) == 0 and int(sol.stats["num_jvp"]) > 0
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 def test_dense_and_cg_agree_moderate():
     """A 120 × 12 problem (each residual a smooth function of three parameters)."""
     n, m = 12, 120

@@ -94,6 +94,7 @@ def solve(fun, params, args=None, solver=None, **kw):
 # ----------------------------------------------------------------------------- convergence
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.parametrize("name", NAMES)
 def test_logistic_regression_batch_matches_dense_newton(name):
     # jit + vmap over a batch of problems; each must match its own dense-Newton reference
@@ -124,6 +125,7 @@ def test_logistic_regression_batch_matches_dense_newton(name):
         assert 5 * stats["num_steps"][0] < int(gd.stats["num_steps"])
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.parametrize("name", ["Newton", "NewtonCG"])
 def test_softmax_regression_matches_dense_newton(name):
     args = softmax_data()

@@ -212,6 +212,7 @@ def test_rank_validation():
         nystrom(lx.MatrixLinearOperator(jnp.eye(3)), 4, jax.random.key(0))
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 def test_preconditioner_key_vmapped_streams_and_validation():
     """The key is an array field: preconditioners built inside `jax.vmap` from split keys
     draw different sketches, equal keys equal ones, and `key=jax.random.key(s)` is `seed=s`."""

@@ -542,6 +542,7 @@ def _run(opt, params, batches, state=None, steps=3):
     return params, state, out
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_schedule_and_changed_value(name):
     """`optax.inject_hyperparams(X)(learning_rate=schedule)` takes the same steps as
@@ -578,6 +579,7 @@ def test_inject_hyperparams_schedule_and_changed_value(name):
     assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(u_new, u_old, strict=True)) > 0
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.parametrize("name", ["nystrom_sgd", "diag_newton"])
 def test_vmap_over_keys_gives_independent_streams(name):
     """Built inside `jax.vmap` from split keys, each ensemble member draws its own sketches or

@@ -118,6 +118,7 @@ def test_l1_logistic_matches_liblinear():
                                    err_msg=name)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.float64
 @pytest.mark.parametrize("name", SOLVERS)
 def test_lasso_derivative_in_lambda_is_the_closed_form(name):
@@ -138,6 +139,7 @@ def test_lasso_derivative_in_lambda_is_the_closed_form(name):
     np.testing.assert_allclose(grads[0], 2 * w @ expected, rtol=1e-7)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.float64
 def test_bounds_derivative_matches_finite_differences():
     """dx*/d(args) and dx*/d(lower) through the projected-gradient fixed point: on the free

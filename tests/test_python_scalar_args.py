@@ -15,6 +15,7 @@ def _logistic(w, data):
     return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 0.5 * lam * jnp.sum(w**2)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.parametrize("mode", ["jacfwd", "jacrev"])
 def test_python_float_in_args_is_a_constant(mode):
     X = jax.random.normal(jax.random.PRNGKey(0), (20, 3))

@@ -316,6 +316,7 @@ def logreg_weak(p, a):
     return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 0.5e-3 * (p["w"] @ p["w"] + p["b"] ** 2)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_adaptive_inner_tolerance_saves_hvps(name):
     args = ill_conditioned_logreg()

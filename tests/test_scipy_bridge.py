@@ -110,6 +110,7 @@ def test_bounds_match_direct_scipy_call():
     assert bool(jnp.all(jnp.where(active, -g * jnp.sign(sol.params) >= 0, True)))
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.float64
 def test_derivative_matches_finite_differences_and_jaxopt2():
     X, y = breast_cancer()
@@ -139,6 +140,7 @@ def test_derivative_matches_finite_differences_and_jaxopt2():
     np.testing.assert_allclose(jac, -jnp.linalg.solve(H, B), atol=1e-7)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.float64
 def test_bounded_derivative_reduces_to_free_variables():
     # min ½‖x − a‖² + 0.1·(Σx)² with x ≥ 0: here x₁ and x₃ sit on their bounds, and the
@@ -163,6 +165,7 @@ def test_bounded_derivative_reduces_to_free_variables():
     np.testing.assert_allclose(jnp.diag(J_lower), jnp.array([0.0, 1.0, 0.0, 1.0]), atol=1e-8)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.float64
 def test_least_squares_curve_fit_matches_levenberg_marquardt():
     t = jnp.linspace(0.0, 3.0, 40)

@@ -87,6 +87,7 @@ def test_code_under_jit(dtype):
     assert str(sol.status).startswith("RESULTS.max_steps_reached:")
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_vmap_one_failure_among_successes(dtype):
     a = jnp.array([[0.0, 0.0], [5.0, 0.0], [1.0, -1.0]], dtype)

@@ -135,6 +135,7 @@ def test_step_past_done_is_a_no_op(name):
     _same(step(step(final, args), args), final)
 
 
+@pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 def test_failures_end_as_the_front_door_does():
     # Out of steps.
     _, fun, x0, args, solver, _ = _problem("LBFGS")
