@@ -227,7 +227,8 @@ def test_bfloat16_data_float32_accumulation():
     """The mixed-precision recipe: data stored in bfloat16, parameters (so the solver state,
     CG, its dot products and the stopping test) in float32. The solve is the float32 solve of
     the rounded data to float32 accuracy (a bfloat16 accumulation would be off by ~1e-2),
-    and differs from the float32-data solve only by the data's rounding (measured 1e-3)."""
+    and differs from the float32-data solve only by the data's rounding (measured 2.2e-4
+    relative; the solve equals the float32 solve of the rounded data exactly)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
