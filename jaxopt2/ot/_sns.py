@@ -49,7 +49,7 @@ def sinkhorn_newton_sparse(cost, a=None, b=None, epsilon=1e-2, *, rtol: float | 
                            switch_rtol: float | None = None, max_warmup_steps: int | None = None,
                            sparsity: int | None = None, cg_max_steps: int = 300,
                            max_backtracks: int = 20, refresh_every: int = 10,
-                           min_kept_mass: float = 0.9,
+                           min_kept_mass: float = 0.8,
                            init=None,
                            throw: bool = True) -> OTResult:
     r"""Entropic optimal transport by Sinkhorn-Newton-Sparse (SNS).
@@ -125,8 +125,8 @@ def sinkhorn_newton_sparse(cost, a=None, b=None, epsilon=1e-2, *, rtol: float | 
     cost, a, b, epsilon, rtol = prepare("sinkhorn_newton_sparse", cost, a, b, epsilon, rtol,
                                         atol)
     n, m = cost.shape
-    r = min(10 if sparsity is None else sparsity, n, m)
-    warmup = min(100 if max_warmup_steps is None else max_warmup_steps, max_steps)
+    r = min(20 if sparsity is None else sparsity, n, m)
+    warmup = min(30 if max_warmup_steps is None else max_warmup_steps, max_steps)
     invalid = invalid_mask(cost, a, b, epsilon)
     mass = jnp.sum(a)
     tol = atol + rtol * mass
