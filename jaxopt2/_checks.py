@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from .distributed import explicit_spec, on_mesh
+from .distributed import explicit_spec, mesh_in_context, on_mesh
 
 
 def _name(root: str, path) -> str:
@@ -65,8 +65,7 @@ def check_args(args) -> None:
     """Concrete floating-point leaves of `args` must be finite; data sharded over Explicit
     mesh axes needs the mesh set around the call."""
     for path, leaf in jtu.tree_flatten_with_path(args)[0]:
-        if (eqx.is_array(leaf) and explicit_spec(leaf) is not None
-                and jax.sharding.get_abstract_mesh().empty):
+        if eqx.is_array(leaf) and explicit_spec(leaf) is not None and not mesh_in_context():
             # Without a mesh in context JAX cannot type the contractions over the sharded
             # axis in the derivatives of `fun` (a ShardingTypeError deep inside the solve).
             raise ValueError(

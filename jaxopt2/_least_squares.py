@@ -26,7 +26,7 @@ from ._loops import while_loop
 from ._tree import ravel, tree_dot, tree_size
 from ._trust_region import reduction_ratio
 from ._validate import check_budget, check_tolerance
-from .distributed import stacked_spec
+from .distributed import sharded_like
 from .sketch._nystrom import NystromPreconditioner, nystrom_preconditioner
 
 # `linear_solver="auto"` forms J when it is small: few parameters (an SVD costs O(m n²)) and
@@ -324,8 +324,7 @@ def column_norms_estimate(vjp, r):
     leaves, treedef = jax.tree_util.tree_flatten(r)
     keys = jax.random.split(jax.random.PRNGKey(0), max(len(leaves), 1))
     # Sharded like r (over Explicit mesh axes a vjp's cotangent must match its output's type).
-    probes = [jax.random.rademacher(k, (PROBES, *leaf.shape), leaf.dtype,
-                                    out_sharding=stacked_spec(leaf))
+    probes = [jax.random.rademacher(k, (PROBES, *leaf.shape), leaf.dtype, **sharded_like(leaf))
               for k, leaf in zip(keys, leaves, strict=False)]
     products = jax.vmap(lambda u: vjp(jax.tree_util.tree_unflatten(treedef, u)))(probes)
     return jax.tree_util.tree_map(lambda v: jnp.sqrt(jnp.mean(v**2, axis=0)), products)

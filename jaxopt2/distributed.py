@@ -60,8 +60,13 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+# Sharding in types (Explicit mesh axes) arrived in jax 0.5-0.6; on older versions every
+# helper below for it is the plain operation.
+AxisType = getattr(jax.sharding, "AxisType", None)
+_get_abstract_mesh = getattr(jax.sharding, "get_abstract_mesh", None)
 
 __all__ = ["check_placement", "collectives", "local_data", "shard_data"]
 
@@ -234,9 +239,24 @@ def collectives(compiled) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
 # no mesh, they are the plain operations.
 
 
+def explicit_mesh() -> bool:
+    """Whether the mesh in context (`jax.set_mesh`) has Explicit axes."""
+    if AxisType is None or _get_abstract_mesh is None:
+        return False
+    mesh = _get_abstract_mesh()
+    return not mesh.empty and AxisType.Explicit in tuple(mesh.axis_types)
+
+
+def mesh_in_context() -> bool:
+    """Whether a mesh is set in context (`jax.set_mesh`); False on JAX versions without one."""
+    return _get_abstract_mesh is not None and not _get_abstract_mesh().empty
+
+
 def explicit_spec(x) -> P | None:
     """The PartitionSpec in the type of `x` when some of its dimensions are sharded over
     Explicit mesh axes (sharding in types), else None."""
+    if AxisType is None or not hasattr(jax, "typeof"):
+        return None
     sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     if mesh is None or mesh.empty or AxisType.Explicit not in tuple(mesh.axis_types):
@@ -268,8 +288,7 @@ def on_mesh(x):
     names no mesh (e.g. initial parameters created before `jax.set_mesh`), else `x`. Values
     computed inside the mesh carry it in their types, and lineax compares the structures of
     an operator's input and output, shardings included."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or AxisType.Explicit not in tuple(mesh.axis_types):
+    if not explicit_mesh():
         return x
     own = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
     if own is not None and not own.empty:
@@ -284,8 +303,7 @@ def like(tree, ref):
     H v over sharded data can come out typed differently from v (a reduction's result names
     the mesh or not), and lineax requires a symmetric operator's output structure, shardings
     included, to equal its input's."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or AxisType.Explicit not in tuple(mesh.axis_types):
+    if not explicit_mesh():
         return tree
 
     def cast(x, r):
@@ -297,3 +315,10 @@ def like(tree, ref):
         return jax.sharding.reshard(x, want.spec)
 
     return jtu.tree_map(cast, tree, ref)
+
+
+def sharded_like(x, count: int = 1) -> dict:
+    """`{"out_sharding": stacked_spec(x, count)}` where `x` is sharded over Explicit axes, else
+    `{}` (JAX versions before sharding in types have no `out_sharding` argument)."""
+    spec = stacked_spec(x, count)
+    return {} if spec is None else {"out_sharding": spec}
