@@ -96,9 +96,16 @@ class AbstractSQP(AbstractConstrainedSolver):
     max_tries: eqx.AbstractVar[int]
 
     @abc.abstractmethod
-    def _kkt_solve(self, problem: Problem, x, lam, args, rhs, delta, delta_c, theta, key):
+    def _kkt_solve(self, problem: Problem, K0, x, lam, args, rhs, delta, delta_c, theta,
+                   key):
         """(z, sketch steps) with z ≈ K⁻¹ rhs to relative residual θ, on flat (n + m)
-        vectors, K = [[H + δI, Gᵀ], [G, −δ_c I]]."""
+        vectors, K = K0 + diag(δI, −δ_c I) = [[H + δI, Gᵀ], [G, −δ_c I]]; `K0` is what
+        `_prepare` returned."""
+
+    def _prepare(self, problem: Problem, x, lam, args):
+        """The dense KKT matrix K0 (formed once per step, shared by the step's tries), or
+        None for a matrix-free solve."""
+        return _kkt_matrix(problem, x, lam, args)
 
     def _accuracy(self, residual_norm, dtype):
         return jnp.asarray(0.0, dtype)
@@ -136,11 +143,12 @@ class AbstractSQP(AbstractConstrainedSolver):
             grad0 = jax.grad(merit, argnums=(0, 1))(s.x, s.lam, 0.0)
             gc = jax.grad(lambda y: 0.5 * jnp.sum(problem.c_eq(y, args) ** 2))(s.x)
             gl2 = gl @ gl
+            K0 = self._prepare(problem, s.x, s.lam, args)
 
             def attempt(t: _Try):
                 key, sub = jax.random.split(t.key)
-                z, steps = self._kkt_solve(problem, s.x, s.lam, args, rhs, t.delta, t.delta_c,
-                                           t.theta, sub)
+                z, steps = self._kkt_solve(problem, K0, s.x, s.lam, args, rhs, t.delta,
+                                           t.delta_c, t.theta, sub)
                 dx, dlam = z[:n], z[n:]
                 # A singular KKT matrix (G rank-deficient: HS 61 at x₀) gives no step or an
                 # absurd one: the (2,2) block is then regularized by −δ_c I (IPOPT's δ_c).
@@ -241,15 +249,21 @@ class AbstractSQP(AbstractConstrainedSolver):
         return ConstrainedOutput(out.x, out.lam, no_mu, out.result, out.step, stats)
 
 
-def _kkt_matrix(problem: Problem, x, lam, args, delta, delta_c):
-    """The dense KKT matrix [[H + δI, Gᵀ], [G, −δ_c I]] (n Hessian-vector products, one
+def _kkt_matrix(problem: Problem, x, lam, args):
+    """The dense KKT matrix [[H, Gᵀ], [G, 0]] (n Hessian-vector products, one
     Jacobian)."""
     n, m = problem.n, problem.m
     no_mu = jnp.zeros((0,), x.dtype)
     H = jax.jacfwd(lambda y: problem.lagrangian_grad(y, lam, no_mu, args))(x)
-    H = 0.5 * (H + H.T) + delta * jnp.eye(n, dtype=x.dtype)
+    H = 0.5 * (H + H.T)
     G = jax.jacfwd(lambda y: problem.c_eq(y, args))(x).reshape(m, n)
-    return jnp.block([[H, G.T], [G, -delta_c * jnp.eye(m, dtype=x.dtype)]])
+    return jnp.block([[H, G.T], [G, jnp.zeros((m, m), x.dtype)]])
+
+
+def _regularized(K0, n, delta, delta_c):
+    shift = jnp.concatenate([jnp.full((n,), delta, K0.dtype),
+                             jnp.full((K0.shape[0] - n,), -delta_c, K0.dtype)])
+    return K0 + jnp.diag(shift)
 
 
 class DenseSQP(AbstractSQP):
@@ -284,11 +298,11 @@ class DenseSQP(AbstractSQP):
     max_backtracks: int = eqx.field(static=True, default=40)
     max_tries: int = eqx.field(static=True, default=12)
 
-    def _kkt_solve(self, problem, x, lam, args, rhs, delta, delta_c, theta, key):
+    def _kkt_solve(self, problem, K0, x, lam, args, rhs, delta, delta_c, theta, key):
         # LU while K is nonsingular; once a solve has failed (δ_c > 0 flags it), the
         # minimum-norm least-squares step of the unregularized K, whose Δλ stays bounded
         # where the regularized system's grows like 1/δ_c (λ then wrecks H = ∇²L).
-        K = _kkt_matrix(problem, x, lam, args, delta, 0.0)
+        K = _regularized(K0, problem.n, delta, 0.0)
         z = jax.lax.cond(delta_c > 0, lambda: jnp.linalg.lstsq(K, rhs)[0],
                          lambda: jnp.linalg.solve(K, rhs))
         return z, jnp.zeros((), jnp.int32)
@@ -359,7 +373,10 @@ class SketchedSQP(AbstractSQP):
             return jnp.asarray(self.sketch_rtol, dtype)
         return jnp.minimum(0.1, residual_norm).astype(dtype)
 
-    def _kkt_solve(self, problem, x, lam, args, rhs, delta, delta_c, theta, key):
+    def _prepare(self, problem, x, lam, args):
+        return None if self.matrix_free else _kkt_matrix(problem, x, lam, args)
+
+    def _kkt_solve(self, problem, K0, x, lam, args, rhs, delta, delta_c, theta, key):
         n, m = problem.n, problem.m
         size = (n + m + 1) // 2 if self.sketch_size is None else min(self.sketch_size, n + m)
         if self.matrix_free:
@@ -377,7 +394,7 @@ class SketchedSQP(AbstractSQP):
             A = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct((n + m,), x.dtype),
                                           tags=lx.symmetric_tag)
         else:
-            A = _kkt_matrix(problem, x, lam, args, delta, delta_c)
+            A = _regularized(K0, n, delta, delta_c)
         z, info = sketch_and_project(A, rhs, key, sketch_size=size, sketch=self.sketch,
                                      max_steps=self.sketch_max_steps, rtol=theta, atol=0.0)
         return z, info.num_steps
