@@ -72,6 +72,8 @@ class OTResult(eqx.Module):
 
 
 def _plan(f, g, cost, epsilon):
+    # `...`: a batch of results (vmap's output) has one epsilon per problem
+    epsilon = jnp.asarray(epsilon)[..., None, None]
     return jnp.exp((f[..., :, None] + g[..., None, :] - cost) / epsilon)
 
 
