@@ -1,0 +1,8 @@
+"""Convex quadratic programs: `solve_qp` (dense primal-dual interior point, differentiable
+as a layer, batched under `vmap`).
+
+    minimize ½xᵀQx + cᵀx   subject to   Ax = b,   Gx ≤ h,   lower ≤ x ≤ upper
+"""
+
+from ._solve import QPSolution as QPSolution
+from ._solve import solve_qp as solve_qp

@@ -1,0 +1,208 @@
+"""jaxopt2.qp.solve_qp: the interior point against QPs whose solution is known by construction
+(x*, multipliers and active set chosen first, c and h then set so that the KKT conditions
+hold: a dense reference that needs no package), against Clarabel where it is installed,
+its derivatives against central finite differences, statuses of infeasible and unbounded
+problems, vmap (one infeasible problem among feasible ones), and input errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxopt2 import RESULTS
+from jaxopt2.qp import solve_qp
+
+
+def known_qp(seed, n=10, p=2, m_active=3, m_inactive=4, n_lower=2, n_upper=2):
+    """A strictly complementary QP with known solution. Returns (data dict, solution dict)."""
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(n, n))
+    Q = M @ M.T / n + 0.1 * np.eye(n)
+    x = rng.uniform(-1, 1, n)
+    A = rng.normal(size=(p, n))
+    y = rng.normal(size=p)
+    m = m_active + m_inactive
+    G = rng.normal(size=(m, n))
+    z = np.concatenate([rng.uniform(0.5, 1.5, m_active), np.zeros(m_inactive)])
+    h = G @ x + np.concatenate([np.zeros(m_active), rng.uniform(0.5, 1.5, m_inactive)])
+    lower = x - rng.uniform(0.5, 1.0, n)
+    upper = x + rng.uniform(0.5, 1.0, n)
+    zl, zu = np.zeros(n), np.zeros(n)
+    lower[:n_lower] = x[:n_lower]
+    zl[:n_lower] = rng.uniform(0.5, 1.5, n_lower)
+    upper[n_lower:n_lower + n_upper] = x[n_lower:n_lower + n_upper]
+    zu[n_lower:n_lower + n_upper] = rng.uniform(0.5, 1.5, n_upper)
+    c = -(Q @ x + A.T @ y + G.T @ z - zl + zu)
+    data = dict(Q=Q, c=c, A=A, b=A @ x, G=G, h=h, lower=lower, upper=upper)
+    return data, dict(x=x, y=y, z=z, z_lower=zl, z_upper=zu)
+
+
+def cast(data, dtype):
+    return {k: jnp.asarray(v, dtype) for k, v in data.items()}
+
+
+@pytest.mark.float64
+def test_known_solution_float64():
+    data, ref = known_qp(0)
+    sol = jax.jit(lambda d: solve_qp(**d))(cast(data, jnp.float64))
+    assert sol.status == RESULTS.successful
+    assert sol.x.dtype == jnp.float64
+    for k, v in ref.items():
+        np.testing.assert_allclose(getattr(sol, k), v, atol=1e-7, err_msg=k)
+    d = data
+    stationarity = (d["Q"] @ sol.x + d["c"] + d["A"].T @ sol.y + d["G"].T @ sol.z
+                    - sol.z_lower + sol.z_upper)
+    assert np.max(np.abs(stationarity)) <= 1e-9 * (1 + np.max(np.abs(d["c"])))
+    assert float(sol.stats["gap"]) <= 1e-9 * max(1.0, abs(float(sol.value)))
+    assert np.all(d["G"] @ sol.x <= d["h"] + 1e-9)
+    np.testing.assert_allclose(sol.value, 0.5 * ref["x"] @ d["Q"] @ ref["x"] + d["c"] @ ref["x"],
+                               rtol=1e-10)
+
+
+def test_known_solution_float32():
+    data, ref = known_qp(1)
+    sol = solve_qp(**cast(data, jnp.float32))
+    assert sol.status == RESULTS.successful
+    assert sol.x.dtype == jnp.float32 and sol.z.dtype == jnp.float32
+    np.testing.assert_allclose(sol.x, ref["x"], atol=2e-3)
+    np.testing.assert_allclose(sol.z, ref["z"], atol=2e-2)
+
+
+@pytest.mark.float64
+def test_against_clarabel():
+    clarabel = pytest.importorskip("clarabel")
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    n, m, p = 15, 10, 3
+    M = rng.normal(size=(n, n))
+    Q = M @ M.T / n
+    c = rng.normal(size=n)
+    G = rng.normal(size=(m, n))
+    x0 = rng.uniform(-0.5, 0.5, n)
+    h = G @ x0 + rng.uniform(0, 1, m)
+    A = rng.normal(size=(p, n))
+    b = A @ x0
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = 1e-12
+    cones = [clarabel.ZeroConeT(p), clarabel.NonnegativeConeT(m + 2 * n)]
+    K = sp.csc_matrix(np.vstack([A, G, -np.eye(n), np.eye(n)]))
+    rhs = np.concatenate([b, h, np.ones(n), np.ones(n)])
+    ref = clarabel.DefaultSolver(sp.csc_matrix(np.triu(Q)), c, K, rhs, cones, settings).solve()
+    sol = solve_qp(Q, c, A, b, G, h, lower=-1.0, upper=1.0)
+    assert sol.status == RESULTS.successful
+    np.testing.assert_allclose(sol.x, np.array(ref.x), atol=1e-6)
+    np.testing.assert_allclose(sol.value, ref.obj_val, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.float64
+def test_derivatives_match_finite_differences():
+    data, _ = known_qp(2, n=6, p=1, m_active=2, m_inactive=2, n_lower=1, n_upper=1)
+    names = list(data)
+    data = cast(data, jnp.float64)
+
+    def loss(d):
+        s = solve_qp(**d)
+        return (jnp.sum(jnp.sin(s.x)) + jnp.sum(s.y ** 2) + jnp.sum(jnp.cos(s.z))
+                + jnp.sum(s.z_lower * s.z_upper) + jnp.sum(s.z_upper ** 2))
+
+    # One compiled program each for the loss, its gradient and its directional derivative.
+    loss_j = jax.jit(loss)
+    grads = jax.jit(jax.grad(loss))(data)
+    jvp = jax.jit(lambda d, t: jax.jvp(loss, (d,), (t,))[1])
+    zeros = jax.tree.map(jnp.zeros_like, data)
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    for name in names:
+        v = jnp.asarray(rng.normal(size=data[name].shape))
+        fd = (loss_j(dict(data, **{name: data[name] + eps * v}))
+              - loss_j(dict(data, **{name: data[name] - eps * v}))) / (2 * eps)
+        rev = jnp.sum(grads[name] * v)
+        fwd = jvp(data, dict(zeros, **{name: v}))
+        np.testing.assert_allclose(rev, fd, rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(fwd, rev, rtol=1e-9, atol=1e-12, err_msg=name)
+    # The gradient with respect to Q is symmetric: only (Q + Qᵀ)/2 enters the problem.
+    np.testing.assert_allclose(grads["Q"], grads["Q"].T, atol=1e-12)
+
+
+@pytest.mark.float64
+def test_vmap_one_infeasible_problem_does_not_spoil_the_batch():
+    problems = [cast(known_qp(s, n=6, p=1, m_active=2, m_inactive=2, n_lower=1, n_upper=1)[0],
+                     jnp.float64) for s in range(4)]
+    # Problem 2: a row of G x ≤ h that contradicts the bounds (x₀ ≥ lower₀ + 1 with x₀ ≤ upper₀
+    # and upper₀ − lower₀ ≤ 2 ... made plainly impossible): −x₀ ≤ −(upper₀ + 1).
+    bad = problems[2]
+    bad["G"] = bad["G"].at[0].set(jnp.zeros(6).at[0].set(-1.0))
+    bad["h"] = bad["h"].at[0].set(-(bad["upper"][0] + 1.0))
+    batch = jax.tree.map(lambda *v: jnp.stack(v), *problems)
+
+    solve = jax.jit(lambda d: solve_qp(**d, throw=False))
+    out = jax.jit(jax.vmap(solve))(batch)
+    codes = [RESULTS.names[int(k)] for k in out.status.code]
+    assert codes == ["successful", "successful", "primal_infeasible", "successful"]
+    for i in (0, 1, 3):
+        alone = solve(problems[i])
+        np.testing.assert_allclose(out.x[i], alone.x, atol=1e-10)
+    grads = jax.jit(jax.vmap(jax.grad(lambda d: jnp.sum(solve(d).x ** 2))))(batch)
+    assert np.all(np.isfinite(grads["c"][np.array([0, 1, 3])]))
+    assert np.all(np.isnan(grads["c"][2]))
+
+
+@pytest.mark.float64
+def test_infeasible_and_unbounded_statuses():
+    Q, c = jnp.eye(2), jnp.ones(2)
+    s = solve_qp(Q, c, G=jnp.array([[1.0, 1.0]]), h=jnp.array([-1.0]), lower=0.0, throw=False)
+    assert s.status == RESULTS.primal_infeasible
+    s = solve_qp(Q, c, jnp.array([[1.0, 1.0], [1.0, 1.0]]), jnp.array([1.0, 2.0]), throw=False)
+    assert s.status == RESULTS.primal_infeasible
+    # min −x₀ over x ≥ 0, x₁ ≤ 1: the ray x₀ → ∞.
+    s = solve_qp(jnp.zeros((2, 2)), jnp.array([-1.0, 0.0]), G=jnp.array([[0.0, 1.0]]),
+                 h=jnp.array([1.0]), lower=0.0, throw=False)
+    assert s.status == RESULTS.dual_infeasible
+    # A bounded LP with the same data but c = (1, 0) is solved: x = (0, anything ≤ 1).
+    s = solve_qp(jnp.zeros((2, 2)), jnp.array([1.0, 0.0]), G=jnp.array([[0.0, 1.0]]),
+                 h=jnp.array([1.0]), lower=0.0)
+    assert s.status == RESULTS.successful and abs(float(s.x[0])) < 1e-8
+    with pytest.raises(RuntimeError, match="primal_infeasible"):
+        solve_qp(Q, c, G=jnp.array([[1.0, 1.0]]), h=jnp.array([-1.0]), lower=0.0)
+
+
+def test_bad_input():
+    Q, c = jnp.eye(3), jnp.ones(3)
+    with pytest.raises(ValueError, match="NaN"):
+        solve_qp(Q.at[0, 1].set(jnp.nan), c)
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        solve_qp(-Q, c)
+    with pytest.raises(ValueError, match="n × n"):
+        solve_qp(jnp.eye(4), c)
+    with pytest.raises(ValueError, match="one entry per row"):
+        solve_qp(Q, c, G=jnp.ones((2, 3)), h=jnp.ones(3))
+    with pytest.raises(ValueError, match="3 columns"):
+        solve_qp(Q, c, A=jnp.ones((2, 4)), b=jnp.ones(2))
+    with pytest.raises(ValueError, match="together"):
+        solve_qp(Q, c, A=jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="lower > upper"):
+        solve_qp(Q, c, lower=jnp.array([0.0, 2.0, 0.0]), upper=1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        solve_qp(Q, c.astype(bool))
+    # Under jit the data are traced: a non-convex Q is a status, not an exception.
+    s = jax.jit(lambda Q: solve_qp(Q, c, throw=False))(-Q)
+    assert s.status == RESULTS.linear_solve_failed
+
+
+@pytest.mark.slow
+@pytest.mark.float64
+def test_batch_of_256_matches_one_by_one():
+    problems = [cast(known_qp(s, n=20, p=3, m_active=4, m_inactive=6, n_lower=3, n_upper=3)[0],
+                     jnp.float64) for s in range(256)]
+    batch = jax.tree.map(lambda *v: jnp.stack(v), *problems)
+    out = jax.jit(jax.vmap(lambda d: solve_qp(**d, throw=False)))(batch)
+    assert np.all(out.status.code == RESULTS.successful._value)
+    one = jax.jit(lambda d: solve_qp(**d, throw=False))
+    for i in range(0, 256, 17):
+        np.testing.assert_allclose(out.x[i], one(problems[i]).x, atol=1e-9)
+        np.testing.assert_allclose(out.x[i], known_qp(i, n=20, p=3, m_active=4, m_inactive=6,
+                                                      n_lower=3, n_upper=3)[1]["x"], atol=1e-7)
