@@ -6,6 +6,7 @@ from . import implicit as implicit
 from . import optimizers as optimizers
 from . import projection as projection
 from . import prox as prox
+from . import qp as qp
 from . import sketch as sketch
 from ._adjoint import AbstractAdjoint as AbstractAdjoint
 from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
