@@ -1,6 +1,7 @@
 """Two processes × four host devices (jax.distributed, CPU collectives, coordinator on
-localhost), each loading only its own block of the data: NewtonCG and the implicit
-hypergradient agree with one process holding all eight devices. Runs examples/distributed.py,
+localhost), each loading only its own block of the data: NewtonCG, the implicit hypergradient,
+matrix-free LevenbergMarquardt, SketchedNewton and hessian_free agree with one process holding
+all eight devices. Runs examples/distributed.py,
 the launcher, at a small size."""
 
 import json
@@ -14,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNAVAILABLE = 3  # the launcher's exit code where jaxlib has no CPU collectives
 
 
-@pytest.mark.slow  # three JAX processes, each compiling the solve and its derivative (~1 min)
+@pytest.mark.slow  # three JAX processes, each compiling five programs (~50 s of CPU)
 def test_two_processes_agree_with_one(tmp_path):
     import jax
 
@@ -40,6 +41,12 @@ def test_two_processes_agree_with_one(tmp_path):
         assert run["newton_cg"]["status"] == "successful", run
     assert results["params_rel_diff"] <= 1e-5, results
     assert results["hypergradient_rel_diff"] <= 1e-4, results
+    # Matrix-free LevenbergMarquardt, SketchedNewton (same key) and three hessian_free steps.
+    assert set(results["also_rel_diff"]) == {"levenberg_marquardt", "sketched_newton",
+                                             "hessian_free"}
+    for name, err in results["also_rel_diff"].items():
+        assert err <= 1e-5, (name, err)
+        assert multi[name]["status"] == single[name]["status"] == "successful", name
     # The hypergradient is not trivially zero: d/dλ ‖w*(λ)‖² < 0 for a ridge penalty.
     assert multi["hypergradient"]["value"] < 0
 
