@@ -151,6 +151,15 @@ class AbstractMinimizer(eqx.Module):
         del state
         return None
 
+    def step_cut_short(self, state) -> jax.Array | bool:
+        """Whether the last step was cut to a length set in x's units (a trust-region
+        radius) rather than by the problem. Its length then says nothing about the distance
+        to x*, so a negligible first step is not read as a start at the solution
+        (`_stopping.py`): from (x − 1)⁴ at x₀ = 10⁶ a radius-1 first step is 1e-6·s(x₀),
+        below float32's resolution of x, yet x₀ is far from the minimizer. False by default."""
+        del state
+        return False
+
     def convert_objective(self, fn, params0, args):
         """`fn` with the arrays it closes over made explicit inputs
         (`eqx.filter_closure_convert`), so that implicit differentiation sees them. The result

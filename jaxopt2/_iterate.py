@@ -77,7 +77,8 @@ def minimizer_step(solver: AbstractMinimizer, fn, args, rule, it: Iterate, state
     # with like (a no-op without a constraint).
     converged, progress = rule.converged(rule_view(solver, it, state),
                                          rule_view(solver, new, state), result, progress,
-                                         num_steps, solver.error_estimate(state))
+                                         num_steps, solver.error_estimate(state),
+                                         solver.step_cut_short(state))
     done, result = _classify(new, converged, result, rule.diverged(new))
     return new, state, step_counts, result, num_steps, done, progress
 

@@ -28,7 +28,8 @@ Equations, §7.2) do. With ‖·‖ the max-norm over all leaves, x-scale s(x) =
    steps that small anywhere), and only for solvers whose first step is scale-free (Newton
    type, accepted by a Wolfe line search, or GradientDescent's Cauchy step ‖g‖²/gᵀHg): a
    step length in units of 1/f (GradientDescent with a user's `step_size`) can be tiny
-   anywhere on a badly scaled objective.
+   anywhere on a badly scaled objective, and so can a step cut to a trust-region radius
+   (`AbstractMinimizer.step_cut_short`).
 
 and at step 0 only when ‖g₀‖ ≤ atol (with the default atol = 0: an exactly zero gradient).
 Solvers that use curvature also check it at the end (`curvature_check`): at a saddle they
@@ -145,14 +146,16 @@ class MinimizerRule(eqx.Module):
         return tree_inf_norm(it0.grad) <= self.atol
 
     def converged(self, old: Iterate, new: Iterate, result: RESULTS, progress: Progress,
-                  num_steps, own_error=None):
+                  num_steps, own_error=None, cut=False):
         """(converged, progress) after step `num_steps` from `old` to `new`, which reported
         `result`. `own_error`: the solver's own estimate of ‖xₖ − x*‖∞
-        (`AbstractMinimizer.error_estimate`), which then replaces the two shared ones."""
+        (`AbstractMinimizer.error_estimate`), which then replaces the two shared ones.
+        `cut`: the step was cut to a trust-region radius (`AbstractMinimizer.step_cut_short`),
+        so even a negligible first step is no sign of a start at the solution."""
         step = tree_inf_norm(tree_sub(new.params, old.params)) / x_scale(new.params)
         # A step that moved nothing (a rejected trust-region step) is not evidence.
         accepted = (result == RESULTS.successful) & (step > 0)
-        stalled = (self.first_step_counts & (num_steps == 1)
+        stalled = (self.first_step_counts & (num_steps == 1) & ~jnp.asarray(cut)
                    & _stalled(progress, step, accepted, self.eps))
         progress = progress.update(step, accepted)
         gnorm = tree_inf_norm(new.grad)

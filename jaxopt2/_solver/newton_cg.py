@@ -56,6 +56,7 @@ class _NewtonCGState(eqx.Module):
     cg_steps: jax.Array  # CG iterations taken at the last step (diagnostic)
     error: jax.Array  # ‖d‖∞ of the last CG step where it certifies ‖x − x*‖ (else ∞)
     grad_tol: jax.Array  # the stopping rule's atol + rtol·‖g₀‖∞: below it, solve CG tightly
+    cut: jax.Array  # the last step was cut to the trust-region radius
     # preconditioner="auto": M⁻¹ = the inverse Jacobi diagonal in use (ones until built)
     inv_diag: Any = None
 
@@ -190,6 +191,7 @@ class NewtonCG(AbstractMinimizer):
             cg_steps=jnp.zeros((), jnp.int32),
             error=jnp.asarray(jnp.inf, dtype),
             grad_tol=(self.atol + rtol * tree_inf_norm(iterate.grad)).astype(dtype),
+            cut=jnp.array(False),
         )
 
     def _certifying_forcing(self, params) -> float:
@@ -211,6 +213,9 @@ class NewtonCG(AbstractMinimizer):
 
     def error_estimate(self, state: _NewtonCGState):
         return state.error
+
+    def step_cut_short(self, state: _NewtonCGState):
+        return state.cut
 
     def _forcing_term(self, state: _NewtonCGState, grad_norm):
         dtype = state.eta.dtype
@@ -277,7 +282,7 @@ class NewtonCG(AbstractMinimizer):
         new, counts, result = newton_line_search(fn, iterate, cg.x, args, self.c1,
                                                  self.max_backtracks)
         new_state = _NewtonCGState(grad_norm, eta, state.radius, cg.num_iters, error,
-                                   state.grad_tol)
+                                   state.grad_tol, jnp.array(False))
         new_state = _with_inverse(new_state, inv_diag)
         return new, new_state, counts + Counts.of(hvp=cg.num_iters + built), result
 
@@ -315,6 +320,7 @@ class NewtonCG(AbstractMinimizer):
             # a rejected step leaves x where d was computed: its estimate holds there too
             error=error,
             grad_tol=state.grad_tol,
+            cut=cg.hit_boundary,
         )
         counts = Counts.of(fun=1, grad=accept.astype(jnp.int32), hvp=cg.num_iters + 1)
         return new, new_state, counts, result
