@@ -218,8 +218,11 @@ def test_bad_inputs():
         jaxopt2.minimize_constrained(_quad, x0, jnp.array([jnp.nan]), eq=lambda x, a: x[0])
     with pytest.raises(ValueError, match="equality constraints only"):
         jaxopt2.minimize_constrained(_quad, x0, ineq=lambda x, a: x[0], solver=DenseSQP())
+    with pytest.raises(ValueError, match="`eq` is None"):
+        jaxopt2.minimize_constrained(_quad, x0, solver=DenseSQP())
     with pytest.raises(ValueError, match="does not take `bounds`"):
-        jaxopt2.minimize_constrained(_quad, x0, bounds=(0.0, 1.0), solver=SketchedSQP())
+        jaxopt2.minimize_constrained(_quad, x0, eq=lambda x, a: x[0], bounds=(0.0, 1.0),
+                                     solver=SketchedSQP())
     with pytest.raises(ValueError, match="no constraint values"):
         jaxopt2.minimize_constrained(_quad, x0, eq=lambda x, a: jnp.zeros((0,)))
     with pytest.raises(ValueError, match="failed while tracing"):

@@ -158,6 +158,9 @@ def minimize_constrained(
     if p and not solver.supports_inequality:
         raise ValueError(f"{name} takes equality constraints only; use "
                          "jaxopt2.AugmentedLagrangian() for `ineq`.")
+    if m == 0 and getattr(solver, "needs_equality", False):
+        raise ValueError(f"{name} solves equality-constrained problems and `eq` is None; "
+                         "use jaxopt2.minimize for an unconstrained problem.")
     if bounds is not None and not solver.supports_bounds:
         raise ValueError(f"{name} does not take `bounds`; use jaxopt2.AugmentedLagrangian(), "
                          "or write them as `ineq`.")

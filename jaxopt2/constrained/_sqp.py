@@ -37,6 +37,7 @@ accuracy rule; our constants and regularization are our own choices).
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -87,6 +88,7 @@ class AbstractSQP(AbstractConstrainedSolver):
 
     rtol: eqx.AbstractVar[float | None]
     atol: eqx.AbstractVar[float]
+    needs_equality: ClassVar[bool] = True
     merit_nu: eqx.AbstractVar[float]
     penalty: eqx.AbstractVar[float]
     penalty_growth: eqx.AbstractVar[float]
