@@ -298,8 +298,8 @@ def on_mesh(x):
 
 def like(tree, ref):
     """`tree` with each leaf given the sharding in the type of the matching leaf of `ref`
-    (arrays or `jax.ShapeDtypeStruct`s),
-    where the mesh in context has Explicit axes (else `tree` unchanged). A product such as
+    (arrays or `jax.ShapeDtypeStruct`s) where the mesh in context has Explicit axes, else
+    `tree` unchanged. A product such as
     H v over sharded data can come out typed differently from v (a reduction's result names
     the mesh or not), and lineax requires a symmetric operator's output structure, shardings
     included, to equal its input's."""
@@ -310,7 +310,8 @@ def like(tree, ref):
         want = r.sharding if isinstance(r, jax.ShapeDtypeStruct) else getattr(
             jax.typeof(r), "sharding", None)
         have = getattr(jax.typeof(x), "sharding", None)
-        if want is None or want == have or want.mesh.empty:
+        mesh = getattr(want, "mesh", None)  # a NamedSharding's; None for one device
+        if mesh is None or mesh.empty or want == have:
             return x
         return jax.sharding.reshard(x, want.spec)
 
