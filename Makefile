@@ -52,6 +52,11 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/logistic.py
 	$(BIN)/python benchmarks/optimizers.py
 	$(BIN)/python benchmarks/composite.py
+	$(BIN)/python benchmarks/constrained.py
+	$(BIN)/python benchmarks/qp.py
+	$(BIN)/python benchmarks/ot.py
+	$(BIN)/python benchmarks/compile_time.py
+	$(BIN)/python benchmarks/training.py
 
 # Every example's full config on a GPU (installs JAX's CUDA wheels); the table goes to
 # outputs/run_all/results.md.

@@ -29,6 +29,8 @@ EXAMPLES = {  # example -> (full config, smoke config)
     "deq": ("deq.yaml", "deq_smoke.yaml"),
     "train_mlp": ("train_mlp.yaml", "train_mlp_smoke.yaml"),
     "sparse_regression": ("sparse_regression.yaml", "sparse_regression_smoke.yaml"),
+    "optimal_transport": ("optimal_transport.yaml", "optimal_transport_smoke.yaml"),
+    "constrained": ("constrained.yaml", "constrained_smoke.yaml"),
 }
 
 

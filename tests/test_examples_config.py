@@ -12,7 +12,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ("demo", "equations", "hyperparameter_optimization", "dataset_distillation", "deq",
-            "train_mlp", "sparse_regression")
+            "train_mlp", "sparse_regression", "optimal_transport", "constrained")
 sys.path.insert(0, str(ROOT / "examples"))
 import _common  # noqa: E402
 
