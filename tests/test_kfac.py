@@ -170,7 +170,7 @@ def test_reduction_ratio_is_measured_on_the_next_minibatch():
 @pytest.mark.slow
 def test_kfac_trains_stable_state_and_skips_non_finite():
     """float32: an MLP trained for 12 steps with one trace and a state of fixed signature
-    lowers the loss below tuned-free Adam(1e-2)'s at the same step; a NaN gradient is a zero
+    lowers the loss below untuned Adam(1e-2)'s at the same step; a NaN gradient is a zero
     update and the state unchanged; bad construction is refused."""
     X = jax.random.normal(jax.random.key(8), (64, 3))
     Y = jnp.stack([jnp.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1)
