@@ -286,3 +286,22 @@ def test_sketched_sqp_unit_steps_and_adaptive_accuracy():
         steps[name] = int(sol.stats["num_steps"])
     assert steps["adaptive"] <= steps["dense"] + 2
     assert 2 * steps["adaptive"] <= steps["fixed"]
+
+
+@pytest.mark.float64
+@pytest.mark.slow
+def test_forward_mode_and_vmapped_gradients():
+    """jax.jacfwd equals jax.jacrev through the active-set KKT conditions, and vmap of the
+    gradient equals a loop."""
+    def solution(total, gap):
+        return _run(dict(_params(), total=total, gap=gap)).params
+
+    fwd = jax.jacfwd(solution, argnums=(0, 1))(1.0, 0.5)
+    rev = jax.jacrev(solution, argnums=(0, 1))(1.0, 0.5)
+    for f, r in zip(fwd, rev, strict=True):
+        np.testing.assert_allclose(f, r, rtol=1e-8, atol=1e-10)
+    grad = jax.grad(lambda t: solution(t, 0.5) @ jnp.arange(4.0))
+    totals = jnp.array([0.8, 1.0, 1.5])
+    batched = jax.vmap(grad)(totals)
+    looped = jnp.stack([grad(t) for t in totals])
+    np.testing.assert_allclose(batched, looped, rtol=1e-8, atol=1e-10)

@@ -141,9 +141,13 @@ def minimize_constrained(
             raise TypeError(f"`{name}` must be a function (params, args) -> ...; got "
                             f"{type(f).__name__}.")
     params0, fn, args = prepare(fun, params0, args, False, "params0")
-    check_objective(fn, params0, args)
     x0, unravel = jax.flatten_util.ravel_pytree(params0)
     dtype = x0.dtype
+    # Python floats in `args` become arrays of the parameters' dtype: the inner solves and
+    # the derivative rules pass `args` through transformations that turn them into arrays,
+    # which the closure-converted functions (built here) must then also have seen.
+    args = jtu.tree_map(lambda v: jnp.asarray(v, dtype) if type(v) is float else v, args)
+    check_objective(fn, params0, args)
     n = x0.size
     eq_struct = None if eq is None else _output_struct(eq, params0, args, "eq", dtype)
     in_struct = None if ineq is None else _output_struct(ineq, params0, args, "ineq", dtype)
