@@ -70,6 +70,7 @@ def test_known_solution_float32():
     np.testing.assert_allclose(sol.z, ref["z"], atol=2e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.float64
 def test_against_clarabel():
     clarabel = pytest.importorskip("clarabel")
@@ -153,21 +154,35 @@ def test_vmap_one_infeasible_problem_does_not_spoil_the_batch():
 
 @pytest.mark.float64
 def test_infeasible_and_unbounded_statuses():
-    Q, c = jnp.eye(2), jnp.ones(2)
-    s = solve_qp(Q, c, G=jnp.array([[1.0, 1.0]]), h=jnp.array([-1.0]), lower=0.0, throw=False)
-    assert s.status == RESULTS.primal_infeasible
-    s = solve_qp(Q, c, jnp.array([[1.0, 1.0], [1.0, 1.0]]), jnp.array([1.0, 2.0]), throw=False)
-    assert s.status == RESULTS.primal_infeasible
-    # min −x₀ over x ≥ 0, x₁ ≤ 1: the ray x₀ → ∞.
-    s = solve_qp(jnp.zeros((2, 2)), jnp.array([-1.0, 0.0]), G=jnp.array([[0.0, 1.0]]),
-                 h=jnp.array([1.0]), lower=0.0, throw=False)
-    assert s.status == RESULTS.dual_infeasible
-    # A bounded LP with the same data but c = (1, 0) is solved: x = (0, anything ≤ 1).
-    s = solve_qp(jnp.zeros((2, 2)), jnp.array([1.0, 0.0]), G=jnp.array([[0.0, 1.0]]),
-                 h=jnp.array([1.0]), lower=0.0)
-    assert s.status == RESULTS.successful and abs(float(s.x[0])) < 1e-8
+    # One batch, one compiled program: every problem has n = 2, two equality rows, one
+    # inequality row and x ≥ 0 (zero equality rows where a problem has none).
+    zero_rows = (jnp.zeros((2, 2)), jnp.zeros(2))
+    cases = {
+        # x₀ + x₁ ≤ −1 with x ≥ 0
+        "primal_infeasible": (jnp.eye(2), jnp.ones(2), *zero_rows, [1.0, 1.0], -1.0),
+        # x₀ + x₁ = 1 and x₀ + x₁ = 2
+        "primal_infeasible ": (jnp.eye(2), jnp.ones(2), jnp.ones((2, 2)),
+                               jnp.array([1.0, 2.0]), [0.0, 1.0], 5.0),
+        # min −x₀ over x ≥ 0, x₁ ≤ 1: the ray x₀ → ∞
+        "dual_infeasible": (jnp.zeros((2, 2)), jnp.array([-1.0, 0.0]), *zero_rows, [0.0, 1.0],
+                            1.0),
+        # the same with c = (1, 0): a bounded LP, x₀ = 0
+        "successful": (jnp.zeros((2, 2)), jnp.array([1.0, 0.0]), *zero_rows, [0.0, 1.0], 1.0),
+    }
+    Q, c, A, b, g, h = (jnp.stack([jnp.asarray(case[i], jnp.float64) for case in cases.values()])
+                        for i in range(6))
+    out = jax.jit(jax.vmap(lambda Q, c, A, b, g, h: solve_qp(
+        Q, c, A, b, g[None], h[None], lower=0.0, throw=False)))(Q, c, A, b, g, h)
+    assert [RESULTS.names[int(k)] for k in out.status.code] == [k.strip() for k in cases]
+    assert abs(float(out.x[3, 0])) < 1e-8
+
+
+@pytest.mark.slow
+@pytest.mark.float64
+def test_throw_raises_the_status():
     with pytest.raises(RuntimeError, match="primal_infeasible"):
-        solve_qp(Q, c, G=jnp.array([[1.0, 1.0]]), h=jnp.array([-1.0]), lower=0.0)
+        solve_qp(jnp.eye(2), jnp.ones(2), G=jnp.array([[1.0, 1.0]]), h=jnp.array([-1.0]),
+                 lower=0.0)
 
 
 def test_bad_input():

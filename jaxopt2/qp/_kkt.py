@@ -21,6 +21,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.linalg import cho_solve
 
 _ULPS = 10.0
@@ -70,13 +71,17 @@ class ReducedKKT(eqx.Module):
         return dx, dy
 
     def solve(self, rx, ry):
-        dx, dy = self._regularised_solve(rx, ry)
-        for _ in range(self.refine):
-            ex = rx - self.H @ dx - self.A.T @ dy
-            ey = ry - self.A @ dx
-            cx, cy = self._regularised_solve(ex, ey)
-            dx, dy = dx + cx, dy + cy
-        return dx, dy
+        # From (0, 0) the first pass is the plain regularised solve; each further one a step
+        # of refinement. A loop, not unrolled: one copy of the solve in the compiled program
+        # (the interior point calls `solve` four times a step).
+        def refine(_, d):
+            dx, dy = d
+            cx, cy = self._regularised_solve(rx - self.H @ dx - self.A.T @ dy,
+                                             ry - self.A @ dx)
+            return dx + cx, dy + cy
+
+        zero = (jnp.zeros_like(rx), jnp.zeros_like(ry))
+        return lax.fori_loop(0, self.refine + 1, refine, zero)
 
     def ok(self):
         """False where a factorization failed (NaN): H + ρI was not positive definite."""
