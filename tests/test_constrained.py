@@ -53,8 +53,10 @@ def test_augmented_lagrangian_hs_all(number):
 
 @pytest.mark.float64
 @pytest.mark.parametrize("solver", [
-    SketchedSQP(), pytest.param(DenseSQP(), marks=pytest.mark.slow)],
-    ids=["sketched", "dense"])
+    SketchedSQP(), pytest.param(DenseSQP(), marks=pytest.mark.slow),
+    pytest.param(SketchedSQP(matrix_free=True, sketch_size=3), marks=pytest.mark.slow),
+    pytest.param(SketchedSQP(sketch="rows"), marks=pytest.mark.slow)],
+    ids=["sketched", "dense", "matrix_free", "rows"])
 def test_sqp_hs_default(solver):
     """HS 40 (three nonlinear equalities, nonconvex), and the multipliers satisfy
     stationarity against jax.grad/jax.jacobian."""
