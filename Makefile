@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test test-slow test-min bench lint docs clean examples-gpu
+.PHONY: run test test-slow test-min bench bench-scale bench-gpu distributed lint docs clean examples-gpu
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,19 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/ot.py
 	$(BIN)/python benchmarks/compile_time.py
 	$(BIN)/python benchmarks/training.py
+
+# Two processes x four CPU devices with jax.distributed, against one process.
+distributed: $(VENV)/.run
+	$(BIN)/python examples/distributed.py --config configs/distributed.yaml
+
+# Time per HVP and per Newton step over 1-8 host devices, two processes against one (minutes).
+bench-scale: $(VENV)/.bench
+	$(BIN)/python benchmarks/scale.py
+
+# The GPU section of benchmarks/RESULTS.md (n = 1e6, d = 1e3 logistic regression); under 5
+# minutes on a GPU (`--small` runs it at a tiny size on a CPU).
+bench-gpu: $(VENV)/.bench
+	$(BIN)/python benchmarks/gpu_logistic.py
 
 # Every example's full config on a GPU (installs JAX's CUDA wheels); the table goes to
 # outputs/run_all/results.md.
