@@ -82,9 +82,12 @@ class RESULTS(eqx.Enumeration):
         "float64, or use Newton (exact Hessian solves)."
     )
     primal_infeasible = (
-        "The constraints have no common point: the solver found a certificate (multipliers "
-        "y, z with Aᵀy + Gᵀz = 0 and bᵀy + hᵀz < 0, for a QP) that no x satisfies them all. "
-        "Check the constraint data (signs, units, lower ≤ upper), or relax the constraints."
+        "The constraints have no common point: for a QP the solver found a certificate "
+        "(multipliers y, z with Aᵀy + Gᵀz = 0 and bᵀy + hᵀz < 0) that no x satisfies them "
+        "all; for nonlinear constraints the penalty reached its cap with no progress towards "
+        "feasibility (a local certificate: a point of least infeasibility). Check the "
+        "constraint data (signs, units, lower ≤ upper), or relax the constraints, or start "
+        "elsewhere."
     )
     dual_infeasible = (
         "The objective is unbounded below on the feasible set: the solver found a direction "
