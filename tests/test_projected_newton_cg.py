@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxopt2
+
 from jaxopt2._solver.lbfgsb import LBFGSB
 from jaxopt2._solver.projected_newton_cg import ProjectedNewtonCG, active_set
 from tests.test_lbfgsb import (
@@ -82,3 +84,26 @@ def test_negative_curvature_still_descends_to_a_bound():
                                           None, lo, hi, 50, 0.0))()
     np.testing.assert_array_equal(it.params, [2.0, 2.0])
     assert pg == 0 and jnp.all(projected_gradient(it.params, it.grad, lo, hi) == 0)
+
+
+@pytest.mark.float64
+def test_singular_hessian_with_gradient_outside_its_range_falls_back_to_a_gradient_step():
+    """HS 9's penalty subproblem from x = 0: the Hessian there is the rank-one penalty
+    ρ·aaᵀ (a = (4, −3)) and the gradient (π/12, 0) is not in its range, so CG returns a huge
+    step and every backtrack of it fails (was line_search_failed at step 1). The projected
+    gradient step taken instead leads to the minimizer LBFGSB finds, with the same value."""
+    rho = 10.0
+
+    def f(x, _):
+        return (jnp.sin(jnp.pi * x[0] / 12) * jnp.cos(jnp.pi * x[1] / 16)
+                + 0.5 * rho * (4 * x[0] - 3 * x[1]) ** 2)
+
+    x0, bounds = jnp.zeros(2), (-10.0, 10.0)
+    hess = jax.hessian(f)(x0, None)
+    assert np.linalg.matrix_rank(np.asarray(hess)) == 1  # the premise: singular at x0
+    sol = jaxopt2.minimize(f, x0, None, solver=ProjectedNewtonCG(), bounds=bounds,
+                           throw=False)
+    ref = jaxopt2.minimize(f, x0, None, solver=LBFGSB(), bounds=bounds)
+    assert jaxopt2.status_name(sol.status) == "successful"
+    np.testing.assert_allclose(sol.value, ref.value, rtol=1e-10)
+    np.testing.assert_allclose(sol.params, ref.params, atol=1e-5)

@@ -139,6 +139,17 @@ class ProjectedNewtonCG(AbstractMinimizer):
         cg = truncated_cg(reduced, jnp.where(free, -g, 0.0), rtol=eta, max_iters=max_cg)
         d = jnp.where(free, cg.x, -g)
         ls, s, y = box_search(self, fn, iterate, args, x, g, lo, hi, d, 1.0)
+
+        def gradient_step():
+            # CG on a singular Hessian with the gradient outside its range (HS 9's
+            # penalty subproblem at x = 0: a rank-one penalty Hessian) returns a huge step
+            # that no backtracking rescues: take a projected-gradient step of length 1/θ
+            # instead, θ the secant curvature (1 before the first pair).
+            ls2, s2, y2 = box_search(self, fn, iterate, args, x, g, lo, hi, -g / state.theta,
+                                     1.0)
+            return eqx.tree_at(lambda r: r.counts, ls2, ls2.counts + ls.counts), s2, y2
+
+        ls, s, y = jax.lax.cond(ls.ok, lambda: (ls, s, y), gradient_step)
         sy, yy = s @ y, y @ y
         good = ls.ok & (sy > 0) & jnp.isfinite(yy)
         theta = jnp.where(good, yy / jnp.where(good, sy, 1.0), state.theta)
