@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import jaxopt2
-
 from jaxopt2._solver.lbfgsb import LBFGSB
 from jaxopt2._solver.projected_newton_cg import ProjectedNewtonCG, active_set
 from tests.test_lbfgsb import (
