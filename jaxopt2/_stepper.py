@@ -30,7 +30,7 @@ from ._base import (
     Point,
 )
 from ._checks import check_objective, check_vector_output, wrap_objective
-from ._front import check_max_steps, open_door, stats
+from ._front import check_max_steps, open_door, stats, step_budget
 from ._iterate import (
     check_when,
     final_check,
@@ -180,7 +180,9 @@ class Stepper(eqx.Module):
       `kind="fixed_point"` to apply it to g(y) − y).
     - `has_aux`: whether `fun` returns `(out, aux)`.
     - `max_steps`: the step budget (static), after which `done` is True with status
-      `max_steps_reached`; the front doors' default 256.
+      `max_steps_reached`; by default the solver's own, as in the front doors
+      (`default_max_steps`: 256 for Newton-type solvers, more for quasi-Newton and
+      first-order ones).
 
     **Example:**
 
@@ -203,7 +205,7 @@ class Stepper(eqx.Module):
     max_steps: int = eqx.field(static=True)
 
     def __init__(self, fun: Callable, solver, *, kind: str | None = None,
-                 has_aux: bool = False, max_steps: int = 256):
+                 has_aux: bool = False, max_steps: int | None = None):
         if not callable(fun):
             raise TypeError(f"`fun` must be callable as fun(params, args); got "
                             f"{type(fun).__name__}.")
@@ -217,6 +219,7 @@ class Stepper(eqx.Module):
                             f"{example}; got {type(solver).__name__}.")
         if not isinstance(has_aux, bool):
             raise TypeError(f"`has_aux` must be True or False; got {has_aux!r}.")
+        max_steps = step_budget(solver, max_steps)
         check_max_steps(max_steps)
         self.fun = fun
         self.solver = solver

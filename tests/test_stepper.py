@@ -265,3 +265,13 @@ def test_vmap_curvature_check_is_per_problem():
     assert list(jaxopt2.status_name(state.status.code)) == ["saddle_point", "successful"]
     np.testing.assert_allclose(jnp.abs(state.params[1]), jnp.array([0.0, 0.5**0.5]),
                                atol=1e-5)
+
+
+def test_default_budget_is_the_solvers_own_as_in_the_front_door():
+    """The Stepper's default `max_steps` is the solver's (`default_max_steps`), the budget
+    `minimize(max_steps=None)` uses; a first-order solver gets more steps than Newton."""
+    fun = lambda x, _: jnp.sum(x**2)  # noqa: E731
+    for solver in (jaxopt2.Newton(), jaxopt2.LBFGS(), jaxopt2.GradientDescent()):
+        assert jaxopt2.Stepper(fun, solver).max_steps == solver.default_max_steps
+    assert jaxopt2.LBFGS().default_max_steps > jaxopt2.Newton().default_max_steps
+    assert jaxopt2.Stepper(fun, jaxopt2.NewtonRaphson()).max_steps == 256
