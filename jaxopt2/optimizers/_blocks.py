@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
@@ -122,6 +123,32 @@ def accumulate(left, right, blocks, beta):
     gtg = blocks.swapaxes(-1, -2) @ blocks
     return (beta * left + (1 - beta) * gg_t).astype(left.dtype), \
         (beta * right + (1 - beta) * gtg).astype(right.dtype)
+
+
+def update_factors(g, left, right, shapes, t, freq, transform, cached_left, cached_right,
+                   beta):
+    """One step of the Kronecker statistics shared by Shampoo and SOAP, on flat leaf lists:
+    `(layouts, left, right, left_t, right_t)`. Each matrix leaf's gradient blocks are added
+    to its left/right factors (`accumulate`); every `freq` steps (t % freq == 0, under
+    `lax.cond`, so the costly `transform` is skipped on the other steps) `transform` of
+    each factor replaces the cached one (Shampoo: inverse 4th roots; SOAP: eigenbases).
+    Vector and scalar leaves (layout None) pass through unchanged."""
+    layouts = [layout_of(s, L) if is_matrix(s) else None
+               for s, L in zip(shapes, left, strict=True)]
+    new_left, new_right = [], []
+    for lay, gl, L, R in zip(layouts, g, left, right, strict=True):
+        if lay is not None:
+            L, R = accumulate(L, R, to_blocks(gl, *lay), beta)
+        new_left.append(L)
+        new_right.append(R)
+
+    def refresh():
+        return ([transform(L) if lay else L for L, lay in zip(new_left, layouts, strict=True)],
+                [transform(R) if lay else R for R, lay in zip(new_right, layouts, strict=True)])
+
+    left_t, right_t = jax.lax.cond(t % freq == 0, refresh,
+                                   lambda: (list(cached_left), list(cached_right)))
+    return layouts, new_left, new_right, left_t, right_t
 
 
 def _spectrum(stats):

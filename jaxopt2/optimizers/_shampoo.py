@@ -112,25 +112,10 @@ def shampoo(
         moments = [B.adam_moments(m, v, gl, b1, b2) for m, v, gl in
                    zip(leaves(state.mu), leaves(state.nu), leaves(g), strict=True)]
         mu, nu = [m for m, _ in moments], [v for _, v in moments]
-        layouts = [B.layout_of(s, L) if B.is_matrix(s) else None
-                   for s, L in zip(shapes, leaves(state.left), strict=True)]
-        left, right = [], []
-        for lay, gl, L, R in zip(layouts, leaves(g), leaves(state.left), leaves(state.right),
-                                 strict=True):
-            if lay is not None:
-                L, R = B.accumulate(L, R, B.to_blocks(gl, *lay), b2)
-            left.append(L)
-            right.append(R)
-
-        def roots():
-            return ([B.inverse_root(L, 4, matrix_eps) if lay else L
-                     for L, lay in zip(left, layouts, strict=True)],
-                    [B.inverse_root(R, 4, matrix_eps) if lay else R
-                     for R, lay in zip(right, layouts, strict=True)])
-
-        left_root, right_root = jax.lax.cond(
-            t % precondition_freq == 0, roots,
-            lambda: (leaves(state.left_root), leaves(state.right_root)))
+        layouts, left, right, left_root, right_root = B.update_factors(
+            leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
+            lambda S: B.inverse_root(S, 4, matrix_eps), leaves(state.left_root),
+            leaves(state.right_root), b2)
 
         dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in mu]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)

@@ -114,24 +114,9 @@ def soap(
         treedef = jtu.tree_structure(params)
         leaves = lambda tree: treedef.flatten_up_to(tree)  # noqa: E731
         shapes = [p.shape for p in leaves(params)]
-        layouts = [B.layout_of(s, L) if B.is_matrix(s) else None
-                   for s, L in zip(shapes, leaves(state.left), strict=True)]
-
-        left, right = [], []
-        for lay, gl, L, R in zip(layouts, leaves(g), leaves(state.left), leaves(state.right),
-                                 strict=True):
-            if lay is not None:
-                L, R = B.accumulate(L, R, B.to_blocks(gl, *lay), b2)
-            left.append(L)
-            right.append(R)
-
-        def bases():
-            return ([B.eigenbasis(L) if lay else L for L, lay in zip(left, layouts, strict=True)],
-                    [B.eigenbasis(R) if lay else R for R, lay in zip(right, layouts, strict=True)])
-
-        left_basis, right_basis = jax.lax.cond(
-            t % precondition_freq == 0, bases,
-            lambda: (leaves(state.left_basis), leaves(state.right_basis)))
+        layouts, left, right, left_basis, right_basis = B.update_factors(
+            leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
+            B.eigenbasis, leaves(state.left_basis), leaves(state.right_basis), b2)
 
         dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in leaves(state.mu)]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
