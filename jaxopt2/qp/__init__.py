@@ -4,5 +4,6 @@ as a layer, batched under `vmap`).
     minimize ½xᵀQx + cᵀx   subject to   Ax = b,   Gx ≤ h,   lower ≤ x ≤ upper
 """
 
+from ._admm import ADMM as ADMM
 from ._solve import QPSolution as QPSolution
 from ._solve import solve_qp as solve_qp

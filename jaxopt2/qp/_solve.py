@@ -28,8 +28,10 @@ from jax import lax
 
 from .._front import raise_if_failed
 from .._results import RESULTS, Status
+from ._admm import ADMM, admm
 from ._interior_point import Iterate, interior_point
 from ._problem import QPData, make_qp
+from ._stacked import is_operator, stack_dense, stack_operators
 
 
 class QPSolution(eqx.Module):
@@ -179,8 +181,9 @@ def _default_rtol(dtype):
 
 
 def solve_qp(Q, c, A=None, b=None, G=None, h=None, lower=None, upper=None, *,
-             rtol: float | None = None, max_steps: int = 100,
-             infeasibility_tol: float | None = None, throw: bool = True) -> QPSolution:
+             method: str | ADMM = "ipm", rtol: float | None = None,
+             max_steps: int | None = None, infeasibility_tol: float | None = None,
+             init: QPSolution | None = None, throw: bool = True) -> QPSolution:
     r"""Solve the convex quadratic program
 
         minimize ½xᵀQx + cᵀx   subject to   Ax = b,   Gx ≤ h,   lower ≤ x ≤ upper
@@ -220,13 +223,28 @@ def solve_qp(Q, c, A=None, b=None, G=None, h=None, lower=None, upper=None, *,
     dx_dc = jax.jacobian(lambda c: solve_qp(Q, c, A, b, G, h).x)(c)
     ```
     """
+    if method == "admm":
+        method = ADMM()
+    if not (method == "ipm" or isinstance(method, ADMM)):
+        raise ValueError(f"method must be 'ipm', 'admm' or a jaxopt2.qp.ADMM; got {method!r}.")
+    if max_steps is None:
+        max_steps = 100 if method == "ipm" else 10_000
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int; got {max_steps!r}.")
+    if rtol is not None and not isinstance(rtol, jax.core.Tracer) and not 0 < float(rtol) < 1:
+        raise ValueError(f"rtol must be in (0, 1); got {rtol!r}.")
+    if isinstance(method, ADMM):
+        return _solve_admm(method, Q, c, A, b, G, h, lower, upper, rtol, max_steps,
+                           infeasibility_tol, init, throw)
+    if init is not None:
+        raise ValueError("`init` (a warm start) is used by method='admm' only; the interior "
+                         "point starts from its own centred point.")
+    if any(is_operator(M) for M in (Q, A, G)):
+        raise ValueError("Q, A, G given as functions/operators need method='admm' (matrix-free); "
+                         "the interior point needs dense arrays.")
     qp = make_qp(Q, c, A, b, G, h, lower, upper)
     dtype = qp.c.dtype
     rtol = _default_rtol(dtype) if rtol is None else rtol
-    if not isinstance(rtol, jax.core.Tracer) and not 0 < float(rtol) < 1:
-        raise ValueError(f"rtol must be in (0, 1); got {rtol!r}.")
     if infeasibility_tol is None:
         infeasibility_tol = 1e-7 if jnp.finfo(dtype).eps < 1e-10 else 1e-4
     rtol = jnp.asarray(rtol, dtype)
@@ -241,4 +259,83 @@ def solve_qp(Q, c, A=None, b=None, G=None, h=None, lower=None, upper=None, *,
     stats = dict(num_steps=steps, primal_residual=res.primal, dual_residual=res.dual,
                  gap=res.gap)
     value = 0.5 * x @ (qp.Q @ x) + qp.c @ x
+    return QPSolution(x, y, z, zl, zu, value, status, stats)
+
+
+@jax.custom_jvp
+def _not_differentiable(x, *data):
+    return x
+
+
+@_not_differentiable.defjvp
+def _not_differentiable_jvp(primals, tangents):
+    raise NotImplementedError(
+        "solve_qp with matrix-free data (Q, A or G given as functions or lineax operators) is "
+        "not differentiable; pass dense arrays (method='admm' or 'ipm') to differentiate.")
+
+
+def _slack(v, floor):
+    # Strictly positive slacks for the derivative's complementarity rows: an active
+    # constraint (slack ≈ 0) keeps a rounding-level one, so max(z, s) never vanishes.
+    return jnp.maximum(v, floor)
+
+
+def _solve_admm(opts: ADMM, Q, c, A, b, G, h, lower, upper, rtol, max_steps,
+                infeasibility_tol, init, throw):
+    matrix_free = any(is_operator(M) for M in (Q, A, G))
+    if matrix_free:
+        st, n, p, m, has_lo, has_up, bounds = stack_operators(Q, c, A, b, G, h, lower, upper)
+        qp = None
+    else:
+        qp = make_qp(Q, c, A, b, G, h, lower, upper)
+        st, bounds = stack_dense(qp)
+        n, p, m = qp.n, qp.b.shape[0], qp.h.shape[0]
+        has_lo, has_up = qp.has_lower, qp.has_upper
+    dtype = st.q.dtype
+    rtol = jnp.asarray(_default_rtol(dtype) if rtol is None else rtol, dtype)
+    if infeasibility_tol is None:
+        infeasibility_tol = 1e-6 if jnp.finfo(dtype).eps < 1e-10 else 1e-4
+    rows = p + m + (n if bounds else 0)
+    rho0 = None
+    if init is None:
+        x0, y0 = jnp.zeros((n,), dtype), jnp.zeros((rows,), dtype)
+    else:
+        parts = [init.y, init.z] + ([init.z_upper - init.z_lower] if bounds else [])
+        x0 = jnp.asarray(init.x, dtype)
+        y0 = jnp.concatenate([jnp.asarray(v, dtype).reshape(-1) for v in parts])
+        if x0.shape != (n,) or y0.shape != (rows,):
+            raise ValueError("`init` does not match this QP's sizes (x, y, z, z_lower, z_upper "
+                             "of a solution of a QP with the same constraints are needed).")
+        if isinstance(init.stats, dict) and "rho" in init.stats:
+            rho0 = lax.stop_gradient(jnp.asarray(init.stats["rho"], dtype))
+    out = admm(st, lax.stop_gradient(x0), lax.stop_gradient(y0), opts, rtol=rtol,
+               max_steps=max_steps, infeasibility_tol=jnp.asarray(infeasibility_tol, dtype),
+               rho0=rho0)
+    status = Status(out.code, RESULTS)
+    ok = out.code == RESULTS.successful._value
+    yv = lax.stop_gradient(out.y)
+    y, z = yv[:p], jnp.maximum(yv[p:p + m], 0.0)
+    yb = yv[p + m:] if bounds else jnp.zeros((n,), dtype)
+    zl, zu = has_lo * jnp.maximum(-yb, 0.0), has_up * jnp.maximum(yb, 0.0)
+    x = lax.stop_gradient(out.x)
+    if matrix_free:
+        # Every input the solution depends on, the operators' closed-over arrays included,
+        # so that differentiating with respect to any of them raises.
+        consts = [v for f in (st.P_mv, st.C_mv)
+                  for v in jax.closure_convert(lambda v, f=f: f(v), st.q)[1]
+                  if jnp.issubdtype(jnp.asarray(v).dtype, jnp.inexact)]
+        x = _not_differentiable(x, st.q, st.l, st.u, *consts)
+        value = 0.5 * x @ st.P_mv(x) + st.q @ x
+    else:
+        floor = jnp.finfo(dtype).eps * qp.scale()
+        ones = jnp.ones((n,), dtype)
+        it = Iterate(x, y, z, _slack(qp.h - qp.G @ x, floor), zl,
+                     jnp.where(has_lo > 0, _slack(x - qp.lower, floor), ones), zu,
+                     jnp.where(has_up > 0, _slack(qp.upper - x, floor), ones))
+        x, y, z, zl, zu = _differentiable(qp, it, ok)
+        value = 0.5 * x @ (qp.Q @ x) + qp.c @ x
+    if throw:
+        x = raise_if_failed(x, status, problem=st.q)
+    stats = dict(num_steps=out.steps, primal_residual=out.primal, dual_residual=out.dual,
+                 gap=out.gap, polished=out.polished, rho=out.rho)
     return QPSolution(x, y, z, zl, zu, value, status, stats)
