@@ -319,7 +319,7 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
     newton = _newton_step_bound(*(r[1] for r in runs), g, full=steps == n)
     # As in `extreme_eigenvalues`: decoupled dead steps take α₀, inside the live spectrum.
     alphas = jnp.where(alive, alphas, alphas[0])
-    tridiagonal = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+    tridiagonal = _tridiagonal(alphas, betas)
     ritz, vectors = jnp.linalg.eigh(tridiagonal)
     low, high = ritz[0], ritz[-1]
     v = basis.T @ vectors[:, 0]
@@ -330,11 +330,12 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
     flat_point = (tree_inf_norm(it.grad) == 0) & (low == 0) & (high == 0)
     h = eps**0.25 * x_scale(params)
     f0 = it.value
-    # f at x ± h·q: one trace of `fun` (a two-element lax.map), evaluated only on a flat point
+    # f at x ± h·q: one trace of `fun` (batched over the two points, which is a smaller
+    # program than a two-trip loop), evaluated only on a flat point
     sides = jax.lax.cond(
         flat_point,
-        lambda: jax.lax.map(lambda sign: value_fn(unravel(flat + sign * h * q0)).astype(dtype),
-                            jnp.array([1.0, -1.0], dtype)),
+        lambda: jax.vmap(lambda sign: value_fn(unravel(flat + sign * h * q0)).astype(dtype))(
+            jnp.array([1.0, -1.0], dtype)),
         lambda: jnp.stack([f0, f0]).astype(dtype))
     f_plus, f_minus = sides[0], sides[1]
     lower_side = jnp.minimum(f_plus, f_minus) < f0
@@ -363,13 +364,25 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
                      curvature, num_hvp, num_fun)
 
 
+def _tridiagonal(alphas, betas):
+    """The symmetric tridiagonal matrix with diagonal α and off-diagonal β, built from masks
+    on one index grid (a few fused element-wise ops; `jnp.diag` with an offset costs a
+    pad and a gather-like select per diagonal)."""
+    k = alphas.size
+    rows, cols = jnp.arange(k)[:, None], jnp.arange(k)[None, :]
+    off = jnp.pad(betas, (0, k - betas.size))
+    return (jnp.where(rows == cols, alphas[None, :], 0)
+            + jnp.where(cols == rows + 1, off[:, None], 0)
+            + jnp.where(rows == cols + 1, off[None, :], 0))
+
+
 def _newton_step_bound(alphas, betas, alive, basis, g, full: bool):
     """The lower bound on ‖H⁻¹g‖ of `curvature_check` from one Lanczos run (its basis Q, k
     rows). Without the last β (not returned) only the first k − 1 basis vectors have their
     products inside span Q: H Q₍ₖ₋₁₎ = Q T[:, :k−1]. Where the run spans the whole space
     (`full`, k = n) the k × k T is exact."""
     alphas = jnp.where(alive, alphas, 0)
-    tridiagonal = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+    tridiagonal = _tridiagonal(alphas, betas)
     k = alphas.size if full else alphas.size - 1
     if k == 0:
         return jnp.zeros((), g.dtype)
@@ -379,7 +392,8 @@ def _newton_step_bound(alphas, betas, alive, basis, g, full: bool):
     # `cond` crashed XLA:CPU's compiler intermittently (a segfault in two full test runs).
     b = tridiagonal[:, :k]
     m = b.shape[0]
-    augmented = jnp.block([[jnp.zeros((m, m), b.dtype), b], [b.T, jnp.zeros((k, k), b.dtype)]])
+    upper = jnp.pad(b, ((0, k), (m, 0)))  # B in the top-right block, zeros elsewhere
+    augmented = upper + upper.T
     w, vecs = jnp.linalg.eigh(augmented)
     c = jnp.sqrt(2.0).astype(g.dtype) * (vecs[m:, :].T @ (basis[:k] @ g))
     keep = w > 10 * jnp.finfo(g.dtype).eps * jnp.max(jnp.abs(w))

@@ -20,33 +20,36 @@ def lanczos(matvec, q0, steps: int, *, return_basis: bool = False):
     the Ritz vector of an eigenvector y of T."""
     n, dtype = q0.size, q0.dtype
     tiny = jnp.finfo(dtype).eps
-    basis = jnp.zeros((steps, n), dtype).at[0].set(q0)
+    # Rows are read and written through masks on `rows == j` rather than indexed updates:
+    # the same arithmetic in a program about a third smaller (no index normalisation or
+    # out-of-range handling per update; issue 20, compile time).
+    rows = jnp.arange(steps)
+    basis = jnp.where((rows == 0)[:, None], q0, jnp.zeros((steps, n), dtype))
 
     def step(j, carry):
         basis, alphas, betas, alive, scale = carry
-        w = matvec(basis[j])
-        alpha = jnp.vdot(basis[j], w)
+        here, after = rows == j, rows == j + 1
+        q = jnp.sum(jnp.where(here[:, None], basis, 0), axis=0)
+        live = jnp.any(here & alive)
+        w = matvec(q)
+        alpha = jnp.vdot(q, w)
         # Classical Gram–Schmidt against the whole basis, twice: keeps Q orthonormal, so no
         # spurious copies of converged Ritz values distort the quadrature weights.
         w = w - basis.T @ (basis @ w)
         w = w - basis.T @ (basis @ w)
         beta = jnp.linalg.norm(w)
         scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
-        next_alive = alive[j] & (beta > tiny * scale)
+        next_alive = live & (beta > tiny * scale)
         q_next = jnp.where(next_alive, w / jnp.where(next_alive, beta, 1), 0)
-        basis = basis.at[j + 1].set(q_next, mode="drop")
-        alphas = alphas.at[j].set(jnp.where(alive[j], alpha, 0))
-        betas = betas.at[j].set(jnp.where(next_alive, beta, 0))
-        alive = alive.at[j + 1].set(next_alive, mode="drop")
+        # The row after the last does not exist: those writes fall off the masks.
+        basis = jnp.where(after[:, None], q_next, basis)
+        alphas = jnp.where(here, jnp.where(live, alpha, 0), alphas)
+        betas = jnp.where(here, jnp.where(next_alive, beta, 0), betas)
+        alive = jnp.where(after, next_alive, alive)
         return basis, alphas, betas, alive, scale
 
-    init = (
-        basis,
-        jnp.zeros(steps, dtype),
-        jnp.zeros(steps, dtype),
-        jnp.zeros(steps, bool).at[0].set(True),
-        jnp.zeros((), dtype),
-    )
+    init = (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), rows == 0,
+            jnp.zeros((), dtype))
     basis, alphas, betas, alive, _ = jax.lax.fori_loop(0, steps, step, init)
     if return_basis:
         return alphas, betas[:-1], alive, basis
