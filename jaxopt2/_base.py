@@ -211,6 +211,10 @@ class AbstractIterativeSolver(eqx.Module):
     steps_estimate_error: ClassVar[bool] = False
     supports_half_precision: ClassVar[bool] = False  # as in AbstractMinimizer
     forms_dense_matrix: ClassVar[bool] = False
+    # The step budget of `least_squares`/`root_find`/`fixed_point` when the user passes no
+    # `max_steps`: Newton-type and Gauss–Newton steps converge fast and need few; linearly
+    # convergent solvers (fixed-point iteration, Anderson, Broyden) override it.
+    default_max_steps: ClassVar[int] = 256
 
     def __new__(cls, *args, **kwargs):
         check_solver_keywords(cls, kwargs)  # as in AbstractMinimizer

@@ -25,7 +25,7 @@ from ._base import (
     Point,
 )
 from ._checks import check_vector_output
-from ._front import adjoint_for, finish, open_door, stats
+from ._front import adjoint_for, finish, open_door, stats, step_budget
 from ._iterate import run_solver
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
@@ -90,7 +90,7 @@ def _solve(run: _Run, fn, y0, args, optimality, tags, measure) -> Solution:
 @check_front_door_keywords
 @solver_inputs("least_squares")
 def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
-                  solver: AbstractLeastSquaresSolver, max_steps: int = 256,
+                  solver: AbstractLeastSquaresSolver, max_steps: int | None = None,
                   adjoint: AbstractAdjoint = ImplicitAdjoint(), has_aux: bool = False,
                   throw: bool = True, callback: Callable | None = None,
                   verbose: bool = False) -> Solution:
@@ -122,7 +122,8 @@ def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
                                 solver=jaxopt2.LevenbergMarquardt())
     ```
     """
-    run = _Run(solver, max_steps, adjoint, has_aux, throw, callback, verbose)
+    run = _Run(solver, step_budget(solver, max_steps), adjoint, has_aux, throw, callback,
+               verbose)
     params0, fn, args, run = _open("least_squares", run, residual_fn, params0, args,
                                    root="params0", fun_name="residual_fn", square=False)
 
@@ -138,7 +139,7 @@ def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
 @check_front_door_keywords
 @solver_inputs("root_find")
 def root_find(fn: Callable, y0: Any, args: Any = None, *, solver: AbstractRootFinder,
-              max_steps: int = 256, adjoint: AbstractAdjoint = ImplicitAdjoint(),
+              max_steps: int | None = None, adjoint: AbstractAdjoint = ImplicitAdjoint(),
               has_aux: bool = False, throw: bool = True, callback: Callable | None = None,
               verbose: bool = False) -> Solution:
     """Find `y` with `fn(y, args) = 0`, starting from `y0`.
@@ -157,7 +158,8 @@ def root_find(fn: Callable, y0: Any, args: Any = None, *, solver: AbstractRootFi
     **Returns** a `Solution` whose `value` is `F` at the root. The root is differentiable in
     `args` by the implicit function theorem on F(y, args) = 0.
     """
-    run = _Run(solver, max_steps, adjoint, has_aux, throw, callback, verbose)
+    run = _Run(solver, step_budget(solver, max_steps), adjoint, has_aux, throw, callback,
+               verbose)
     y0, fn, args, run = _open("root_find", run, fn, y0, args, root="y0", fun_name="fn",
                               square=True)
 
@@ -172,7 +174,8 @@ def root_find(fn: Callable, y0: Any, args: Any = None, *, solver: AbstractRootFi
 @check_front_door_keywords
 @solver_inputs("fixed_point")
 def fixed_point(fn: Callable, y0: Any, args: Any = None, *,
-                solver: AbstractFixedPointSolver | AbstractRootFinder, max_steps: int = 256,
+                solver: AbstractFixedPointSolver | AbstractRootFinder,
+                max_steps: int | None = None,
                 adjoint: AbstractAdjoint = ImplicitAdjoint(), has_aux: bool = False,
                 throw: bool = True, callback: Callable | None = None,
                 verbose: bool = False) -> Solution:
@@ -193,7 +196,8 @@ def fixed_point(fn: Callable, y0: Any, args: Any = None, *,
     differentiable in `args` by the implicit function theorem on g(y, args) − y = 0, which is
     what deep-equilibrium layers need.
     """
-    run = _Run(solver, max_steps, adjoint, has_aux, throw, callback, verbose)
+    run = _Run(solver, step_budget(solver, max_steps), adjoint, has_aux, throw, callback,
+               verbose)
     y0, fn, args, run = _open("fixed_point", run, fn, y0, args, root="y0", fun_name="fn",
                               square=True)
 

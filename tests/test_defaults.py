@@ -36,6 +36,28 @@ def test_default_budgets_fit_the_solver():
     assert jaxopt2.LBFGSB.default_max_steps == 1000
     assert jaxopt2.GradientDescent.default_max_steps == 5000
     assert jaxopt2.ProximalGradient.default_max_steps == 5000
+    for cls in (jaxopt2.LevenbergMarquardt, jaxopt2.GaussNewton, jaxopt2.NewtonRaphson,
+                jaxopt2.NewtonKrylov):
+        assert cls.default_max_steps == 256
+    assert jaxopt2.Broyden.default_max_steps == jaxopt2.Anderson.default_max_steps == 1000
+    assert jaxopt2.FixedPointIteration.default_max_steps == 5000
+
+
+def test_fixed_point_default_budget_is_the_solvers_own():
+    # A contraction of rate 0.99: plain iteration needs about 1,400 steps to the default
+    # float32 tolerance, so the equation doors' old fixed budget of 256 failed here.
+    def g(y, a):
+        return 0.99 * y + 0.01 * a
+
+    a = jnp.array([1.0, -2.0, 3.0])
+    sol = jaxopt2.fixed_point(g, jnp.zeros(3), a, solver=jaxopt2.FixedPointIteration(),
+                              throw=False)
+    assert sol.status == jaxopt2.RESULTS.successful
+    assert int(sol.stats["num_steps"]) > 256
+    np.testing.assert_allclose(sol.params, a, rtol=1e-2)
+    short = jaxopt2.fixed_point(g, jnp.zeros(3), a, solver=jaxopt2.FixedPointIteration(),
+                                max_steps=256, throw=False)
+    assert short.status == jaxopt2.RESULTS.max_steps_reached
 
 
 @pytest.mark.float64

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -92,6 +92,9 @@ class Anderson(AbstractFixedPointSolver):
     12 (1965); H. F. Walker and P. Ni, "Anderson acceleration for fixed-point iterations",
     SIAM J. Numer. Anal. 49 (2011).
     """
+
+    # Linearly (if fast) convergent, and stalls on hard maps: a quasi-Newton budget.
+    default_max_steps: ClassVar[int] = 1000
 
     history: int = 5
     damping: float = 1.0

@@ -73,6 +73,7 @@ class Broyden(AbstractRootFinder):
     """
 
     forms_dense_matrix: ClassVar[bool] = True  # the n×n inverse Jacobian
+    default_max_steps: ClassVar[int] = 1000  # quasi-Newton, as LBFGS
 
     rtol: float | None = None
     atol: float = 0.0
