@@ -12,7 +12,7 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 
-from .._kronecker import FISHERS, Model, statistics
+from .._kronecker import FISHERS, MAX_FACTOR_SIZE, Model, statistics
 from .._tree import tree_add, tree_dot, tree_scale, tree_sub, tree_zeros_like
 from ._checks import check_init_params, check_int, check_learning_rate, check_number, check_state
 from ._common import KeyStream, adapt, bounds, guard, learning_rate_at, sanitize, scalar
@@ -52,7 +52,7 @@ def kfac(
     learning_rate: float | None = None, *, model_fn: Callable, loss_fn: Callable,
     example_batch: Any, damping: float = 1.0, decay: float = 0.95, inverse_freq: int = 10,
     fisher: str = "sampled", adapt_damping: bool = True, key: jax.Array | None = None,
-    seed: int = 0,
+    seed: int = 0, max_factor_size: int = MAX_FACTOR_SIZE,
 ) -> optax.GradientTransformationExtraArgs:
     """K-FAC: natural-gradient steps with the Kronecker-factored Gauss-Newton (Fisher) matrix
     of `jaxopt2.curvature.kronecker_factors`, found by tracing `model_fn` (no layer
@@ -90,8 +90,9 @@ def kfac(
     a minibatch or a pytree of `jax.ShapeDtypeStruct` like one (`init` traces `model_fn` on
     it to find the layers, which fixes the state's shapes); `damping` the initial λ; `decay`
     ε; `inverse_freq` T; `fisher` ("sampled", "exact", "empirical": see
-    `kronecker_factors`); `key`/`seed` for the sampled cotangents. Pass the minibatch as
-    `update(grads, state, params, batch=batch)`.
+    `kronecker_factors`); `key`/`seed` for the sampled cotangents; `max_factor_size`: a
+    leaf whose factor would be larger on either side takes the diagonal fallback. Pass the
+    minibatch as `update(grads, state, params, batch=batch)`.
 
     **Cost per step:** a forward and a backward pass with probes (the statistics), k
     output-space Hessian-vector products (k outputs per example; none for "empirical"),
@@ -136,6 +137,7 @@ def kfac(
     check_number("damping", damping, low=0.0, low_open=True)
     check_number("decay", decay, low=0.0, high=1.0, high_open=True)
     check_int("inverse_freq", inverse_freq)
+    check_int("max_factor_size", max_factor_size)
     if fisher not in FISHERS:
         raise ValueError(f"kfac: `fisher` must be one of {FISHERS}; got {fisher!r}.")
     stream = KeyStream(name, key, seed)
@@ -145,7 +147,7 @@ def kfac(
 
     def init(params):
         check_init_params(name, params, half_precision=False)
-        model = Model(model_fn, params, example_batch)
+        model = Model(model_fn, params, example_batch, max_factor_size)
         leaves, treedef = jtu.tree_flatten(params)
 
         def factor(side):
@@ -176,7 +178,7 @@ def kfac(
         leaves, treedef = jtu.tree_flatten(params)
         flat = treedef.flatten_up_to
         pack = lambda xs: jtu.tree_unflatten(treedef, list(xs))  # noqa: E731
-        model = Model(model_fn, params, batch)
+        model = Model(model_fn, params, batch, max_factor_size)
         for lay, A in zip(model.layouts, flat(state.A), strict=True):
             if (lay is None) != (A.ndim != 2) or (lay is not None and A.shape[0] != lay.d_in):
                 raise ValueError("kfac.update: the state's factors do not match how model_fn "
