@@ -13,7 +13,6 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from .._loops import while_loop
 from .._tree import tree_axpy, tree_norm, tree_zeros_like
@@ -71,16 +70,17 @@ def gmres(matvec, b, *, rtol, max_iters: int, restart: int, precond=None, x0=Non
         g = jnp.zeros(m + 1, dtype).at[0].set(r_norm)
         hess = jnp.zeros((m + 1, m), dtype)  # the Arnoldi Hessenberg matrix H̄
         rot = jnp.zeros((m + 1, m), dtype)  # H̄ after the Givens rotations (upper triangular)
-        cs = jnp.zeros(m, dtype)
-        sn = jnp.zeros(m, dtype)
+        # The Givens rotations so far, accumulated into one orthogonal matrix: applying them
+        # to a new column is one product instead of a loop over m rotations.
+        turn = jnp.eye(m + 1, dtype=dtype)
 
         def inner_cond(c):
-            j, _, _, _, g, _, _, breakdown = c
-            return (j < m) & (k + j < max_iters) & (jnp.abs(g[j]) > tol) & ~breakdown
+            j, _, _, _, g, _, breakdown = c
+            return (j < m) & (k + j < max_iters) & (jnp.abs(_pick(g, j)) > tol) & ~breakdown
 
         def inner_body(c):
-            j, basis, hess, rot, g, cs, sn, _ = c
-            vj = jax.tree_util.tree_map(lambda big, like: big[j], basis, b)
+            j, basis, hess, rot, g, turn, _ = c
+            vj = jax.tree_util.tree_map(lambda big: _pick(big, j), basis)
             w = matvec(apply_m(vj))
             h = basis_dot(basis, w)
             w = tree_axpy(-1.0, basis_combine(basis, h, w), w)
@@ -90,30 +90,24 @@ def gmres(matvec, b, *, rtol, max_iters: int, restart: int, precond=None, x0=Non
             w_norm = tree_norm(w).astype(dtype)
             breakdown = w_norm <= jnp.finfo(dtype).eps * jnp.maximum(jnp.linalg.norm(h), tiny)
             vnext = jax.tree_util.tree_map(lambda leaf: leaf / jnp.maximum(w_norm, tiny), w)
-            basis = jax.tree_util.tree_map(lambda big, v: big.at[j + 1].set(v), basis, vnext)
-            col = h.at[j + 1].set(w_norm)
-            hess = hess.at[:, j].set(col)
-
-            def apply_rotation(i, col):
-                a, bb = col[i], col[i + 1]
-                rotated = jnp.where(i < j, jnp.stack([cs[i] * a + sn[i] * bb,
-                                                      -sn[i] * a + cs[i] * bb]),
-                                    jnp.stack([a, bb]))
-                return lax.dynamic_update_slice(col, rotated, (i,))
-
-            col = lax.fori_loop(0, m, apply_rotation, col)
-            a, bb = col[j], col[j + 1]
+            basis = jax.tree_util.tree_map(lambda big, v: _put(big, j + 1, v), basis, vnext)
+            col = _put(h, j + 1, w_norm)
+            hess = _put(hess.T, j, col).T
+            col = turn @ col
+            a, bb = _pick(col, j), _pick(col, j + 1)
             denom = jnp.hypot(a, bb)
             safe = jnp.where(denom > 0, denom, 1.0)
             c_j, s_j = jnp.where(denom > 0, a / safe, 1.0), jnp.where(denom > 0, bb / safe, 0.0)
-            col = col.at[j].set(denom).at[j + 1].set(0.0)
-            rot = rot.at[:, j].set(col)
-            gj = g[j]
-            g = g.at[j].set(c_j * gj).at[j + 1].set(-s_j * gj)
-            return j + 1, basis, hess, rot, g, cs.at[j].set(c_j), sn.at[j].set(s_j), breakdown
+            col = _put(_put(col, j, denom), j + 1, jnp.zeros((), dtype))
+            rot = _put(rot.T, j, col).T
+            gj = _pick(g, j)
+            g = _put(_put(g, j, c_j * gj), j + 1, -s_j * gj)
+            tj, tj1 = _pick(turn, j), _pick(turn, j + 1)
+            turn = _put(_put(turn, j, c_j * tj + s_j * tj1), j + 1, -s_j * tj + c_j * tj1)
+            return j + 1, basis, hess, rot, g, turn, breakdown
 
-        init = (jnp.zeros((), jnp.int32), basis, hess, rot, g, cs, sn, jnp.array(False))
-        j, basis, hess, rot, g, _, _, breakdown = while_loop(inner_cond, inner_body, init,
+        init = (jnp.zeros((), jnp.int32), basis, hess, rot, g, turn, jnp.array(False))
+        j, basis, hess, rot, g, _, breakdown = while_loop(inner_cond, inner_body, init,
                                                              max_steps=m)
         # Solve the j×j triangular system, padded to m×m with a unit diagonal.
         active = jnp.arange(m) < j
@@ -141,3 +135,19 @@ def gmres(matvec, b, *, rtol, max_iters: int, restart: int, precond=None, x0=Non
     x, r, r_norm, k, _ = while_loop(outer_cond, cycle, init,
                                     max_steps=max(1, -(-max_iters // m)) + 1)
     return GMRESResult(x, r, r_norm, k, r_norm <= tol)
+
+
+# Rows at a traced index are read and written through masks on the leading axis rather than
+# indexed reads and updates: the same values (a sum of one row and zeros), in a smaller
+# program (no index normalisation or out-of-range handling per access; issue 20).
+def _rows(a, i):
+    rows = jnp.arange(a.shape[0]).reshape((-1,) + (1,) * (a.ndim - 1))
+    return rows == i
+
+
+def _pick(a, i):
+    return jnp.sum(jnp.where(_rows(a, i), a, 0), axis=0)
+
+
+def _put(a, i, value):
+    return jnp.where(_rows(a, i), jnp.asarray(value, a.dtype), a)
