@@ -4,7 +4,8 @@ jaxopt2 has no communication code of its own. A dataset sharded along its exampl
 an ordinary `jax.Array` with a `NamedSharding`; the solvers see a loss that is a mean (or sum)
 over examples, and `jax.jit` turns every reduction over the sharded axis (the loss, its
 gradient, each Hessian- or Gauss-Newton-vector product) into a local reduction followed by an
-all-reduce of a parameter-sized vector. The parameters and the solver state stay replicated.
+all-reduce of a parameter-sized vector. The parameters and the solver state stay replicated
+by default, or split over a mesh axis with `shard_params` when they outgrow one device.
 For f(x) = (1/n) Σᵢ ℓ(x; aᵢ) split over k devices holding blocks Bⱼ of n/k examples,
 
     ∇²f(x) v = (1/n) Σⱼ Σ_{i ∈ Bⱼ} ∇²ℓ(x; aᵢ) v,
@@ -19,6 +20,8 @@ This module only places data and checks where it went:
 - `local_data(local, mesh)`: the same from each process's own rows, with
   `jax.make_array_from_process_local_data` (several processes after
   `jax.distributed.initialize`: each loads only its shard);
+- `shard_params(params, mesh)`: split the parameters FSDP-style over a mesh axis
+  (`"model"` by default); the solvers' parameter-sized vectors and states follow;
 - `check_placement(data, mesh)`: raise if a leaf is not split along axis 0 over `axis`;
 - `collectives(compiled)`: the collective operations of a compiled program and their result
   shapes, to check that no all-gather of the data appears.
@@ -68,7 +71,7 @@ from jax.sharding import PartitionSpec as P
 AxisType = getattr(jax.sharding, "AxisType", None)
 _get_abstract_mesh = getattr(jax.sharding, "get_abstract_mesh", None)
 
-__all__ = ["check_placement", "collectives", "local_data", "shard_data"]
+__all__ = ["check_placement", "collectives", "local_data", "shard_data", "shard_params"]
 
 
 def _array_leaves(tree):
@@ -129,6 +132,47 @@ def shard_data(data, mesh: Mesh, axis: str = "data"):
         return jax.device_put(leaf, NamedSharding(mesh, _row_spec(ndim, axis)))
 
     return jtu.tree_map(place, data)
+
+
+def _param_spec(shape, k: int, axis: str) -> P:
+    """Split the first dimension divisible by k (FSDP's rule), else replicate."""
+    for i, size in enumerate(shape):
+        if size >= k and size % k == 0:
+            return P(*([None] * i), axis, *([None] * (len(shape) - i - 1)))
+    return P()
+
+
+def shard_params(params, mesh: Mesh, axis: str = "model"):
+    """`params` (any pytree of arrays) placed on `mesh` FSDP-style: each leaf split along its
+    first dimension whose size is a multiple of the mesh axis size k (device j holds the
+    j-th of k slices), leaves with no such dimension (biases of odd size, scalars)
+    replicated. Every parameter-sized value the matrix-free solvers and the optimizers make
+    from the parameters (gradients, CG and Lanczos vectors, `hessian_free`'s direction,
+    Adam-style moments) is then split the same way: no device holds a whole one.
+
+    Under `Auto` axes, name the outputs' shardings (`jax.jit(..., out_shardings=...)`, e.g.
+    `jax.tree.map(lambda x: x.sharding, params)` for `Solution.params`), else XLA may
+    return them replicated; under `Explicit` axes the shardings are part of the types and
+    follow by themselves. The model itself decides what the parameters' split costs: a
+    linear model whose data is split along the same (feature) axis needs no gather at all;
+    a layer that needs the whole weight gathers it, as FSDP does. See
+    docs/guides/distributed.md, "Sharded parameters".
+
+    ```python
+    import jax, jax.numpy as jnp
+    from jaxopt2 import distributed
+    mesh = jax.make_mesh((len(jax.devices()),), ("model",))
+    params = distributed.shard_params({"w": jnp.zeros(8 * len(jax.devices())),
+                                       "b": jnp.zeros(())}, mesh)
+    ```
+    """
+    k = _check_mesh(mesh, axis, "shard_params")
+
+    def place(leaf):
+        spec = _param_spec(np.shape(leaf), k, axis)
+        return jax.device_put(leaf, NamedSharding(mesh, spec))
+
+    return jtu.tree_map(place, params)
 
 
 def local_data(local, mesh: Mesh, axis: str = "data"):

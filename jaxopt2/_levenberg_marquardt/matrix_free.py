@@ -22,7 +22,7 @@ from .. import _trust_region as tr
 from .._base import Counts, Point
 from .._linalg import EW_ETA_MAX, eisenstat_walker
 from .._results import RESULTS
-from .._tree import ravel, tree_add, tree_norm, tree_where, tree_zeros_like
+from .._tree import tree_add, tree_norm, tree_where, tree_zeros_like
 from ._common import ACCEPT, use_geodesic
 
 LAMBDA0 = 1e-3  # λ₀ = 1e-3 · ‖J g‖²/‖g‖² (Nielsen's τ = 1e-3)
@@ -43,7 +43,7 @@ class FreeState(eqx.Module):
 
 def init(solver: Any, fn, point: Point, args):
     dtype = lsq.working_dtype(point.y, point.f)
-    rnorm = jnp.linalg.norm(ravel(point.f)[0].astype(dtype))
+    rnorm = tree_norm(point.f).astype(dtype)  # no concatenation: sharded leaves stay so
     one = jnp.ones((), dtype)
     iters = None if solver.preconditioner is None else jnp.zeros((), jnp.int32)
     state = FreeState(tree_zeros_like(point.y), -one, 2 * one, jnp.asarray(EW_ETA_MAX, dtype),

@@ -125,6 +125,38 @@ def nystrom(op: lx.AbstractLinearOperator, rank: int, key, *, shift=None) -> Nys
     return NystromApproximation(u, lam, approx.unravel)
 
 
+# n ≥ _TALL · rank: orthonormalise the n × rank sketches through rank × rank Gram matrices
+# (products that keep a sharding of the n rows) instead of a QR or SVD of the tall matrix,
+# which XLA does not partition: it would gather the whole n × rank sketch on every device
+# where the parameters are sharded.
+_TALL = 4
+
+
+def _gram_qr(a):
+    """a = Q R with Q's columns orthonormal up to the rounding of a's conditioning, from the
+    eigendecomposition of the rank × rank Gram matrix aᵀa = V S² Vᵀ: Q = a V S⁻¹, R = S Vᵀ.
+    Directions below √eps of the largest are rounding: their S is floored there."""
+    e, v = jnp.linalg.eigh(a.T @ a)
+    e_max = jnp.maximum(jnp.max(e), jnp.finfo(a.dtype).tiny)
+    s = jnp.sqrt(jnp.maximum(e, jnp.finfo(a.dtype).eps * e_max))
+    return a @ (v / s), s[:, None] * v.T
+
+
+def _tall_qr(a):
+    """Cholesky-QR2 in eigh form: a second pass makes the columns orthonormal to rounding
+    (Fukaya et al., "CholeskyQR2", 2014). Returns Q and R with a = Q R."""
+    q1, r1 = _gram_qr(a)
+    q, r2 = _gram_qr(q1)
+    return q, r2 @ r1
+
+
+def _tall_svd(a):
+    """The thin SVD's U and σ of a tall a from `_tall_qr` and the SVD of the small R."""
+    q, r = _tall_qr(a)
+    w, sigma, _ = jnp.linalg.svd(r)
+    return q @ w, sigma
+
+
 def _nystrom(op, rank, key, shift, name):
     """`nystrom` without the error: the approximation and a bool array, True when ΩᵀAΩ + νI
     has an eigenvalue below −√eps·‖ΩᵀAΩ‖₂ (A is clearly not PSD; the result is then NaN)."""
@@ -141,7 +173,7 @@ def _nystrom(op, rank, key, shift, name):
         check_number("shift", shift, low=0.0, allow_none=True)
     dtype = flat0.dtype
     omega = jax.random.normal(key, (n, rank), dtype)
-    omega, _ = jnp.linalg.qr(omega)
+    omega = _tall_qr(omega)[0] if n >= _TALL * rank else jnp.linalg.qr(omega)[0]
     # Columns of Ω are the vmapped axis; the operator itself only ever sees pytrees.
     y = jax.vmap(lambda w: ravel(op.mv(unravel(w)))[0].astype(dtype), in_axes=1, out_axes=1)(
         omega)
@@ -163,9 +195,11 @@ def _nystrom(op, rank, key, shift, name):
     b = omega.T @ y_nu
     b = 0.5 * (b + b.T)  # rounding leaves B slightly asymmetric; Cholesky reads one triangle
     c = jnp.linalg.cholesky(b)  # B = C Cᵀ, C lower triangular
-    # F = Y_ν C⁻ᵀ  ⇔  Fᵀ = C⁻¹ Y_νᵀ: one triangular solve, no inverse formed
-    f = jsl.solve_triangular(c, y_nu.T, lower=True).T
-    u, sigma, _ = jnp.linalg.svd(f, full_matrices=False)
+    # F = Y_ν C⁻ᵀ. The r × r inverse C⁻¹ first, then a product: a triangular solve against
+    # the n × r Y_ν is not partitioned by XLA, which gathers Y_ν onto every device where the
+    # parameters (so Y_ν's rows) are sharded; the product keeps Y_ν's row sharding.
+    f = y_nu @ jsl.solve_triangular(c, jnp.eye(rank, dtype=dtype), lower=True).T
+    u, sigma = _tall_svd(f) if n >= _TALL * rank else jnp.linalg.svd(f, full_matrices=False)[:2]
     lam = jnp.maximum(sigma**2 - nu, 0.0)
     return NystromApproximation(u, lam, unravel), indefinite
 
