@@ -208,21 +208,33 @@ def adapt(value, rho, ok, no_step, *, grow, shrink, low, high):
 
 
 def damped_step(problem: Problem, params, g, matvec, p, lr, value, dtype, factor, rho, *,
-                adaptive: bool, grow: float, shrink: float):
+                adaptive: bool, grow: float, shrink: float, heldout: Problem | None = None):
     """The step s = lr·p of a damped Newton direction p, with the damping-like scalar
     `factor` for the next step and the reduction ratio ρ. With `adaptive`, s is judged by
     `reduction_ratio` (sᵀCs from one more curvature product): a rejected step becomes zero,
     and `factor` follows `adapt` (× `grow` / × `shrink`, within `bounds(dtype)`); without,
-    s is taken as is and `factor`, `rho` are returned unchanged."""
+    s is taken as is and `factor`, `rho` are returned unchanged. With a `heldout` minibatch
+    problem, s is still accepted or rejected on the minibatch it was fitted to, but `factor`
+    follows (and `rho` reports) the ratio of the held-out minibatch, with its own gradient
+    and curvature: on the fitted minibatch ρ is biased upward (the model fitted the step)
+    and drives λ to its floor (exactly: ρ = 1 always for a linear least-squares model)."""
     step = tree_scale(lr, p)
     if not adaptive:
         return step, rho, factor
     curv = lr * lr * tree_dot(p, matvec(p))
     rho, ok = reduction_ratio(problem, params, step, g, curv, value, dtype)
+    judge_rho, judge_ok = rho, ok
+    if heldout is not None:
+        value_h, g_h = jax.value_and_grad(heldout.value_fn)(params)
+        g_h = cast_like(g_h, params)
+        curv_h = lr * lr * tree_dot(p, matvec_like(heldout.operator(), params)(p))
+        judge_rho, judge_ok = reduction_ratio(heldout, params, step, g_h, curv_h, value_h,
+                                              dtype)
     low, high = bounds(dtype)
     # No step to judge (g = 0, or a schedule's lr = 0): leave the factor alone.
-    factor = adapt(factor, rho, ok, tree_norm(step) == 0, grow=grow, shrink=shrink,
-                   low=low, high=high)
+    factor = adapt(factor, judge_rho, judge_ok, tree_norm(step) == 0, grow=grow,
+                   shrink=shrink, low=low, high=high)
+    rho = judge_rho
     return tree_where(ok, step, tree_zeros_like(step)), rho, factor
 
 
@@ -266,11 +278,22 @@ class DampedNewton:
         return dtype_of(params)
 
     def __call__(self, grads, params, value_fn, batch, value, *, count, factor, rho,
-                 damping: Callable, x0=None) -> DampedStep:
+                 damping: Callable, x0=None, heldout_value_fn=None,
+                 heldout_batch=None) -> DampedStep:
         """One step from `grads` at `params`; `damping(g, dtype)` gives λ, `x0` warm-starts
-        CG, `factor` and `rho` are the state's damping-like scalar and last ratio."""
+        CG, `factor` and `rho` are the state's damping-like scalar and last ratio; a held-out
+        minibatch (`heldout_batch` with model_fn/loss_fn, or `heldout_value_fn`) judges
+        the step for the damping (`damped_step`)."""
         problem, g, finite = self.objective.begin(grads, params, value_fn, batch,
                                                   needs_value=self.adaptive)
+        heldout = None
+        if heldout_batch is not None or heldout_value_fn is not None:
+            if not self.adaptive:
+                raise ValueError(f"{self.objective.optimizer}: a held-out minibatch judges "
+                                 f"the damping, which `adapt_damping=False` keeps fixed.")
+            o = self.objective
+            heldout = Problem(o.optimizer, o.kind, params, heldout_value_fn, heldout_batch,
+                              o.model_fn, o.loss_fn, needs_value=True)
         dtype = dtype_of(params)
         matvec = matvec_like(problem.operator(), params)
         lam = damping(g, dtype)
@@ -279,7 +302,7 @@ class DampedNewton:
         lr = learning_rate_at(self.learning_rate, count, dtype)
         step, rho, factor = damped_step(problem, params, g, matvec, p, lr, value, dtype,
                                         factor, rho, adaptive=self.adaptive, grow=self.grow,
-                                        shrink=self.shrink)
+                                        shrink=self.shrink, heldout=heldout)
         return DampedStep(cast_like(step, params), p, lam, cg_steps, rho, factor, finite)
 
 

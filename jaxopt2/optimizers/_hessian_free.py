@@ -52,6 +52,16 @@ def hessian_free(
     `adapt_damping=False` keeps λ = `damping` fixed and takes every step, which saves the
     extra loss evaluation.
 
+    **Held-out damping.** Measured on the minibatch the step was fitted to, ρ is biased
+    upward: the quadratic model fitted that minibatch, so ρ ≈ 1 (exactly 1 for a linear
+    least-squares model) and λ shrinks every step to the float floor, while the step
+    overfits the minibatch. Pass a different minibatch, `update(..., batch=b,
+    heldout_batch=h)` (or `heldout_value_fn=` with `value_fn`), and λ follows the ratio on
+    h instead, with h's own gradient and curvature: ρ_h = (f_h(θ + s) − f_h(θ)) /
+    (g_hᵀs + ½ sᵀC_h s) (Martens 2010 measures ρ on a separate minibatch). The step is still
+    accepted or rejected on b. Cost: one more gradient, one curvature product and two loss
+    evaluations on h; `state.rho` is then ρ_h.
+
     **Warm start.** CG starts from 0.95·p_prev (`warm_start_decay`), the decayed previous
     solution: consecutive minibatch systems are similar, so CG continues where it stopped
     (Martens §4.5). The warm start is dropped when its quadratic model value is not below
@@ -107,7 +117,7 @@ def hessian_free(
             cg_steps=jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
-               **extra_args):
+               heldout_batch=None, heldout_value_fn=None, **extra_args):
         del extra_args
         if params is not None:
             check_state("hessian_free", "state.direction", state.direction, params)
@@ -115,7 +125,8 @@ def hessian_free(
         out = newton(grads, params, value_fn, batch, value, count=state.count,
                      factor=state.damping, rho=state.rho,
                      damping=lambda g, dtype: state.damping,
-                     x0=tree_scale(warm_start_decay, state.direction))
+                     x0=tree_scale(warm_start_decay, state.direction),
+                     heldout_batch=heldout_batch, heldout_value_fn=heldout_value_fn)
         new_state = HessianFreeState(state.count + 1, out.factor, out.direction, out.rho,
                                      out.cg_steps.astype(jnp.int32))
         return guard(out.finite, out.step, new_state, state)

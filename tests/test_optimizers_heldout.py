@@ -1,0 +1,93 @@
+"""hessian_free's damping judged on a held-out minibatch (issue 17): on the minibatch the step
+was fitted to, a linear least-squares model is its own quadratic model, ρ = 1 every step and
+λ collapses to the float floor; on a held-out minibatch ρ is the hand-computed ratio of that
+minibatch and λ stays away from the floor."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxopt2 import optimizers as O
+
+DIM, BATCH = 20, 8
+
+
+def data(dtype):
+    kx, kw, kn = jax.random.split(jax.random.key(0), 3)
+    X = jax.random.normal(kx, (400, DIM), dtype)
+    y = X @ jax.random.normal(kw, (DIM,), dtype) + 2.0 * jax.random.normal(kn, (400,), dtype)
+    return X, y
+
+
+def model_fn(w, b):
+    return b[0] @ w
+
+
+def loss_fn(out, b):
+    return 0.5 * jnp.mean((out - b[1]) ** 2)
+
+
+def minibatch(X, y, k):
+    idx = jax.random.choice(jax.random.fold_in(jax.random.key(1), k), len(X), (BATCH,),
+                            replace=False)
+    return X[idx], y[idx]
+
+
+def run(opt, X, y, steps, heldout):
+    def step(k, carry):
+        w, s = carry
+        b = minibatch(X, y, 2 * k)
+        g = jax.grad(lambda w: loss_fn(model_fn(w, b), b))(w)
+        kw = dict(heldout_batch=minibatch(X, y, 2 * k + 1)) if heldout else {}
+        u, s = opt.update(g, s, w, batch=b, **kw)
+        return optax.apply_updates(w, u), s
+
+    w = jnp.zeros(DIM, X.dtype)
+    return jax.jit(lambda w: jax.lax.fori_loop(0, steps, step, (w, opt.init(w))))(w)
+
+
+def test_heldout_ratio_keeps_damping_off_the_float_floor():
+    """float32, 40 steps on minibatches of 8 with 20 weights: the same-minibatch rule shrinks
+    λ by 2/3 every step to eps (ρ = 1), the held-out rule keeps it above 1e-3; both losses
+    stay finite."""
+    X, y = data(jnp.float32)
+    opt = O.hessian_free(model_fn=model_fn, loss_fn=loss_fn, damping=1.0)
+    eps = float(jnp.finfo(jnp.float32).eps)
+    w_same, s_same = run(opt, X, y, 40, heldout=False)
+    w_held, s_held = run(opt, X, y, 40, heldout=True)
+    assert float(s_same.damping) <= 2 * eps
+    assert float(s_held.damping) > 1e-3
+    full = lambda w: float(loss_fn(model_fn(w, (X, y)), (X, y)))  # noqa: E731
+    assert np.isfinite(full(w_same)) and np.isfinite(full(w_held))
+
+
+@pytest.mark.float64
+def test_heldout_ratio_equals_hand_computation():
+    """One step from w = 0: state.rho is (f_h(s) − f_h(0)) / (g_hᵀs + ½ sᵀ(X_hᵀX_h/n)s) on the
+    held-out minibatch h, with s the update taken (judged on the fitted minibatch b)."""
+    X, y = data(jnp.float64)
+    b, h = minibatch(X, y, 0), minibatch(X, y, 1)
+    opt = O.hessian_free(model_fn=model_fn, loss_fn=loss_fn, damping=0.5, cg_rtol=1e-12,
+                         cg_max_steps=50)
+    w = jnp.zeros(DIM)
+    g = jax.grad(lambda w: loss_fn(model_fn(w, b), b))(w)
+    s, state = opt.update(g, opt.init(w), w, batch=b, heldout_batch=h)
+    f_h = lambda w: loss_fn(model_fn(w, h), h)  # noqa: E731
+    q = jnp.dot(jax.grad(f_h)(w), s) + 0.5 * s @ (h[0].T @ h[0] / BATCH) @ s
+    expected = (f_h(s) - f_h(w)) / q
+    assert float(jnp.linalg.norm(s)) > 0
+    np.testing.assert_allclose(state.rho, expected, rtol=1e-10)
+    # the damping followed that ratio (Martens' bands 1/4, 3/4: ×3/2, ×2/3)
+    factor = 1.5 if expected < 0.25 else (2 / 3 if expected > 0.75 else 1.0)
+    np.testing.assert_allclose(state.damping, 0.5 * factor, rtol=1e-12)
+
+
+def test_heldout_needs_adaptive_damping():
+    opt = O.hessian_free(model_fn=model_fn, loss_fn=loss_fn, adapt_damping=False)
+    X, y = data(jnp.float32)
+    b = minibatch(X, y, 0)
+    w = jnp.zeros(DIM)
+    with pytest.raises(ValueError, match="held-out"):
+        opt.update(jnp.ones(DIM), opt.init(w), w, batch=b, heldout_batch=b)
