@@ -1,16 +1,32 @@
 """Kronecker-factored optimizers (`jaxopt2.optimizers.shampoo`, `soap`, `kfac`) and
-`hessian_free` against tuned AdamW, `optax.contrib.muon` and `optax.contrib.sophia` on two
+`hessian_free` against tuned AdamW, `optax.contrib.muon` and `optax.contrib.sophia` on three
 training tasks (issue 17), float32, one thread, one core.
 
-    python benchmarks/training.py            # both tasks; updates RESULTS.md ("training")
+    python benchmarks/training.py            # all three tasks; updates RESULTS.md ("training")
     python benchmarks/training.py --quick    # a smoke run (few steps), RESULTS.md untouched
+    python benchmarks/training.py --tasks lm --quick
 
-Tasks (scikit-learn's digits, 1437 training and 360 test images, split with seed 0):
+Tasks 1 and 2 (scikit-learn's digits, 1437 training and 360 test images, split with seed 0):
 
 1. `autoencoder`: a deep autoencoder 64-256-128-32-128-256-64 (tanh, linear code and output
    layers), mean squared reconstruction error; test metric: test MSE.
 2. `convnet`: two 3×3 convolutions (1→16 channels, then 16→32 with stride 2, ReLU) and a
    dense head 512→10, softmax cross-entropy; test metric: test accuracy.
+3. `lm`: a decoder-only transformer language model on characters (2 pre-LayerNorm blocks,
+   width 128, 4 heads, context 64, MLP 512, GELU, learned token and position embeddings,
+   430k parameters), softmax cross-entropy of the next character. Text: the Python standard
+   library's own source of these twelve modules, read from `sysconfig.get_paths()["stdlib"]`
+   in this order: argparse, inspect, typing, subprocess, tarfile, pickle, shutil,
+   dataclasses, enum, ast, difflib, functools (`.py`; all single-file modules from Python 3.9
+   to 3.13, though their text differs between versions: the run reports the Python version
+   and the number of characters). Vocabulary: newline, the 95 printable ASCII characters
+   and one "other" (98). Split: the first 90% of each file is training text, the last 10%
+   validation. Training examples are the non-overlapping 65-character windows of the
+   training text (minibatch 16 windows = 1024 predicted characters); the "training loss"
+   the target is read on is the mean over a fixed 64 of those windows (every 200th), the
+   test metric is the validation loss (nats per character) over 128 fixed validation
+   windows. hessian_free is not run on this task (its 10+ Gauss-Newton products per step
+   would take the task past its 10-minute budget on this machine).
 
 Every optimizer starts from the same weights and sees the same minibatches (indices drawn
 from one key per step). AdamW (weight decay 1e-4), muon, sophia, shampoo and soap have
@@ -26,8 +42,10 @@ per optimizer: steps and run time (compile excluded, full-loss evaluations exclu
 first evaluation at or below the target, their ratios to AdamW's, the final training loss,
 the test metric, the run time per step and the compile time. Training loss is evaluated
 every `eval_every` steps; each chunk of steps is one jitted `fori_loop`. Writes
-outputs/training.md, outputs/training.json and outputs/training_<task>.png (loss against
-steps and against time).
+outputs/training_<task>.md, outputs/training_<task>.json and outputs/training_<task>.png
+(loss against steps and against time); the tasks may run in separate processes
+(`--tasks lm`), and RESULTS.md's section is put together from the last full run of each
+(`--assemble` only puts it together).
 """
 
 from __future__ import annotations
@@ -62,6 +80,7 @@ import jaxopt2  # noqa: E402
 
 O = jaxopt2.optimizers
 LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+TASKS = ("autoencoder", "convnet", "lm")
 
 
 # --------------------------------------------------------------------------- tasks
@@ -120,6 +139,8 @@ def xent(z, batch):
 
 
 def task(name, quick):
+    if name == "lm":
+        return lm_task(quick)
     train, test = digits()
     if name == "autoencoder":
         params = dense_init(jax.random.key(0), [64, 256, 128, 32, 128, 256, 64])
@@ -134,6 +155,107 @@ def task(name, quick):
         steps, every = 40, 10
     return dict(name=name, params=params, model_fn=model_fn, loss_fn=loss_fn, train=train,
                 batch_size=batch_size, steps=steps, every=every, metric=metric)
+
+
+# the character-level language model (task 3)
+
+LM_FILES = ("argparse", "inspect", "typing", "subprocess", "tarfile", "pickle", "shutil",
+            "dataclasses", "enum", "ast", "difflib", "functools")
+VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))  # and one "other" id, len(VOCAB)
+CONTEXT, WIDTH, HEADS, LAYERS = 64, 128, 4, 2
+
+
+def stdlib_text():
+    """(training ids, validation ids, characters read): the first 90% of every file in
+    LM_FILES trains, the last 10% validates."""
+    import sysconfig
+
+    table = np.full(128, len(VOCAB), np.int32)
+    for i, c in enumerate(VOCAB):
+        table[ord(c)] = i
+    train, valid, chars = [], [], 0
+    for name in LM_FILES:
+        path = os.path.join(sysconfig.get_paths()["stdlib"], name + ".py")
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        chars += len(text)
+        codes = np.minimum(np.frombuffer(text.encode("utf-32-le"), np.uint32), 127)
+        ids = table[codes]
+        cut = int(0.9 * len(ids))
+        train.append(ids[:cut])
+        valid.append(ids[cut:])
+    return np.concatenate(train), np.concatenate(valid), chars
+
+
+def windows(ids):
+    """Non-overlapping windows of CONTEXT + 1 ids (inputs and next-character targets)."""
+    n = (len(ids) - 1) // CONTEXT
+    idx = np.arange(n)[:, None] * CONTEXT + np.arange(CONTEXT + 1)[None, :]
+    return ids[idx]
+
+
+def lm_init(key):
+    keys = iter(jax.random.split(key, 4 + 4 * LAYERS))
+    normal = lambda shape, scale: jax.random.normal(next(keys), shape) * scale  # noqa: E731
+    norm = lambda: {"g": jnp.ones(WIDTH), "b": jnp.zeros(WIDTH)}  # noqa: E731
+
+    def dense(a, b, scale=1.0):
+        return {"W": normal((a, b), scale / math.sqrt(a)), "b": jnp.zeros(b)}
+
+    depth = 1 / math.sqrt(2 * LAYERS)  # residual branches scaled down (GPT-2)
+    vocab = len(VOCAB) + 1
+    return {"embed": normal((vocab, WIDTH), 0.02), "position": normal((CONTEXT, WIDTH), 0.02),
+            "blocks": [{"norm1": norm(), "qkv": dense(WIDTH, 3 * WIDTH),
+                        "proj": dense(WIDTH, WIDTH, depth), "norm2": norm(),
+                        "up": dense(WIDTH, 4 * WIDTH), "down": dense(4 * WIDTH, WIDTH, depth)}
+                       for _ in range(LAYERS)],
+            "norm": norm(), "head": dense(WIDTH, vocab)}
+
+
+def layer_norm(p, x):
+    mean = jnp.mean(x, -1, keepdims=True)
+    var = jnp.mean((x - mean) ** 2, -1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["g"] + p["b"]
+
+
+def lm_model(p, batch):
+    """Logits of the next character at every position, (windows · CONTEXT, vocabulary): one
+    row per prediction, so the loss is a mean over rows (K-FAC's per-example output)."""
+    tokens = batch[0][:, :-1]
+    n, T, hd = tokens.shape[0], CONTEXT, WIDTH // HEADS
+    h = p["embed"][tokens] + p["position"]
+    causal = jnp.tril(jnp.ones((T, T), bool))
+    split = lambda z: z.reshape(n, T, HEADS, hd).transpose(0, 2, 1, 3)  # noqa: E731
+    for blk in p["blocks"]:
+        x = layer_norm(blk["norm1"], h)
+        q, k, v = map(split, jnp.split(x @ blk["qkv"]["W"] + blk["qkv"]["b"], 3, axis=-1))
+        scores = jnp.where(causal, q @ k.swapaxes(-1, -2) / math.sqrt(hd), -1e9)
+        att = (jax.nn.softmax(scores, -1) @ v).transpose(0, 2, 1, 3).reshape(n, T, WIDTH)
+        h = h + att @ blk["proj"]["W"] + blk["proj"]["b"]
+        x = layer_norm(blk["norm2"], h)
+        x = jax.nn.gelu(x @ blk["up"]["W"] + blk["up"]["b"])
+        h = h + x @ blk["down"]["W"] + blk["down"]["b"]
+    z = layer_norm(p["norm"], h) @ p["head"]["W"] + p["head"]["b"]
+    return z.reshape(n * T, -1)
+
+
+def lm_xent(z, batch):
+    return xent(z, (None, batch[0][:, 1:].reshape(-1)))
+
+
+def lm_task(quick):
+    train_ids, valid_ids, chars = stdlib_text()
+    train_w, valid_w = windows(train_ids), windows(valid_ids)
+    evaluation = (jnp.asarray(train_w[::200][:64]),)
+    test = (jnp.asarray(valid_w[np.linspace(0, len(valid_w) - 1, 128).astype(int)]),)
+    steps, every = (30, 10) if quick else (200, 10)
+    return dict(name="lm", params=lm_init(jax.random.key(0)), model_fn=lm_model,
+                loss_fn=lm_xent, train=(jnp.asarray(train_w),), eval=evaluation,
+                batch_size=16, steps=steps, every=every, skip=("hessian_free",),
+                about=(f"{chars} characters of Python {sys.version.split()[0]}'s "
+                       f"standard library, {len(train_w)} training and {len(valid_w)} "
+                       f"validation windows"),
+                metric=("validation loss", lambda p: float(lm_xent(lm_model(p, test), test))))
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -158,14 +280,14 @@ def optimizers(t):
 
 def make_chunk(t, opt, extra):
     """A jitted run of `every` steps from step `k0` (minibatch indices from fold_in(key, k))."""
-    m, lf, (X, y) = t["model_fn"], t["loss_fn"], t["train"]
+    m, lf, data = t["model_fn"], t["loss_fn"], t["train"]
     loss = lambda p, b: lf(m(p, b), b)  # noqa: E731
 
     def body(k, carry):
         params, state = carry
-        idx = jax.random.choice(jax.random.fold_in(jax.random.key(1), k), len(X),
+        idx = jax.random.choice(jax.random.fold_in(jax.random.key(1), k), len(data[0]),
                                 (t["batch_size"],), replace=False)
-        b = (X[idx], y[idx])
+        b = tuple(x[idx] for x in data)
         value, grads = jax.value_and_grad(loss)(params, b)
         kw = {}
         if extra == "batch":
@@ -182,7 +304,8 @@ def make_chunk(t, opt, extra):
 def train(t, opt, extra, steps, lr=None, compiled=None):
     """One run of `steps` steps; `lr` is set in the injected state, so a `compiled` chunk
     from an earlier run of the same optimizer is reused (its compile time is reported)."""
-    full = jax.jit(lambda p: t["loss_fn"](t["model_fn"](p, t["train"]), t["train"]))
+    ev = t.get("eval", t["train"])  # the data the training loss is read on
+    full = jax.jit(lambda p: t["loss_fn"](t["model_fn"](p, ev), ev))
     params = t["params"]
     state = opt.init(params)
     if lr is not None:
@@ -193,18 +316,20 @@ def train(t, opt, extra, steps, lr=None, compiled=None):
         start = time.perf_counter()
         compiled = make_chunk(t, opt, extra).lower(params, state, k0).compile()
         compile_s = time.perf_counter() - start
-    losses, times, elapsed = [float(full(params))], [0.0], 0.0
+    losses, times, elapsed, cpu = [float(full(params))], [0.0], 0.0, 0.0
     for c in range(steps // t["every"]):
         k0 = jnp.asarray(c * t["every"], jnp.int32)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         params, state = jax.block_until_ready(compiled(params, state, k0))
         elapsed += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
         losses.append(float(full(params)))
         times.append(elapsed)
         if not math.isfinite(losses[-1]):
             break
     return dict(lr=lr, losses=losses, times=times, compile=compile_s,
                 per_step=elapsed / max(1, (len(losses) - 1) * t["every"]),
+                cpu_per_step=cpu / max(1, (len(losses) - 1) * t["every"]),
                 metric=t["metric"][1](params), final=losses[-1]), compiled
 
 
@@ -218,6 +343,8 @@ def first_at(run, target, every):
 def run_task(t, budget_ours, log):
     runs = {}
     for name, (factory, grid, extra) in optimizers(t).items():
+        if name in t.get("skip", ()):
+            continue
         steps = t["steps"] if name == "AdamW" else budget_ours
         if grid is None:
             runs[name] = train(t, factory(), extra, steps)[0]
@@ -252,9 +379,10 @@ def report(t, runs):
                      "—" if s is None else f"{s / a_steps:.2f}",
                      "—" if tt is None else f"{tt / a_time:.2f}",
                      f"{r['final']:.4g}", f"{r['metric']:.4g}", f"{r['per_step'] * 1e3:.2f}",
-                     f"{r['compile']:.1f}"])
+                     f"{r['cpu_per_step'] * 1e3:.2f}", f"{r['compile']:.1f}"])
     header = ["optimizer", "lr", "steps to target", "time to target (s)", "steps ratio",
-              "time ratio", "final train loss", t["metric"][0], "ms/step", "compile (s)"]
+              "time ratio", "final train loss", t["metric"][0], "ms/step", "CPU ms/step",
+              "compile (s)"]
     return target, markdown_table(header, rows)
 
 
@@ -295,47 +423,62 @@ def kfac_jax_status():
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tasks", default="autoencoder,convnet")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--assemble", action="store_true",
+                    help="run nothing; rebuild the RESULTS.md section from the last full run "
+                         "of every task (outputs/training_<task>.md)")
     ap.add_argument("--cpu", type=int)
     ap.add_argument("--no-pin", action="store_true")
     args = ap.parse_args(argv)
     out = os.path.join(ROOT, "outputs")
     os.makedirs(out, exist_ok=True)
-    lines = []
 
     def log(msg):
         print(msg, flush=True)
-        lines.append(msg)
 
-    sections, data = [], {}
-    for name in args.tasks.split(","):
+    # Each task's text is kept in outputs/training_<task>.md with its own machine line, so
+    # the tasks can run in separate processes (or again, one at a time) and the RESULTS.md
+    # section is put together from the last full run of each.
+    for name in [] if args.assemble else args.tasks.split(","):
         t = task(name, args.quick)
         log(f"task {name}: batch {t['batch_size']}, AdamW {t['steps']} steps, others "
             f"{t['steps'] // 2}")
+        task_start, cpu_start = time.perf_counter(), time.process_time()
         runs = run_task(t, t["steps"] // 2, log)
+        task_s, task_cpu = time.perf_counter() - task_start, time.process_time() - cpu_start
         target, table = report(t, runs)
         plot(t, runs, target, os.path.join(out, f"training_{name}.png"))
         grids = "; ".join(f"{n}: " + ", ".join(f"{lr:g}→{f:.3g}" for lr, f in r["grid"].items())
                           for n, r in runs.items() if r["grid"])
-        sections.append(f"**{name}** (batch {t['batch_size']}, AdamW {t['steps']} steps, "
-                        f"the others {t['steps'] // 2}; target = tuned AdamW's final training "
-                        f"loss {target:.4g})\n\n{table}\n\nFinal training loss over the "
-                        f"learning-rate grid: {grids}.\n")
-        data[name] = {n: {k: v for k, v in r.items()} for n, r in runs.items()}
-    load = os.getloadavg()
-    head = (f"Run {datetime.date.today()}, jax {jax.__version__}, optax {optax.__version__}, "
-            f"float32, one thread pinned to CPU {PINNED_CPU} ({cpu_name()}); load average "
-            f"{load[0]:.1f} on a 2-core machine shared with other jobs: wall times are "
-            f"inflated and noisy, compare ratios within a task. {kfac_jax_status()}.\n")
-    text = head + "\n" + "\n".join(sections)
-    with open(os.path.join(out, "training.md"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(out, "training.json"), "w") as fh:
-        json.dump(data, fh, default=float)
-    if not args.quick:
-        write_section("training", "## Training loops: Kronecker-factored optimizers (issue 17)"
-                      "\n\n" + text)
-    print(text)
+        about = f"{t['about']}; " if "about" in t else ""
+        load = os.getloadavg()
+        text = (f"**{name}** ({about}batch {t['batch_size']}, AdamW {t['steps']} steps, the "
+                f"others {t['steps'] // 2}; target = tuned AdamW's final training loss "
+                f"{target:.4g}. Run {datetime.date.today()}, one thread pinned to CPU "
+                f"{PINNED_CPU}, load average {load[0]:.1f} at the end; the whole task, every "
+                f"grid point and compile included, took {task_s / 60:.1f} min of wall time, "
+                f"{task_cpu / 60:.1f} min of process CPU time)\n\n{table}\n\n"
+                f"Final training loss over the learning-rate grid: {grids}.\n")
+        suffix = "_quick" if args.quick else ""
+        with open(os.path.join(out, f"training_{name}{suffix}.md"), "w") as fh:
+            fh.write(text)
+        with open(os.path.join(out, f"training_{name}{suffix}.json"), "w") as fh:
+            json.dump({n: dict(r) for n, r in runs.items()}, fh, default=float)
+        print(text)
+    if args.quick:
+        return 0
+    parts = []
+    for name in TASKS:
+        path = os.path.join(out, f"training_{name}.md")
+        if os.path.exists(path):
+            with open(path) as fh:
+                parts.append(fh.read())
+    head = (f"jax {jax.__version__}, optax {optax.__version__}, float32, {cpu_name()}; a "
+            f"2-core machine shared with other jobs: wall times are inflated and noisy "
+            f"(compare ratios within a task; process CPU time per step is given too). "
+            f"{kfac_jax_status()}.\n")
+    write_section("training", "## Training loops: Kronecker-factored optimizers (issue 17)"
+                  "\n\n" + head + "\n" + "\n".join(parts))
     return 0
 
 
