@@ -27,6 +27,7 @@ from single_thread import PINNED_CPU  # noqa: F401
 # isort: on
 
 import argparse
+import os
 import statistics
 import time
 
@@ -36,7 +37,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxopt2.qp import solve_qp  # noqa: E402
+from jaxopt2.qp import ADMM, solve_qp  # noqa: E402
 
 TOL = 1e-8
 
@@ -141,6 +142,19 @@ def ours_tight(Q, c, A, b, G, h):
     return s.x, s.status.code
 
 
+def ours_admm(Q, c, A, b, G, h):
+    # OSQP's ADMM with active-set polishing (a polish is tried each time the ADMM residuals
+    # fall another decade below 1e-3; it ends the run when it meets the tolerance).
+    s = solve_qp(Q, c, A, b, G, h, method="admm", rtol=TOL, throw=False)
+    return s.x, s.status.code
+
+
+def ours_admm_plain(Q, c, A, b, G, h):
+    s = solve_qp(Q, c, A, b, G, h, method=ADMM(polish=False), rtol=TOL, max_steps=50_000,
+                 throw=False)
+    return s.x, s.status.code
+
+
 def qpax_fn(Q, c, A, b, G, h):
     import qpax
 
@@ -160,15 +174,23 @@ def single(n, repeats, rows):
     d = make(n, n, n // 2, n // 10)
     x_ref = clarabel_solve(d, 1e-10)
     args = tuple(jnp.asarray(d[k]) for k in ("Q", "c", "A", "b", "G", "h"))
+    times = {}
     for name, fn in (("jaxopt2 solve_qp", ours), ("jaxopt2 solve_qp rtol=1e-10", ours_tight),
+                     ("jaxopt2 ADMM (polish)", ours_admm),
+                     ("jaxopt2 ADMM (no polish)", ours_admm_plain),
                      ("qpax", qpax_fn), ("jaxopt OSQP", jaxopt_osqp)):
         try:
             (x, _), run, comp = time_jax(fn, args, repeats)
             err, viol = measure(d, np.asarray(x), x_ref)
             rows.append((f"n={n}", name, run, comp, err, viol))
+            times[name] = (run, err)
         except Exception as e:  # a library that fails is reported, not fatal
             rows.append((f"n={n}", name, float("nan"), float("nan"), float("nan"),
                          f"error: {type(e).__name__}"))
+    try:
+        equal_time(n, d, args, x_ref, times, repeats)
+    except Exception as e:
+        print(f"equal time n={n}: failed ({type(e).__name__}: {e})")
     for name, fn in (("clarabel", clarabel_solve), ("osqp", osqp_solve),
                      ("proxsuite", proxqp_solve)):
         try:
@@ -178,6 +200,32 @@ def single(n, repeats, rows):
         except Exception as e:
             rows.append((f"n={n}", name, float("nan"), None, float("nan"),
                          f"error: {type(e).__name__}"))
+
+
+def equal_time(n, d, args, x_ref, times, repeats):
+    """jaxopt's OSQP stopped after as long as ours took (its iterations fixed, tol = 0):
+    the accuracy it reaches in that time, against ours."""
+    from jaxopt import OSQP
+
+    def run(maxiter):
+        def fn(Q, c, A, b, G, h):
+            sol = OSQP(tol=1e-30, maxiter=maxiter).run(params_obj=(Q, c), params_eq=(A, b),
+                                                        params_ineq=(G, h))
+            return sol.params.primal
+        return time_jax(fn, args, repeats)
+
+    probe = 200
+    _, t_probe, _ = run(probe)
+    per_iter = t_probe / probe
+    for name in ("jaxopt2 ADMM (polish)", "jaxopt2 solve_qp rtol=1e-10"):
+        if name not in times:
+            continue
+        t_ours, err_ours = times[name]
+        k = max(1, int(t_ours / per_iter))
+        x, t, _ = run(k)
+        err, viol = measure(d, np.asarray(x), x_ref)
+        print(f"equal time n={n}: jaxopt OSQP {k} iterations, {t:.4f} s -> error {err:.1e}, "
+              f"violation {viol:.1e}; {name} {t_ours:.4f} s -> error {err_ours:.1e}")
 
 
 def batch(count, repeats, rows):
@@ -191,7 +239,8 @@ def batch(count, repeats, rows):
 
     tag = f"batch {count}×(n=20)"
     for name, fn in (("jaxopt2 solve_qp", ours), ("jaxopt2 solve_qp rtol=1e-10", ours_tight),
-                     ("qpax", qpax_fn), ("jaxopt OSQP", jaxopt_osqp)):
+                     ("jaxopt2 ADMM (polish)", ours_admm), ("qpax", qpax_fn),
+                     ("jaxopt OSQP", jaxopt_osqp)):
         try:
             (x, _), run, comp = time_jax(jax.vmap(fn), args, repeats)
             rows.append((tag + " fwd", name, run, comp, *errors(x)))
@@ -218,7 +267,8 @@ def batch(count, repeats, rows):
 
     grads = {}
     for name, fn in (("jaxopt2 solve_qp", ours), ("jaxopt2 solve_qp rtol=1e-10", ours_tight),
-                     ("qpax", qpax_primal), ("qpax κ=1e-10", qpax_exact)):
+                     ("jaxopt2 ADMM (polish)", ours_admm), ("qpax", qpax_primal),
+                     ("qpax κ=1e-10", qpax_exact)):
         try:
             g, run, comp = time_jax(loss_of(fn), args, repeats)
             grads[name] = g
@@ -240,13 +290,16 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cpu", type=int)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--no-batch", action="store_true")
     opts = parser.parse_args()
     rows = []
     sizes = (100,) if opts.quick else (100, 500)
     for n in sizes:
         single(n, 3 if n <= 100 else 1, rows)
-        print(rows[-7:], flush=True)
-    batch(32 if opts.quick else 256, 3, rows)
+        print(rows[-9:], flush=True)
+    if not opts.no_batch:
+        batch(32 if opts.quick else 256, 3, rows)
+    print(f"load average {os.getloadavg()}; process CPU time {time.process_time():.1f} s")
     print("| problem | solver | run (s) | compile (s) | error in x | max violation |")
     print("|---|---|---|---|---|---|")
     for prob, name, run, comp, err, viol in rows:

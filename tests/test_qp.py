@@ -228,3 +228,41 @@ def test_batch_of_256_matches_one_by_one():
         np.testing.assert_allclose(out.x[i], one(problems[i]).x, atol=1e-9)
         np.testing.assert_allclose(out.x[i], known_qp(i, n=20, p=3, m_active=4, m_inactive=6,
                                                       n_lower=3, n_upper=3)[1]["x"], atol=1e-7)
+
+
+def far_qp(shift):
+    """`known_qp(0)` moved to x* + shift·1: |c| ≈ shift ≫ |Q| (a solution far from 0)."""
+    data, ref = known_qp(0)
+    s = shift * np.ones(len(data["c"]))
+    d = dict(data, c=data["c"] - data["Q"] @ s, b=data["b"] + data["A"] @ s,
+             h=data["h"] + data["G"] @ s, lower=data["lower"] + s, upper=data["upper"] + s)
+    return d, ref["x"] + s
+
+
+def test_far_solution_float32_is_solved():
+    # The regularisation of the reduced KKT matrix once scaled with |c| (≈ 1e6 here), which
+    # swamped Q ≈ 1 in float32: the iteration ended max_steps_reached, x off by ~1e6.
+    d, x_ref = far_qp(1e6)
+    sol = solve_qp(**cast(d, jnp.float32), throw=False)
+    assert sol.status == RESULTS.successful
+    np.testing.assert_allclose(sol.x, x_ref, rtol=1e-5)
+    Q, c = jnp.eye(2), jnp.array([-1e6, -1e6])
+    sol = solve_qp(Q, c, G=jnp.ones((1, 2)), h=jnp.array([1e6]), throw=False)
+    assert sol.status == RESULTS.successful
+    np.testing.assert_allclose(sol.x, [5e5, 5e5], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(
+    jnp.float64, marks=[pytest.mark.float64, pytest.mark.slow])])
+def test_unbounded_problems_are_dual_infeasible(dtype):
+    cases = [  # an LP ray x₀ → ∞; an LP ray along Ax = b; a QP ray in Q's null space
+        dict(Q=np.zeros((2, 2)), c=np.array([-1.0, 0.0]),
+             G=np.array([[-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]), h=np.array([0.0, 1.0, 1.0])),
+        dict(Q=np.zeros((3, 3)), c=np.array([-1.0, 0.0, 1.0]), A=np.array([[1.0, -1.0, 0.0]]),
+             b=np.array([0.5]), lower=np.zeros(3)),
+        dict(Q=np.diag([1.0, 1.0, 0.0]), c=np.array([1.0, 1.0, -1.0]),
+             G=np.array([[1.0, 1.0, -1.0]]), h=np.array([3.0])),
+    ]
+    for d in cases:
+        sol = solve_qp(**cast(d, dtype), throw=False)
+        assert sol.status == RESULTS.dual_infeasible

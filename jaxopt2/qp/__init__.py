@@ -1,5 +1,6 @@
 """Convex quadratic programs: `solve_qp` (dense primal-dual interior point, differentiable
-as a layer, batched under `vmap`).
+as a layer, batched under `vmap`; or OSQP-style ADMM, `method="admm"`/`ADMM(...)`, dense or
+matrix-free).
 
     minimize ½xᵀQx + cᵀx   subject to   Ax = b,   Gx ≤ h,   lower ≤ x ≤ upper
 """

@@ -190,7 +190,7 @@ class _State(eqx.Module):
     dx: jax.Array
     dy: jax.Array
     rho: jax.Array
-    factor: jax.Array | None
+    factor: tuple | None  # (Cholesky factor, σ) of dense data
     step: jax.Array
     code: jax.Array
     polish_tol: jax.Array
@@ -212,8 +212,12 @@ def admm(qp: StackedQP, x0, y0, opts: ADMM, *, rtol, max_steps: int,
     def factor(rho_s):
         if not dense:
             return None
-        K = qp.P + sigma * eye + (qp.C.T * _rho_vector(qp, rho_s)[None, :]) @ qp.C
-        return jnp.linalg.cholesky(K)
+        K = qp.P + (qp.C.T * _rho_vector(qp, rho_s)[None, :]) @ qp.C
+        # σ at least a few ulps of K's diagonal: with P singular (an LP) and 10³ρ on the
+        # equality rows, σ = 1e-6 alone leaves K numerically singular in float32. σ only
+        # damps the x-update; the fixed point does not depend on it.
+        sig = jnp.maximum(sigma, 30 * jnp.finfo(dtype).eps * jnp.max(jnp.diagonal(K)))
+        return jnp.linalg.cholesky(K + sig * eye), sig
 
     def kmv(v, r):
         return qp.P_mv(v) + sigma * v + qp.CT_mv(r * qp.C_mv(v))
@@ -227,7 +231,8 @@ def admm(qp: StackedQP, x0, y0, opts: ADMM, *, rtol, max_steps: int,
 
     def iterate(L, r, carry):
         x, z, y, _, _ = carry
-        xt = solve(L, sigma * x - qp.q + qp.CT_mv(r * z - y), x, r)
+        L, sig = L if dense else (None, sigma)
+        xt = solve(L, sig * x - qp.q + qp.CT_mv(r * z - y), x, r)
         zt = qp.C_mv(xt)
         xn = alpha * xt + (1 - alpha) * x
         zh = alpha * zt + (1 - alpha) * z

@@ -148,8 +148,11 @@ def _mean_comp(qp, it, count):
 
 
 def _regularisation(qp: QPData):
+    # Relative to the size of Q (the matrix it perturbs), not of c: with |c| ≫ |Q| (a solution
+    # far from the origin) a c-sized shift swamps Q and the refinement cannot undo it.
     eps = jnp.finfo(qp.c.dtype).eps
-    return jnp.sqrt(eps) * 1e-2 * qp.scale() if eps < 1e-10 else jnp.sqrt(eps) * qp.scale()
+    size = jnp.maximum(1.0, jnp.max(jnp.abs(qp.Q), initial=0.0))
+    return jnp.sqrt(eps) * 1e-2 * size if eps < 1e-10 else jnp.sqrt(eps) * size
 
 
 def _initial(qp: QPData, reg) -> Iterate:

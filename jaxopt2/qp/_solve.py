@@ -198,10 +198,19 @@ def solve_qp(Q, c, A=None, b=None, G=None, h=None, lower=None, upper=None, *,
     `A` (p × n) and `b` (p,) together or neither; `G` (m × n) and `h` (m,) together or
     neither; `lower`/`upper`: scalars or (n,) arrays, ±inf where a bound is absent. All in
     one floating dtype (float32 or float64; float16 is computed in float32).
-    `rtol`: the relative KKT tolerance (default 1e-9 in float64, 1e-5 in float32);
-    `max_steps`: interior-point iterations (typically 10–30 are needed); `infeasibility_tol`:
-    the tolerance of the infeasibility certificates (default 1e-3·√eps·… see the module
-    docs); `throw`: raise on a failed status outside `vmap` (`throw=False` returns it).
+    `method`: `"ipm"` (default: the interior point, 10–30 factorizations of an n × n
+    matrix, accurate to `rtol`), or `"admm"` / a `jaxopt2.qp.ADMM(...)` with options: OSQP's
+    operator splitting (Stellato et al. 2020) with one cached Cholesky factor per step-size
+    change, many cheap iterations, active-set polishing, and matrix-free data: with
+    `method="admm"`, `Q`, `A` and `G` may be functions x ↦ Qx, x ↦ Ax, x ↦ Gx or lineax
+    operators (solved by conjugate gradients; not differentiable). `init`: a previous
+    `QPSolution` of a problem with the same constraint sizes, to warm-start ADMM (x, the
+    multipliers and the adapted step size). `rtol`: the relative KKT tolerance (default 1e-9
+    in float64, 1e-5 in float32); `max_steps`: iterations (default 100 for the interior
+    point, 10,000 for ADMM); `infeasibility_tol`: the tolerance of the infeasibility
+    certificates; `throw`: raise on a failed status outside `vmap` (`throw=False` returns it).
+    Derivatives with `method="admm"` (dense data) are those of the interior point: the same
+    implicit differentiation of the KKT conditions at the (polished) ADMM solution.
 
     **Errors.** Wrong shapes, non-floating dtypes, NaN/inf in the data, lower > upper and (for
     concrete data) a Q with a negative eigenvalue raise `ValueError` / `TypeError` saying what
@@ -209,7 +218,8 @@ def solve_qp(Q, c, A=None, b=None, G=None, h=None, lower=None, upper=None, *,
 
     Reference: S. Mehrotra, "On the implementation of a primal-dual interior point method",
     SIAM J. Optim. 2 (1992); B. Amos & J. Z. Kolter, "OptNet: differentiable optimization as a
-    layer in neural networks", ICML 2017.
+    layer in neural networks", ICML 2017; B. Stellato et al., "OSQP: an operator splitting
+    solver for quadratic programs", Math. Prog. Comp. 12 (2020).
 
     ```python
     import jax, jax.numpy as jnp
