@@ -186,3 +186,63 @@ def test_bad_inputs_say_what_to_fix(kwargs, match):
             solver(**args)
     with pytest.raises(ValueError, match="sparsity"):
         ot.sinkhorn_newton_sparse(np.ones((4, 5)), sparsity=0)
+
+
+@pytest.mark.float64
+def test_overrelaxed_sinkhorn_converges_to_plain_sinkhorns_plan():
+    cost, a, b = _problem(20, 15, seed=6)
+    eps = 0.01
+    ref = _reference_plan(cost, a, b, eps, steps=10_000)
+    runs = {}
+    for relaxation in ("adaptive", 1.0, 1.6):
+        out = jax.jit(lambda C, r=relaxation: ot.sinkhorn(C, a, b, eps, rtol=1e-10,
+                                                          relaxation=r))(cost)
+        assert out.status == jaxopt2.RESULTS.successful, relaxation
+        assert max(_errors(out, a, b)) <= 1e-10  # both marginals, at the same potentials
+        np.testing.assert_allclose(out.plan, ref, atol=1e-9)
+        runs[relaxation] = int(out.stats["num_steps"])
+    # over-relaxation's point: far fewer iterations than plain Sinkhorn at small ε
+    assert runs["adaptive"] < runs[1.0] / 2, runs
+
+
+def test_vmap_adapts_relaxation_per_problem():
+    # each problem of a batch adapts its own ω: the batch equals a loop over problems
+    problems = [_problem(8, 8, seed=s) for s in range(3)]
+    costs = np.stack([p[0] for p in problems]).astype(np.float32)
+    eps = np.float32([0.02, 0.05, 0.2])
+    solve = jax.jit(lambda C, e: ot.sinkhorn(C, None, None, e, rtol=1e-4, throw=False))
+    batch = jax.vmap(solve)(costs, eps)
+    for i in range(3):
+        one = solve(costs[i], eps[i])
+        assert int(batch.stats["num_steps"][i]) == int(one.stats["num_steps"])
+        # (float32: vmap's fused kernels round differently)
+        np.testing.assert_allclose(batch.plan[i], one.plan, rtol=1e-4, atol=1e-6)
+    assert list(batch.status.name) == ["successful"] * 3
+
+
+def test_sparsify_keeps_the_largest_entries():
+    from jaxopt2.ot._sns import sparsify
+
+    rng = np.random.default_rng(7)
+    P = np.exp(rng.normal(scale=3.0, size=(20, 30)))
+    size = 57
+    rows, cols, keep = jax.jit(sparsify, static_argnums=1)(jnp.asarray(P), size)
+    kept = {(int(i), int(j)) for i, j, k in zip(rows, cols, keep, strict=True) if k}
+    order = np.argsort(P.ravel())[::-1]
+    largest = {divmod(int(t), 30) for t in order[:size]}
+    # the threshold's bisection may stop just above the size-th largest: a prefix of them
+    assert kept <= largest and len(kept) >= size - 3
+    # entries below e^-60 of the largest are never kept: fewer than `size`, padding masked
+    Q = np.full((6, 5), 1e-40)
+    Q[0, 0], Q[2, 3] = 1.0, 0.5
+    rows, cols, keep = sparsify(jnp.asarray(Q), 10)
+    assert int(keep.sum()) == 2
+    assert {(int(i), int(j)) for i, j, k in zip(rows, cols, keep, strict=True) if k} == {
+        (0, 0), (2, 3)}
+
+
+@pytest.mark.parametrize("relaxation", [0.0, 2.0, -1.0, "fast", True])
+def test_bad_relaxation_says_what_to_fix(relaxation):
+    for solver in SOLVERS.values():
+        with pytest.raises(ValueError, match="relaxation"):
+            solver(np.ones((4, 5)), relaxation=relaxation)
