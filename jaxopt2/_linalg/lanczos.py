@@ -27,10 +27,8 @@ def lanczos(matvec, q0, steps: int, *, return_basis: bool = False):
     basis = jnp.where((rows == 0)[:, None], q0, jnp.zeros((steps, n), dtype))
 
     def step(j, carry):
-        basis, alphas, betas, alive, scale = carry
+        basis, alphas, betas, alive, scale, q, live = carry
         here, after = rows == j, rows == j + 1
-        q = jnp.sum(jnp.where(here[:, None], basis, 0), axis=0)
-        live = jnp.any(here & alive)
         w = matvec(q)
         alpha = jnp.vdot(q, w)
         # Classical Gram–Schmidt against the whole basis, twice: keeps Q orthonormal, so no
@@ -46,11 +44,11 @@ def lanczos(matvec, q0, steps: int, *, return_basis: bool = False):
         alphas = jnp.where(here, jnp.where(live, alpha, 0), alphas)
         betas = jnp.where(here, jnp.where(next_alive, beta, 0), betas)
         alive = jnp.where(after, next_alive, alive)
-        return basis, alphas, betas, alive, scale
+        return basis, alphas, betas, alive, scale, q_next, next_alive
 
     init = (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), rows == 0,
-            jnp.zeros((), dtype))
-    basis, alphas, betas, alive, _ = jax.lax.fori_loop(0, steps, step, init)
+            jnp.zeros((), dtype), q0, jnp.array(True))
+    basis, alphas, betas, alive, *_ = jax.lax.fori_loop(0, steps, step, init)
     if return_basis:
         return alphas, betas[:-1], alive, basis
     return alphas, betas[:-1], alive
