@@ -131,13 +131,16 @@ class MinimizerRule(eqx.Module):
     scale0: jax.Array  # s(x₀)
     eps: float
     first_step_counts: bool = eqx.field(static=True, default=True)
+    # the solver's own error estimate confirms the shared ones instead of replacing them
+    own_error_confirms: bool = eqx.field(static=True, default=False)
 
     @staticmethod
     def start(solver, it0: Iterate) -> MinimizerRule:
         rtol = solver.rtol if solver.rtol is not None else default_rtol(result_dtype(it0.params))
         grad_tol = solver.atol + rtol * tree_inf_norm(it0.grad)
         return MinimizerRule(solver.atol, rtol, grad_tol, it0.value, x_scale(it0.params),
-                             _eps(it0.params), solver.first_step_scale_free)
+                             _eps(it0.params), solver.first_step_scale_free,
+                             getattr(solver, "error_estimate_confirms", False))
 
     def no_step(self, it0: Iterate) -> Progress:
         return Progress.none(result_dtype(it0.params))
@@ -174,7 +177,9 @@ class MinimizerRule(eqx.Module):
             ((progress.error <= self.rtol) & (progress.secant <= self.rtol))
             | (progress.secant <= self.rtol**2))
         if own_error is not None:
-            by_gradient = (gnorm <= self.grad_tol) & (own_error <= self.rtol * x_scale(new.params))
+            own = own_error <= self.rtol * x_scale(new.params)
+            by_gradient = by_gradient & own if self.own_error_confirms else (
+                (gnorm <= self.grad_tol) & own)
         return (gnorm <= self.atol) | by_gradient | stalled, progress
 
     def shortfall(self, it: Iterate, progress: Progress, own_error=None):
@@ -188,11 +193,13 @@ class MinimizerRule(eqx.Module):
         by_grad = jnp.where(self.grad_tol > 0, gnorm / jnp.where(self.grad_tol > 0,
                                                                  self.grad_tol, 1),
                             jnp.where(gnorm > 0, jnp.inf, 0.0))
+        shared = jnp.minimum(jnp.maximum(progress.error, progress.secant) / self.rtol,
+                             progress.secant / self.rtol**2)
+        by_error = shared
         if own_error is not None:
             by_error = own_error / (self.rtol * x_scale(it.params))
-        else:
-            by_error = jnp.minimum(jnp.maximum(progress.error, progress.secant) / self.rtol,
-                                   progress.secant / self.rtol**2)
+            if self.own_error_confirms:
+                by_error = jnp.maximum(by_error, shared)
         return jnp.stack([by_grad.astype(jnp.float32), jnp.asarray(by_error, jnp.float32)])
 
     def diverged(self, it: Iterate):

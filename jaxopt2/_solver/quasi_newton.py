@@ -48,6 +48,14 @@ class _QNState(eqx.Module):
     memory: Any
     # True when the memory holds no usable curvature: the next step is steepest descent.
     empty: jax.Array
+    # The curvatures sᵀy/sᵀs of the last CURVATURE_WINDOW accepted pairs (inf: no pair yet),
+    # a ring buffer, and ‖g‖₂ over their least: the distance to x* the gradient implies.
+    curvatures: jax.Array
+    error: jax.Array
+
+
+# Accepted pairs whose least curvature μ̂ bounds the error: ‖x − x*‖ ≤ ‖g‖₂/μ̂ (`error_estimate`)
+CURVATURE_WINDOW = 10
 
 
 def _safe_div(a, b):
@@ -67,6 +75,8 @@ class _AbstractQuasiNewton(AbstractMinimizer):
     # superlinear only once the model has learnt the curvature: hundreds of steps on
     # ill-conditioned problems (`_base.py`)
     default_max_steps: ClassVar[int] = 1000
+    # ‖g‖₂/μ̂ (`error_estimate`) must pass as well as the shared estimates, not instead
+    error_estimate_confirms: ClassVar[bool] = True
 
     def __check_init__(self):
         # run for LBFGS and BFGS alike (equinox calls every __check_init__ in the MRO)
@@ -88,8 +98,10 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         """Add the pair (s, y) when `accept`; when `empty`, start from a fresh memory."""
 
     def init(self, fn, iterate: Iterate, args) -> _QNState:
-        memory = self._init_memory(iterate.params, result_dtype(iterate.params))
-        return _QNState(memory, jnp.array(True))
+        dtype = result_dtype(iterate.params)
+        memory = self._init_memory(iterate.params, dtype)
+        inf = jnp.asarray(jnp.inf, dtype)
+        return _QNState(memory, jnp.array(True), jnp.full(CURVATURE_WINDOW, inf), inf)
 
     def step(self, fn, iterate: Iterate, args, state: _QNState):
         g = iterate.grad
@@ -120,7 +132,17 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         # step retries from steepest descent at the same point.
         new_empty = jnp.where(ls.ok, empty & ~accept, True)
         result = RESULTS.where(ls.ok | use_qn, RESULTS.successful, RESULTS.line_search_failed)
-        return new, _QNState(memory, new_empty), ls.counts, result
+        # The newest accepted pair's curvature replaces the oldest in the window.
+        ss = tree_dot(s, s).astype(dtype)
+        q = jnp.where(accept, _safe_div(sy, ss), jnp.inf).astype(dtype)
+        curvatures = jnp.where(accept, jnp.roll(state.curvatures, 1).at[0].set(q),
+                               state.curvatures)
+        mu = jnp.min(curvatures)
+        error = jnp.where(jnp.isfinite(mu), tree_norm(new.grad).astype(dtype) / mu, jnp.inf)
+        return new, _QNState(memory, new_empty, curvatures, error), ls.counts, result
+
+    def error_estimate(self, state: _QNState):
+        return state.error
 
 
 class _LBFGSMemory(eqx.Module):
