@@ -29,6 +29,18 @@ def check_relaxation(fname: str, relaxation):
                      f"(0, 2) (1.0: plain Sinkhorn); got {relaxation!r}.")
 
 
+def start_state(cost_scaled, log_b, a, u, omega):
+    """`overrelaxed_loop`'s state at potentials u: a plain v-update first (columns exact; not
+    counted as a step), ω as given (1 to adapt from scratch)."""
+    v = log_b - _lse_cols(u, cost_scaled)
+    lse_v = _lse_rows(v, cost_scaled)
+    row_err = jnp.sum(jnp.abs(jnp.exp(u + lse_v) - a))
+    zero = jnp.zeros((), jnp.int32)
+    return dict(u=u, v=v, lse_v=lse_v, worst=row_err, steps=zero,
+                omega=jnp.asarray(omega, u.dtype), ref=row_err, low=row_err,
+                settle=jnp.array(False), since=zero, peak=jnp.zeros((), u.dtype))
+
+
 def overrelaxed_loop(cost_scaled, log_a, log_b, a, b, u, tol, max_steps: int, limit=None,
                      relaxation=None, resume=None, window: int = 8,
                      max_relaxation: float = 1.95):
@@ -52,7 +64,8 @@ def overrelaxed_loop(cost_scaled, log_a, log_b, a, b, u, tol, max_steps: int, li
       the solution).
 
     Returns (u, v, steps, larger marginal error, state); `resume=state` continues that run
-    (its potentials and its adaptation; `u` is then ignored and `steps` counts this call's).
+    (its potentials and its adaptation; `u` is then ignored and `steps` counts this call's),
+    `resume=start_state(...)` starts afresh from given potentials.
     """
     limit = max_steps if limit is None else limit
     dtype = u.dtype
@@ -70,10 +83,6 @@ def overrelaxed_loop(cost_scaled, log_a, log_b, a, b, u, tol, max_steps: int, li
         row_err = jnp.sum(jnp.abs(jnp.exp(u + lse_v) - a))
         return u, v, lse_v, row_err + col_err, jnp.maximum(row_err, col_err)
 
-    if resume is None:  # the start: a plain v-update (columns exact), not counted
-        v = log_b - _lse_cols(u, cost_scaled)
-        lse_v = _lse_rows(v, cost_scaled)
-        row_err = jnp.sum(jnp.abs(jnp.exp(u + lse_v) - a))
     zero = jnp.zeros((), jnp.int32)
 
     def cond(c):
@@ -104,11 +113,8 @@ def overrelaxed_loop(cost_scaled, log_a, log_b, a, b, u, tol, max_steps: int, li
         c = dict(c, u=u, v=v, lse_v=lse_v, worst=worst, steps=c["steps"] + 1)
         return dict(c, **adapt(c, err)) if adaptive else c
 
-    zero_f = jnp.zeros((), dtype)
     if resume is None:
-        state = dict(u=u, v=v, lse_v=lse_v, worst=row_err, steps=zero, omega=omega0,
-                     ref=row_err, low=row_err, settle=jnp.array(False), since=zero,
-                     peak=zero_f)
+        state = start_state(cost_scaled, log_b, a, u, omega0)
     else:
         state = dict(resume, steps=zero)
     c = while_loop(cond, body, state, max_steps=max_steps)

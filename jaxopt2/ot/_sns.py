@@ -11,7 +11,7 @@ from .._front import check_max_steps
 from .._linalg.cg import truncated_cg
 from .._loops import while_loop
 from ._problem import OTResult, finish, invalid_mask, prepare
-from ._sinkhorn import _lse_cols, _lse_rows, check_relaxation, overrelaxed_loop
+from ._sinkhorn import _lse_cols, _lse_rows, check_relaxation, overrelaxed_loop, start_state
 
 
 def sparsify(P, size: int, bisections: int = 24):
@@ -250,7 +250,9 @@ def sinkhorn_newton_sparse(cost, a=None, b=None, epsilon=1e-2, *, rtol: float | 
     # without Newton (or past a Newton stage that ran out of steps) Sinkhorn finishes: the
     # warm-up's run continued, or after Newton a fresh one (a new adaptation of ω)
     loop = partial(overrelaxed_loop, cost_scaled, log_a, log_b, a, b, relaxation=relaxation)
-    resume = jax.lax.cond(use_newton, lambda: loop(u, tol, max_steps, 0)[-1], lambda: warm)
+    omega = 1.0 if relaxation is None else relaxation
+    resume = jax.lax.cond(use_newton, lambda: start_state(cost_scaled, log_b, a, u, omega),
+                          lambda: warm)
     u, v, more, *_ = loop(u, tol, max_steps, max_steps - steps, resume=resume)
     steps = steps + more
     stats = dict(num_steps=steps, num_sinkhorn_steps=steps - newton, num_newton_steps=newton,
