@@ -207,3 +207,14 @@ def test_bad_input():
         solve_qp(-Q, c, method="admm")
     with pytest.raises(ValueError, match="init"):
         solve_qp(Q, c, G=jnp.ones((1, 2)), h=jnp.ones(1), method="admm", init=fake)
+
+
+def test_float32_lp_with_equality_rows():
+    # Q = 0 and 10³ρ on the equality row: with σ = 1e-6 alone the x-update's matrix was
+    # numerically singular in float32 (Cholesky NaN, status nonfinite).
+    sol = jax.jit(lambda c: solve_qp(jnp.zeros((3, 3)), c, jnp.ones((1, 3)), jnp.ones(1),
+                                     lower=0.0, method="admm", throw=False))(
+        jnp.array([1.0, 2.0, 3.0]))
+    assert sol.status == RESULTS.successful
+    np.testing.assert_allclose(sol.x, [1.0, 0.0, 0.0], atol=1e-4)
+    np.testing.assert_allclose(sol.y, [-1.0], atol=1e-3)
