@@ -20,7 +20,10 @@ Equations, §7.2) do. With ‖·‖ the max-norm over all leaves, x-scale s(x) =
    scaling f by any constant. A solver may bring its own estimate instead of these two
    (`AbstractMinimizer.error_estimate`): GradientDescent's irregular Barzilai-Borwein step
    lengths fool the contraction estimate, so it uses ‖gₖ‖₂/μ̂, μ̂ the least secant curvature
-   sᵀy/sᵀs of its run (‖x − x*‖ ≤ ‖g‖₂/μ for μ-strongly convex f).
+   sᵀy/sᵀs of its run (‖x − x*‖ ≤ ‖g‖₂/μ for μ-strongly convex f). LBFGS and BFGS bring
+   one *as well* (`error_estimate_confirms`): ‖gₖ‖₂/μ̂ over the last 10 accepted pairs, since
+   their secant estimate reads the curvature of the last steps, larger than the flattest
+   direction's (on a cond-1e4 logistic regression LBFGS stopped 2.2e-5 from x* at rtol 1e-6).
 2. *a start at the solution*: the first step was accepted and moved x by at most
    10·eps·s(x₁): x cannot be improved in this dtype. This is what a warm start at (or next to)
    the solution meets, where ‖g₀‖ is round-off and no relative gradient test can pass. Only
@@ -38,7 +41,9 @@ times); `saddle_point` when no such step decreases f, and `plateau` where f, its
 its curvature are all flat (nothing certifies a minimum there); `ill_conditioned` where a
 lower bound on the Newton step ‖H⁻¹g‖ (from the same Lanczos steps, run from g too) exceeds
 rtol·s(x): along a direction of tiny curvature a small gradient is not a small error.
-First-order solvers run the same check where the gradient is exactly zero.
+First-order solvers run the same check wherever they succeed (where f has Hessian-vector
+products): at an exactly zero gradient it finds saddles and plateaus, elsewhere the Newton-step
+bound backs up their gradient-based estimates.
 
 **Divergence** (`diverged`): the objective is −inf, the parameters overflow, or both the
 parameters grew past s(x₀)/√eps and the objective fell by more than (|f(x₀)| + 1)/√eps: a
