@@ -25,7 +25,7 @@ def probe_band(lin, unravel, n: int, b: int, dtype):
     outs = jax.vmap(lambda v: ravel(lin(unravel(v)))[0])(probes)  # (2b+1, n)
     offsets = jnp.arange(width) - b
     j = cols[:, None] + offsets[None, :]
-    band = jnp.take_along_axis(outs.T, j % width, axis=1)
+    band = jnp.take_along_axis(outs.T, j % width, axis=1, mode="promise_in_bounds")
     return jnp.where((j >= 0) & (j < n), band, 0.0).astype(dtype)
 
 
