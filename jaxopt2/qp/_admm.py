@@ -259,9 +259,10 @@ def admm(qp: StackedQP, x0, y0, opts: ADMM, *, rtol, max_steps: int,
         code = jnp.where(admm_conv, _OK, _RUNNING)
         polished = st.polished
         if polish:
-            # Try a polish each time the ADMM residuals fall another decade (from 1e-3).
-            want = ((code == _RUNNING) & (rp <= st.polish_tol * (1 + p_norm))
-                    & (rd <= st.polish_tol * (1 + d_norm)))
+            # Try a polish each time the ADMM residuals fall another decade (from 1e-3), and
+            # once more when ADMM itself has converged (OSQP's final polish).
+            want = (((code == _RUNNING) & (rp <= st.polish_tol * (1 + p_norm))
+                     & (rd <= st.polish_tol * (1 + d_norm))) | (code == _OK))
             xp, yp = lax.cond(want, lambda: _polish(qp, x, z, y), lambda: (x, y))
             good = want & _kkt(qp, xp, yp, rtol)[3] & jnp.all(jnp.isfinite(xp))
             x = jnp.where(good, xp, x)
