@@ -95,7 +95,9 @@ def kfac(
     minibatch as `update(grads, state, params, batch=batch)`.
 
     **Cost per step:** a forward and a backward pass with probes (the statistics), k
-    output-space Hessian-vector products (k outputs per example; none for "empirical"),
+    output-space Hessian-vector products and a k × k Cholesky per example (k outputs per
+    example, e.g. the vocabulary of a language model with one row per position; none for
+    "empirical"),
     one linearization and three Jacobian-vector products with output-space products (the
     quadratic model and ρ), one forward pass (ρ), the products aᵀa and gᵀg, and every T steps
     `eigh` of every factor (d_in³ + d_out³ per layer; under `jax.vmap` the `lax.cond` runs
