@@ -1,6 +1,7 @@
-"""Convex QPs: jaxopt2.qp.solve_qp (dense interior point) against qpax, jaxopt's OSQP, Clarabel,
-OSQP and ProxSuite (ProxQP), side by side in one process, float64, single-threaded
-(`single_thread.py`).
+"""Convex QPs: jaxopt2.qp.solve_qp (dense interior point, and method="admm" with and without
+polishing) against qpax, jaxopt's OSQP, Clarabel, OSQP and ProxSuite (ProxQP), side by side in
+one process, float64, single-threaded (`single_thread.py`). Also the accuracy jaxopt's OSQP
+reaches when stopped after as long as ours took (`equal_time`).
 
     python benchmarks/qp.py            # full sizes; prints a markdown table
     python benchmarks/qp.py --quick    # n = 100 and a batch of 32 only
