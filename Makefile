@@ -54,7 +54,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/composite.py
 	$(BIN)/python benchmarks/constrained.py
 	$(BIN)/python benchmarks/qp.py
-	$(BIN)/python benchmarks/ot.py
+	$(BIN)/python benchmarks/optimal_transport.py
 	$(BIN)/python benchmarks/compile_time.py
 	$(BIN)/python benchmarks/training.py
 
