@@ -76,18 +76,21 @@ def backtracking(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, shrink
     def accept(t, value):
         return _armijo(it.value, slope, t, value, c1, noise)
 
+    # The test is evaluated once per trial, in the body, and carried: evaluated in `cond` and
+    # again after the loop, XLA copies it into every fusion that reads it (issue 20).
     def cond(c):
-        t, value, k = c
-        return (k == 0) | (~accept(t, value) & (k < max_trials + 1))
+        _, _, k, accepted = c
+        return (k == 0) | (~accepted & (k < max_trials + 1))
 
     def body(c):
-        t, _, k = c
+        t, _, k, _ = c
         t = jnp.where(k == 0, init_step, t * shrink)
-        return t, fn(tree_axpy(t, direction, it.params), args)[0].astype(dtype), k + 1
+        value = fn(tree_axpy(t, direction, it.params), args)[0].astype(dtype)
+        return t, value, k + 1, accept(t, value)
 
-    init = (init_step, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-    t, value, k = while_loop(cond, body, init, max_steps=max_trials + 1)
-    ok = accept(t, value) & (slope < 0)
+    init = (init_step, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32), jnp.array(False))
+    t, value, k, accepted = while_loop(cond, body, init, max_steps=max_trials + 1)
+    ok = accepted & (slope < 0)
     t = jnp.where(ok, t, jnp.zeros_like(t))
     new = _evaluate_at(fn, it, direction, t, args)
     new = tree_where(ok, new, it)
@@ -298,13 +301,15 @@ def merit_backtracking(trial, point: Point, *, phi0, slope, decrease, c1: float,
             decreased = decreased | ((t == 1) & accept_full)
         return jnp.isfinite(phi) & decreased
 
+    # The test is carried from the body, not re-evaluated in `cond` and after the loop (as in
+    # `backtracking`: a smaller program).
     def cond(c):
-        t, _, phi, k = c
-        go = (k == 0) | (~accept(t, phi) & (k < max_trials))
+        _, _, _, k, accepted = c
+        go = (k == 0) | (~accepted & (k < max_trials))
         return go if active is None else active & go
 
     def body(c):
-        t, _, phi, k = c
+        t, _, phi, k, _ = c
         if interpolate:
             curvature = phi - phi0 - slope * t
             t_quad = -slope * t * t / (2 * jnp.where(curvature > 0, curvature, 1.0))
@@ -314,11 +319,12 @@ def merit_backtracking(trial, point: Point, *, phi0, slope, decrease, c1: float,
             t_next = 0.5 * t
         t = jnp.where(k == 0, jnp.ones_like(t), t_next)
         new, phi = trial(t)
-        return t, new, phi, k + 1
+        return t, new, phi, k + 1, accept(t, phi)
 
-    init = (jnp.ones((), dtype), point, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
-    t, new, phi, k = while_loop(cond, body, init, max_steps=max_trials)
-    ok = accept(t, phi) if active is None else active & accept(t, phi)
+    init = (jnp.ones((), dtype), point, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32),
+            jnp.array(False))
+    t, new, phi, k, accepted = while_loop(cond, body, init, max_steps=max_trials)
+    ok = accepted if active is None else active & accepted
     return Backtrack(tree_where(ok, new, point), jnp.where(ok, t, 0.0), phi, ok, k)
 
 
