@@ -210,7 +210,10 @@ SCRIPT = textwrap.dedent(
                 # not partition) stay whole on each device and are most of its temporaries
                 # (measured 0.57).
                 temp = compiled.memory_analysis().temp_size_in_bytes
-                bound = {"shampoo": 0.75, "NewtonCG-pytree": 0.5}.get(name, 0.35)
+                # Under Explicit axes shampoo's G Gᵀ products are typed as the replicated
+                # factors they update (optimizers/_blocks.accumulate): measured 0.92.
+                shampoo_bound = 0.75 if kind == AxisType.Auto else 0.95
+                bound = {"shampoo": shampoo_bound, "NewtonCG-pytree": 0.5}.get(name, 0.35)
                 assert temp < bound * single_temp[name], (kind, name, temp, single_temp[name])
                 print(f"{kind} {name}: temp {temp} B per device vs {single_temp[name]} B "
                       f"unsharded; collectives {sorted(ops)}")
@@ -247,9 +250,9 @@ def test_sharded_parameters_auto_axes():
 def test_sharded_parameters_all_solvers():
     _run("auto", "NewtonCG,NewtonCG-nystrom,LevenbergMarquardt-cg,hypergradient,"
          "NewtonCG-pytree,hessian_free,shampoo")
-    # Not NewtonCG under Explicit axes (the final curvature check's ravel_pytree) nor shampoo
-    # (its G Gᵀ has no legal sharding type): see docs/guides/distributed.md.
-    _run("explicit", "LevenbergMarquardt-cg,hessian_free")
+    # Not NewtonCG under Explicit axes (the final curvature check's ravel_pytree): see
+    # docs/guides/distributed.md.
+    _run("explicit", "LevenbergMarquardt-cg,hessian_free,shampoo")
 
 
 # In-process, one device: the matrix-free solvers' temporaries do not grow with the data.

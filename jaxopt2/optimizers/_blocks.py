@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from .. import distributed
 from ._checks import (
     check_grads,
     check_int,
@@ -118,9 +119,18 @@ def init_factors(params, block_size, optimizer: str):
 
 
 def accumulate(left, right, blocks, beta):
-    """L ← β L + (1 − β) G Gᵀ and R ← β R + (1 − β) GᵀG for every block G."""
-    gg_t = blocks @ blocks.swapaxes(-1, -2)
-    gtg = blocks.swapaxes(-1, -2) @ blocks
+    """L ← β L + (1 − β) G Gᵀ and R ← β R + (1 − β) GᵀG for every block G.
+
+    Under a mesh with Explicit axes and a gradient sharded along a block's rows (FSDP,
+    `distributed.shard_params`), G Gᵀ has no legal sharding type of its own (both of its
+    axes would name the mesh axis): the products are typed as the factors they update."""
+    transpose = blocks.swapaxes(-1, -2)
+    if distributed.explicit_mesh():
+        gg_t = jnp.matmul(blocks, transpose, out_sharding=jax.typeof(left).sharding)
+        gtg = jnp.matmul(transpose, blocks, out_sharding=jax.typeof(right).sharding)
+    else:
+        gg_t = blocks @ transpose
+        gtg = transpose @ blocks
     return (beta * left + (1 - beta) * gg_t).astype(left.dtype), \
         (beta * right + (1 - beta) * gtg).astype(right.dtype)
 

@@ -95,7 +95,7 @@ def shampoo(
     def init(params):
         check_init_params(name, params)
         left, right, left_id, right_id = B.init_factors(params, block_size, name)
-        zeros = jtu.tree_map(lambda p: jnp.zeros(p.shape, B.stat_dtype(p.dtype)), params)
+        zeros = jtu.tree_map(lambda p: jnp.zeros_like(p, dtype=B.stat_dtype(p.dtype)), params)
         return ShampooState(jnp.zeros((), jnp.int32), zeros, zeros, left, right, left_id,
                             right_id)
 

@@ -94,7 +94,7 @@ def soap(
     def init(params):
         check_init_params(name, params)
         left, right, left_id, right_id = B.init_factors(params, block_size, name)
-        mu = jtu.tree_map(lambda p: jnp.zeros(p.shape, B.stat_dtype(p.dtype)), params)
+        mu = jtu.tree_map(lambda p: jnp.zeros_like(p, dtype=B.stat_dtype(p.dtype)), params)
 
         def second_moment(p, L, R):
             if not B.is_matrix(p.shape):
