@@ -13,7 +13,16 @@ from .._base import AbstractMinimizer, Counts, Iterate, roundoff
 from .._linesearch import LINE_SEARCH_ROUNDOFF, backtracking
 from .._results import RESULTS
 from .._stopping import hessian_products_available
-from .._tree import eps, tree_axpy, tree_dot, tree_inf_norm, tree_neg, tree_norm, tree_sub
+from .._tree import (
+    eps,
+    tree_axpy,
+    tree_dot,
+    tree_inf_norm,
+    tree_neg,
+    tree_norm,
+    tree_scale,
+    tree_sub,
+)
 from .._validate import check_line_search, check_number, check_positive, check_tolerances
 
 
@@ -92,12 +101,15 @@ class GradientDescent(AbstractMinimizer):
         if hessian_products_available(fn, iterate.params, args):
             # exact: on x² − y² from (1, 0) the first step lands on the saddle itself, where
             # the zero gradient triggers the curvature check
-            q = tree_dot(g, jax.jvp(grad, (iterate.params,), (g,))[1]) / safe**2
+            # along the unit direction u = g/‖g‖: gᵀHg itself underflows where f is tiny
+            # (1e-8·f at its minimizer in float32: ‖g‖ ≈ 1e-15, gᵀHg below float32's range)
+            u = tree_scale(1 / safe, g)
+            q = tree_dot(u, jax.jvp(grad, (iterate.params,), (u,))[1])
             pending = Counts.of(hvp=1)
         else:  # a gradient difference at h = √eps·s(x), accurate to about √eps relative
             h = eps(iterate.params) ** 0.5 * jnp.maximum(tree_inf_norm(iterate.params), 1)
             g_h = grad(tree_axpy(-h / safe, g, iterate.params))
-            q = tree_dot(g, tree_sub(g, g_h)) / (h * safe)
+            q = tree_dot(tree_scale(1 / safe, g), tree_sub(g, g_h)) / h
             pending = Counts.of(grad=1)
         # Negative curvature (or none measured): a first trial that moves x by s(x), for
         # the line search to cut.
