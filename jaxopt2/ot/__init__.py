@@ -5,6 +5,8 @@
 - [`sinkhorn_newton_sparse`][jaxopt2.ot.sinkhorn_newton_sparse]: Sinkhorn-Newton-Sparse
   (Tang et al., 2024): a Sinkhorn warm-up, then Newton steps on the concave dual with the
   Hessian sparsified to the plan's largest entries; far fewer iterations for small ε.
+- [`sinkhorn_points`][jaxopt2.ot.sinkhorn_points]: Sinkhorn between point clouds with the
+  cost formed block by block, never as an n × m matrix (for 10⁴ × 10⁴ and larger).
 
 Both return an [`OTResult`][jaxopt2.ot.OTResult] (potentials, plan, costs, marginal errors,
 status, step counts), work under `jit` and `vmap`, and are differentiable with respect to the
@@ -23,6 +25,8 @@ print(out.status, out.stats["num_steps"], out.transport_cost)
 ```
 """
 
+from ._online import PointsOTResult as PointsOTResult
+from ._online import sinkhorn_points as sinkhorn_points
 from ._problem import OTResult as OTResult
 from ._sinkhorn import sinkhorn as sinkhorn
 from ._sns import sinkhorn_newton_sparse as sinkhorn_newton_sparse
