@@ -69,13 +69,14 @@ def test_lbfgs_defaults_solve_the_cond_1e4_logistic_benchmark():
     sol = jax.jit(lambda d: jaxopt2.minimize(_logistic, p0, d, solver=jaxopt2.LBFGS()))(data)
     assert sol.status == jaxopt2.RESULTS.successful
     assert int(sol.stats["num_steps"]) > 256
-    # A dense Newton step from the answer: the distance left to the minimizer. (It is
-    # 2.2e-5 here, above rtol·s(x) = 1e-6: L-BFGS's secant estimate of the distance reads the
-    # curvature of its last steps, which is larger than the flattest direction's.)
+    # A dense Newton step from the answer: the distance left to the minimizer, within a small
+    # factor of rtol·s(x) = 1e-6 (it was 2.2e-5 before LBFGS also required ‖g‖₂/μ̂ ≤ rtol·s(x),
+    # μ̂ the least secant curvature of its last steps: its quasi-Newton step read the curvature
+    # of those steps, larger than the flattest direction's).
     flat, unravel = jax.flatten_util.ravel_pytree(sol.params)
     f = lambda v: _logistic(unravel(v), data)  # noqa: E731
     newton = jnp.linalg.solve(jax.hessian(f)(flat), jax.grad(f)(flat))
-    assert float(jnp.max(jnp.abs(newton))) <= 1e-4 * max(float(jnp.max(jnp.abs(flat))), 1.0)
+    assert float(jnp.max(jnp.abs(newton))) <= 3e-6 * max(float(jnp.max(jnp.abs(flat))), 1.0)
 
 
 def _quartic(p, a):
