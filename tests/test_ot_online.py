@@ -13,7 +13,7 @@ pytestmark = pytest.mark.float64
 
 # jitted once per static configuration: a third of the eager calls' compile time
 _points = jax.jit(ot.sinkhorn_points, static_argnames=(
-    "cost", "block_size", "rtol", "atol", "max_steps", "throw"))
+    "cost", "block_size", "rtol", "atol", "max_steps", "relaxation", "throw"))
 _sinkhorn = jax.jit(ot.sinkhorn, static_argnames=("rtol", "atol", "max_steps", "throw"))
 
 
@@ -46,6 +46,16 @@ def test_matches_dense_sinkhorn_f64():
     np.testing.assert_allclose(out.g, ref.g, atol=1e-8)
     np.testing.assert_allclose(out.regularized_cost, ref.regularized_cost, rtol=1e-10)
     np.testing.assert_allclose(out.transport_cost, ref.transport_cost, rtol=1e-8)
+
+
+def test_overrelaxation_same_solution_fewer_steps():
+    x, y, a, b = _clouds(seed=7)
+    plain = _points(x, y, a, b, 0.01, block_size=8, rtol=1e-9)
+    fast = _points(x, y, a, b, 0.01, block_size=8, rtol=1e-9, relaxation=1.8)
+    assert plain.status == RESULTS.successful and fast.status == RESULTS.successful
+    assert int(fast.stats["num_steps"]) < int(plain.stats["num_steps"]) / 2
+    np.testing.assert_allclose(fast.f, plain.f, atol=1e-6)
+    np.testing.assert_allclose(fast.regularized_cost, plain.regularized_cost, rtol=1e-8)
 
 
 def test_callable_cost_matches_dense():
@@ -162,6 +172,7 @@ def test_failures_and_bad_input():
     for kwargs, match in [(dict(x=x[0]), "point clouds"), (dict(a=a[:-1]), "shapes"),
                           (dict(a=2 * a), "same total mass"), (dict(epsilon=-1.0), "epsilon"),
                           (dict(cost="cosine"), "sqeuclidean"), (dict(block_size=0), "block"),
+                          (dict(relaxation=2.0), "relaxation"),
                           (dict(x=x.at[0, 0].set(jnp.inf)), "finite")]:
         args = dict(x=x, y=y, a=a, b=b, epsilon=0.1) | kwargs
         with pytest.raises(ValueError, match=match):

@@ -192,11 +192,11 @@ _value.defvjp(_value_fwd, _value_bwd)
 def sinkhorn_points(x, y, a=None, b=None, epsilon=1e-2, *,
                     cost: str | Callable = "sqeuclidean", block_size: int = 256,
                     rtol: float | None = None, atol: float = 0.0, max_steps: int = 10_000,
-                    throw: bool = True) -> PointsOTResult:
+                    relaxation: float = 1.0, throw: bool = True) -> PointsOTResult:
     r"""Entropic optimal transport between two point clouds, never forming the cost matrix.
 
-    Solves the same problem as [`sinkhorn`][jaxopt2.ot.sinkhorn] for Cᵢⱼ = c(xᵢ, yⱼ), by plain
-    log-domain Sinkhorn,
+    Solves the same problem as [`sinkhorn`][jaxopt2.ot.sinkhorn] for Cᵢⱼ = c(xᵢ, yⱼ), by
+    log-domain Sinkhorn (plain by default),
 
         u ← log a − LSEⱼ(v − C/ε),   v ← log b − LSEᵢ(u − C/ε)   (f = εu, g = εv),
 
@@ -231,6 +231,10 @@ def sinkhorn_points(x, y, a=None, b=None, epsilon=1e-2, *,
         rtol, atol: tolerance on each marginal's L1 error, `atol + rtol·Σa`; `rtol` defaults
             to 1e-6 in float64 and 1e-4 in float32.
         max_steps: the budget of Sinkhorn iterations (a static int).
+        relaxation: a fixed over-relaxation ω in (0, 2), each update becoming
+            x ← (1 − ω)x + ω·(Sinkhorn's update); 1.0 (default) is plain Sinkhorn. Values
+            such as 1.5–1.9 cut the iterations severalfold at small ε (same solution); there
+            is no adaptive ω here (`sinkhorn`'s adapts it).
         throw: raise on failure outside `vmap`; under `vmap` each problem has its own status.
 
     Returns:
@@ -250,6 +254,11 @@ def sinkhorn_points(x, y, a=None, b=None, epsilon=1e-2, *,
         ```
     """
     check_max_steps(max_steps)
+    if not (isinstance(relaxation, (int, float)) and not isinstance(relaxation, bool)
+            and 0 < relaxation < 2):
+        _fail(f"`relaxation` must be a number in (0, 2) (1.0: plain Sinkhorn); got "
+              f"{relaxation!r}.")
+    omega = float(relaxation)
     cost_fn = _block_cost(cost)
     x, y, a, b, epsilon, rtol, invalid = _check(x, y, a, b, epsilon, rtol, atol, block_size)
     n, m = x.shape[0], y.shape[0]
@@ -273,9 +282,9 @@ def sinkhorn_points(x, y, a=None, b=None, epsilon=1e-2, *,
                           jnp.sum(jnp.abs(jnp.exp(v + lse_u) - bb))])
 
     def body(c):
-        u = la - c["lse_v"]
+        u = (1 - omega) * c["u"] + omega * (la - c["lse_v"])
         lse_u = cols(u)
-        v = lb - lse_u
+        v = (1 - omega) * c["v"] + omega * (lb - lse_u)
         lse_v = rows(v)
         err = errors(u, v, lse_v, lse_u)
         return dict(u=u, v=v, lse_v=lse_v, err=err, steps=c["steps"] + 1)
@@ -291,7 +300,7 @@ def sinkhorn_points(x, y, a=None, b=None, epsilon=1e-2, *,
                 steps=jnp.zeros((), jnp.int32))
     c = while_loop(cond, body, init, max_steps=max_steps)
     u, v = c["u"], c["v"]
-    # final errors at the returned potentials: the column one is ~0 after the v-update
+    # final errors at the returned potentials (the loop's, recomputed: one more column pass)
     err = errors(u, v, c["lse_v"], cols(u))
     f, g = u * eps, v * eps
     shift = (jnp.sum(f) - jnp.sum(g)) / (n + m)
