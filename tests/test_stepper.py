@@ -80,10 +80,15 @@ def test_loop_matches_front_door(name):
     assert sol.status == RESULTS.successful  # the probes are solvable
     assert int(final.num_steps) == int(sol.stats["num_steps"]) == len(seen) == len(states) - 1
     assert final.status == sol.status and bool(final.success)
-    for state, params in zip(states[1:], seen, strict=True):  # the same iterates
+    # The same iterates, up to the round-off of two differently compiled float32 programs (one
+    # whole loop against one step at a time: XLA fuses and orders the arithmetic differently,
+    # and the CPU's instruction set changes which), amplified along Rosenbrock's curved valley
+    # by its Hessian's condition number (~1e3): measured 3e-5 relative and 1.3e-5 absolute
+    # (iterates of size ~1) mid-path.
+    for state, params in zip(states[1:], seen, strict=True):
         for a, b in zip(jax.tree_util.tree_leaves(state.params),
                         jax.tree_util.tree_leaves(params), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4)
     for a, b in zip(jax.tree_util.tree_leaves((final.params, final.value)),
                     jax.tree_util.tree_leaves((sol.params, sol.value)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
