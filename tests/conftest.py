@@ -30,6 +30,21 @@ def pytest_configure(config):
         ".ci/run run them")
 
 
+_SLOW_IDS = os.path.join(os.path.dirname(__file__), "slow_tests.txt")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m 'not slow'` deselects
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` the tests listed in `slow_tests.txt` (the slowest of the default run, by
+    measurement), so that `make test` stays quick to use while working and `make test-slow`
+    (run by .ci/run) still runs them."""
+    with open(_SLOW_IDS, encoding="utf-8") as f:
+        slow = {line.split("#")[0].strip() for line in f} - {""}
+    for item in items:
+        if item.nodeid in slow:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _precision(request):
     x64 = request.node.get_closest_marker("float64") is not None
