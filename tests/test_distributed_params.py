@@ -8,12 +8,11 @@ The checks run in one subprocess (the number of host devices is fixed when JAX s
 rest of the suite must keep seeing one device), in float32.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from .multidevice import run_on_eight_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -224,22 +223,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(modes: str, cases: str):
-    import jax
-
-    if not (hasattr(jax.sharding, "AxisType") and hasattr(jax, "set_mesh")):
-        pytest.skip(f"jax {jax.__version__} has no Explicit mesh axes / jax.set_mesh")
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
-        JAX_PLATFORMS="cpu",
-        JAX_ENABLE_X64="0",
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, modes, cases], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    assert "SHARDED PARAMETERS OK" in proc.stdout, output[-6000:]
+    run_on_eight_devices(SCRIPT, (modes, cases), "SHARDED PARAMETERS OK")
 
 
 def test_sharded_parameters_auto_axes():

@@ -7,12 +7,11 @@ rest of the suite must keep seeing one device), in float32, one compiled program
 and mode to keep compile time down.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from .multidevice import run_on_eight_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -176,22 +175,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(modes: str, cases: str):
-    import jax
-
-    if not (hasattr(jax.sharding, "AxisType") and hasattr(jax, "set_mesh")):
-        pytest.skip(f"jax {jax.__version__} has no Explicit mesh axes / jax.set_mesh")
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip(),
-        JAX_PLATFORMS="cpu",
-        JAX_ENABLE_X64="0",
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, modes, cases], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    assert "SHARDED SOLVERS OK" in proc.stdout, output[-6000:]
+    run_on_eight_devices(SCRIPT, (modes, cases), "SHARDED SOLVERS OK")
 
 
 def test_solvers_on_sharded_data_explicit_axes():
