@@ -215,7 +215,7 @@ def test_demo_full_config(tmp_path):
     assert list(rows) == yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())["solvers"]
     for row in rows.values():
         assert row["status"] == "ok" and abs(float(row["objective"]) - 0.0598) < 1e-4, row
-    for name, iters, tol in (("GradientDescent", 151, 15), ("LBFGS", 61, 10), ("Newton", 10, 1)):
+    for name, iters, tol in (("GradientDescent", 135, 15), ("LBFGS", 68, 10), ("Newton", 10, 1)):
         assert abs(int(rows[name]["iters"]) - iters) <= tol, rows[name]
     assert rows["Newton"]["dense Hessians"] == rows["Newton"]["iters"]  # one per iteration
 
