@@ -4,12 +4,11 @@ The check runs in its own process: the number of host devices is fixed when JAX 
 the rest of the suite must keep seeing one device.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from .multidevice import run_on_devices
 
 pytestmark = pytest.mark.float64  # written for float64 tolerances
 
@@ -77,21 +76,4 @@ SCRIPT = textwrap.dedent(
 
 
 def test_curvature_products_on_sharded_data():
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip(),
-        JAX_ENABLE_X64="1",
-        JAX_PLATFORMS="cpu",
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    assert "SHARDING OK" in proc.stdout, output
+    run_on_devices(SCRIPT, (), "SHARDING OK", devices=2, x64=True)

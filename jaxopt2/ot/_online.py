@@ -21,6 +21,7 @@ from .._leafwise import is_concrete
 from .._loops import while_loop
 from .._results import RESULTS
 from ._problem import DERIVATIVE_HINT, default_rtol
+from ._problem import _fail as fail
 
 _NAME = "sinkhorn_points"
 
@@ -56,7 +57,7 @@ class PointsOTResult(eqx.Module):
 
 
 def _fail(message: str):
-    raise ValueError(f"`jaxopt2.ot.{_NAME}`: {message}")
+    fail(_NAME, message)
 
 
 def _sqeuclidean(x, y):
