@@ -155,7 +155,8 @@ def test_lbfgs_cond_1e4_logistic_is_within_the_asked_tolerance():
     assert err <= 3e-6 * max(1.0, float(jnp.max(jnp.abs(x)))), err
 
 
-def test_gradient_descent_start_at_the_minimizer_of_a_tiny_objective():
+@pytest.mark.parametrize("name", ["GradientDescent", "LBFGS", "BFGS"])
+def test_first_order_start_at_the_minimizer_of_a_rescaled_objective(name):
     # 1e-8·f at its minimizer in float32: ‖g‖ ≈ 1e-15, and the Cauchy step's gᵀHg underflowed
     # to 0, so the first trial became s(x)/‖g‖∞ ≈ 1e15 and the solve ran 5,000 steps to
     # max_steps_reached. Now one step, as for f itself; and a start 1e-2 away is not taken
@@ -169,8 +170,10 @@ def test_gradient_descent_start_at_the_minimizer_of_a_tiny_objective():
         return scale * (jnp.mean(jnp.logaddexp(0, z) - y * z) + 1e-3 * jnp.sum(w**2))
 
     ref = J.minimize(fun, jnp.zeros(8, F32), (1.0, X, y), solver=J.Newton(), throw=False)
-    run = jax.jit(lambda x0, scale: J.minimize(fun, x0, (scale, X, y),
-                                               solver=J.GradientDescent(), throw=False))
+    # (the quasi-Newton methods' first trial is steepest descent too: same check)
+    solver = getattr(J, name)()
+    run = jax.jit(lambda x0, scale: J.minimize(fun, x0, (scale, X, y), solver=solver,
+                                               throw=False))
     for scale in (1e-8, 1.0, 1e8):
         at = run(ref.params, jnp.asarray(scale, F32))
         assert status(at) == "successful" and int(at.stats["num_steps"]) <= 1, scale
