@@ -72,14 +72,24 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
+import jax.tree_util as jtu
 
+from . import distributed
 from ._base import Iterate, default_rtol
-from ._linalg.lanczos import lanczos
+from ._linalg.lanczos import basis_combine, basis_dot, lanczos
 from ._loops import while_loop
 from ._results import RESULTS
-from ._tree import result_dtype, tree_inf_norm, tree_sub
+from ._tree import (
+    result_dtype,
+    tree_axpy,
+    tree_dot,
+    tree_inf_norm,
+    tree_norm,
+    tree_size,
+    tree_sub,
+    tree_where,
+)
 
 STALL = 10.0  # a step of at most STALL·eps·s(x) cannot change x in this dtype
 
@@ -308,35 +318,43 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
     assert jaxopt2.status_name(sol.status) == "ill_conditioned"
     ```"""
     params = it.params
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    n, dtype = flat.size, flat.dtype
+    n, dtype = tree_size(params), result_dtype(params)
     eps = _eps(params)
     steps = min(n, CURVATURE_STEPS)
 
-    def matvec(q):
-        return jax.flatten_util.ravel_pytree(hvp(unravel(q)))[0].astype(dtype)
+    def work(tree):  # every leaf in the working dtype, as the Lanczos arithmetic needs
+        return jtu.tree_map(lambda x: x.astype(dtype), tree)
 
-    # A fixed start with no zero and no pattern (the golden-angle sequence cos(1 + 2.4k)):
-    # as good as a random vector at missing no eigenvector, without the few hundred ops of
-    # a PRNG draw in every compiled solve.
-    q0 = jnp.cos(1.0 + 2.399963 * jnp.arange(n, dtype=dtype))
-    q0 = q0 / jnp.linalg.norm(q0)
-    g = jax.flatten_util.ravel_pytree(it.grad)[0].astype(dtype)
-    gnorm = jnp.linalg.norm(g)
-    qg = jnp.where(gnorm > 0, g / jnp.where(gnorm > 0, gnorm, 1), q0)
+    def matvec(q):
+        # The product named with the parameters' shardings (a no-op without Explicit axes).
+        return work(distributed.like(hvp(jtu.tree_map(lambda x, p: x.astype(p.dtype), q, params)),
+                                     params))
+
+    q0 = _start(params, dtype)
+    g = work(it.grad)
+    gnorm = tree_norm(g)
+    qg = jtu.tree_map(lambda x, q: jnp.where(gnorm > 0, x / jnp.where(gnorm > 0, gnorm, 1), q),
+                      g, q0)
     # One trace of the loop and of `hvp` for both runs: a second sequential run would double
     # the compiled size (issue 20); batched, the products also run as pairs.
-    runs = jax.vmap(lambda q: lanczos(matvec, q, steps, return_basis=True))(jnp.stack([q0, qg]))
-    alphas, betas, alive, basis = (r[0] for r in runs)
-    newton = _newton_step_bound(*(r[1] for r in runs), g, full=steps == n)
+    # Under Explicit mesh axes a user's product may name its output's sharding
+    # (`out_sharding=`), which `vmap` does not support: there the runs go one after the other.
+    run = jax.vmap if not distributed.explicit_mesh() else _one_by_one
+    starts = jtu.tree_map(lambda a, b: jnp.stack([a, b]), q0, qg)
+    runs = run(lambda q: lanczos(matvec, q, steps, return_basis=True))(starts)
+    first = [jtu.tree_map(lambda r: r[0], r) for r in runs]
+    second = [jtu.tree_map(lambda r: r[1], r) for r in runs]
+    alphas, betas, alive, basis = first
+    newton = _newton_step_bound(*second, g, full=steps == n)
     # As in `extreme_eigenvalues`: decoupled dead steps take α₀, inside the live spectrum.
     alphas = jnp.where(alive, alphas, alphas[0])
     tridiagonal = _tridiagonal(alphas, betas)
     ritz, vectors = jnp.linalg.eigh(tridiagonal)
     low, high = ritz[0], ritz[-1]
-    v = basis.T @ vectors[:, 0]
-    vnorm = jnp.linalg.norm(v)
-    v = jnp.where(vnorm > 0, v / jnp.where(vnorm > 0, vnorm, 1), q0)
+    v = basis_combine(basis, vectors[:, 0])
+    vnorm = tree_norm(v)
+    v = jtu.tree_map(lambda x, q: jnp.where(vnorm > 0, x / jnp.where(vnorm > 0, vnorm, 1), q),
+                     v, q0)
     saddle = low < -(eps**0.5) * jnp.maximum(jnp.abs(high), jnp.abs(low))
     # A flat point: zero gradient and no curvature anywhere Lanczos looked.
     flat_point = (tree_inf_norm(it.grad) == 0) & (low == 0) & (high == 0)
@@ -346,13 +364,14 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
     # program than a two-trip loop), evaluated only on a flat point
     sides = jax.lax.cond(
         flat_point,
-        lambda: jax.vmap(lambda sign: value_fn(unravel(flat + sign * h * q0)).astype(dtype))(
+        lambda: run(lambda sign: value_fn(tree_axpy(sign * h, q0, params)).astype(dtype))(
             jnp.array([1.0, -1.0], dtype)),
         lambda: jnp.stack([f0, f0]).astype(dtype))
     f_plus, f_minus = sides[0], sides[1]
     lower_side = jnp.minimum(f_plus, f_minus) < f0
     level = flat_point & (f_plus == f0) & (f_minus == f0)
-    v = jnp.where(flat_point & lower_side, jnp.where(f_plus <= f_minus, q0, -q0), v)
+    q_side = jtu.tree_map(lambda q: jnp.where(f_plus <= f_minus, q, -q), q0)
+    v = tree_where(flat_point & lower_side, q_side, v)
     saddle = saddle | (flat_point & lower_side)
     # The error allowed in x: rtol·s(x), but never below √eps·s(x) (as close as a gradient
     # can place x* in any case), with a margin of ILL_CONDITIONED_MARGIN: the in-loop error
@@ -372,8 +391,35 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
     curvature = jnp.where(flat_point, 0.0, low).astype(dtype)
     num_fun = jnp.where(flat_point, 2, 0).astype(jnp.int32)
     num_hvp = jnp.asarray(2 * steps, jnp.int32)
-    return Curvature(RESULTS.where(result == RESULTS.successful, new, result), unravel(v),
+    direction = jtu.tree_map(lambda x, p: x.astype(p.dtype), v, params)
+    return Curvature(RESULTS.where(result == RESULTS.successful, new, result), direction,
                      curvature, num_hvp, num_fun)
+
+
+def _one_by_one(fn):
+    """`fn` mapped over the leading axis of its argument (of length 2) by two calls: `vmap`
+    without batching, for functions that cannot be batched."""
+    def mapped(x):
+        outs = [fn(jtu.tree_map(lambda a, i=i: a[i], x)) for i in range(2)]
+        return jtu.tree_map(lambda a, b: jnp.stack([a, b]), *outs)
+    return mapped
+
+
+def _start(params, dtype):
+    """The saddle check's fixed start, shaped like `params`: the golden-angle sequence
+    cos(1 + 2.4k) over the leaves in order (k counts on across leaves), normalised; no zero
+    entry and no pattern, as good as a random vector at missing no eigenvector, without the
+    few hundred ops of a PRNG draw in every compiled solve. Each leaf is given its
+    parameter's sharding (a local slice of the replicated sequence, no communication)."""
+    leaves, treedef = jtu.tree_flatten(params)
+    parts, offset = [], 0
+    for leaf in leaves:
+        k = jnp.arange(offset, offset + leaf.size, dtype=dtype)
+        parts.append(jnp.cos(1.0 + 2.399963 * k).reshape(leaf.shape))
+        offset += leaf.size
+    q0 = jtu.tree_unflatten(treedef, parts)
+    norm = tree_norm(q0)
+    return distributed.like(jtu.tree_map(lambda q: q / norm, q0), params)
 
 
 def _tridiagonal(alphas, betas):
@@ -397,7 +443,7 @@ def _newton_step_bound(alphas, betas, alive, basis, g, full: bool):
     tridiagonal = _tridiagonal(alphas, betas)
     k = alphas.size if full else alphas.size - 1
     if k == 0:
-        return jnp.zeros((), g.dtype)
+        return jnp.zeros((), alphas.dtype)
     # The singular pairs of B = T[:, :k] from the symmetric eigenproblem of the augmented
     # matrix [[0, B], [Bᵀ, 0]] (eigenvalues ±σᵢ, eigenvectors [uᵢ; vᵢ]/√2): as accurate as an
     # SVD, with the same `eigh` the check already compiles, where an SVD inside the check's
@@ -407,8 +453,9 @@ def _newton_step_bound(alphas, betas, alive, basis, g, full: bool):
     upper = jnp.pad(b, ((0, k), (m, 0)))  # B in the top-right block, zeros elsewhere
     augmented = upper + upper.T
     w, vecs = jnp.linalg.eigh(augmented)
-    c = jnp.sqrt(2.0).astype(g.dtype) * (vecs[m:, :].T @ (basis[:k] @ g))
-    keep = w > 10 * jnp.finfo(g.dtype).eps * jnp.max(jnp.abs(w))
+    dtype = alphas.dtype
+    c = jnp.sqrt(2.0).astype(dtype) * (vecs[m:, :].T @ basis_dot(basis, g)[:k])
+    keep = w > 10 * jnp.finfo(dtype).eps * jnp.max(jnp.abs(w))
     terms = jnp.where(keep, c / jnp.where(keep, w, 1), 0)
     return jnp.linalg.norm(terms)
 
@@ -424,15 +471,16 @@ def escape(value_fn, it: Iterate, curvature: Curvature, when=True):
     Returns (params, found, trials): `found` is False when no trial decreased f enough (the
     saddle is then reported as `saddle_point`). Nothing is tried where `when` is False."""
     params, f0 = it.params, it.value
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    v = jax.flatten_util.ravel_pytree(curvature.direction)[0].astype(flat.dtype)
-    g = jax.flatten_util.ravel_pytree(it.grad)[0].astype(flat.dtype)
-    v = jnp.where(jnp.vdot(g, v) > 0, -v, v)
-    t0 = x_scale(params).astype(flat.dtype)
-    lam = jnp.minimum(curvature.curvature, 0).astype(flat.dtype)
+    dtype = result_dtype(params)
+    v = jtu.tree_map(lambda x: x.astype(dtype), curvature.direction)
+    g = jtu.tree_map(lambda x: x.astype(dtype), it.grad)
+    uphill = tree_dot(g, v) > 0
+    v = jtu.tree_map(lambda x: jnp.where(uphill, -x, x), v)
+    t0 = x_scale(params).astype(dtype)
+    lam = jnp.minimum(curvature.curvature, 0).astype(dtype)
 
     def trial(t):
-        f = value_fn(unravel(flat + t * v))
+        f = value_fn(tree_axpy(t, v, params))
         return jnp.isfinite(f) & (f < f0 + 0.25 * lam * t**2)
 
     def cond(carry):
@@ -448,7 +496,7 @@ def escape(value_fn, it: Iterate, curvature: Curvature, when=True):
     trials, t, found = while_loop(cond, body, (k0, t0, jnp.array(False)),
                                   max_steps=ESCAPE_TRIALS)
     trials = trials - k0
-    return unravel(flat + jnp.where(found, t, 0) * v), found, trials
+    return tree_axpy(jnp.where(found, t, 0), v, params), found, trials
 
 
 def hessian_products_available(fn, params, args) -> bool:
