@@ -164,8 +164,11 @@ class AbstractMinimizer(eqx.Module):
         """`fn` with the arrays it closes over made explicit inputs
         (`eqx.filter_closure_convert`), so that implicit differentiation sees them. The result
         only accepts `args` of the example's shapes; a solver that also evaluates `fn` on
-        other shapes (subsamples of the data) overrides this."""
-        return eqx.filter_closure_convert(fn, params0, args)
+        other shapes (subsamples of the data) overrides this. A curvature that evaluates `fn`
+        in another dtype (`MixedPrecision`) adds its own conversion (`wrap_objective`)."""
+        full = eqx.filter_closure_convert(fn, params0, args)
+        wrap = getattr(getattr(self, "curvature", None), "wrap_objective", None)
+        return full if wrap is None else wrap(fn, full, params0, args)
 
     @abc.abstractmethod
     def init(self, fn, iterate: Iterate, args) -> Any:

@@ -15,16 +15,31 @@ comes back in the dtypes of the initial point (rounded once, at the end). `Solut
 `Broyden`, and `LevenbergMarquardt`/`GaussNewton` with `linear_solver="dense"`) refuse at trace
 time a problem whose matrix would exceed `DENSE_LIMIT_BYTES`, naming the matrix-free
 alternative, instead of failing in XLA's allocator.
+
+**Mixed precision, per solver** (`MixedPrecision`). A curvature callable for the solvers that
+take one (`NewtonCG`, `DampedNewton`, `RegularizedNewton`): the curvature products (and what
+is built from them: CG's products, the Nyström sketch, the Jacobi probes) evaluate the model
+in a low `compute_dtype` on low-precision copies of the parameters, the direction and the
+data, and come back in the parameters' dtype, where CG, the sketch's factorizations, the line
+search, the stopping test, the final curvature check and the implicit derivatives accumulate.
+The value and the gradient stay in the parameters' dtype: the stopping test reads them, and a
+bfloat16 gradient cannot be driven below its own rounding (see docs/precision.md).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import lineax as lx
+
+from ._curvature import _structure, _Symmetric, hessian
+from .distributed import like
 
 HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
@@ -125,3 +140,127 @@ def solver_inputs(door: str):
 
     return decorate
 
+
+
+def _cast_floating(tree, dtype):
+    """`tree` with every real floating-point array leaf cast to `dtype` (integers, booleans,
+    keys and non-arrays untouched)."""
+    def cast(x):
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.asarray(x).astype(dtype)
+        return x
+    return jtu.tree_map(cast, tree)
+
+
+class _TwoPrecisions(eqx.Module):
+    """An objective closure-converted twice: at the parameters' dtypes (`full`, what the
+    solver evaluates) and at `compute` (`low`, what `MixedPrecision`'s products evaluate),
+    chosen by the dtype of the parameters it is called with."""
+
+    full: Callable
+    low: Callable
+    compute: Any = eqx.field(static=True)
+
+    def __call__(self, params, args):
+        leaves = [x for x in jtu.tree_leaves(params) if hasattr(x, "dtype")]
+        if leaves and all(jnp.dtype(x.dtype) == self.compute for x in leaves
+                          if jnp.issubdtype(x.dtype, jnp.floating)):
+            return self.low(params, args)
+        return self.full(params, args)
+
+
+class MixedPrecision(eqx.Module):
+    """Curvature products in a low precision, everything else in the parameters' dtype.
+
+    Pass it as the `curvature` of `NewtonCG`, `DampedNewton` or `RegularizedNewton`. Each
+    product H̃v evaluates the curvature (`curvature`, the exact Hessian by default, or e.g. a
+    Gauss–Newton operator) at the parameters, the direction v and the floating-point leaves
+    of the data all cast to `compute_dtype`, and returns it in the parameters' dtype (the
+    accumulation dtype: float32 for float32 parameters). Inside a product, sums and matrix
+    products of bfloat16 arrays accumulate in float32 (JAX's reductions and XLA's dots), and
+    round once to `compute_dtype` at their output.
+
+    What stays in the parameters' dtype: the value and the gradient (the stopping test reads
+    them), CG's vectors and dot products, the Nyström sketch's factorizations, Lanczos in the
+    final curvature check (which uses exact products, so `saddle_point`/`ill_conditioned`
+    are judged at full precision), the line search and the implicit derivatives. So the
+    solution is the accurate minimizer, to the solver's own tolerance, not to bfloat16's:
+    an error of relative size δ ≈ 2⁻⁸ in H only makes the Newton direction inexact, which
+    slows the local convergence to linear with a rate of about δ·κ(H) (Dembo, Eisenstat and
+    Steihaug 1982), without moving the point where the gradient vanishes. Where δ·κ(H)
+    nears 1 (condition numbers beyond a few hundred in bfloat16) the steps stop improving
+    and the solve ends `max_steps_reached` rather than claim success.
+
+    Use it where products dominate the cost (NewtonCG spends most of its passes over the data
+    in CG) and the data are stored in `compute_dtype` already: then each product reads half
+    the bytes of float32 and needs no float32 copy of the data.
+
+    **Arguments:**
+
+    - `compute_dtype`: the dtype of the products' arithmetic (`jnp.bfloat16` or `jnp.float16`;
+      float16 overflows beyond 65,504, so scale the data).
+    - `curvature`: `curvature(fun, params, args) -> lineax operator`, evaluated in
+      `compute_dtype`; default `jaxopt2.curvature.hessian`.
+    - `cast_args`: cast the floating-point leaves of `args` to `compute_dtype` too (default).
+      With False, data stored in float32 promotes the products back to float32.
+
+    ```python
+    import jax, jax.numpy as jnp, jaxopt2
+    from jaxopt2._precision import MixedPrecision
+    X = jax.random.normal(jax.random.key(0), (512, 8)).astype(jnp.bfloat16)
+    y = (X[:, 0] > 0).astype(jnp.float32)
+
+    def loss(w, data):
+        X, y = data
+        z = X @ w
+        return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 1e-2 * jnp.sum(w * w)
+
+    solver = jaxopt2.NewtonCG(curvature=MixedPrecision(jnp.bfloat16))
+    sol = jaxopt2.minimize(loss, jnp.zeros(8), (X, y), solver=solver)
+    ```
+
+    Reference: R. S. Dembo, S. C. Eisenstat and T. Steihaug, "Inexact Newton methods", SIAM
+    J. Numer. Anal. 19 (1982); P. Micikevicius et al., "Mixed precision training", ICLR 2018.
+    """
+
+    compute_dtype: Any = jnp.bfloat16
+    curvature: Callable | None = None
+    cast_args: bool = True
+
+    def __check_init__(self):
+        try:
+            dtype = jnp.dtype(self.compute_dtype)
+        except TypeError as error:
+            raise ValueError(f"MixedPrecision: `compute_dtype` must be a floating-point dtype "
+                             f"(jnp.bfloat16, jnp.float16, ...); got {self.compute_dtype!r}."
+                             ) from error
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"MixedPrecision: `compute_dtype` must be a floating-point dtype "
+                             f"(jnp.bfloat16, jnp.float16, ...); got {dtype}.")
+        if self.curvature is not None and not callable(self.curvature):
+            raise ValueError("MixedPrecision: `curvature` must be a function (fun, params, "
+                             f"args) -> lineax operator, or None; got {self.curvature!r}.")
+
+    def wrap_objective(self, fn, full, params0, args):
+        """The solver's objective (`AbstractMinimizer.convert_objective`): `full`, the
+        closure-converted `fn`, plus `fn` converted at the low-precision shapes, which a
+        closure-converted function needs to be called with."""
+        compute = jnp.dtype(self.compute_dtype)
+        low_args = _cast_floating(args, compute) if self.cast_args else args
+        low = eqx.filter_closure_convert(fn, _cast_floating(params0, compute), low_args)
+        return _TwoPrecisions(full, low, compute)
+
+    def __call__(self, fun: Callable, params: Any, args: Any = None) -> lx.AbstractLinearOperator:
+        compute = jnp.dtype(self.compute_dtype)
+        base = hessian if self.curvature is None else self.curvature
+        low_args = _cast_floating(args, compute) if self.cast_args else args
+        operator = base(fun, _cast_floating(params, compute), low_args)
+        structure = _structure(params)
+
+        def mv(vector):
+            out = operator.mv(_cast_floating(vector, compute))
+            out = jtu.tree_map(lambda o, p: o.astype(p.dtype), out, structure)
+            return like(out, structure)
+
+        tags = getattr(operator, "tags", lx.symmetric_tag)
+        return _Symmetric(mv, structure, tags=tags)
