@@ -27,10 +27,16 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 
+# A FunctionLinearOperator whose output structure is its input's and whose `mv` gives the
+# vector the structure's shardings: lineax's abstract evaluation drops shardings, and the
+# closure-converted product then refuses a vector sharded over Explicit mesh axes.
+from ._curvature import _Symmetric as _Square
 from ._front import raise_if_failed
+from ._linalg.cg import truncated_cg
 from ._loops import unrolled_loops
 from ._results import RESULTS
 from ._tree import ravel, result_dtype, tree_all_finite, tree_axpy, tree_dot, tree_neg, tree_sub
+from .distributed import explicit_spec
 
 
 class AbstractAdjoint(eqx.Module):
@@ -148,11 +154,9 @@ class ImplicitAdjoint(AbstractAdjoint):
             if isinstance(solver, Neumann):
                 x, ok = solver.solve(matvec, b)  # approximate by design: only finiteness
             elif self.preconditioner is not None and symmetric:
-                op = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: b),
-                                               tags=frozenset(tags))
+                op = _Square(matvec, jax.eval_shape(lambda: b), tags=frozenset(tags))
                 apply = self.preconditioner(None, None, None, op)
-                precond = lx.FunctionLinearOperator(apply, jax.eval_shape(lambda: b),
-                                                    tags=frozenset(tags))
+                precond = _Square(apply, jax.eval_shape(lambda: b), tags=frozenset(tags))
                 chosen = solver if solver is not None else _default_solver(tags, eps)
                 x = lx.linear_solve(op, b, chosen, options={"preconditioner": precond},
                                     throw=False).value
@@ -161,10 +165,17 @@ class ImplicitAdjoint(AbstractAdjoint):
                 x = _dense_solve(matvec, b, symmetric, eps)
                 ok = tree_all_finite(x) & (_norm(tree_sub(matvec(x), b)) <= eps**0.5 * _norm(b))
             else:
-                op = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: b),
-                                               tags=frozenset(tags))
+                op = _Square(matvec, jax.eval_shape(lambda: b), tags=frozenset(tags))
                 chosen = solver if solver is not None else _default_solver(tags, eps)
-                x = lx.linear_solve(op, b, chosen, throw=False).value
+                if isinstance(chosen, lx.CG) and _explicitly_sharded(b):
+                    # lineax's CG takes jnp.dot of the vectors, which JAX refuses on arrays
+                    # sharded over Explicit mesh axes: jaxopt2's CG (same method, its dot
+                    # products sum locally and all-reduce a scalar).
+                    steps = chosen.max_steps if chosen.max_steps is not None else 10 * _size(b)
+                    x = truncated_cg(matvec, b, rtol=chosen.rtol, atol=chosen.atol,
+                                     max_iters=steps).x
+                else:
+                    x = lx.linear_solve(op, b, chosen, throw=False).value
                 # Judged by the residual, not lineax's code: a solve that stopped at its
                 # budget a little short of a tight tolerance is still a good derivative,
                 # one that failed outright (indefinite or singular system) is not.
@@ -191,6 +202,10 @@ class ImplicitAdjoint(AbstractAdjoint):
 
 
 DENSE_MAX = 1000  # the default adjoint solve is dense up to this many unknowns
+
+
+def _explicitly_sharded(tree) -> bool:
+    return any(explicit_spec(leaf) is not None for leaf in jtu.tree_leaves(tree))
 
 
 def _dense_solve(matvec, b, symmetric: bool, eps: float):

@@ -367,3 +367,24 @@ def sharded_like(x, count: int = 1) -> dict:
     `{}` (JAX versions before sharding in types have no `out_sharding` argument)."""
     spec = stacked_spec(x, count)
     return {} if spec is None else {"out_sharding": spec}
+
+
+def replicated_matmul(a, b):
+    """`a @ b`, its result replicated where a contraction over a dimension sharded over
+    Explicit mesh axes needs an output sharding (a Gram matrix aᵀb of row-sharded sketches:
+    local products, then an all-reduce of the small result); the plain product otherwise."""
+    if explicit_spec(a) is None and explicit_spec(b) is None:
+        return a @ b
+    ndim = max(jnp.ndim(a) - 1, 0) + max(jnp.ndim(b) - 1, 0)
+    return jnp.matmul(a, b, out_sharding=P(*([None] * ndim)))
+
+
+def rows_like(x, ndim: int = 2) -> dict:
+    """`{"out_sharding": P(rows, None, ...)}` for an `ndim`-dimensional array whose axis 0 is
+    as long as the vector `x` and should be split as `x` is, where `x` is sharded over
+    Explicit mesh axes (e.g. a random n × r sketch for a sharded parameter vector: drawn
+    that way, each device generates only its own rows); `{}` otherwise."""
+    spec = explicit_spec(x)
+    if spec is None:
+        return {}
+    return {"out_sharding": P(spec[0], *([None] * (ndim - 1)))}

@@ -30,6 +30,7 @@ from .._estimators import _check_key, _check_operator, _fail_if
 from .._prng import as_key, check_seed, module_key
 from .._tree import ravel
 from .._validate import check_number
+from ..distributed import like, replicated_matmul, rows_like
 
 _SYM_PSD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
@@ -53,7 +54,7 @@ class NystromApproximation(eqx.Module):
     def mv(self, v):
         """Â v = U Λ Uᵀ v."""
         x = self._flat(v)
-        return self.unravel(self.U @ (self.eigenvalues * (self.U.T @ x)))
+        return self.unravel(self.U @ (self.eigenvalues * replicated_matmul(self.U.T, x)))
 
     def solve(self, v, mu):
         """(Â + μI)⁻¹ v for μ > 0, in closed form:
@@ -61,7 +62,7 @@ class NystromApproximation(eqx.Module):
             (UΛUᵀ + μI)⁻¹ = U (Λ + μI)⁻¹ Uᵀ + (I − UUᵀ)/μ.
         """
         x = self._flat(v)
-        c = self.U.T @ x
+        c = replicated_matmul(self.U.T, x)
         y = self.U @ (c / (self.eigenvalues + mu)) + (x - self.U @ c) / mu
         return self.unravel(y)
 
@@ -136,7 +137,7 @@ def _gram_qr(a):
     """a = Q R with Q's columns orthonormal up to the rounding of a's conditioning, from the
     eigendecomposition of the rank × rank Gram matrix aᵀa = V S² Vᵀ: Q = a V S⁻¹, R = S Vᵀ.
     Directions below √eps of the largest are rounding: their S is floored there."""
-    e, v = jnp.linalg.eigh(a.T @ a)
+    e, v = jnp.linalg.eigh(replicated_matmul(a.T, a))
     e_max = jnp.maximum(jnp.max(e), jnp.finfo(a.dtype).tiny)
     s = jnp.sqrt(jnp.maximum(e, jnp.finfo(a.dtype).eps * e_max))
     return a @ (v / s), s[:, None] * v.T
@@ -164,7 +165,9 @@ def _nystrom(op, rank, key, shift, name):
     _check_key(key, name)
     structure = op.in_structure()
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), structure)
-    flat0, unravel = ravel(zeros)
+    # Under Explicit mesh axes the zeros take the parameters' sharding, so Ω's rows (and the
+    # sketch's) are split as the parameters are, not replicated on every device.
+    flat0, unravel = ravel(like(zeros, structure))
     n = flat0.shape[0]
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank <= n:
         raise ValueError(f"`{name}`: `rank` must be a Python int in [1, {n}] (n, the operator's "
@@ -172,7 +175,7 @@ def _nystrom(op, rank, key, shift, name):
     if shift is not None:
         check_number("shift", shift, low=0.0, allow_none=True)
     dtype = flat0.dtype
-    omega = jax.random.normal(key, (n, rank), dtype)
+    omega = jax.random.normal(key, (n, rank), dtype, **rows_like(flat0))
     omega = _tall_qr(omega)[0] if n >= _TALL * rank else jnp.linalg.qr(omega)[0]
     # Columns of Ω are the vmapped axis; the operator itself only ever sees pytrees.
     y = jax.vmap(lambda w: ravel(op.mv(unravel(w)))[0].astype(dtype), in_axes=1, out_axes=1)(
@@ -183,7 +186,7 @@ def _nystrom(op, rank, key, shift, name):
         nu = jnp.asarray(shift, dtype)
     # The spectrum of ΩᵀAΩ decides whether A can be PSD. It only chooses the shift and the
     # error, so no derivative flows through the eigenvalues (whose JVP is not needed).
-    core = jax.lax.stop_gradient(omega.T @ y)
+    core = jax.lax.stop_gradient(replicated_matmul(omega.T, y))
     core_evals = jnp.linalg.eigvalsh(0.5 * (core + core.T))
     lowest = jax.lax.stop_gradient(core_evals[0] + nu)
     scale = jnp.max(jnp.abs(core_evals))
@@ -192,7 +195,7 @@ def _nystrom(op, rank, key, shift, name):
     # factor; twice its size in extra shift restores a positive definite B.
     nu = jnp.where((lowest < 0) & ~indefinite, nu - 2 * lowest, nu)
     y_nu = y + nu * omega
-    b = omega.T @ y_nu
+    b = replicated_matmul(omega.T, y_nu)
     b = 0.5 * (b + b.T)  # rounding leaves B slightly asymmetric; Cholesky reads one triangle
     c = jnp.linalg.cholesky(b)  # B = C Cᵀ, C lower triangular
     # F = Y_ν C⁻ᵀ. The r × r inverse C⁻¹ first, then a product: a triangular solve against
@@ -228,7 +231,7 @@ def _preconditioner_from(approx: NystromApproximation, mu) -> Callable:
     def apply(r):
         x, unravel = ravel(r)
         x_ = x.astype(dtype)
-        c = u.T @ x_
+        c = replicated_matmul(u.T, x_)
         y = u @ (scale * c / denom) + (x_ - u @ c)
         return unravel(y.astype(x.dtype))
 
