@@ -157,3 +157,15 @@ def test_bad_compute_dtype_is_refused():
         MixedPrecision("not a dtype")
     with pytest.raises(ValueError, match="curvature"):
         MixedPrecision(jnp.bfloat16, curvature="hessian")
+
+
+@pytest.mark.slow  # two more solvers compiled
+@pytest.mark.parametrize("solver", [jaxopt2.DampedNewton, jaxopt2.RegularizedNewton])
+def test_other_curvature_solvers_take_the_policy(solver):
+    """DampedNewton and RegularizedNewton take the same `curvature=`: float32-accurate."""
+    data = (jnp.asarray(X, jnp.bfloat16), jnp.asarray(Y))
+    ref = _solve(jaxopt2.NewtonCG(), (data[0].astype(jnp.float32), data[1]))
+    sol = jax.jit(lambda d: _solve(solver(curvature=MixedPrecision(jnp.bfloat16)), d))(data)
+    assert jaxopt2.status_name(sol.status) == "successful"
+    scale = max(float(jnp.max(jnp.abs(ref.params))), 1.0)
+    assert float(jnp.max(jnp.abs(sol.params - ref.params))) <= 1e-4 * scale
