@@ -169,3 +169,43 @@ def test_other_curvature_solvers_take_the_policy(solver):
     assert jaxopt2.status_name(sol.status) == "successful"
     scale = max(float(jnp.max(jnp.abs(ref.params))), 1.0)
     assert float(jnp.max(jnp.abs(sol.params - ref.params))) <= 1e-4 * scale
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import AxisType
+import jaxopt2
+from jaxopt2 import distributed
+from jaxopt2._precision import MixedPrecision
+rng = np.random.default_rng(0)
+n, d = 4096, 16
+X = rng.normal(size=(n, d)).astype(np.float32)
+y = (rng.random(n) < 1 / (1 + np.exp(-X @ rng.normal(size=d)))).astype(np.float32)
+def loss(w, data):
+    X, y = data
+    z = X @ w
+    return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 1e-2 * jnp.sum(w * w)
+solver = jaxopt2.NewtonCG(curvature=MixedPrecision(jnp.bfloat16))
+run = jax.jit(lambda data: jaxopt2.minimize(loss, jnp.zeros(d), data, solver=solver, throw=False))
+one = run((jnp.asarray(X, jnp.bfloat16), jnp.asarray(y)))
+for kind in (AxisType.Auto, AxisType.Explicit):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(kind,))
+    data = distributed.shard_data((jnp.asarray(X, jnp.bfloat16), jnp.asarray(y)), mesh)
+    with jax.set_mesh(mesh):
+        c = run.lower(data).compile()
+        sol = c(data)
+    assert jaxopt2.status_name(sol.status) == "successful", (kind, sol.status)
+    # the same float32 solve, its reductions taken in another order
+    np.testing.assert_allclose(sol.params, one.params, rtol=1e-4, atol=1e-5, err_msg=str(kind))
+    assert set(distributed.collectives(c)) <= {"all-reduce"}, (kind, distributed.collectives(c))
+print("MIXED SHARDED OK")
+"""
+
+
+@pytest.mark.slow  # a subprocess with 8 host devices, two meshes compiled
+def test_mixed_precision_on_data_sharded_over_eight_devices():
+    """Data (bfloat16) split over 8 host devices by rows, Auto and Explicit axes: the one-device
+    answer, no all-gather of the data."""
+    from .multidevice import run_on_eight_devices
+
+    run_on_eight_devices(SHARDED, (), "MIXED SHARDED OK")
