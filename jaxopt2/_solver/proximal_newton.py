@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import equinox as eqx
@@ -10,10 +11,12 @@ import jax.numpy as jnp
 
 from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
 from .._composite import Composite, initial_step, prox_of
+from .._coordinate import Separable, separable_supported, working_set_cd
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
 from .._tree import (
+    ravel,
     tree_add,
     tree_axpy,
     tree_dot,
@@ -31,11 +34,16 @@ from .._validate import check_budget, check_tolerances, check_unit_interval
 FORCING_CAP = 0.5
 FORCING_GAMMA = 0.9
 FORCING_POWER = (1 + 5**0.5) / 2
+# The loosest inner forcing term at which a coordinate-descent step's length certifies the
+# distance to the solution (`ProximalNewton.error_estimate`).
+CERTIFY_FORCING = 0.1
 
 
 class _PNState(eqx.Module):
     lipschitz: jax.Array  # L̂ ≥ the model's largest curvature seen so far
     grad_map_prev: jax.Array  # ‖G(xₖ₋₁)‖∞, for the inner solves' forcing sequence
+    ws_size: jax.Array  # the last working-set size (inner="cd")
+    error: jax.Array  # ‖dₖ‖∞ where it certifies the distance to x* (inner="cd"), else ∞
 
 
 class _Inner(eqx.Module):
@@ -101,8 +109,31 @@ class ProximalNewton(AbstractMinimizer):
     is f alone. Meant for convex f (then the subproblem is convex); on a nonconvex f the
     fallback steps reach a stationary point, without the fast local convergence.
 
-    - `inner_steps`: the FISTA budget of each subproblem;
-    - `c1`, `max_backtracks`: the line search.
+    Inner solvers (`inner`):
+
+    - `"fista"`: the above, for any prox; matrix-free (Hessian-vector products only).
+    - `"cd"`: coordinate descent on the model with covariance updates inside a working set,
+      as glmnet and celer (`jaxopt2/_coordinate.py`): each step takes the support of xₖ and
+      the largest violations |G(xₖ)ⱼ| outside it (max(2·|support|, the last size) coordinates,
+      at least `ws_start`), forms the block H[W, W] of ∇²f(xₖ), and runs epochs of exact
+      coordinate minimizations of the model over W (the other coordinates stay at xₖ) until
+      the largest Hⱼⱼ|Δzⱼ| of an epoch is below the same forcing term; v ∈ ∂h(zₖ) comes from
+      each coordinate's last update. Needs h separable and known: `prox.l1`,
+      `prox.non_negative_l1`, `prox.ridge`, `prox.elastic_net`, or `bounds` (else a
+      ValueError). The block comes from `hessian_block(params, args, index) -> H[index][:,
+      index]` (`index`: an int vector of positions in `ravel_pytree(params)`; for a
+      least-squares f = ‖Xw − y‖²/(2n) it is `X[:, index].T @ X[:, index] / n`, for a Gram form
+      `G[index][:, index]`), or else from |W| Hessian-vector products on unit vectors: fine
+      for small d, but on a large problem give `hessian_block`.
+    - `"auto"` (default): `"cd"` when `hessian_block` is given and h is one of those, else
+      `"fista"`.
+
+    Under `vmap` the working-set capacity is a `lax.switch` over static sizes, which batching
+    turns into running every capacity: correct, but slower than a loop for large d.
+
+    - `inner_steps`: the budget of each subproblem (FISTA iterations, or CD epochs);
+    - `c1`, `max_backtracks`: the line search;
+    - `ws_start`: the smallest working set (`inner="cd"`).
 
     ```python
     import jax.numpy as jnp, jaxopt2
@@ -123,6 +154,9 @@ class ProximalNewton(AbstractMinimizer):
     inner_steps: int = 100
     c1: float = 1e-4
     max_backtracks: int = 30
+    inner: str = eqx.field(static=True, default="auto")
+    hessian_block: Callable | None = eqx.field(static=True, default=None)
+    ws_start: int = eqx.field(static=True, default=32)
     constraint: Composite | None = None
 
     def __check_init__(self):
@@ -130,6 +164,25 @@ class ProximalNewton(AbstractMinimizer):
         check_budget("inner_steps", self.inner_steps)
         check_unit_interval("c1", self.c1)
         check_budget("max_backtracks", self.max_backtracks)
+        check_budget("ws_start", self.ws_start)
+        if self.inner not in ("auto", "cd", "fista"):
+            raise ValueError(f"ProximalNewton: `inner` must be 'auto', 'cd' or 'fista'; got "
+                             f"{self.inner!r}.")
+        if self.hessian_block is not None and not callable(self.hessian_block):
+            raise TypeError("ProximalNewton: `hessian_block` must be a function "
+                            "(params, args, index) -> H[index][:, index].")
+
+    def _uses_cd(self) -> bool:
+        """Static: whether the subproblem is solved by coordinate descent (`inner`)."""
+        known = separable_supported(self.constraint)
+        if self.inner == "cd" and not known:
+            raise ValueError(
+                "ProximalNewton(inner='cd') needs a separable h it knows: prox=jaxopt2.prox.l1, "
+                "non_negative_l1, ridge or elastic_net, or bounds; got prox="
+                f"{getattr(self.constraint.prox, '__name__', self.constraint.prox)!r}. "
+                "Use inner='fista' for other proximal operators.")
+        return self.inner == "cd" or (self.inner == "auto" and known
+                                      and self.hessian_block is not None)
 
     def stationarity_scale(self, state: _PNState):
         return 1 / state.lipschitz
@@ -142,7 +195,57 @@ class ProximalNewton(AbstractMinimizer):
     def init(self, fn, iterate: Iterate, args) -> _PNState:
         lipschitz = 1 / initial_step(fn, iterate, args, self.constraint)
         # ‖G(x₋₁)‖ := ‖G(x₀)‖: the first inner solve gets η₀ = FORCING_CAP wherever x₀ is.
-        return _PNState(lipschitz, self._grad_map(iterate.params, iterate.grad, lipschitz))
+        return _PNState(lipschitz, self._grad_map(iterate.params, iterate.grad, lipschitz),
+                        jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, iterate.value.dtype))
+
+    def error_estimate(self, state: _PNState):
+        """With `inner="cd"`, ‖dₖ‖∞ of the Newton step where it estimates the distance to
+        x*: the model minimized over a working set that held every KKT violation, to a
+        forcing term ≤ `CERTIFY_FORCING`, as NewtonCG's certified CG steps. Near x* a
+        roundoff-level (or zero) step then ends the solve instead of leaving the shared
+        estimates frozen at their last accepted step. None (the shared estimates) with
+        FISTA, whose iterates are not monotone."""
+        return state.error if self._uses_cd() else None
+
+    def _cd(self, fn, iterate: Iterate, args, hvp, lipschitz, forcing, ws_prev):
+        """The coordinate-descent subproblem (`inner="cd"`, class docstring): returns
+        (z, v ∈ ∂h(z), Hessian-vector products, working-set size)."""
+        x, g = iterate.params, iterate.grad
+        flat, unravel = ravel(x)
+        dtype = flat.dtype
+        flat_g = ravel(g)[0].astype(dtype)
+        h = Separable.of(self.constraint, x)
+        kink = h.at_kink(flat)
+        if self.constraint is None:
+            gmap = flat_g
+        else:
+            gmap = ravel(self.constraint.stationarity(x, g, 1 / lipschitz))[0].astype(dtype)
+        score = jnp.where(kink, jnp.abs(gmap), jnp.inf)
+        score = jnp.where(jnp.isnan(score), 0, score)
+        support = jnp.sum(~kink).astype(jnp.int32)
+        violators = jnp.sum(kink & (score > 0)).astype(jnp.int32)
+        # celer's 2·|support|, or up to 4·|support| while many violations remain outside it
+        # (then the support is still growing fast, and each outer step costs a full gradient).
+        size = support + jnp.maximum(support, jnp.minimum(violators, 3 * support))
+        size = jnp.maximum(jnp.maximum(size, ws_prev), self.ws_start)
+        size = jnp.minimum(size, flat.size).astype(jnp.int32)
+        # Coordinate changes below the round-off of q = g + H(z − x) are not measurable.
+        eps = jnp.finfo(dtype).eps
+        forcing = jnp.maximum(forcing, 10 * eps * flat.size**0.5 * jnp.max(jnp.abs(flat_g)))
+
+        if self.hessian_block is not None:
+            def block(index):
+                return jnp.asarray(self.hessian_block(x, args, index))
+        else:
+            def block(index):
+                units = jax.nn.one_hot(index, flat.size, dtype=dtype)
+                cols = jax.vmap(lambda e: ravel(hvp(unravel(e)))[0].astype(dtype))(units)
+                return cols[:, index]
+
+        out = working_set_cd(flat, flat_g, h, score, size, block, forcing, self.inner_steps,
+                             self.ws_start, self.hessian_block is None)
+        certified = out.converged & (support + violators <= out.size)
+        return unravel(out.z), unravel(out.subgrad), out.hvps, size, certified
 
     def _subproblem(self, x, g, hvp, lipschitz, forcing) -> _Inner:
         """FISTA with backtracking on L and gradient restart for the model (class docstring)."""
@@ -236,13 +339,23 @@ class ProximalNewton(AbstractMinimizer):
         ratio = gmap / jnp.where(state.grad_map_prev > 0, state.grad_map_prev, 1.0)
         eta = jnp.minimum(FORCING_CAP, FORCING_GAMMA * ratio**FORCING_POWER)
         forcing = jnp.maximum(eta * gmap, self.atol / 2).astype(dtype)
-        inner = self._subproblem(x, g, hvp, state.lipschitz, forcing)
-        # FISTA is not monotone: after a budget-bound inner solve the last iterate can certify
-        # no decrease (ψ ≥ 0) where an earlier one did; it is kept while it holds at least half
-        # of the best certified decrease, so a good last iterate is never thrown away.
-        keep_last = inner.psi <= inner.best_psi / 2
-        z = tree_where(keep_last, inner.z, inner.best)
-        v = tree_where(keep_last, inner.subgrad, inner.best_subgrad)
+        if self._uses_cd():
+            z, v, hvps, ws_size, certified = self._cd(fn, iterate, args, hvp, state.lipschitz,
+                                                      forcing, state.ws_size)
+            certified = certified & (eta <= CERTIFY_FORCING)
+            error = jnp.where(certified, tree_inf_norm(tree_sub(z, x)), jnp.inf).astype(dtype)
+            lipschitz = state.lipschitz
+        else:
+            inner = self._subproblem(x, g, hvp, state.lipschitz, forcing)
+            # FISTA is not monotone: after a budget-bound inner solve the last iterate can
+            # certify no decrease (ψ ≥ 0) where an earlier one did; it is kept while it holds
+            # at least half of the best certified decrease, so a good last iterate is never
+            # thrown away.
+            keep_last = inner.psi <= inner.best_psi / 2
+            z = tree_where(keep_last, inner.z, inner.best)
+            v = tree_where(keep_last, inner.subgrad, inner.best_subgrad)
+            hvps, ws_size, lipschitz = inner.hvps, state.ws_size, inner.lipschitz
+            error = state.error
         d = tree_sub(z, x)
         # (∇f + v)ᵀd ≥ F's directional decrease bound; it is −dᵀHd for an exact subproblem.
         slope = tree_dot(tree_add(g, v), d)
@@ -278,6 +391,6 @@ class ProximalNewton(AbstractMinimizer):
         # A zero step (the start, or a point where the subproblem returns x) is success: the
         # stopping rule then judges it; only a failed search for a real step fails.
         result = RESULTS.where(ok | zero_step, RESULTS.successful, RESULTS.line_search_failed)
-        lipschitz = jnp.maximum(inner.lipschitz, jnp.finfo(dtype).tiny).astype(dtype)
-        counts = Counts.of(fun=trials + pg_trials, grad=1, hvp=inner.hvps)
-        return new, _PNState(lipschitz, gmap), counts, result
+        lipschitz = jnp.maximum(lipschitz, jnp.finfo(dtype).tiny).astype(dtype)
+        counts = Counts.of(fun=trials + pg_trials, grad=1, hvp=hvps)
+        return new, _PNState(lipschitz, gmap, ws_size, error), counts, result

@@ -1,0 +1,223 @@
+"""ProximalNewton(inner="cd"): coordinate descent on the Newton model inside a working set
+(issue 15). Lasso, elastic net and NNLS against scikit-learn / scipy and the KKT conditions,
+the coefficients read off the known proxes, the working set growing from a too small start,
+the implicit derivative with respect to λ against the closed form on the support, and the
+contract (jit, vmap with a bad problem, float32, pytree params, clear errors).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt2 as J
+from jaxopt2 import prox as P
+from jaxopt2._composite import Composite
+from jaxopt2._coordinate import Separable, capacities
+
+from .test_proximal import lsq, regression
+
+
+def data_block(X):
+    """H[index][:, index] of f = ‖Xw − y‖²/2: X_Wᵀ X_W, without forming XᵀX."""
+    X = jnp.asarray(X)
+    return lambda w, y, index: X[:, index].T @ X[:, index]
+
+
+def lasso_kkt(X, y, w, lam, rtol=1e-6):
+    corr = X.T @ (y - X @ w)
+    on = np.abs(w) > 0
+    np.testing.assert_allclose(corr[on], lam * np.sign(w[on]), rtol=rtol)
+    assert np.all(np.abs(corr[~on]) <= lam * (1 + rtol))
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("block", [pytest.param("hvp", marks=pytest.mark.slow), "user"])
+def test_lasso_matches_sklearn_and_kkt(block):
+    from sklearn.linear_model import Lasso
+
+    X, y = regression(n=80, d=40, seed=2, rho=0.8)
+    n = X.shape[0]
+    lam = 0.02 * np.max(np.abs(X.T @ y))
+    solver = J.ProximalNewton(rtol=0.0, atol=1e-11, inner="cd", ws_start=8,
+                              hessian_block=data_block(X) if block == "user" else None)
+    sol = J.minimize(lsq(X), jnp.zeros(40), jnp.asarray(y), solver=solver, prox=P.l1,
+                     prox_args=lam, max_steps=100)
+    assert J.status_name(sol.status) == "successful"
+    ref = Lasso(alpha=lam / n, fit_intercept=False, tol=1e-15, max_iter=10**6).fit(X, y).coef_
+    w = np.asarray(sol.params)
+    np.testing.assert_allclose(w, ref, atol=1e-9 * np.max(np.abs(ref)))
+    lasso_kkt(X, y, w, lam, rtol=1e-8)
+    # f is quadratic: the model is f itself, so a few outer steps (working-set growth) do it.
+    assert int(sol.stats["num_steps"]) <= 8
+    if block == "user":
+        assert int(sol.stats["num_hvp"]) == 0
+
+
+@pytest.mark.float64
+def test_elastic_net_pytree_with_unpenalised_intercept():
+    """{"w", "b"} with h = elastic net on w only ("b": None): the coefficients come from the
+    prox itself, the intercept is free, and the answer is scikit-learn's."""
+    from sklearn.linear_model import ElasticNet
+
+    X, y = regression(n=70, d=20, seed=4)
+    y = y + 3.0
+    n = X.shape[0]
+    alpha, ratio = 0.05, 0.6
+    Xj, yj = jnp.asarray(X), jnp.asarray(y)
+
+    def f(p, data):
+        A, b = data
+        return 0.5 * jnp.sum((A @ p["w"] + p["b"] - b) ** 2)
+
+    strengths = ({"w": n * alpha * ratio, "b": None}, {"w": n * alpha * (1 - ratio), "b": None})
+    sol = J.minimize(f, {"w": jnp.zeros(20), "b": jnp.zeros(())}, (Xj, yj),
+                     solver=J.ProximalNewton(rtol=0.0, atol=1e-10, inner="cd"),
+                     prox=P.elastic_net, prox_args=strengths, max_steps=100)
+    assert J.status_name(sol.status) == "successful"
+    ref = ElasticNet(alpha=alpha, l1_ratio=ratio, tol=1e-15, max_iter=10**6).fit(X, y)
+    np.testing.assert_allclose(sol.params["w"], ref.coef_, atol=1e-8)
+    np.testing.assert_allclose(sol.params["b"], ref.intercept_, atol=1e-8)
+
+
+@pytest.mark.float64
+def test_separable_coefficients_reproduce_the_prox():
+    """The per-coordinate prox of `Separable` equals each known operator entrywise, for
+    strengths given as scalars, arrays and None leaves, and scales other than 1."""
+    rng = np.random.default_rng(0)
+    params = {"a": jnp.asarray(rng.normal(size=5)), "b": jnp.asarray(rng.normal(size=(2, 3)))}
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    v = jnp.asarray(3 * rng.normal(size=flat.size))
+    strength = {"a": jnp.asarray(rng.uniform(0.1, 2, size=5)), "b": None}
+    cases = [(P.l1, strength), (P.non_negative_l1, strength), (P.ridge, 0.7),
+             (P.elastic_net, (strength, {"a": 0.3, "b": 1.2}))]
+    for prox, args in cases:
+        h = Separable.of(Composite(prox, args), params)
+        for s in (0.5, 2.0):
+            want = jax.flatten_util.ravel_pytree(prox(unravel(v), args, s))[0]
+            # argmin_y h(y) + (y − v)²/(2s): the coordinate step with Hⱼⱼ = 1/s, q = −v/s
+            # at z = 0.
+            u = v / s - h.b
+            got = jnp.clip(jnp.sign(u) * jnp.maximum(jnp.abs(u) - h.a, 0) / (1 / s + h.c),
+                           h.lo, h.hi)
+            np.testing.assert_allclose(got, want, atol=1e-12, err_msg=prox.__name__)
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("how", ["bounds", pytest.param("prox", marks=pytest.mark.slow)])
+def test_nnls_by_bounds_and_by_non_negative_l1(how):
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(5)
+    A = rng.normal(size=(60, 25))
+    b = A @ rng.normal(size=25) + 0.1 * rng.normal(size=60)
+    ref = nnls(A, b)[0]
+    kw = (dict(bounds=(0.0, None)) if how == "bounds"
+          else dict(prox=P.non_negative_l1, prox_args=0.0))
+    sol = J.minimize(lsq(A), jnp.zeros(25), jnp.asarray(b), max_steps=100,
+                     solver=J.ProximalNewton(rtol=0.0, atol=1e-10, inner="cd"), **kw)
+    assert J.status_name(sol.status) == "successful"
+    np.testing.assert_allclose(sol.params, ref, atol=1e-9)
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("start", ["empty", pytest.param("dense", marks=pytest.mark.slow)])
+def test_working_set_grows_from_a_small_start(start):
+    """ws_start = 2 with 25 nonzeros at the solution (d = 60): from x = 0 the working set has
+    to grow several times, and it must always hold the current support; from a dense start
+    (every coordinate in the support) it starts at d. The blocks requested are recorded."""
+    X, y = regression(n=120, d=60, seed=6, rho=0.5)
+    lam = 0.002 * np.max(np.abs(X.T @ y))
+    blocks = []
+
+    def block(w, data, index):
+        jax.debug.callback(lambda i, w: blocks.append((np.asarray(i), np.asarray(w))),
+                           index, w)
+        return data_block(X)(w, data, index)
+
+    x0 = jnp.zeros(60) if start == "empty" else jnp.ones(60)
+    sol = J.minimize(lsq(X), x0, jnp.asarray(y), max_steps=100, prox=P.l1, prox_args=lam,
+                     solver=J.ProximalNewton(rtol=0.0, atol=1e-10, inner="cd", ws_start=2,
+                                             hessian_block=block))
+    jax.effects_barrier()
+    assert J.status_name(sol.status) == "successful"
+    w = np.asarray(sol.params)
+    lasso_kkt(X, y, w, lam)
+    assert 20 <= np.sum(w != 0) < 60
+    sizes = [len(i) for i, _ in blocks]
+    assert sizes == sorted(sizes)  # never shrinks
+    assert set(sizes) <= set(capacities(60, 2)) == {2, 8, 32, 60}
+    if start == "empty":
+        assert sizes[0] == 2 and len(set(sizes)) >= 3
+    else:
+        assert sizes[0] == 60
+    for index, at in blocks:  # the support of the point is always inside its working set
+        assert set(np.flatnonzero(at)) <= set(index.tolist())
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("mode", ["rev", pytest.param("fwd", marks=pytest.mark.slow)])
+def test_derivative_wrt_lambda_matches_the_closed_form(mode):
+    """On the support S, w_S = (X_SᵀX_S)⁻¹(X_Sᵀy − λ sign w_S), so dw_S/dλ = −(X_SᵀX_S)⁻¹ sign."""
+    X, y = regression(n=60, d=12, seed=3)
+    lam = 0.05 * np.max(np.abs(X.T @ y))
+
+    def solve(lam):
+        return J.minimize(lsq(X), jnp.zeros(12), jnp.asarray(y), prox=P.l1, prox_args=lam,
+                          solver=J.ProximalNewton(rtol=0.0, atol=1e-11, inner="cd"),
+                          max_steps=100).params
+
+    w = np.asarray(solve(lam))
+    S = np.abs(w) > 0
+    want = np.zeros(12)
+    want[S] = -np.linalg.solve(X[:, S].T @ X[:, S], np.sign(w[S]))
+    jac = jax.jacfwd if mode == "fwd" else jax.jacrev
+    np.testing.assert_allclose(jac(solve)(lam), want, atol=1e-8)
+
+
+def test_vmap_with_a_bad_problem_and_float32():
+    """float32 (x64 off): a batch of three lassos under jit(vmap), the middle one with a NaN
+    in y. The good ones equal their single solves and scikit-learn's; the bad one reports
+    a failure, not success."""
+    from sklearn.linear_model import Lasso
+
+    X, y = regression(n=60, d=16, seed=7)
+    X32 = jnp.asarray(X, jnp.float32)
+    ys = np.stack([y, y, 1.5 * y])
+    ys[1, 3] = np.nan
+    lam = 0.05 * np.max(np.abs(X.T @ y))
+    solver = J.ProximalNewton(inner="cd", hessian_block=data_block(X32))
+
+    def solve(y):
+        return J.minimize(lsq(X32), jnp.zeros(16, jnp.float32), y, solver=solver, prox=P.l1,
+                          prox_args=lam, max_steps=100, throw=False)
+
+    batch = jax.jit(jax.vmap(solve))(jnp.asarray(ys, jnp.float32))
+    names = J.status_name(batch.status)
+    assert names[0] == names[2] == "successful" and names[1] != "successful"
+    assert batch.params.dtype == jnp.float32
+    for i in (0, 2):
+        single = solve(jnp.asarray(ys[i], jnp.float32))
+        np.testing.assert_allclose(batch.params[i], single.params, atol=1e-5)
+        ref = Lasso(alpha=lam / 60, fit_intercept=False, tol=1e-12,
+                    max_iter=10**6).fit(X, ys[i]).coef_
+        np.testing.assert_allclose(batch.params[i], ref, atol=2e-4 * np.max(np.abs(ref)))
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="inner"):
+        J.ProximalNewton(inner="newton")
+    with pytest.raises(ValueError, match="ws_start"):
+        J.ProximalNewton(ws_start=0)
+    with pytest.raises(TypeError, match="hessian_block"):
+        J.ProximalNewton(hessian_block=3)
+    X, y = regression(n=20, d=6)
+    with pytest.raises(ValueError, match="inner='fista'"):
+        J.minimize(lsq(X), jnp.zeros(6), jnp.asarray(y), prox=P.group_lasso, prox_args=1.0,
+                   solver=J.ProximalNewton(inner="cd"))
+
+
+def test_capacities():
+    assert capacities(60, 2) == (2, 8, 32, 60)
+    assert capacities(40, 64) == (40,)
+    assert capacities(64, 16) == (16, 64)
