@@ -1,6 +1,6 @@
 """Ill-conditioned minima (issue 13): a small gradient is not a small error along directions of
 tiny curvature. The curvature check at the end of a solve also bounds the Newton step ‖H⁻¹g‖
-from below (`_stopping._newton_step_bound`) and refuses `successful` where that bound exceeds
+from below (`_stopping._ritz_and_newton_bound`) and refuses `successful` where that bound exceeds
 rtol·s(x): `ill_conditioned`. Exactly singular directions that the gradient does not touch
 (a null direction of the objective) must not trip it, and saddles are still found."""
 
@@ -31,7 +31,8 @@ def _bound(H, g, steps, q):
     """The check's bound from a Lanczos run of `steps` from `q` on the dense H."""
     alphas, betas, alive, basis = lanczos(lambda v: H @ v, q / jnp.linalg.norm(q), steps,
                                           return_basis=True)
-    return _stopping._newton_step_bound(alphas, betas, alive, basis, g, full=steps == g.size)
+    run = (alphas, betas, alive, basis)
+    return _stopping._ritz_and_newton_bound(*run[:3], run, g, full=steps == g.size)[2]
 
 
 @pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
