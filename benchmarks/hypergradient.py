@@ -25,6 +25,7 @@ one more `(name, adjoint)` entry in `JAXOPT2_ADJOINTS`):
 - jaxopt2.minimize with NewtonCG(rtol=1e-10) (plain, and with a Jacobi preconditioner from
   64 Hutchinson probes, as NewtonCG(Jacobi-64) in run_all.py) and dense Newton, each adjoint of
   `JAXOPT2_ADJOINTS` (default: dense up to 1000 unknowns, CG at 1e-12, dense Cholesky);
+  LBFGS(rtol=1e-10) and LBFGS with its default rtol, with the default adjoint;
 - jaxopt.LBFGS(tol=1e-10·‖∇f(0)‖₂, implicit_diff=True) with its default implicit-diff solve
   (normal-equation CG, jax.scipy cg defaults: tol=1e-5), `solve_cg` and `solve_normal_cg` with
   tol=1e-12;
@@ -317,11 +318,17 @@ def methods_for(problem, unroll_steps):
     solvers = [("NewtonCG", jaxopt2.NewtonCG(rtol=INNER_RTOL)),
                ("NewtonCG(Jacobi-64)", jaxopt2.NewtonCG(rtol=INNER_RTOL,
                                                         preconditioner=jacobi_preconditioner())),
-               ("Newton", jaxopt2.Newton(rtol=INNER_RTOL))]
+               ("Newton", jaxopt2.Newton(rtol=INNER_RTOL)),
+               # a first-order inner solver, at the benchmark's tolerance and at its default
+               # (issue 20: the hypergradient's accuracy must not be limited by the default)
+               ("LBFGS", jaxopt2.LBFGS(rtol=INNER_RTOL)),
+               ("LBFGS(default rtol)", jaxopt2.LBFGS())]
     for sname, solver in solvers:
         for aname, make in JAXOPT2_ADJOINTS:
             if sname != "NewtonCG" and "CG 1e-12" in aname:
                 continue  # the adjoint does not depend on the inner solver
+            if sname.startswith("LBFGS") and "default" not in aname:
+                continue
             out.append(jaxopt2_method(kind, sname, solver, aname, make))
     g0 = float(jnp.linalg.norm(jax.grad(inner_loss)(
         jnp.zeros_like(problem.theta), jnp.exp(problem.theta), problem.data, kind)))

@@ -160,6 +160,12 @@ def minimize(
             escape_saddles)
         tags = ()
     adjoint = adjoint_for(adjoint, throw)
+    if isinstance(adjoint, ImplicitAdjoint) and adjoint.refine is None:
+        # a first-order answer sits at the tolerance, and so would its derivative: one
+        # Newton step under differentiation (see ImplicitAdjoint's `refine`)
+        smooth = bounds is None and prox is None
+        adjoint = eqx.tree_at(lambda a: a.refine, adjoint, smooth and not solver.uses_curvature,
+                              is_leaf=lambda x: x is None)
     params, out = adjoint.apply(primal, stationarity, params0, inputs, tags)
     status = out.result
     params = finish(params, status, adjoint, throw,
