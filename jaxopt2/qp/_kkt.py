@@ -13,7 +13,8 @@ makes both factorizations exist when H is only semidefinite (an LP, a free varia
 dependent rows; a few steps of iterative refinement against the unregularised matrix then
 remove its bias, so the Newton directions are those of the true system wherever it is
 nonsingular (the primal-dual regularisation of Friedlander & Orban, Math. Prog. Comp. 4, 2012;
-refinement as in OSQP and Clarabel).
+refinement as in OSQP and Clarabel). M = (H + ρI)⁻¹Aᵀ, formed for the Schur complement, is
+kept, so a solve costs one pair of triangular solves and two products with M, not two pairs.
 """
 
 from __future__ import annotations
@@ -34,58 +35,82 @@ class ReducedKKT(eqx.Module):
     A: jax.Array
     scale: jax.Array
     L: jax.Array
+    M: jax.Array | None
     LS: jax.Array | None
     reg: jax.Array
     refine: int = eqx.field(static=True, default=2)
 
     @classmethod
     def factor(cls, Q, G, w, d, A, reg, refine: int = 2) -> ReducedKKT:
-        n = Q.shape[0]
-        eye = jnp.eye(n, dtype=Q.dtype)
-        H = Q + (G.T * w) @ G + d * eye
+        return cls._build(Q, G, w, d, A, reg, refine, None)[0]
+
+    @classmethod
+    def factor_solve(cls, Q, G, w, d, A, reg, rx, ry, refine: int = 2):
+        """`factor`, and `solve(rx, ry)` with the factors: (H + ρI)⁻¹rx is computed with
+        M = (H + ρI)⁻¹Aᵀ, as one more column of the same triangular solves (on CPU under
+        `vmap` a triangular solve costs about as much per call as per column)."""
+        kkt, t = cls._build(Q, G, w, d, A, reg, refine, rx)
+        return kkt, kkt.solve(rx, ry, t)
+
+    @classmethod
+    def _build(cls, Q, G, w, d, A, reg, refine, rx):
+        n, p = Q.shape[0], A.shape[0]
+        on_diag = jnp.eye(n, dtype=bool)
+        H = Q + G.T @ (w[:, None] * G) + jnp.where(on_diag, d, 0.0)
         # Regularised by ρ and by a few ulps of each diagonal entry, then scaled to a unit
         # diagonal (Jacobi): near the solution z/s spans ~1/μ, and without the scaling the
         # rounding of the largest entries alone makes the Cholesky factorization fail in
-        # float32 long before the tolerance is met.
-        diag = jnp.diagonal(H) + reg + _ULPS * jnp.finfo(Q.dtype).eps * jnp.abs(jnp.diagonal(H))
+        # float32 long before the tolerance is met. (Masks, not `jnp.diagonal`/`jnp.diag`,
+        # and no symmetrisation of an H symmetric by construction: under `vmap` on CPU those
+        # lower to gathers and transposed copies that cost as much as the factorization.)
+        h_diag = jnp.sum(jnp.where(on_diag, H, 0.0), axis=1)
+        diag = h_diag + reg + _ULPS * jnp.finfo(Q.dtype).eps * jnp.abs(h_diag)
         scale = 1.0 / jnp.sqrt(diag)
-        Hs = scale[:, None] * (H - jnp.diag(jnp.diagonal(H))) * scale[None, :] + eye
-        L = jnp.linalg.cholesky(Hs)
-        LS = None
-        if A.shape[0]:
-            M = scale[:, None] * cho_solve((L, True), scale[:, None] * A.T)
-            S = A @ M + reg * jnp.eye(A.shape[0], dtype=Q.dtype)
-            LS = jnp.linalg.cholesky(S)
-        return cls(H, A, scale, L, LS, reg, refine)
+        Hs = jnp.where(on_diag, 1.0, scale[:, None] * H * scale[None, :])
+        L = lax.linalg.cholesky(Hs, symmetrize_input=False)
+        cols = ([A.T] if p else []) + ([rx[:, None]] if rx is not None else [])
+        M = LS = t = None
+        if cols:
+            X = scale[:, None] * cho_solve((L, True), scale[:, None] * jnp.concatenate(cols, 1))
+            M = X[:, :p] if p else None
+            t = X[:, p] if rx is not None else None
+        if p:
+            S = A @ M + reg * jnp.eye(p, dtype=Q.dtype)
+            LS = lax.linalg.cholesky(S, symmetrize_input=False)
+        return cls(H, A, scale, L, M, LS, reg, refine), t
 
     def _h_solve(self, r):
         return self.scale * cho_solve((self.L, True), self.scale * r)
 
-    def _regularised_solve(self, rx, ry):
+    def _regularised_solve(self, rx, ry, t=None):
         # [H+R  Aᵀ; A  −ρI] [dx; dy] = [rx; ry], by the Schur complement on dy.
-        t = self._h_solve(rx)
+        t = self._h_solve(rx) if t is None else t
         if self.LS is None:
             return t, ry
         dy = cho_solve((self.LS, True), self.A @ t - ry)
-        dx = t - self._h_solve(self.A.T @ dy)
-        return dx, dy
+        return t - self.M @ dy, dy
 
-    def solve(self, rx, ry):
-        # From (0, 0) the first pass is the plain regularised solve; each further one a step
-        # of refinement. A loop, not unrolled: one copy of the solve in the compiled program
-        # (the interior point calls `solve` four times a step).
+    def solve(self, rx, ry, t=None):
+        """(dx, dy); `t`: (H + ρI)⁻¹rx where already known (`factor_solve`)."""
+        d = self._regularised_solve(rx, ry, t)
+        if self.refine == 0:
+            return d
+
+        # Steps of refinement against the unregularised matrix. A loop, not unrolled: one
+        # copy of the solve in the compiled program.
         def refine(_, d):
             dx, dy = d
             cx, cy = self._regularised_solve(rx - self.H @ dx - self.A.T @ dy,
                                              ry - self.A @ dx)
             return dx + cx, dy + cy
 
-        zero = (jnp.zeros_like(rx), jnp.zeros_like(ry))
-        return lax.fori_loop(0, self.refine + 1, refine, zero)
+        return lax.fori_loop(0, self.refine, refine, d)
 
     def ok(self):
-        """False where a factorization failed (NaN): H + ρI was not positive definite."""
-        good = jnp.all(jnp.isfinite(self.L))
+        """False where a factorization failed: H + ρI was not positive definite (or not
+        finite). A failed factor is all NaN, and NaN data reach the last diagonal entry
+        (which reads every entry of the lower triangle), so that entry alone is tested."""
+        good = jnp.isfinite(self.L[-1, -1])
         if self.LS is not None:
-            good = good & jnp.all(jnp.isfinite(self.LS))
+            good = good & jnp.isfinite(self.LS[-1, -1])
         return good
