@@ -42,17 +42,19 @@ from problems import build  # noqa: E402
 
 import jaxopt2  # noqa: E402
 
-# Optimized-HLO instructions of each jaxopt2 program at commit 3dfbc77, before the cuts of
-# issue 20 (exact counts: same jax/XLA, unaffected by load), for the `before` column.
+# Optimized-HLO instructions of each jaxopt2 program at commit ccfdf45, before the second
+# pass of issue 20 (the curvature check's cuts), for the `before` column (exact counts: same
+# jax/XLA, unaffected by load). The first pass's starting point, commit 3dfbc77, is quoted in
+# RESULTS.md's observations.
 HLO_BEFORE = {
-    ("logistic (569×31)", "jaxopt2.NewtonCG"): 2472,
-    ("logistic (569×31)", "jaxopt2.LBFGS"): 3462,
-    ("logistic (569×31)", "jaxopt2.Newton"): 2426,
-    ("Rosenbrock 4-D", "jaxopt2.NewtonCG"): 1795,
-    ("Rosenbrock 4-D", "jaxopt2.LBFGS"): 2505,
-    ("Rosenbrock 4-D", "jaxopt2.Newton"): 1894,
+    ("logistic (569×31)", "jaxopt2.NewtonCG"): 2208,
+    ("logistic (569×31)", "jaxopt2.LBFGS"): 3292,
+    ("logistic (569×31)", "jaxopt2.Newton"): 2162,
+    ("Rosenbrock 4-D", "jaxopt2.NewtonCG"): 1436,
+    ("Rosenbrock 4-D", "jaxopt2.LBFGS"): 2345,
+    ("Rosenbrock 4-D", "jaxopt2.Newton"): 1493,
     ("exp. fit (40×3)", "jaxopt2.LevenbergMarquardt"): 1144,
-    ("Bratu (100)", "jaxopt2.NewtonKrylov"): 2207,
+    ("Bratu (100)", "jaxopt2.NewtonKrylov"): 1857,
 }
 
 
@@ -206,9 +208,9 @@ def main():
         "optimistix CPU time on the problem (optimistix's trace is cached by equinox after "
         "the first compile, ours is not: both ratios favour optimistix slightly). HLO "
         "instr. = instructions of the optimized program (exact, unaffected by load; in "
-        "parentheses the count at commit 3dfbc77, before the cuts of issue 20); HLO vs "
-        "anchor = the ratio to the smallest optimistix program on the same problem. Default "
-        "settings for jaxopt2 (throw=False); optimistix with rtol = atol = 1e-8.",
+        "parentheses the count at commit ccfdf45, before the second pass of issue 20's "
+        "cuts); HLO vs anchor = the ratio to the smallest optimistix program on the same "
+        "problem. Default settings for jaxopt2 (throw=False); optimistix with rtol = atol = 1e-8.",
         "\n".join(rows)])
     print("\n" + text)
     if not args.quick:
