@@ -187,9 +187,11 @@ class MixedPrecision(eqx.Module):
     solution is the accurate minimizer, to the solver's own tolerance, not to bfloat16's:
     an error of relative size δ ≈ 2⁻⁸ in H only makes the Newton direction inexact, which
     slows the local convergence to linear with a rate of about δ·κ(H) (Dembo, Eisenstat and
-    Steihaug 1982), without moving the point where the gradient vanishes. Where δ·κ(H)
-    nears 1 (condition numbers beyond a few hundred in bfloat16) the steps stop improving
-    and the solve ends `max_steps_reached` rather than claim success.
+    Steihaug 1982), without moving the point where the gradient vanishes. NewtonCG's
+    certifying CG solve asks for a residual no smaller than `compute_dtype` can resolve
+    (`forcing_floor`); where δ·κ(H) nears 1 (condition numbers of several hundred in
+    bfloat16) the solve takes several times the products, and where the steps stop
+    improving it ends `max_steps_reached` rather than claim success.
 
     Use it where products dominate the cost (NewtonCG spends most of its passes over the data
     in CG) and the data are stored in `compute_dtype` already: then each product reads half
@@ -240,6 +242,14 @@ class MixedPrecision(eqx.Module):
         if self.curvature is not None and not callable(self.curvature):
             raise ValueError("MixedPrecision: `curvature` must be a function (fun, params, "
                              f"args) -> lineax operator, or None; got {self.curvature!r}.")
+
+    @property
+    def forcing_floor(self) -> float:
+        """The smallest relative CG residual that products in `compute_dtype` can resolve
+        (its machine epsilon, 7.8e-3 in bfloat16): NewtonCG's certifying solve asks for no
+        less. Its step then estimates the Newton step to within a factor 1 + O(δ·κ), and the
+        final curvature check (exact products) still judges the result."""
+        return float(jnp.finfo(jnp.dtype(self.compute_dtype)).eps)
 
     def wrap_objective(self, fn, full, params0, args):
         """The solver's objective (`AbstractMinimizer.convert_objective`): `full`, the

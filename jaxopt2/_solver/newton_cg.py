@@ -200,7 +200,10 @@ class NewtonCG(AbstractMinimizer):
         badly conditioned Hessians (there the final curvature check still has the last word)."""
         dtype = result_dtype(params)
         rtol = self.rtol if self.rtol is not None else default_rtol(dtype)
-        return min(max(rtol, float(jnp.finfo(dtype).eps) ** 0.5), 0.1)
+        # Products computed in a lower precision (`MixedPrecision`) resolve no residual below
+        # their own rounding: CG could never certify, and the solve would burn its budget.
+        floor = getattr(self.curvature, "forcing_floor", 0.0)
+        return min(max(rtol, float(jnp.finfo(dtype).eps) ** 0.5, floor), 0.1)
 
     def _error(self, cg, eta, eta_certify, dtype):
         """‖d‖∞ of the CG step d where it estimates the Newton step ‖H⁻¹g‖∞ (CG met a
