@@ -159,6 +159,11 @@ class ImplicitAdjoint(AbstractAdjoint):
     differentiate_unconverged: bool = False
     refine: bool | None = None
 
+    def __check_init__(self):
+        if self.refine not in (None, True, False):
+            raise TypeError(f"`refine` must be True, False or None (the front door decides); "
+                            f"got {self.refine!r}.")
+
     def apply(self, primal_fn, optimality_fn, params0, inputs, tags):
         return _implicit(params0, inputs, primal_fn=primal_fn, optimality_fn=optimality_fn,
                          tags=frozenset(tags), adjoint=self)

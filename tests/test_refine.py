@@ -103,3 +103,8 @@ def test_refine_is_off_for_curvature_solvers():
     a = jax.grad(lambda t: val(solve(t, None)))(th)
     b = jax.grad(lambda t: val(solve(t, False)))(th)
     np.testing.assert_array_equal(a, b)
+
+
+def test_refine_rejects_a_non_bool():
+    with pytest.raises(TypeError, match="refine"):
+        J.ImplicitAdjoint(refine="yes")
