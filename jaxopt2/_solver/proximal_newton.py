@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._base import AbstractMinimizer, Counts, Iterate, evaluate, roundoff
+from .._base import AbstractMinimizer, Counts, Iterate, default_rtol, evaluate, roundoff
 from .._composite import Composite, initial_step, prox_of
 from .._coordinate import Separable, separable_supported, working_set_cd
 from .._linesearch import LINE_SEARCH_ROUNDOFF
@@ -37,6 +37,8 @@ FORCING_POWER = (1 + 5**0.5) / 2
 # The loosest inner forcing term at which a coordinate-descent step's length certifies the
 # distance to the solution (`ProximalNewton.error_estimate`).
 CERTIFY_FORCING = 0.1
+# Coordinate descent's inner tolerance never goes below this fraction of the outer one.
+INNER_FLOOR = 0.1
 
 
 class _PNState(eqx.Module):
@@ -44,6 +46,7 @@ class _PNState(eqx.Module):
     grad_map_prev: jax.Array  # ‖G(xₖ₋₁)‖∞, for the inner solves' forcing sequence
     ws_size: jax.Array  # the last working-set size (inner="cd")
     error: jax.Array  # ‖dₖ‖∞ where it certifies the distance to x* (inner="cd"), else ∞
+    inner_floor: jax.Array  # a tenth of the outer gradient tolerance (inner="cd")
 
 
 class _Inner(eqx.Module):
@@ -195,8 +198,14 @@ class ProximalNewton(AbstractMinimizer):
     def init(self, fn, iterate: Iterate, args) -> _PNState:
         lipschitz = 1 / initial_step(fn, iterate, args, self.constraint)
         # ‖G(x₋₁)‖ := ‖G(x₀)‖: the first inner solve gets η₀ = FORCING_CAP wherever x₀ is.
-        return _PNState(lipschitz, self._grad_map(iterate.params, iterate.grad, lipschitz),
-                        jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, iterate.value.dtype))
+        gmap = self._grad_map(iterate.params, iterate.grad, lipschitz)
+        dtype = iterate.value.dtype
+        rtol = self.rtol if self.rtol is not None else default_rtol(dtype)
+        # The outer rule asks ‖G‖ ≤ atol + rtol·‖G(x₀)‖; solving a coordinate-descent
+        # subproblem much tighter than that only buys epochs.
+        floor = (INNER_FLOOR * (self.atol + rtol * gmap)).astype(dtype)
+        return _PNState(lipschitz, gmap, jnp.zeros((), jnp.int32),
+                        jnp.asarray(jnp.inf, dtype), floor)
 
     def error_estimate(self, state: _PNState):
         """With `inner="cd"`, ‖dₖ‖∞ of the Newton step where it estimates the distance to
@@ -207,7 +216,7 @@ class ProximalNewton(AbstractMinimizer):
         FISTA, whose iterates are not monotone."""
         return state.error if self._uses_cd() else None
 
-    def _cd(self, fn, iterate: Iterate, args, hvp, lipschitz, forcing, ws_prev):
+    def _cd(self, fn, iterate: Iterate, args, hvp, lipschitz, forcing, ws_prev, inner_floor):
         """The coordinate-descent subproblem (`inner="cd"`, class docstring): returns
         (z, v ∈ ∂h(z), Hessian-vector products, working-set size)."""
         x, g = iterate.params, iterate.grad
@@ -232,6 +241,7 @@ class ProximalNewton(AbstractMinimizer):
         # Coordinate changes below the round-off of q = g + H(z − x) are not measurable.
         eps = jnp.finfo(dtype).eps
         forcing = jnp.maximum(forcing, 10 * eps * flat.size**0.5 * jnp.max(jnp.abs(flat_g)))
+        forcing = jnp.maximum(forcing, inner_floor)
 
         if self.hessian_block is not None:
             def block(index):
@@ -341,7 +351,8 @@ class ProximalNewton(AbstractMinimizer):
         forcing = jnp.maximum(eta * gmap, self.atol / 2).astype(dtype)
         if self._uses_cd():
             z, v, hvps, ws_size, certified = self._cd(fn, iterate, args, hvp, state.lipschitz,
-                                                      forcing, state.ws_size)
+                                                      forcing, state.ws_size,
+                                                      state.inner_floor)
             certified = certified & (eta <= CERTIFY_FORCING)
             error = jnp.where(certified, tree_inf_norm(tree_sub(z, x)), jnp.inf).astype(dtype)
             lipschitz = state.lipschitz
@@ -393,4 +404,4 @@ class ProximalNewton(AbstractMinimizer):
         result = RESULTS.where(ok | zero_step, RESULTS.successful, RESULTS.line_search_failed)
         lipschitz = jnp.maximum(lipschitz, jnp.finfo(dtype).tiny).astype(dtype)
         counts = Counts.of(fun=trials + pg_trials, grad=1, hvp=hvps)
-        return new, _PNState(lipschitz, gmap, ws_size, error), counts, result
+        return new, _PNState(lipschitz, gmap, ws_size, error, state.inner_floor), counts, result
