@@ -54,7 +54,10 @@ class ADMM(eqx.Module):
     `adaptive_rho`); `sigma`: the proximal term σ on x; `alpha` ∈ (0, 2): over-relaxation;
     `polish`: solve the equality QP on the detected active set (dense data only) to reach
     interior-point accuracy; `cg_rtol`, `cg_max_steps`: the inner conjugate-gradient solve of
-    matrix-free problems (relative to the change of x it computes, warm-started).
+    matrix-free problems (relative to the change of x it computes, warm-started);
+    `scaling`: passes of Ruiz equilibration of the data (dense data only; 0 = off, OSQP uses
+    10): ADMM then runs on D P D·γ, D q·γ, E C D, E l, E u with diagonal D, E making the rows
+    and columns of the KKT matrix of similar size, and its tests read the unscaled residuals.
     """
 
     rho: float = 0.1
@@ -65,10 +68,13 @@ class ADMM(eqx.Module):
     polish: bool = eqx.field(static=True, default=True)
     cg_rtol: float = 1e-4
     cg_max_steps: int = eqx.field(static=True, default=100)
+    scaling: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
         if not isinstance(self.check_every, int) or self.check_every < 1:
             raise ValueError(f"check_every must be a positive int; got {self.check_every!r}.")
+        if not isinstance(self.scaling, int) or self.scaling < 0:
+            raise ValueError(f"scaling must be an int ≥ 0 (Ruiz passes); got {self.scaling!r}.")
         if not isinstance(self.cg_max_steps, int) or self.cg_max_steps < 1:
             raise ValueError(f"cg_max_steps must be a positive int; got {self.cg_max_steps!r}.")
         for name in ("rho", "sigma", "alpha", "cg_rtol"):
@@ -183,6 +189,47 @@ def _polish(qp: StackedQP, x, z, y):
     return w[:n], D * w[n:]
 
 
+class Scaling(eqx.Module):
+    """x = D·x̄, y = E·ȳ/γ for the solution (x̄, ȳ) of the scaled QP."""
+
+    D: jax.Array
+    E: jax.Array
+    cost: jax.Array
+
+
+def ruiz(qp: StackedQP, passes: int) -> tuple[StackedQP, Scaling]:
+    """Ruiz equilibration (OSQP §5.1): each pass divides every column j of the KKT matrix
+    [P Cᵀ; C 0] by √‖column j‖∞ (both sides, so it stays symmetric), then scales the
+    objective by γ = 1/max(mean column norm of P̄, ‖q̄‖∞). Factors are kept in [1e-4, 1e4]."""
+    P, C = qp.P, qp.C
+    dtype = qp.q.dtype
+
+    def norm_factor(v):
+        v = jnp.where(v < 1e-4, 1.0, v)
+        return 1.0 / jnp.sqrt(jnp.clip(v, 1e-4, 1e4))
+
+    def one(_, de):
+        D, E = de
+        Ps = D[:, None] * P * D[None, :]
+        Cs = E[:, None] * C * D[None, :]
+        col = jnp.maximum(jnp.max(jnp.abs(Ps), axis=0, initial=0.0),
+                          jnp.max(jnp.abs(Cs), axis=0, initial=0.0))
+        row = jnp.max(jnp.abs(Cs), axis=1, initial=0.0)
+        return (jnp.clip(D * norm_factor(col), 1e-4, 1e4),
+                jnp.clip(E * norm_factor(row), 1e-4, 1e4))
+
+    D, E = lax.fori_loop(0, passes, one, (jnp.ones(P.shape[0], dtype),
+                                          jnp.ones(C.shape[0], dtype)))
+    Ps, Cs, qs = D[:, None] * P * D[None, :], E[:, None] * C * D[None, :], D * qp.q
+    size = jnp.maximum(jnp.mean(jnp.max(jnp.abs(Ps), axis=0, initial=0.0)),
+                       jnp.max(jnp.abs(qs), initial=0.0))
+    cost = 1.0 / jnp.clip(jnp.where(size < 1e-4, 1.0, size), 1e-4, 1e4)
+    Ps, qs = cost * Ps, cost * qs
+    scaled = StackedQP(qs, E * qp.l, E * qp.u, Ps, Cs, lambda x: Ps @ x, lambda x: Cs @ x,
+                       lambda y: Cs.T @ y)
+    return scaled, Scaling(D, E, cost)
+
+
 class _State(eqx.Module):
     x: jax.Array
     z: jax.Array
@@ -198,8 +245,21 @@ class _State(eqx.Module):
 
 
 def admm(qp: StackedQP, x0, y0, opts: ADMM, *, rtol, max_steps: int,
-         infeasibility_tol, rho0=None) -> ADMMResult:
-    """Run the iteration from (x0, y0) (and step size `rho0`, default `opts.rho`)."""
+         infeasibility_tol, rho0=None, original: StackedQP | None = None,
+         scaling: Scaling | None = None) -> ADMMResult:
+    """Run the iteration from (x0, y0) (and step size `rho0`, default `opts.rho`). With
+    `scaling`, `qp` is the scaled form of `original` (`ruiz`): x0, y0 and the result are
+    unscaled, and the convergence tests read unscaled residuals."""
+    if scaling is None:
+        one = jnp.ones((), qp.q.dtype)
+        sc_D, sc_E, sc_cost, original = one, one, one, qp
+    else:
+        sc_D, sc_E, sc_cost = scaling.D, scaling.E, scaling.cost
+        x0, y0 = x0 / sc_D, y0 * sc_cost / sc_E
+
+    def unscaled(x, y):
+        return sc_D * x, sc_E * y / sc_cost
+
     dtype = qp.q.dtype
     sigma, alpha, check_every = opts.sigma, opts.alpha, opts.check_every
     cg_rtol, cg_max_steps, adaptive_rho = opts.cg_rtol, opts.cg_max_steps, opts.adaptive_rho
@@ -249,9 +309,12 @@ def admm(qp: StackedQP, x0, y0, opts: ADMM, *, rtol, max_steps: int,
         x, z, y, dx, dy = lax.fori_loop(0, check_every, lambda _, c: iterate(st.factor, r, c),
                                         carry)
         Cx, Px, CTy = qp.C_mv(x), qp.P_mv(x), qp.CT_mv(y)
-        rp, rd = _inf(Cx - z), _inf(Px + qp.q + CTy)
-        p_norm = jnp.maximum(_inf(Cx), _inf(z))
-        d_norm = jnp.max(jnp.stack([_inf(Px), _inf(CTy), _inf(qp.q)]))
+        # In the units of the original QP (identities without scaling).
+        Cx, z_u = Cx / sc_E, z / sc_E
+        Px, CTy, q_u = (Px / sc_D / sc_cost, CTy / sc_D / sc_cost, qp.q / sc_D / sc_cost)
+        rp, rd = _inf(Cx - z_u), _inf(Px + q_u + CTy)
+        p_norm = jnp.maximum(_inf(Cx), _inf(z_u))
+        d_norm = jnp.max(jnp.stack([_inf(Px), _inf(CTy), _inf(q_u)]))
         # OSQP's test on the splitting residuals, not the KKT test on (x, y): ADMM's y is
         # complementary to z, not to Cx, and the KKT test's gap ∑|y|·dist would accept a
         # weakly active constraint whose x is off by √gap.
@@ -264,7 +327,7 @@ def admm(qp: StackedQP, x0, y0, opts: ADMM, *, rtol, max_steps: int,
             want = (((code == _RUNNING) & (rp <= st.polish_tol * (1 + p_norm))
                      & (rd <= st.polish_tol * (1 + d_norm))) | (code == _OK))
             xp, yp = lax.cond(want, lambda: _polish(qp, x, z, y), lambda: (x, y))
-            good = want & _kkt(qp, xp, yp, rtol)[3] & jnp.all(jnp.isfinite(xp))
+            good = want & _kkt(original, *unscaled(xp, yp), rtol)[3] & jnp.all(jnp.isfinite(xp))
             x = jnp.where(good, xp, x)
             y = jnp.where(good, yp, y)
             code = jnp.where(good, _OK, code)
@@ -303,5 +366,6 @@ def admm(qp: StackedQP, x0, y0, opts: ADMM, *, rtol, max_steps: int,
                 jnp.zeros((), bool))
     st = lax.while_loop(cond, body, st)
     code = jnp.where(st.code == _RUNNING, _MAX, st.code).astype(jnp.int32)
-    primal, dual, gap, _ = _kkt(qp, st.x, st.y, rtol)
-    return ADMMResult(st.x, st.y, code, st.step, primal, dual, gap, st.polished, st.rho)
+    x, y = unscaled(st.x, st.y)
+    primal, dual, gap, _ = _kkt(original, x, y, rtol)
+    return ADMMResult(x, y, code, st.step, primal, dual, gap, st.polished, st.rho)

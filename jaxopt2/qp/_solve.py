@@ -28,7 +28,7 @@ from jax import lax
 
 from .._front import raise_if_failed
 from .._results import RESULTS, Status
-from ._admm import ADMM, admm
+from ._admm import ADMM, admm, ruiz
 from ._interior_point import Iterate, interior_point
 from ._problem import QPData, make_qp
 from ._stacked import is_operator, stack_dense, stack_operators
@@ -318,9 +318,15 @@ def _solve_admm(opts: ADMM, Q, c, A, b, G, h, lower, upper, rtol, max_steps,
                              "of a solution of a QP with the same constraints are needed).")
         if isinstance(init.stats, dict) and "rho" in init.stats:
             rho0 = lax.stop_gradient(jnp.asarray(init.stats["rho"], dtype))
-    out = admm(st, lax.stop_gradient(x0), lax.stop_gradient(y0), opts, rtol=rtol,
+    scaled, scaling = st, None
+    if opts.scaling:
+        if matrix_free:
+            raise ValueError("ADMM(scaling=...) (Ruiz equilibration) needs dense Q, A, G; "
+                             "with functions/operators pass scaling=0.")
+        scaled, scaling = ruiz(st, opts.scaling)
+    out = admm(scaled, lax.stop_gradient(x0), lax.stop_gradient(y0), opts, rtol=rtol,
                max_steps=max_steps, infeasibility_tol=jnp.asarray(infeasibility_tol, dtype),
-               rho0=rho0)
+               rho0=rho0, original=st, scaling=scaling)
     status = Status(out.code, RESULTS)
     ok = out.code == RESULTS.successful._value
     yv = lax.stop_gradient(out.y)
