@@ -20,10 +20,10 @@ Each coordinate step minimizes φ exactly along one coordinate,
 and updates q by the column H[:, j] (the "covariance update", O(|W|) per coordinate). Only the
 coordinates of a working set W move (the others stay at x): W holds the support of x (the
 coordinates off h's kinks) and the largest KKT violations |G(x)ⱼ| outside it, its size
-max(2·|support|, last size), at least `ws_start`, rounded up to a static capacity (`ws_start`
-times a power of two, or d), so that the block H[W, W] has a static shape: one `lax.switch`
-branch per capacity. The block comes from a user function (`hessian_block`), or from |W|
-Hessian-vector products on unit vectors, one batched product.
+chosen by the caller (`ProximalNewton`: 2–4·|support|, never shrinking), rounded up to a
+static capacity (`ws_start` times a power of four, or d), so that the block H[W, W] has a
+static shape: one `lax.switch` branch per capacity. The block comes from a user function
+(`hessian_block`), or from |W| Hessian-vector products on unit vectors, one batched product.
 """
 
 from __future__ import annotations

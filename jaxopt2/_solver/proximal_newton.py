@@ -117,11 +117,14 @@ class ProximalNewton(AbstractMinimizer):
     - `"fista"`: the above, for any prox; matrix-free (Hessian-vector products only).
     - `"cd"`: coordinate descent on the model with covariance updates inside a working set,
       as glmnet and celer (`jaxopt2/_coordinate.py`): each step takes the support of xₖ and
-      the largest violations |G(xₖ)ⱼ| outside it (max(2·|support|, the last size) coordinates,
-      at least `ws_start`), forms the block H[W, W] of ∇²f(xₖ), and runs epochs of exact
-      coordinate minimizations of the model over W (the other coordinates stay at xₖ) until
-      the largest Hⱼⱼ|Δzⱼ| of an epoch is below the same forcing term; v ∈ ∂h(zₖ) comes from
-      each coordinate's last update. Needs h separable and known: `prox.l1`,
+      the largest violations |G(xₖ)ⱼ| outside it (|support| + max(|support|, min(violations,
+      3·|support|)) coordinates, never fewer than the last step's nor than `ws_start`), forms
+      the block H[W, W] of ∇²f(xₖ), and runs epochs of exact coordinate minimizations of the
+      model over W (the other coordinates stay at xₖ; glmnet's active cycling) until the
+      largest Hⱼⱼ|Δzⱼ| of a full sweep is below the same forcing term, floored at a tenth of
+      the outer gradient tolerance; v ∈ ∂h(zₖ) is the point of ∂h(zₖ) nearest to −∇φ. Such a
+      step, solved to ηₖ ≤ 0.1 over a W that held every violation, certifies ‖dₖ‖∞ as the
+      distance to x* for the stopping rule (as NewtonCG's). Needs h separable and known: `prox.l1`,
       `prox.non_negative_l1`, `prox.ridge`, `prox.elastic_net`, or `bounds` (else a
       ValueError). The block comes from `hessian_block(params, args, index) -> H[index][:,
       index]` (`index`: an int vector of positions in `ravel_pytree(params)`; for a
