@@ -46,9 +46,11 @@ products): at an exactly zero gradient it finds saddles and plateaus, elsewhere 
 bound backs up their gradient-based estimates.
 
 **Divergence** (`diverged`): the objective is −inf, the parameters overflow, or both the
-parameters grew past s(x₀)/√eps and the objective fell by more than (|f(x₀)| + 1)/√eps: a
-descent that large and that far from the start is taken as unbounded below (f = −x ends this
-way; a minimizer at 10⁴·x₀ with f* = −10⁹ does not).
+parameters grew past D·s(x₀) and the objective fell by more than D·(|f(x₀)| + 1), with
+D = max(1/√eps, 10⁸) (10⁸ in float32 and float64): a descent that large and that far from the
+start is taken as unbounded below (f = −x ends this way; a minimizer at 10⁴·x₀ with
+f* = −10⁹ does not, nor a float32 quadratic of condition 10⁵ started at 0, whose minimizer
+lies 10⁴–10⁵ out).
 
 **Root finding and fixed points.** The solver's residual test (‖F‖ ≤ atol + rtol·‖F₀‖) must be
 confirmed by the step: with Δₖ = ‖yₖ − yₖ₋₁‖ and the observed contraction ρₖ = Δₖ/Δₖ₋₁, the
@@ -220,7 +222,10 @@ class MinimizerRule(eqx.Module):
         return jnp.stack([by_grad.astype(jnp.float32), jnp.asarray(by_error, jnp.float32)])
 
     def diverged(self, it: Iterate):
-        far = 1 / self.eps**0.5
+        # at least 1e8: in float32 1/√eps ≈ 2.9e3, and a convex quadratic of condition 1e4
+        # started at 0 has its minimizer that far out and that deep (every minimizer said
+        # `diverged` there)
+        far = max(1 / self.eps**0.5, 1e8)
         return ((tree_inf_norm(it.params) > far * self.scale0)
                 & (it.value < self.value0 - far * (jnp.abs(self.value0) + 1)))
 

@@ -221,6 +221,26 @@ def test_far_minimizer_with_deep_minimum_is_not_diverged():
     np.testing.assert_allclose(sol.params, 1e4, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["Newton", "NewtonCG", "LBFGS", "GradientDescent"])
+def test_far_minimizer_of_an_ill_conditioned_quadratic_is_not_diverged(name):
+    # float32, condition 1e4, start at 0: the minimizer lies ~1e4 out and f* ~ −1e4, past
+    # the old divergence thresholds (1/√eps ≈ 2.9e3 in float32): every minimizer said
+    # `diverged` on this bounded problem
+    d = 12
+    Q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(3), (d, d), F32))
+    A = (Q * jnp.logspace(0, -4, d, dtype=F32)) @ Q.T
+    b = jax.random.normal(jax.random.key(4), (d,), F32)
+    x_star = np.linalg.solve(np.asarray(A, np.float64), np.asarray(b, np.float64))
+    assert np.max(np.abs(x_star)) > 3e3  # past 1/√eps of float32
+    solver = getattr(J, name)()
+    sol = J.minimize(lambda x, a: 0.5 * x @ (a[0] @ x) - a[1] @ x, jnp.zeros(d, F32), (A, b),
+                     solver=solver, throw=False)
+    assert status(sol) != "diverged"
+    if status(sol) == "successful":
+        err = np.max(np.abs(np.asarray(sol.params, np.float64) - x_star))
+        assert err <= 1e-2 * np.max(np.abs(x_star)), err
+
+
 # -- derivatives through a failed solve: the jit × transform × throw matrix ------------------
 
 def _objective(p, a):
