@@ -20,6 +20,7 @@ from ._equations import fixed_point as fixed_point
 from ._equations import least_squares as least_squares
 from ._equations import root_find as root_find
 from ._minimize import minimize as minimize
+from ._precision import MixedPrecision as MixedPrecision
 from ._results import RESULTS as RESULTS
 from ._results import status_name as status_name
 from ._solution import Solution as Solution

@@ -208,7 +208,7 @@ class MixedPrecision(eqx.Module):
 
     ```python
     import jax, jax.numpy as jnp, jaxopt2
-    from jaxopt2._precision import MixedPrecision
+    from jaxopt2 import MixedPrecision
     X = jax.random.normal(jax.random.key(0), (512, 8)).astype(jnp.bfloat16)
     y = (X[:, 0] > 0).astype(jnp.float32)
 
