@@ -50,6 +50,19 @@ def _quadratic():
 H, B = _quadratic()
 X_STAR = jnp.linalg.solve(H, B)
 
+
+def _far_quadratic():
+    """Condition 1e4 in float32, started at 0: the minimizer lies ~1e4 out (past 1/√eps of
+    float32, where every minimizer once reported `diverged`)."""
+    Q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(3), (12, 12), F32))
+    A = (Q * jnp.logspace(0, -4, 12, dtype=F32)) @ Q.T
+    b = jax.random.normal(jax.random.key(4), (12,), F32)
+    x = np.linalg.solve(np.asarray(A, np.float64), np.asarray(b, np.float64))
+    return A, b, x
+
+
+FAR_A, FAR_B, FAR_X = _far_quadratic()
+
 # name -> (fun, x0, answer or None (no solution), tolerance, expected failure, max_steps)
 MIN_CASES = {
     "Rosenbrock (−1.2, 1)": (rosen, jnp.array([-1.2, 1.0], F32), jnp.ones(2), 1e-3, None, 256),
@@ -66,6 +79,10 @@ MIN_CASES = {
     "saddle x² − y² from (1, 0)": (lambda x, _: x[0] ** 2 - x[1] ** 2,
                                    jnp.array([1.0, 0.0], F32), None, 0, None, 256),
     "unbounded −Σx": (lambda x, _: -jnp.sum(x), jnp.zeros(3, F32), None, 0, None, 256),
+    # tolerance: 1e-2 of the minimizer's size (float32 on condition 1e4: ~1e4·eps·κ)
+    "quadratic, cond 1e4, x* ≈ 1e4 out": (lambda x, _: 0.5 * x @ FAR_A @ x - FAR_B @ x,
+                                          jnp.zeros(12, F32), FAR_X,
+                                          1e-2 * float(np.max(np.abs(FAR_X))), None, 256),
     # f ≡ 1, ∇f ≡ 0 and ∇²f ≡ 0 in float32 around the start (exp(−200) underflows)
     "plateau 1 − exp(−‖x‖²) from 10": (lambda x, _: 1.0 - jnp.exp(-jnp.sum(x**2)),
                                        jnp.array([10.0, 10.0], F32), None, 0, None, 256),
