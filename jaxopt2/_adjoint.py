@@ -147,7 +147,8 @@ class ImplicitAdjoint(AbstractAdjoint):
       undifferentiated one by up to the solve's tolerance. `None` (default): `minimize`
       refines the answers of solvers without curvature (L-BFGS, BFGS, gradient descent),
       whose errors sit at the tolerance, and nothing else (Newton-type answers are already
-      quadratically converged; composite and constrained optimality maps are not smooth).
+      quadratically converged; composite and constrained optimality maps are not smooth;
+      with `differentiate_unconverged=True` the derivative is that of the point reached).
 
     Works in forward and reverse mode, under `vmap`, and to higher order (`jax.hessian` of an
     outer loss through a solve).

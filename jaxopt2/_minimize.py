@@ -163,7 +163,8 @@ def minimize(
     if isinstance(adjoint, ImplicitAdjoint) and adjoint.refine is None:
         # a first-order answer sits at the tolerance, and so would its derivative: one
         # Newton step under differentiation (see ImplicitAdjoint's `refine`)
-        smooth = bounds is None and prox is None
+        # (not with differentiate_unconverged: the user asked for the point reached)
+        smooth = bounds is None and prox is None and not adjoint.differentiate_unconverged
         adjoint = eqx.tree_at(lambda a: a.refine, adjoint, smooth and not solver.uses_curvature,
                               is_leaf=lambda x: x is None)
     params, out = adjoint.apply(primal, stationarity, params0, inputs, tags)
