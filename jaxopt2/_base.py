@@ -224,6 +224,14 @@ class AbstractIterativeSolver(eqx.Module):
         new = super().__new__
         return new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
 
+    def convert_objective(self, fn, y0, args):
+        """`fn` with the arrays it closes over made explicit inputs (as the minimizers'
+        `convert_objective`); a solver with a `MixedPrecision` as its `precision` also gets
+        the copy of `fn` converted at the low dtype (`MixedPrecision.wrap_objective`)."""
+        full = eqx.filter_closure_convert(fn, y0, args)
+        wrap = getattr(getattr(self, "precision", None), "wrap_objective", None)
+        return full if wrap is None else wrap(fn, full, y0, args)
+
     def step_fraction(self, state) -> jax.Array:
         """The fraction t ∈ (0, 1] of its full step that the last step took (a line search's
         step size; 1 without one). A step cut to t estimates the error only as the full step

@@ -69,7 +69,7 @@ def _open(door: str, run: _Run, fun, x0, args, *, root: str, fun_name: str, squa
 
 
 def _solve(run: _Run, fn, y0, args, optimality, tags, measure) -> Solution:
-    fn = eqx.filter_closure_convert(fn, y0, args)
+    fn = run.solver.convert_objective(fn, y0, args)
     inputs = (fn, args)
 
     def primal(y0, inputs):

@@ -22,11 +22,13 @@ from jax import lax
 
 from ._base import Counts
 from ._linalg import cgls, pcgls
+from ._linalg.cgls import CGLSResult
 from ._loops import while_loop
-from ._tree import ravel, tree_dot, tree_size
+from ._precision import pow2_scale
+from ._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_size, tree_zeros_like
 from ._trust_region import reduction_ratio
 from ._validate import check_budget, check_tolerance
-from .distributed import sharded_like
+from .distributed import like, sharded_like
 from .sketch._nystrom import NystromPreconditioner, nystrom_preconditioner
 
 # `linear_solver="auto"` forms J when it is small: few parameters (an SVD costs O(m n²)) and
@@ -54,10 +56,31 @@ def check_common(solver) -> None:
         if solver.linear_solver == "dense":
             raise ValueError("`preconditioner` applies to the matrix-free inner solve only; "
                              "use linear_solver='cg' (or 'auto') with it, or drop it.")
+    precision = getattr(solver, "precision", None)
+    if precision is not None:
+        if not callable(getattr(precision, "wrap_objective", None)):
+            raise ValueError("`precision` must be a jaxopt2.MixedPrecision(compute_dtype) or "
+                             f"None; got {precision!r}.")
+        if getattr(precision, "curvature", None) is not None:
+            raise ValueError("`precision`: a least-squares solver's products are J v and Jᵀu "
+                             "of the residuals; MixedPrecision's `curvature` (a Hessian-like "
+                             "operator for minimizers) does not apply here: leave it None.")
+        if solver.preconditioner is not None:
+            raise ValueError("`precision` and `preconditioner` together are not supported "
+                             "yet: drop one of them (the preconditioned inner solve updates "
+                             "its residual from products that MixedPrecision would round).")
+        # The dense path factors J by LAPACK, which has no half-precision routines.
+        if solver.linear_solver == "dense":
+            raise ValueError("`precision` applies to the matrix-free inner solve only (J v and "
+                             "Jᵀu products in the low dtype); use linear_solver='cg' (or "
+                             "'auto', which then always takes the matrix-free path) with it.")
 
 
-def use_dense(linear_solver: str, y, f) -> bool:
-    """Static choice of the inner solve from the problem's shapes."""
+def use_dense(linear_solver: str, y, f, precision=None) -> bool:
+    """Static choice of the inner solve from the problem's shapes (always matrix-free with a
+    `MixedPrecision`)."""
+    if precision is not None:
+        return False
     if linear_solver != "auto":
         return linear_solver == "dense"
     n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(y))
@@ -243,6 +266,53 @@ def linearize(fn, y, args):
     return r, jvp, lambda u: transpose(u)[0]
 
 
+def precision_floor(eta, precision):
+    """The inner solve's relative tolerance, no smaller than what products in a
+    `MixedPrecision`'s dtype resolve (its eps; unchanged without one)."""
+    if precision is None:
+        return eta
+    return jnp.maximum(eta, jnp.asarray(precision.forcing_floor, eta.dtype))
+
+
+def _cast(tree, dtype):
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def linearize_mixed(fn, y, args, precision):
+    """`(r, J·, Jᵀ·, Jᵀ· at full precision)` for `MixedPrecision`: r and the full-precision
+    vjp from one evaluation at y's dtype (the gradient Jᵀr that the stopping test reads), and
+    the products the inner solve repeats (J v, Jᵀu) from a linearization at y, v, u and the
+    data cast to `precision.compute_dtype`, returned in y's and r's dtypes. `fn` is the
+    objective converted by `MixedPrecision.wrap_objective`, which evaluates the low-precision
+    copy when called with low-precision parameters."""
+    low = jnp.dtype(precision.compute_dtype)
+    r, vjp_full = jax.vjp(lambda p: fn(p, args)[0], y)
+    low_args = _cast(args, low) if precision.cast_args else args
+    y_low = _cast(y, low)
+    r_low, jvp_low = jax.linearize(lambda p: fn(p, low_args)[0], y_low)
+    transpose = jax.linear_transpose(jvp_low, y_low)
+
+    def back(out, like_tree):
+        out = jax.tree_util.tree_map(lambda o, p: o.astype(p.dtype), out, like_tree)
+        return like(out, like_tree)
+
+    # Linear maps: cast their inputs at a power-of-two scale (exact), so that the small
+    # directions of a converging solve do not underflow float16's range.
+    def jvp(v):
+        scale = pow2_scale(v)
+        out = jvp_low(_cast(jax.tree_util.tree_map(lambda a: a / scale, v), low))
+        return back(jax.tree_util.tree_map(lambda o: o.astype(scale.dtype) * scale, out), r)
+
+    def vjp(u):
+        scale = pow2_scale(u)
+        out = transpose(_cast(jax.tree_util.tree_map(lambda a: a / scale, u), low))[0]
+        return back(jax.tree_util.tree_map(lambda o: o.astype(scale.dtype) * scale, out), y)
+
+    del r_low
+    return r, jvp, vjp, lambda u: vjp_full(u)[0]
+
+
 # --- preconditioned matrix-free path ----------------------------------------------------------
 
 _SYM_PSD = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
@@ -300,9 +370,11 @@ def inner_solver(preconditioner, fn, y, args, lin, lam, *, rtol, max_iters: int,
     `broken` is None), so that path's program is unchanged; with one, M⁻¹ is built once here
     and shared by every solve with this A and λ (LM's geodesic correction included)."""
     if preconditioner is None:
+        inner = cgnr if lin.mixed else cgls
+
         def solve(r, g):
-            return cgls(lin.jvp, lin.vjp, r, g, lam, rtol=rtol, max_iters=max_iters,
-                        dtype=dtype), None
+            return inner(lin.jvp, lin.vjp, r, g, lam, rtol=rtol, max_iters=max_iters,
+                         dtype=dtype), None
 
         return solve, Counts()
     precond, counts = build_preconditioner(preconditioner, fn, y, args, lin, lam)
@@ -351,13 +423,60 @@ class ScaledLinearization(eqx.Module):
     jnorm: jax.Array  # ‖A g‖/‖g‖
     cos: jax.Array  # ‖g‖ / (‖A g‖/‖g‖ · ‖r‖): the gradient-cosine stand-in
     counts: Any
+    mixed: bool = eqx.field(static=True, default=False)  # products in a MixedPrecision dtype
 
 
-def scaled_linearization(fn, y, args, diag_prev, scale: bool, dtype) -> ScaledLinearization:
+def cgnr(jvp, vjp, r, g, lam, *, rtol, max_iters: int, dtype) -> CGLSResult:
+    """CG on the damped normal equations (AᵀA + λI) x = −g with the normal residual updated
+    by recurrence, s ← s − α(Aᵀ(A d) + λd): the inner solve of `MixedPrecision`. `cgls`
+    recomputes s = Aᵀ(−r − Ax) from the residual-space vector, whose low-precision product
+    errs by δ‖A‖‖r‖, which on a problem with a nonzero residual at the solution swamps
+    ‖g‖ there; here every product acts on a search direction, so its error is relative to
+    the step, and the full-precision g (the start s₀ = −g) is kept. Same stopping test and
+    result as `cgls`; ‖r + Ax‖² is ‖r‖² + gᵀx − λ‖x‖² (from zᵀ(AᵀA + λ)z = −gᵀz for CG
+    iterates), with no residual-space vector."""
+    gnorm = jnp.sqrt(tree_dot(g, g)).astype(dtype)
+    tol = rtol * gnorm
+
+    def cond(c):
+        *_, k, stop = c
+        return ~stop & (k < max_iters)
+
+    def body(c):
+        x, s, d, gamma, k, _ = c
+        t = jvp(d)
+        delta = (tree_dot(t, t) + lam * tree_dot(d, d)).astype(dtype)
+        flat = delta <= 0
+        alpha = jnp.where(flat, 0.0, gamma / jnp.where(flat, 1.0, delta))
+        x = tree_axpy(alpha, d, x)
+        s = tree_axpy(-alpha, tree_axpy(lam, d, vjp(t)), s)
+        gamma_new = tree_dot(s, s).astype(dtype)
+        d = tree_axpy(gamma_new / jnp.where(gamma > 0, gamma, 1.0), d, s)
+        stop = flat | (jnp.sqrt(gamma_new) <= tol)
+        return x, s, d, gamma_new, k + 1, stop
+
+    s0 = tree_neg(g)
+    init = (tree_zeros_like(g), s0, s0, (gnorm * gnorm).astype(dtype),
+            jnp.zeros((), jnp.int32), gnorm <= 0)
+    x, _, _, _, k, _ = while_loop(cond, body, init, max_steps=max_iters)
+    rr = tree_dot(r, r).astype(dtype)
+    model = rr + tree_dot(g, x).astype(dtype) - lam * tree_dot(x, x).astype(dtype)
+    return CGLSResult(x, jnp.maximum(model, 0.0), k)
+
+
+def scaled_linearization(fn, y, args, diag_prev, scale: bool, dtype,
+                         precision=None) -> ScaledLinearization:
     """Linearize at y and scale by D = max(D_prev, estimated column norms) (zeros → 1; D = I
     with `scale=False`). CGLS on J D⁻¹ is Jacobi-preconditioned CG on the normal equations,
-    which keeps badly scaled parameters from stalling a truncated inner solve."""
-    r, jvp0, vjp0 = linearize(fn, y, args)
+    which keeps badly scaled parameters from stalling a truncated inner solve. With a
+    `MixedPrecision` (`precision`), the products (column norms, the inner solve's J v and
+    Jᵀu) run in its low dtype and only the gradient g = D⁻¹Jᵀr in y's (one more residual
+    evaluation, counted)."""
+    if precision is None:
+        r, jvp0, vjp0 = linearize(fn, y, args)
+        vjp_full = vjp0
+    else:
+        r, jvp0, vjp0, vjp_full = linearize_mixed(fn, y, args, precision)
     tmap = jax.tree_util.tree_map
     if scale:
         est = column_norms_estimate(vjp0, r)
@@ -367,13 +486,15 @@ def scaled_linearization(fn, y, args, diag_prev, scale: bool, dtype) -> ScaledLi
         diag = tmap(jnp.ones_like, diag_prev)
     jvp = lambda z: jvp0(tmap(jnp.divide, z, diag))  # noqa: E731
     vjp = lambda u: tmap(jnp.divide, vjp0(u), diag)  # noqa: E731
-    g = vjp(r)
+    g = tmap(jnp.divide, vjp_full(r), diag)
     rnorm = jnp.sqrt(tree_dot(r, r)).astype(dtype)
     gnorm = jnp.sqrt(tree_dot(g, g)).astype(dtype)
     jnorm = rayleigh_norm(jvp, g, dtype)
     cos = gnorm / jnp.where(jnorm * rnorm > 0, jnorm * rnorm, 1.0)
-    counts = Counts.of(fun=1, vjp=1 + (PROBES if scale else 0), jvp=1)
-    return ScaledLinearization(r, jvp, vjp, diag, g, rnorm, gnorm, jnorm, cos, counts)
+    counts = Counts.of(fun=1 if precision is None else 2, vjp=1 + (PROBES if scale else 0),
+                       jvp=1)
+    return ScaledLinearization(r, jvp, vjp, diag, g, rnorm, gnorm, jnorm, cos, counts,
+                               precision is not None)
 
 
 # --- stopping tests ---------------------------------------------------------------------------

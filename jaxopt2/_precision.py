@@ -152,6 +152,20 @@ def _cast_floating(tree, dtype):
     return jtu.tree_map(cast, tree)
 
 
+def pow2_scale(tree):
+    """The power of two nearest below max|tree| (1 for a zero or non-finite tree), in the
+    tree's result dtype: dividing by it is exact and brings the largest entry into [1, 2)."""
+    leaves = [x for x in jtu.tree_leaves(tree) if hasattr(x, "dtype")]
+    dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+    big = jnp.zeros((), dtype)
+    for x in leaves:
+        if x.size:
+            big = jnp.maximum(big, jnp.max(jnp.abs(x)).astype(dtype))
+    ok = jnp.isfinite(big) & (big > 0)
+    return jnp.where(ok, jnp.exp2(jnp.floor(jnp.log2(jnp.where(ok, big, 1.0)))), 1.0
+                     ).astype(dtype)
+
+
 class _TwoPrecisions(eqx.Module):
     """An objective closure-converted twice: at the parameters' dtypes (`full`, what the
     solver evaluates) and at `compute` (`low`, what `MixedPrecision`'s products evaluate),
@@ -172,7 +186,9 @@ class _TwoPrecisions(eqx.Module):
 class MixedPrecision(eqx.Module):
     """Curvature products in a low precision, everything else in the parameters' dtype.
 
-    Pass it as the `curvature` of `NewtonCG`, `DampedNewton` or `RegularizedNewton`. Each
+    Pass it as the `curvature` of `NewtonCG`, `DampedNewton` or `RegularizedNewton`, or as
+    the `precision` of `LevenbergMarquardt` and `GaussNewton` (their matrix-free J v and Jᵀu
+    products; `curvature` must then stay None; docs/precision.md). Each
     product H̃v evaluates the curvature (`curvature`, the exact Hessian by default, or e.g. a
     Gauss–Newton operator) at the parameters, the direction v and the floating-point leaves
     of the data all cast to `compute_dtype`, and returns it in the parameters' dtype (the
@@ -268,8 +284,14 @@ class MixedPrecision(eqx.Module):
         structure = _structure(params)
 
         def mv(vector):
-            out = operator.mv(_cast_floating(vector, compute))
-            out = jtu.tree_map(lambda o, p: o.astype(p.dtype), out, structure)
+            # The product is linear in the vector: cast it at a power-of-two scale (exact) so
+            # that small CG directions near the solution do not underflow float16's range
+            # (its smallest normal is 6e-5), which would read as zero curvature.
+            scale = pow2_scale(vector)
+            out = operator.mv(_cast_floating(jtu.tree_map(lambda v: v / scale, vector),
+                                             compute))
+            out = jtu.tree_map(lambda o, p: o.astype(p.dtype) * scale.astype(p.dtype), out,
+                               structure)
             return like(out, structure)
 
         tags = getattr(operator, "tags", lx.symmetric_tag)

@@ -22,7 +22,7 @@ from .. import _trust_region as tr
 from .._base import Counts, Point
 from .._linalg import EW_ETA_MAX, eisenstat_walker
 from .._results import RESULTS
-from .._tree import tree_add, tree_norm, tree_where, tree_zeros_like
+from .._tree import tree_add, tree_dot, tree_norm, tree_where, tree_zeros_like
 from ._common import ACCEPT, use_geodesic
 
 LAMBDA0 = 1e-3  # λ₀ = 1e-3 · ‖J g‖²/‖g‖² (Nielsen's τ = 1e-3)
@@ -58,13 +58,15 @@ def step(solver: Any, fn, point: Point, args, state: FreeState):
     tmap = jax.tree_util.tree_map
     # Work in z = D p: CGLS on J D⁻¹ is Jacobi-preconditioned, and the damping λ‖D p‖² is
     # Marquardt's scale-invariant one.
-    lin = lsq.scaled_linearization(fn, point.y, args, state.diag, solver.scale, dtype)
+    lin = lsq.scaled_linearization(fn, point.y, args, state.diag, solver.scale, dtype,
+                                   solver.precision)
     r, jvp, vjp, diag, g = lin.r, lin.jvp, lin.vjp, lin.diag, lin.g
     rnorm, gnorm, jnorm, cos = lin.rnorm, lin.gnorm, lin.jnorm, lin.cos
     stationary = (gnorm == 0) | (cos <= gtol)
     lam = jnp.where(state.lam < 0, LAMBDA0 * jnorm**2, state.lam)
     lam = jnp.where(lam > 0, lam, 1.0).astype(dtype)
     eta = eisenstat_walker(gnorm, state.gnorm, state.eta, dtype)
+    eta = lsq.precision_floor(eta, solver.precision)
     n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(point.y))
     max_iters = lsq.cg_budget(solver, n)
     preconditioned = solver.preconditioner is not None
@@ -76,6 +78,13 @@ def step(solver: Any, fn, point: Point, args, state: FreeState):
                                          rtol=eta, max_iters=max_iters, dtype=dtype)
         cg, broken = solve(r, g)
         z, pred, extra, iters = cg.x, rnorm**2 - cg.residual_sq, Counts(), cg.num_iters
+        if solver.precision is not None:
+            # ‖r‖² − ‖r + Az‖² = −gᵀz + λ‖z‖² for every CG iterate z (zᵀ(AᵀA + λ)z = −gᵀz),
+            # from the full-precision gradient: CGLS's residual, accumulated from low-
+            # precision products, leaves a difference of nearly equal numbers that rounding
+            # can make negative near the solution, and the signed ratio would then accept a
+            # step that raised ‖r‖.
+            pred = (-tree_dot(g, z) + lam * tree_dot(z, z)).astype(dtype)
         if solver.geodesic:
             z, extra, geo_cg, broken_geo = _geodesic(fn, point.y, args, jvp, vjp, solve, z,
                                                      diag)

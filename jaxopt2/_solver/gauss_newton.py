@@ -77,6 +77,10 @@ class GaussNewton(AbstractLeastSquaresSolver):
     `linear_solver="dense"` it is rejected at construction; on a small problem that `"auto"`
     solves densely it is unused.
 
+    **Mixed precision** (`precision=jaxopt2.MixedPrecision(compute_dtype)`, as in
+    `LevenbergMarquardt`): the inner solve's J v and Jᵀu products in `compute_dtype`, the
+    residual, the gradient and every test in the parameters' dtype; matrix-free path only.
+
     **Stopping**: as `LevenbergMarquardt` (MINPACK's relative rules; `None` means √eps):
     `ftol` on the actual and predicted relative reductions of ‖r‖², `xtol` on the
     Gauss-Newton direction, ‖D p‖ ≤ xtol·‖D y‖ (dense: D = current column norms of J),
@@ -97,6 +101,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
     linear_solver: str = "auto"
     cg_max_steps: int | None = None
     preconditioner: Callable | None = None
+    precision: Any = None
 
     def __check_init__(self):
         lsq.check_common(self)
@@ -105,8 +110,8 @@ class GaussNewton(AbstractLeastSquaresSolver):
         dtype = lsq.working_dtype(point.y, point.f)
         rnorm = tree_norm(point.f).astype(dtype)
         one = jnp.ones((), dtype)
-        free = self.preconditioner is not None and not lsq.use_dense(self.linear_solver,
-                                                                     point.y, point.f)
+        free = self.preconditioner is not None and not lsq.use_dense(
+            self.linear_solver, point.y, point.f, self.precision)
         state = _State(tree_zeros_like(point.y), jnp.asarray(EW_ETA_MAX, dtype), rnorm, rnorm,
                        one, jnp.zeros((), jnp.int32) if free else None)
         return state, Counts(), lsq.at_floor(rnorm, dtype), RESULTS.successful
@@ -116,7 +121,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
         ftol, xtol, gtol = lsq.tolerances(self, dtype)
         tmap = jax.tree_util.tree_map
         broken = None  # whether the preconditioner broke (only with one)
-        if lsq.use_dense(self.linear_solver, point.y, point.f):
+        if lsq.use_dense(self.linear_solver, point.y, point.f, self.precision):
             x, unravel, rflat = lsq.flat_problem(fn, point.y, args, dtype)
             r = ravel(point.f)[0].astype(dtype)
             rnorm = jnp.linalg.norm(r)
@@ -132,9 +137,11 @@ class GaussNewton(AbstractLeastSquaresSolver):
             diag, gnorm = state.diag, state.gnorm
             counts = Counts.of(fun=1, jac=1)
         else:
-            lin = lsq.scaled_linearization(fn, point.y, args, state.diag, self.scale, dtype)
+            lin = lsq.scaled_linearization(fn, point.y, args, state.diag, self.scale, dtype,
+                                           self.precision)
             rnorm, cos, gnorm, diag = lin.rnorm, lin.cos, lin.gnorm, lin.diag
             eta = eisenstat_walker(gnorm, state.gnorm, state.eta, dtype)
+            eta = lsq.precision_floor(eta, self.precision)
             n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(point.y))
             solve, sketch = lsq.inner_solver(self.preconditioner, fn, point.y, args, lin, 0.0,
                                              rtol=eta, max_iters=lsq.cg_budget(self, n),
@@ -144,6 +151,10 @@ class GaussNewton(AbstractLeastSquaresSolver):
             # ‖r + J p‖² = ‖q‖² from CGLS, and rᵀJp = gᵀz, so the model needs no more products
             rjp = tree_dot(lin.g, cg.x).astype(dtype)
             jpjp = cg.residual_sq - rnorm**2 - 2 * rjp
+            if self.precision is not None:
+                # ‖Jp‖² = −rᵀJp for every CG iterate; from the full-precision gradient, as
+                # CGLS's residual from low-precision products cancels near the solution.
+                jpjp = -rjp
             slope = rjp
             dnorm = lambda v: tree_norm(tmap(jnp.multiply, diag, v)).astype(dtype)  # noqa: E731
             counts = lin.counts + Counts.of(jvp=cg.num_iters, vjp=cg.num_iters)

@@ -8,6 +8,7 @@ state, chosen once from `linear_solver` and the problem's shapes."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .. import _least_squares as lsq
 from .._base import AbstractLeastSquaresSolver, Point
@@ -102,7 +103,14 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     **Arguments:** `ftol`, `xtol`, `gtol` as above; `factor`: Δ₀ = factor·‖D y₀‖ (MINPACK's
     default 100); `scale`; `linear_solver`; `geodesic`; `cg_max_steps`: CGLS budget per step
-    (`None`: min(2n, 200)); `preconditioner` (None: plain CGLS).
+    (`None`: min(2n, 200)); `preconditioner` (None: plain CGLS); `precision`: a
+    `jaxopt2.MixedPrecision(compute_dtype)` runs the matrix-free inner solve's products (J v,
+    Jᵀu, the column-norm probes) in `compute_dtype` on low-precision copies of the data,
+    while r, the gradient Jᵀr, the inner solve's vectors and every test stay in the parameters' dtype
+    (the answer is the full-precision least-squares solution; the inner solve asks for no
+    residual below `compute_dtype`'s eps, so steps converge linearly at a rate about δ·κ);
+    it selects the matrix-free path (with `linear_solver="dense"` it is an error). See
+    docs/precision.md.
 
     Reference: J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and theory",
     Numerical Analysis, Lecture Notes in Mathematics 630 (1978); M. K. Transtrum and
@@ -129,6 +137,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     geodesic: bool = False
     cg_max_steps: int | None = None
     preconditioner: Callable | None = None
+    precision: Any = None
 
     def __check_init__(self):
         lsq.check_common(self)
@@ -137,7 +146,8 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     def _path(self, point: Point):
         """The dense or the matrix-free algorithm: a static choice from `linear_solver` and
         the shapes of y and r(y), the same at `init` and at every `step`."""
-        return dense if lsq.use_dense(self.linear_solver, point.y, point.f) else matrix_free
+        dense_path = lsq.use_dense(self.linear_solver, point.y, point.f, self.precision)
+        return dense if dense_path else matrix_free
 
     def init(self, fn, point: Point, args):
         return self._path(point).init(self, fn, point, args)
