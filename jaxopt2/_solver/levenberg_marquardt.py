@@ -108,8 +108,8 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     Jᵀu, the column-norm probes) in `compute_dtype` on low-precision copies of the data,
     while r, the gradient Jᵀr, the inner solve's vectors and every test stay in the
     parameters' dtype (the answer is the full-precision least-squares solution; the inner
-    solve asks for no
-    residual below `compute_dtype`'s eps, so steps converge linearly at a rate about δ·κ);
+    solve asks for no residual below `compute_dtype`'s eps, so steps converge linearly at a
+    rate about δ·κ);
     it selects the matrix-free path (with `linear_solver="dense"` it is an error). See
     docs/precision.md.
 
