@@ -59,21 +59,36 @@ def bounds(dtype):
     return eps, 1.0 / eps
 
 
+def check_precision(optimizer: str, precision):
+    """`precision`: None or a `jaxopt2.MixedPrecision` without a `curvature` of its own (the
+    transformation's `curvature` argument chooses the operator)."""
+    if precision is None:
+        return None
+    if not callable(getattr(precision, "wrap_objective", None)):
+        raise ValueError(f"{optimizer}: `precision` must be a jaxopt2.MixedPrecision("
+                         f"compute_dtype) or None; got {precision!r}.")
+    if precision.curvature is not None:
+        raise ValueError(f"{optimizer}: choose the curvature with the transformation's "
+                         f"`curvature=` argument; leave MixedPrecision's `curvature` None.")
+    return precision
+
+
 class Objective:
     """What a transformation knows about its objective when it is built: `model_fn`,
     `loss_fn` and the resolved curvature ("ggn" or "hessian"), checked at construction."""
 
-    def __init__(self, optimizer: str, curvature, model_fn, loss_fn):
+    def __init__(self, optimizer: str, curvature, model_fn, loss_fn, precision=None):
         self.optimizer = optimizer
         self.kind = check_curvature(optimizer, curvature, model_fn, loss_fn)
         self.model_fn, self.loss_fn = model_fn, loss_fn
+        self.precision = check_precision(optimizer, precision)
 
     def begin(self, grads, params, value_fn, batch, *, needs_value: bool, owner=None):
         """The checks and setup every `update` starts with: the minibatch `Problem`, the
         gradient checked against `params` (errors name `owner`, default the optimizer) and
         sanitized, and whether it was finite."""
         problem = Problem(self.optimizer, self.kind, params, value_fn, batch, self.model_fn,
-                          self.loss_fn, needs_value=needs_value)
+                          self.loss_fn, needs_value=needs_value, precision=self.precision)
         check_grads(owner or self.optimizer, grads, params)
         g, finite = sanitize(grads, params)
         return problem, g, finite
@@ -87,7 +102,7 @@ class Problem:
     the parameters and its curvature operator at `params`. Built (and checked) at trace time."""
 
     def __init__(self, optimizer: str, curvature: str, params, value_fn, batch, model_fn,
-                 loss_fn, *, needs_value: bool):
+                 loss_fn, *, needs_value: bool, precision=None):
         if params is None:
             raise ValueError(f"{optimizer}: `update` needs the current parameters: call "
                              f"`update(grads, state, params, ...)`.")
@@ -110,9 +125,21 @@ class Problem:
         if value_fn is None and with_model:
             value_fn = lambda p: loss_fn(model_fn(p, batch), batch)
         self.value_fn = value_fn
+        self.precision = precision
 
     def operator(self):
-        """The curvature at `params` as a lineax operator on params-shaped pytrees."""
+        """The curvature at `params` as a lineax operator on params-shaped pytrees; with a
+        `MixedPrecision`, its products evaluated in the low dtype (the parameters, the
+        direction and the minibatch's floating-point leaves cast; with `value_fn` and no
+        model, the data it closes over keeps its dtype) and returned in the parameters'."""
+        if self.precision is not None:
+            policy = type(self.precision)(
+                self.precision.compute_dtype, cast_args=self.precision.cast_args,
+                curvature=(lambda f, p, b: gauss_newton(self.model_fn, self.loss_fn, p, b))
+                if self.curvature == "ggn" else None)
+            if self.curvature == "ggn":
+                return policy(None, self.params, self.batch)
+            return policy(lambda p, _: self.value_fn(p), self.params, None)
         if self.curvature == "ggn":
             return gauss_newton(self.model_fn, self.loss_fn, self.params, self.batch)
         return hessian(lambda p, _: self.value_fn(p), self.params)
@@ -264,8 +291,9 @@ class DampedNewton:
     """
 
     def __init__(self, optimizer: str, learning_rate, *, model_fn, loss_fn, curvature,
-                 cg_max_steps, cg_rtol, adaptive: bool, grow: float, shrink: float):
-        self.objective = Objective(optimizer, curvature, model_fn, loss_fn)
+                 cg_max_steps, cg_rtol, adaptive: bool, grow: float, shrink: float,
+                 precision=None):
+        self.objective = Objective(optimizer, curvature, model_fn, loss_fn, precision)
         check_learning_rate("learning_rate", learning_rate)
         check_cg(cg_max_steps, cg_rtol)
         self.learning_rate = learning_rate
@@ -293,7 +321,8 @@ class DampedNewton:
                                  f"the damping, which `adapt_damping=False` keeps fixed.")
             o = self.objective
             heldout = Problem(o.optimizer, o.kind, params, heldout_value_fn, heldout_batch,
-                              o.model_fn, o.loss_fn, needs_value=True)
+                              o.model_fn, o.loss_fn, needs_value=True,
+                              precision=o.precision)
         dtype = dtype_of(params)
         matvec = matvec_like(problem.operator(), params)
         lam = damping(g, dtype)

@@ -26,7 +26,7 @@ def hessian_free(
     learning_rate: ScalarOrSchedule = 1.0, *, model_fn: Callable | None = None,
     loss_fn: Callable | None = None, curvature: str | None = None, damping: float = 1.0,
     adapt_damping: bool = True, cg_max_steps: int = 20, cg_rtol: float = 1e-2,
-    warm_start_decay: float = 0.95,
+    warm_start_decay: float = 0.95, precision: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Hessian-free optimization (Martens 2010): a truncated Newton step on the minibatch,
 
@@ -72,7 +72,12 @@ def hessian_free(
     `loss_fn(outputs, batch) -> scalar` for Gauss-Newton products (then pass `batch=` to
     `update`); `curvature` ("ggn", "hessian" or None for automatic); `damping` (the initial
     λ, relative to the curvature's scale; a poor value costs a few steps of adaptation);
-    `cg_max_steps`, `cg_rtol`, `warm_start_decay` as above. The state is a
+    `cg_max_steps`, `cg_rtol`, `warm_start_decay` as above; `precision`: a
+    `jaxopt2.MixedPrecision(jnp.bfloat16)` runs the curvature products (the CG products and
+    the ratio's sᵀCs) in bfloat16 on a bfloat16 copy of the parameters, the direction and
+    the minibatch, while the gradient, CG's vectors, the losses and λ stay in the
+    parameters' dtype (docs/precision.md; with `inject_hyperparams` add "precision" to
+    `static_args`). The state is a
     `HessianFreeState` (`state.damping` is the current λ, `state.rho` the last ratio).
 
     `optax.inject_hyperparams(jaxopt2.optimizers.hessian_free)(learning_rate=...)` keeps
@@ -105,7 +110,8 @@ def hessian_free(
     """
     newton = DampedNewton("hessian_free", learning_rate, model_fn=model_fn, loss_fn=loss_fn,
                           curvature=curvature, cg_max_steps=cg_max_steps, cg_rtol=cg_rtol,
-                          adaptive=adapt_damping, grow=1.5, shrink=2.0 / 3.0)
+                          adaptive=adapt_damping, grow=1.5, shrink=2.0 / 3.0,
+                          precision=precision)
     check_number("damping", damping, low=0.0, low_open=True)
     check_number("warm_start_decay", warm_start_decay, low=0.0, high=1.0)
 

@@ -4,7 +4,7 @@ transformation."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ def regularized_newton(
     learning_rate: ScalarOrSchedule = 1.0, *, model_fn: Callable | None = None,
     loss_fn: Callable | None = None, curvature: str | None = None, lipschitz: float = 1.0,
     adaptive: bool = True, cg_max_steps: int = 20, cg_rtol: float = 1e-2,
+    precision: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradient-regularized Newton (Mishchenko 2021; Doikov & Nesterov) on the minibatch:
 
@@ -51,7 +52,8 @@ def regularized_newton(
     step); `model_fn`, `loss_fn`, `curvature` as in `hessian_free`; `lipschitz`, the initial
     (or fixed) H; `cg_max_steps` and `cg_rtol` for the inner CG solve, which stops at
     ‖(C + λI)p + g‖ ≤ `cg_rtol`·‖g‖ (λ > 0 keeps the system well conditioned, so a few
-    steps suffice). H stays within [eps, 1/eps] of the parameter dtype.
+    steps suffice); `precision` (a `jaxopt2.MixedPrecision`) as in `hessian_free`. H stays
+    within [eps, 1/eps] of the parameter dtype.
 
     `optax.inject_hyperparams(jaxopt2.optimizers.regularized_newton)(learning_rate=...)` keeps
     `learning_rate` and the other numeric hyperparameters in the state, where a schedule or
@@ -77,7 +79,8 @@ def regularized_newton(
     """
     newton = DampedNewton("regularized_newton", learning_rate, model_fn=model_fn,
                           loss_fn=loss_fn, curvature=curvature, cg_max_steps=cg_max_steps,
-                          cg_rtol=cg_rtol, adaptive=adaptive, grow=2.0, shrink=0.5)
+                          cg_rtol=cg_rtol, adaptive=adaptive, grow=2.0, shrink=0.5,
+                          precision=precision)
     check_number("lipschitz", lipschitz, low=0.0, low_open=True)
 
     def init(params):
