@@ -147,3 +147,45 @@ def test_bad_configurations_are_refused():
     with pytest.raises(ValueError, match="curvature"):
         jaxopt2.LevenbergMarquardt(precision=MixedPrecision(
             curvature=jaxopt2.curvature.hessian))
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+import jaxopt2
+from jaxopt2 import MixedPrecision, distributed
+from jax.sharding import AxisType
+
+rng = np.random.default_rng(3)
+X = (rng.normal(size=(1024, 12)) * np.linspace(1.0, 6.0, 12)).astype(np.float32)
+y = (np.tanh(X @ rng.normal(size=12).astype(np.float32) / 8)
+     + 0.02 * rng.normal(size=1024)).astype(np.float32)
+
+def residuals(w, data):
+    X, y = data
+    return jnp.tanh(X @ w / 8) - y
+
+solver = jaxopt2.LevenbergMarquardt(precision=MixedPrecision(jnp.bfloat16))
+run = jax.jit(lambda d: jaxopt2.least_squares(residuals, jnp.zeros(12), d, solver=solver,
+                                              throw=False))
+one = run((jnp.asarray(X, jnp.bfloat16), jnp.asarray(y)))
+assert jaxopt2.status_name(one.status) == "successful", one.status
+for kind in (AxisType.Auto, AxisType.Explicit):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(kind,))
+    data = distributed.shard_data((jnp.asarray(X, jnp.bfloat16), jnp.asarray(y)), mesh)
+    with jax.set_mesh(mesh):
+        c = run.lower(data).compile()
+        sol = c(data)
+    assert jaxopt2.status_name(sol.status) == "successful", (kind, sol.status)
+    np.testing.assert_allclose(sol.params, one.params, rtol=5e-4, atol=1e-5, err_msg=str(kind))
+    assert set(distributed.collectives(c)) <= {"all-reduce"}, (kind, distributed.collectives(c))
+print("LSQ MIXED SHARDED OK")
+"""
+
+
+@pytest.mark.slow  # a subprocess with 8 host devices, two meshes compiled
+def test_mixed_precision_least_squares_on_data_sharded_over_eight_devices():
+    """bfloat16 data split over 8 host devices by rows, Auto and Explicit axes: the one-device
+    answer, all-reduces only (the residual-sized vectors stay split)."""
+    from .multidevice import run_on_eight_devices
+
+    run_on_eight_devices(SHARDED, (), "LSQ MIXED SHARDED OK")
