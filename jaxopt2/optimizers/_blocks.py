@@ -118,43 +118,52 @@ def init_factors(params, block_size, optimizer: str):
                  for i, s in ((False, 0), (False, 1), (True, 0), (True, 1)))
 
 
-def accumulate(left, right, blocks, beta):
+def accumulate(left, right, blocks, beta, use_left=True, use_right=True):
     """L ← β L + (1 − β) G Gᵀ and R ← β R + (1 − β) GᵀG for every block G.
 
     Under a mesh with Explicit axes and a gradient sharded along a block's rows (FSDP,
     `distributed.shard_params`), G Gᵀ has no legal sharding type of its own (both of its
     axes would name the mesh axis): the products are typed as the factors they update."""
     transpose = blocks.swapaxes(-1, -2)
-    if distributed.explicit_mesh():
-        gg_t = jnp.matmul(blocks, transpose, out_sharding=jax.typeof(left).sharding)
-        gtg = jnp.matmul(transpose, blocks, out_sharding=jax.typeof(right).sharding)
-    else:
-        gg_t = blocks @ transpose
-        gtg = transpose @ blocks
-    return (beta * left + (1 - beta) * gg_t).astype(left.dtype), \
-        (beta * right + (1 - beta) * gtg).astype(right.dtype)
+    explicit = distributed.explicit_mesh()
+    if use_left:
+        gg_t = (jnp.matmul(blocks, transpose, out_sharding=jax.typeof(left).sharding)
+                if explicit else blocks @ transpose)
+        left = (beta * left + (1 - beta) * gg_t).astype(left.dtype)
+    if use_right:
+        gtg = (jnp.matmul(transpose, blocks, out_sharding=jax.typeof(right).sharding)
+               if explicit else transpose @ blocks)
+        right = (beta * right + (1 - beta) * gtg).astype(right.dtype)
+    return left, right
 
 
 def update_factors(g, left, right, shapes, t, freq, transform, cached_left, cached_right,
-                   beta):
+                   beta, sides=None):
     """One step of the Kronecker statistics shared by Shampoo and SOAP, on flat leaf lists:
     `(layouts, left, right, left_t, right_t)`. Each matrix leaf's gradient blocks are added
     to its left/right factors (`accumulate`); every `freq` steps (t % freq == 0, under
     `lax.cond`, so the costly `transform` is skipped on the other steps) `transform` of
     each factor replaces the cached one (Shampoo: inverse 4th roots; SOAP: eigenbases).
-    Vector and scalar leaves (layout None) pass through unchanged."""
+    Vector and scalar leaves (layout None) pass through unchanged. `sides` (one (left,
+    right) pair of bools per leaf; default both) leaves a side's factor untouched, neither
+    accumulated nor transformed (SOAP's one-sided variant)."""
     layouts = [layout_of(s, L) if is_matrix(s) else None
                for s, L in zip(shapes, left, strict=True)]
+    if sides is None:
+        sides = [(True, True)] * len(layouts)
     new_left, new_right = [], []
-    for lay, gl, L, R in zip(layouts, g, left, right, strict=True):
+    for lay, gl, L, R, (use_l, use_r) in zip(layouts, g, left, right, sides, strict=True):
         if lay is not None:
-            L, R = accumulate(L, R, to_blocks(gl, *lay), beta)
+            L2, R2 = accumulate(L, R, to_blocks(gl, *lay), beta, use_l, use_r)
+            L, R = (L2 if use_l else L), (R2 if use_r else R)
         new_left.append(L)
         new_right.append(R)
 
     def refresh():
-        return ([transform(L) if lay else L for L, lay in zip(new_left, layouts, strict=True)],
-                [transform(R) if lay else R for R, lay in zip(new_right, layouts, strict=True)])
+        return ([transform(L) if lay and side[0] else L
+                 for L, lay, side in zip(new_left, layouts, sides, strict=True)],
+                [transform(R) if lay and side[1] else R
+                 for R, lay, side in zip(new_right, layouts, sides, strict=True)])
 
     left_t, right_t = jax.lax.cond(t % freq == 0, refresh,
                                    lambda: (list(cached_left), list(cached_right)))

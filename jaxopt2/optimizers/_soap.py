@@ -26,10 +26,18 @@ class SOAPState(NamedTuple):
     right_basis: Any  # Q_R, eigenvectors of R as of the last refresh
 
 
+def _sides(left, right, one_sided: bool):
+    """Which factors of a leaf SOAP keeps: both, or with `one_sided` only the smaller block
+    side's (ties: the left)."""
+    if not one_sided or left.ndim != 4:
+        return (True, True)
+    return (True, False) if left.shape[-1] <= right.shape[-1] else (False, True)
+
+
 def soap(
     learning_rate: ScalarOrSchedule = 3e-3, *, b1: float = 0.95, b2: float = 0.95,
     eps: float = 1e-8, precondition_freq: int = 10, block_size: int = 256,
-    weight_decay: float = 0.0,
+    weight_decay: float = 0.0, one_sided: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """SOAP: Adam run in the eigenbasis of Shampoo's Kronecker factors. For every
     matrix-shaped parameter block (blocks as in `shampoo`), with G the gradient block:
@@ -65,6 +73,15 @@ def soap(
     O(m³ + n³) for the eigendecompositions every T steps (under `jax.vmap`, every step).
     Memory: m (like the parameters), v and 2(m² + n²) per block.
 
+    **One-sided** (`one_sided=True`, the paper's one-sided variant): only the smaller side of
+    each block keeps a factor and is rotated (Q of the larger side fixed at I), so a step
+    costs O(mn·min(m, n)) and the eigendecompositions O(min(m, n)³). Measured on the
+    benchmark's deep autoencoder (64-256-128-32-128-256-64, batch 256, float32, one CPU
+    core): 2.3 ms of CPU per step against 4.4 ms two-sided and 1.3 ms for AdamW; 250 steps
+    to AdamW's 950-step loss against 175 two-sided (0.58 s against 0.77 s of CPU; AdamW
+    1.2 s). A static choice: with `optax.inject_hyperparams` add "one_sided" to
+    `static_args`.
+
     **Dtypes, state, hyperparameters.** As `shampoo`: statistics and moments in float32 at
     least, updates in the parameters' dtypes, a `SOAPState` of fixed structure, non-finite
     gradients skip the step, `block_size` is read by `init` only. Defaults are the paper's
@@ -88,6 +105,10 @@ def soap(
     ```
     """
     name = "soap"
+    if not isinstance(one_sided, bool):
+        raise ValueError(f"soap: `one_sided` must be True or False (a static choice; with "
+                         f"optax.inject_hyperparams list it in `static_args`); got "
+                         f"{one_sided!r}.")
     B.check_hyperparameters(learning_rate, b1, b2, eps, None, precondition_freq, block_size,
                           weight_decay)
 
@@ -114,21 +135,29 @@ def soap(
         treedef = jtu.tree_structure(params)
         leaves = lambda tree: treedef.flatten_up_to(tree)  # noqa: E731
         shapes = [p.shape for p in leaves(params)]
+        sides = [_sides(L, R, one_sided) for L, R in zip(leaves(state.left),
+                                                          leaves(state.right), strict=True)]
         layouts, left, right, left_basis, right_basis = B.update_factors(
             leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
-            B.eigenbasis, leaves(state.left_basis), leaves(state.right_basis), b2)
+            B.eigenbasis, leaves(state.left_basis), leaves(state.right_basis), b2, sides)
 
         dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in leaves(state.mu)]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
         mu, nu, direction = [], [], []
-        for s, lay, gl, m, v, QL, QR in zip(shapes, layouts, leaves(g), leaves(state.mu),
-                                            leaves(state.nu), left_basis, right_basis,
-                                            strict=True):
+        for s, lay, gl, m, v, QL, QR, side in zip(
+                shapes, layouts, leaves(g), leaves(state.mu), leaves(state.nu), left_basis,
+                right_basis, sides, strict=True):
             if lay is None:
                 m, v = B.adam_moments(m, v, gl, b1, b2)
                 d = (m / c1) / (jnp.sqrt(v / c2) + eps)
             else:
-                rotate = lambda X, QL=QL, QR=QR: QL.swapaxes(-1, -2) @ X @ QR  # noqa: E731
+                def rotate(X, QL=QL, QR=QR, side=side):
+                    X = QL.swapaxes(-1, -2) @ X if side[0] else X
+                    return X @ QR if side[1] else X
+
+                def unrotate(X, QL=QL, QR=QR, side=side):
+                    X = QL @ X if side[0] else X
+                    return X @ QR.swapaxes(-1, -2) if side[1] else X
                 m = (b1 * m + (1 - b1) * gl.astype(m.dtype)).astype(m.dtype)
                 rotated = rotate(B.to_blocks(gl, *lay))
                 v = (b2 * v + (1 - b2) * rotated * rotated).astype(v.dtype)
@@ -140,7 +169,7 @@ def soap(
                 floor = jnp.sqrt(jnp.finfo(rms.dtype).eps) * jnp.max(
                     rms, axis=(-2, -1), keepdims=True)
                 adam = rotate(B.to_blocks(m, *lay)) / c1 / (jnp.maximum(rms, floor) + eps)
-                d = B.from_blocks(QL @ adam @ QR.swapaxes(-1, -2), s)
+                d = B.from_blocks(unrotate(adam), s)
             mu.append(m)
             nu.append(v)
             direction.append(d.astype(m.dtype))
