@@ -65,6 +65,11 @@ class _QNState(eqx.Module):
 CURVATURE_WINDOW = 10
 
 
+def _row(a, i):
+    """a[i] for an index known to be in range (no normalisation of negative indices)."""
+    return lax.dynamic_index_in_dim(a, i, 0, keepdims=False)
+
+
 def _safe_div(a, b):
     return a / jnp.where(b == 0, jnp.ones_like(b), b)
 
@@ -142,7 +147,7 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         # The newest accepted pair's curvature replaces the oldest in the window.
         ss = tree_dot(s, s).astype(dtype)
         q = jnp.where(accept, _safe_div(sy, ss), jnp.inf).astype(dtype)
-        curvatures = jnp.where(accept, jnp.roll(state.curvatures, 1).at[0].set(q),
+        curvatures = jnp.where(accept, jnp.concatenate([q[None], state.curvatures[:-1]]),
                                state.curvatures)
         mu = jnp.min(curvatures)
         error = jnp.where(jnp.isfinite(mu), tree_norm(new.grad).astype(dtype) / mu, jnp.inf)
@@ -211,10 +216,12 @@ class LBFGS(_AbstractQuasiNewton):
 
         def pair(j):
             # j = 0 is the newest pair; slots j >= count are unfilled and get zero weight.
+            # `i` is in [0, m) by construction: read with `lax` directly, without the index
+            # normalisation and bounds handling of `a[i]` (issue 20: a smaller program).
             i = (memory.head - 1 - j) % m
-            s_i = jtu.tree_map(lambda a: a[i], memory.s)
-            y_i = jtu.tree_map(lambda a: a[i], memory.y)
-            return s_i, y_i, memory.rho[i], j < memory.count
+            s_i = jtu.tree_map(lambda a: _row(a, i), memory.s)
+            y_i = jtu.tree_map(lambda a: _row(a, i), memory.y)
+            return s_i, y_i, _row(memory.rho, i), j < memory.count
 
         def newest_first(q, j):
             s_i, y_i, rho_i, valid = pair(j)
@@ -238,9 +245,10 @@ class LBFGS(_AbstractQuasiNewton):
         count = jnp.where(empty, 0, memory.count)
 
         def put(buf, v):
-            return buf.at[head].set(jnp.where(accept, v, buf[head]))
+            return lax.dynamic_update_index_in_dim(
+                buf, jnp.where(accept, v, _row(buf, head)).astype(buf.dtype), head, 0)
 
-        rho = memory.rho.at[head].set(jnp.where(accept, _safe_div(1.0, sy), memory.rho[head]))
+        rho = put(memory.rho, _safe_div(1.0, sy))
         return _LBFGSMemory(
             s=jtu.tree_map(put, memory.s, s),
             y=jtu.tree_map(put, memory.y, y),
