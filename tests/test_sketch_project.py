@@ -337,6 +337,28 @@ def test_non_finite_input_is_not_converged(sketch):
         assert not bool(info.converged)
 
 
+@pytest.mark.parametrize("sketch", SKETCHES)
+def test_cholesky_projection_matches_references(sketch):
+    """projection="cholesky" (the shifted Gram matrix's factor instead of an SVD) reaches the
+    same solutions: the solve of a square system, the least-norm solution of a wide one; and a
+    block with a zero row (a vanishing equation, consistent) stays finite."""
+    A = conditioned(12, 12, 1.0, 3.0, seed=0)
+    b = gaussian(12, 1)
+    x, info = run(A, b, jax.random.key(0), sketch_size=4, sketch=sketch, projection="cholesky")
+    assert bool(info.converged)
+    assert_close(x, jnp.linalg.solve(A, b), 1e-10)
+    W = conditioned(6, 15, 1.0, 3.0, seed=2)
+    bw = gaussian(6, 3)
+    x, info = run(W, bw, jax.random.key(1), sketch_size=2, sketch=sketch, projection="cholesky")
+    assert bool(info.converged)
+    assert_close(x, jnp.linalg.pinv(W) @ bw, 1e-9)
+    Z = A.at[3].set(0.0)
+    bz = Z @ gaussian(12, 4)
+    x, info = run(Z, bz, jax.random.key(2), sketch_size=4, sketch=sketch, projection="cholesky")
+    assert bool(info.converged) and bool(jnp.all(jnp.isfinite(x)))
+    assert_close(x, jnp.linalg.pinv(Z) @ bz, 1e-9)
+
+
 def test_bad_inputs_raise():
     A = gaussian((6, 15), 29)
     b = gaussian(6, 30)
@@ -353,6 +375,7 @@ def test_bad_inputs_raise():
         (dict(sketch_size=True), "sketch_size"),
         (dict(sketch="srht"), "sketch"),
         (dict(max_steps=-1), "max_steps"),
+        (dict(projection="qr"), "projection"),
         (dict(row_probs=jnp.ones(5)), r"row_probs.*\(6,\)"),
         (dict(row_probs=jnp.ones(6), sketch="gaussian"), "row_probs"),
         (dict(A=A.astype(jnp.complex128)), "real"),

@@ -100,9 +100,9 @@ class AbstractSQP(AbstractConstrainedSolver):
     @abc.abstractmethod
     def _kkt_solve(self, problem: Problem, K0, x, lam, args, rhs, delta, delta_c, theta,
                    key):
-        """(z, sketch steps) with z ≈ K⁻¹ rhs to relative residual θ, on flat (n + m)
-        vectors, K = K0 + diag(δI, −δ_c I) = [[H + δI, Gᵀ], [G, −δ_c I]]; `K0` is what
-        `_prepare` returned."""
+        """(z, sketch steps, solved) with z ≈ K⁻¹ rhs to relative residual θ (solved: that
+        accuracy was reached), on flat (n + m) vectors, K = K0 + diag(δI, −δ_c I) =
+        [[H + δI, Gᵀ], [G, −δ_c I]]; `K0` is what `_prepare` returned."""
 
     def _prepare(self, problem: Problem, x, lam, args):
         """The dense KKT matrix K0 (formed once per step, shared by the step's tries), or
@@ -149,8 +149,8 @@ class AbstractSQP(AbstractConstrainedSolver):
 
             def attempt(t: _Try):
                 key, sub = jax.random.split(t.key)
-                z, steps = self._kkt_solve(problem, K0, s.x, s.lam, args, rhs, t.delta,
-                                           t.delta_c, t.theta, sub)
+                z, steps, solved = self._kkt_solve(problem, K0, s.x, s.lam, args, rhs,
+                                                   t.delta, t.delta_c, t.theta, sub)
                 dx, dlam = z[:n], z[n:]
                 # A singular KKT matrix (G rank-deficient: HS 61 at x₀) gives no step or an
                 # absurd one: the (2,2) block is then regularized by −δ_c I (IPOPT's δ_c).
@@ -172,9 +172,10 @@ class AbstractSQP(AbstractConstrainedSolver):
                 penalty = jnp.where(works, t.penalty, raised)
                 fixable = works | (raised <= pen_max)
                 ok = finite & curv_ok & fixable
-                # Not a descent direction for any admissible μ: solve more accurately first,
-                # then regularize more.
-                sharpen = finite & curv_ok & ~fixable & (t.theta > eps)
+                # Not a descent direction for any admissible μ: solve more accurately first
+                # (unless the solve already missed its accuracy: a singular or inconsistent
+                # system, which only regularization mends), then regularize more.
+                sharpen = finite & curv_ok & ~fixable & (t.theta > eps) & solved
                 delta = jnp.where(ok | sharpen, t.delta,
                                   jnp.maximum(_DELTA_MIN, 10.0 * t.delta)).astype(dtype)
                 theta = jnp.where(sharpen, 0.1 * t.theta, t.theta).astype(dtype)
@@ -307,7 +308,7 @@ class DenseSQP(AbstractSQP):
         K = _regularized(K0, problem.n, delta, 0.0)
         z = jax.lax.cond(delta_c > 0, lambda: jnp.linalg.lstsq(K, rhs)[0],
                          lambda: jnp.linalg.solve(K, rhs))
-        return z, jnp.zeros((), jnp.int32)
+        return z, jnp.zeros((), jnp.int32), jnp.ones((), bool)
 
 
 class SketchedSQP(AbstractSQP):
@@ -339,11 +340,12 @@ class SketchedSQP(AbstractSQP):
 
     rtol: float | None = None
     atol: float = 0.0
-    sketch: str = eqx.field(static=True, default="gaussian")
+    sketch: str = eqx.field(static=True, default="rows")
     sketch_size: int | None = eqx.field(static=True, default=None)
     sketch_max_steps: int = eqx.field(static=True, default=500)
     sketch_rtol: float | None = None
     matrix_free: bool = eqx.field(static=True, default=False)
+    precondition: bool = eqx.field(static=True, default=True)
     key: jax.Array | None = None
     seed: int = eqx.field(static=True, default=0)
     merit_nu: float = 1e-2
@@ -376,7 +378,12 @@ class SketchedSQP(AbstractSQP):
         return jnp.minimum(0.1, residual_norm).astype(dtype)
 
     def _prepare(self, problem, x, lam, args):
-        return None if self.matrix_free else _kkt_matrix(problem, x, lam, args)
+        if not self.matrix_free:
+            return _kkt_matrix(problem, x, lam, args)
+        if not self.precondition:
+            return None
+        # The constraint Jacobian (m reverse products) for the scaling's Schur block.
+        return jax.jacrev(lambda y: problem.c_eq(y, args))(x).reshape(problem.m, problem.n)
 
     def _kkt_solve(self, problem, K0, x, lam, args, rhs, delta, delta_c, theta, key):
         n, m = problem.n, problem.m
@@ -393,10 +400,116 @@ class SketchedSQP(AbstractSQP):
                 return jnp.concatenate([hdx + delta * dx + vjp(dlam)[0],
                                         gdx - delta_c * dlam])
 
-            A = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct((n + m,), x.dtype),
-                                          tags=lx.symmetric_tag)
+            A = mv
+            G = K0
+            hscale = None
         else:
             A = _regularized(K0, n, delta, delta_c)
-        z, info = sketch_and_project(A, rhs, key, sketch_size=size, sketch=self.sketch,
-                                     max_steps=self.sketch_max_steps, rtol=theta, atol=0.0)
-        return z, info.num_steps
+            G = A[n:, :n]
+            # Row norms of the (1,1) block: its Jacobi-like scale, which also sees the
+            # off-diagonal curvature of a variable whose diagonal entry vanishes.
+            hscale = jnp.linalg.norm(A[:n, :n], axis=1)
+        if self.matrix_free:
+            def operator(mv_):
+                return lx.FunctionLinearOperator(
+                    mv_, jax.ShapeDtypeStruct((n + m,), x.dtype), tags=lx.symmetric_tag)
+        else:
+            def operator(K):
+                return K
+
+        def solve(Ak, b, key, y0, rtol, projection):
+            return sketch_and_project(operator(Ak), b, key, sketch_size=size,
+                                      sketch=self.sketch, x0=y0,
+                                      max_steps=self.sketch_max_steps, rtol=rtol, atol=0.0,
+                                      projection=projection)
+
+        if not self.precondition:
+            z, info = solve(A, rhs, key, None, theta, "svd")
+            return z, info.num_steps, info.converged
+        scale = _BlockScaling.build(hscale, G, delta, delta_c, n, x.dtype)
+        K_hat = scale.operator(A) if self.matrix_free else scale.matrix(A)
+        rhs_hat = scale.inv(rhs)
+        target = theta * jnp.linalg.norm(rhs)
+
+        def true_residual(y):
+            z = scale.back(y)
+            Kz = A(z) if self.matrix_free else A @ z
+            return jnp.linalg.norm(Kz - rhs)
+
+        # The accuracy θ is asked of the true residual ‖K z − r‖ ≤ θ‖r‖: a pass solves the
+        # scaled system K̂ y = L⁻¹r to a relative tolerance, the true residual is checked
+        # (one product with K), and while it misses the target the next pass resumes from y
+        # with the scaled tolerance tightened by the shortfall. The scaled system is well
+        # conditioned, so its projections use the Gram matrix's Cholesky factor (several
+        # times cheaper than an SVD).
+        def body(c):
+            y, key, steps, rtol, _, _, passes = c
+            key, sub = jax.random.split(key)
+            y, info = solve(K_hat, rhs_hat, sub, y, rtol, "cholesky")
+            res = true_residual(y)
+            rtol = (0.5 * rtol * jnp.minimum(1.0, target / jnp.where(res > 0, res, 1.0))
+                    ).astype(x.dtype)
+            return (y, key, steps + info.num_steps, rtol, res, info.converged, passes + 1)
+
+        def more(c):
+            _, _, steps, _, res, ok, passes = c
+            return (passes < 3) & ok & (res > target) & (steps < self.sketch_max_steps)
+
+        zero = jnp.zeros((), jnp.int32)
+        init = (jnp.zeros_like(rhs), key, zero, theta, jnp.asarray(jnp.inf, x.dtype),
+                jnp.ones((), bool), zero)
+        y, _, steps, _, res, _, _ = while_loop(more, body, init, max_steps=3)
+        return scale.back(y), steps, res <= target
+
+
+class _BlockScaling(eqx.Module):
+    """The symmetric block-diagonal scaling L = diag(M^½, C), C Cᵀ = G M⁻¹ Gᵀ + δ_c I, of a
+    KKT matrix K: the sketches act on K̂ = L⁻¹ K L⁻ᵀ. With M = the (1,1) block's row norms
+    (I without a formed matrix), K̂ ≈ [[M^-½ H M^-½, Qᵀ], [Q, −δ_c(CCᵀ)⁻¹]] with Q Qᵀ ≈ I:
+    the constraint rows are orthonormalized and the curvature scaled to O(1), whose singular
+    values are then those of a well-scaled saddle-point matrix (for H ≈ M: 1 and (1 ± √5)/2,
+    Murphy, Golub & Wathen 2000) rather than those of K. Sketch-and-project on K̂ is
+    Gower–Richtárik's sketch-and-project on K in the metric B = L Lᵀ with sketches L⁻ᵀS."""
+
+    s: jax.Array  # M^-½, (n,)
+    chol: jax.Array  # C, (m, m) lower
+
+    @classmethod
+    def build(cls, hscale, G, delta, delta_c, n, dtype):
+        eps = jnp.finfo(dtype).eps
+        if hscale is None:
+            hscale = jnp.ones((n,), dtype)
+        top = jnp.max(hscale, initial=0.0)
+        M = jnp.maximum(hscale, eps**0.5 * jnp.maximum(top, 1.0))
+        s = 1 / jnp.sqrt(M)
+        Gs = G * s
+        S = Gs @ Gs.T
+        m = S.shape[0]
+        # a zero row of G (a constraint with a vanishing gradient) leaves S singular
+        tiny = eps * jnp.maximum(jnp.trace(S) / max(m, 1), 1.0)
+        chol = jnp.linalg.cholesky(S + (delta_c + tiny) * jnp.eye(m, dtype=dtype))
+        return cls(s, chol)
+
+    def _solve_c(self, v, trans=False):
+        return jax.scipy.linalg.solve_triangular(self.chol, v, lower=True, trans=trans)
+
+    def inv(self, r):
+        """L⁻¹ r."""
+        n = self.s.shape[0]
+        return jnp.concatenate([self.s * r[:n], self._solve_c(r[n:])])
+
+    def back(self, y):
+        """L⁻ᵀ y."""
+        n = self.s.shape[0]
+        return jnp.concatenate([self.s * y[:n], self._solve_c(y[n:], trans=1)])
+
+    def matrix(self, K):
+        """K̂ = L⁻¹ K L⁻ᵀ, formed."""
+        n = self.s.shape[0]
+        H = self.s[:, None] * K[:n, :n] * self.s[None, :]
+        Gh = self._solve_c(K[n:, :n] * self.s[None, :])
+        D = self._solve_c(self._solve_c(K[n:, n:]).T).T
+        return jnp.block([[H, Gh.T], [Gh, D]])
+
+    def operator(self, mv):
+        return lambda y: self.inv(mv(self.back(y)))

@@ -176,6 +176,19 @@ def _min_norm_step(SA, Sr):
     return Vt.T @ (inv_s * (U.T @ Sr))
 
 
+def _gram_step(SA, Sr):
+    """The same step from a Cholesky factorization of the k × k Gram matrix (SᵀA)(SᵀA)ᵀ + τI
+    (k²n + k³/3 flops, several times fewer than the SVD's), τ = 10·eps·trace: squaring the
+    block's condition number costs accuracy only for blocks of condition beyond ~1/√eps, so
+    this is for well-conditioned (e.g. scaled or preconditioned) systems. A zero row of the
+    block gets a zero coefficient from the shift, as the SVD's cutoff gives it."""
+    k = SA.shape[0]
+    gram = SA @ SA.T
+    tau = 10 * jnp.finfo(SA.dtype).eps * jnp.maximum(jnp.trace(gram), jnp.finfo(SA.dtype).tiny)
+    chol = jnp.linalg.cholesky(gram + tau * jnp.eye(k, dtype=SA.dtype))
+    return SA.T @ jax.scipy.linalg.cho_solve((chol, True), Sr)
+
+
 def sketch_and_project(
     A,
     b,
@@ -188,6 +201,7 @@ def sketch_and_project(
     rtol=None,
     atol=0.0,
     row_probs=None,
+    projection: str = "svd",
 ):
     """Solve a consistent linear system A x = b (A m × n, any shape) by sketch-and-project.
 
@@ -257,6 +271,11 @@ def sketch_and_project(
         row_probs: optional sampling weights of the rows for ``sketch="rows"``: shape (m,),
             non-negative, at least `sketch_size` of them positive (else a ValueError, or under
             `jax.jit` / `jax.vmap` an `equinox.EquinoxRuntimeError`).
+        projection: how each step solves its k × k projection: ``"svd"`` (a thin SVD of
+            SᵀA, robust to any rank deficiency) or ``"cholesky"`` (a Cholesky factorization
+            of the shifted Gram matrix (SᵀA)(SᵀA)ᵀ, several times cheaper; it squares the
+            block's condition number, so use it on well-conditioned or preconditioned
+            systems).
 
     Returns `(x, info)`: x shaped like x₀ (an (n,) array, or a pytree like the operator's
     input) and a `SketchAndProjectInfo`. Works under `jax.jit` (with `sketch_size`, `sketch`
@@ -285,6 +304,9 @@ def sketch_and_project(
     """
     if sketch not in _SKETCHES:
         raise ValueError(f"`sketch` must be one of {_SKETCHES}, got {sketch!r}.")
+    if projection not in ("svd", "cholesky"):
+        raise ValueError(f"`projection` must be 'svd' or 'cholesky', got {projection!r}.")
+    step_of = _min_norm_step if projection == "svd" else _gram_step
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"`max_steps` must be a non-negative Python int, got {max_steps!r}.")
     _check_key(key, "sketch_and_project")
@@ -344,7 +366,7 @@ def sketch_and_project(
         finite = jnp.all(jnp.isfinite(SA)) & jnp.all(jnp.isfinite(Sr))
         # LAPACK's SVD on non-finite input is not to be trusted: factor zeros instead and
         # poison x, so the residual turns NaN, the loop stops and `converged` is False.
-        d = _min_norm_step(jnp.where(finite, SA, 0), jnp.where(finite, Sr, 0))
+        d = step_of(jnp.where(finite, SA, 0), jnp.where(finite, Sr, 0))
         x = jnp.where(finite, x - d, jnp.nan)
         return x, residual(x), key, step + 1
 
