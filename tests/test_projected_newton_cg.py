@@ -3,10 +3,12 @@ where second order pays: an ill-conditioned NNLS that L-BFGS-B needs hundreds of
 The front-door contract (jit, vmap, pytrees, dtypes, implicit derivatives) is tested for both
 bound-constrained solvers in tests/test_lbfgsb.py."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize as so
 
 import jaxopt2
 from jaxopt2._solver.lbfgsb import LBFGSB
@@ -106,3 +108,152 @@ def test_singular_hessian_with_gradient_outside_its_range_falls_back_to_a_gradie
     assert jaxopt2.status_name(sol.status) == "successful"
     np.testing.assert_allclose(sol.value, ref.value, rtol=1e-10)
     np.testing.assert_allclose(sol.params, ref.params, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The preconditioners (`_free_block.py`): Jacobi from coloured probes, the dense free block.
+
+MODES = {  # the three ways a step can precondition CG on the free variables
+    "block": dict(dense_max=96),  # Jacobi while |F| > 96, then the dense block (Cholesky)
+    "jacobi": dict(dense_max=0),  # coloured-probe Jacobi only
+    "plain": dict(dense_max=0, jacobi_probes=0),  # unpreconditioned CG, as before
+}
+
+
+def _spd(n, seed, bandwidth=None):
+    rng = np.random.default_rng(seed)
+    m = rng.standard_normal((n, n))
+    h = m @ m.T / n + np.diag(np.logspace(0, 3, n))  # badly scaled diagonal
+    if bandwidth is not None:
+        i = np.arange(n)
+        h = np.where(np.abs(i[:, None] - i[None, :]) <= bandwidth, h, 0.0)
+        h += np.eye(n) * np.abs(h).sum(1)  # still positive definite
+    return h
+
+
+def test_coloured_diagonal_is_exact_with_enough_probes_or_a_narrow_band():
+    from jaxopt2._free_block import coloured_diagonal
+
+    h = _spd(40, 0)
+    free = jnp.asarray(np.random.default_rng(1).random(40) < 0.6)
+    hvp = lambda v: jnp.asarray(h) @ v  # noqa: E731
+    expect = np.where(free, np.diag(h), 0.0)
+    # probes ≥ |F|: every colour holds one free variable
+    got = coloured_diagonal(hvp, free, int(free.sum()), jnp.float32)
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    # a band of half-width 2 and 6 colours over all 40: no two coupled variables share one
+    hb = _spd(40, 2, bandwidth=2)
+    got = coloured_diagonal(lambda v: jnp.asarray(hb) @ v, jnp.ones(40, bool), 6, jnp.float32)
+    np.testing.assert_allclose(got, np.diag(hb), rtol=1e-5)
+    # too few colours for a dense H: an estimate, not the diagonal
+    got = coloured_diagonal(hvp, jnp.ones(40, bool), 4, jnp.float32)
+    assert not np.allclose(got, np.diag(h), rtol=1e-3)
+
+
+def test_free_block_is_the_dense_block_and_preconditions_exactly():
+    from jaxopt2._free_block import FreeBlock, block_preconditioner, form_block
+
+    h = _spd(30, 3)
+    free = jnp.asarray(np.random.default_rng(4).random(30) < 0.4)
+    f_idx = np.flatnonzero(np.asarray(free))
+    block = form_block(lambda v: jnp.asarray(h) @ v, free, 16, jnp.float32)
+    np.testing.assert_array_equal(block.index[: f_idx.size], f_idx)
+    assert np.all(np.asarray(block.index[f_idx.size:]) == 30)  # padding
+    np.testing.assert_allclose(block.matrix[: f_idx.size, : f_idx.size], h[np.ix_(f_idx, f_idx)],
+                               rtol=1e-5)
+    assert block.covers(free) and not FreeBlock.empty(16, 30, jnp.float32).covers(free)
+    # a smaller free set is covered and preconditioned by its sub-block; a new index is not
+    sub = free.at[f_idx[0]].set(False)
+    assert block.covers(sub) and not block.covers(free.at[np.flatnonzero(~free)[0]].set(True))
+    apply, factored = block_preconditioner(block, sub)
+    r = jnp.asarray(np.random.default_rng(5).standard_normal(30), jnp.float32)
+    keep = f_idx[1:]
+    expect = np.zeros(30)
+    expect[keep] = np.linalg.solve(h[np.ix_(keep, keep)], np.asarray(r)[keep])
+    assert factored
+    np.testing.assert_allclose(apply(r), expect, rtol=2e-4, atol=1e-6)
+    # an indefinite block: Jacobi with |diag| instead, and reported as not factored
+    bad = eqx.tree_at(lambda b: b.matrix, block, -block.matrix)
+    apply, factored = block_preconditioner(bad, sub)
+    assert not factored
+    np.testing.assert_allclose(apply(r)[keep], np.asarray(r)[keep] / np.diag(h)[keep], rtol=1e-5)
+
+
+def _scaled_nnls(m=300, n=160, seed=7):
+    # correlated columns scaled over two decades: κ(A) ≈ 1.7e3, 66 of 160 bounds active
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((m, n))
+    a = np.empty((m, n))
+    a[:, 0] = z[:, 0]
+    for j in range(1, n):
+        a[:, j] = 0.9 * a[:, j - 1] + np.sqrt(1 - 0.81) * z[:, j]
+    a *= np.logspace(0, -2, n)
+    b = a @ (rng.standard_normal(n) + 1.0) + 0.1 * rng.standard_normal(m)
+    return a, b, so.nnls(a, b, maxiter=50 * n)[0]
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("mode", MODES)
+def test_scaled_nnls_matches_scipy_in_every_mode(mode):
+    a, b, x_ref = _scaled_nnls()
+    assert np.sum(x_ref == 0) == 66
+    solver = ProjectedNewtonCG(rtol=0.0, atol=1e-10, **MODES[mode])
+    sol = jax.jit(lambda d: jaxopt2.minimize(nnls_loss, jnp.zeros(160), d, solver=solver,
+                                             bounds=(0.0, None), max_steps=300,
+                                             throw=False))((jnp.asarray(a), jnp.asarray(b)))
+    assert jaxopt2.status_name(sol.status) == "successful"
+    pg = projected_gradient(sol.params, jax.grad(nnls_loss)(sol.params, (a, b)), 0.0, jnp.inf)
+    assert jnp.max(jnp.abs(pg)) <= 1e-10
+    np.testing.assert_allclose(sol.params, x_ref, atol=1e-6)
+    if mode == "block":
+        # the block is formed from 96 unit vectors once |F| ≤ 96, then kept (and extended
+        # by a few columns) while F changes little: far fewer products than a block at every
+        # step, and fewer steps than plain CG
+        plain = jaxopt2.minimize(nnls_loss, jnp.zeros(160), (jnp.asarray(a), jnp.asarray(b)),
+                                 solver=ProjectedNewtonCG(rtol=0.0, atol=1e-10, **MODES["plain"]),
+                                 bounds=(0.0, None), max_steps=300)
+        assert sol.stats["num_hvp"] < 96 * sol.stats["num_steps"] // 2
+        assert sol.stats["num_steps"] < plain.stats["num_steps"]
+
+
+@pytest.mark.parametrize("mode", ["jacobi", "plain"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.float64)])
+def test_logistic_regression_matches_scipy_without_the_block(mode, dtype):
+    # breast cancer, 30 features: the default solves it by the block (n ≤ 256, tested above
+    # and in test_lbfgsb); here the Jacobi and plain CG paths, both dtypes
+    loss, args, lo, hi, x_ref, _ = breast_cancer_problem()
+    cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    args, lo, hi = jax.tree.map(cast, args), cast(lo), cast(hi)
+    sol = jax.jit(lambda a: jaxopt2.minimize(
+        loss, jnp.zeros(30, dtype), a, solver=ProjectedNewtonCG(**MODES[mode]),
+        bounds=(lo, hi), max_steps=200, throw=False))(args)
+    assert jaxopt2.status_name(sol.status) == "successful" and sol.params.dtype == dtype
+    tol = 2e-6 if dtype == "float64" else 5e-2
+    np.testing.assert_allclose(sol.params, x_ref, atol=tol)
+
+
+@pytest.mark.parametrize("mode", ["block", "jacobi"])
+def test_vmap_with_a_bad_problem_in_each_preconditioner_mode(mode):
+    a, b, _ = _scaled_nnls(m=80, n=40, seed=3)
+    bs = jnp.stack([jnp.asarray(b), jnp.asarray(b).at[5].set(jnp.nan), -jnp.asarray(b)])
+    data = (jnp.asarray(a), bs)
+
+    def solve(bb):
+        return jaxopt2.minimize(nnls_loss, jnp.zeros(40), (data[0], bb),
+                                solver=ProjectedNewtonCG(**MODES[mode]), bounds=(0.0, None),
+                                throw=False, max_steps=200)
+
+    batch = jax.jit(jax.vmap(solve))(bs)
+    codes = [jaxopt2.status_name(c) for c in batch.status._value]
+    assert codes[1] != "successful"
+    for i in (0, 2):
+        assert codes[i] == "successful"
+        ref = so.nnls(np.asarray(a, np.float64), np.asarray(bs[i], np.float64), maxiter=2000)[0]
+        np.testing.assert_allclose(batch.params[i], ref, atol=2e-3)
+
+
+@pytest.mark.parametrize("field, value", [("jacobi_probes", -1), ("dense_max", 2.5),
+                                          ("dense_max", True)])
+def test_bad_preconditioner_settings_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        ProjectedNewtonCG(**{field: value})
