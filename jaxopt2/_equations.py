@@ -25,12 +25,12 @@ from ._base import (
     Point,
 )
 from ._checks import check_vector_output
-from ._front import adjoint_for, finish, open_door, stats, step_budget
+from ._front import adjoint_for, equation_detail, finish, open_door, stats, step_budget
 from ._iterate import run_solver
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
 from ._solution import Solution
-from ._tree import tree_dot, tree_inf_norm, tree_sub
+from ._tree import result_dtype, tree_dot, tree_inf_norm, tree_sub
 
 
 class _Run(NamedTuple):
@@ -68,7 +68,7 @@ def _open(door: str, run: _Run, fun, x0, args, *, root: str, fun_name: str, squa
     return x0, fn, args, run._replace(callback=callback)
 
 
-def _solve(run: _Run, fn, y0, args, optimality, tags, measure) -> Solution:
+def _solve(run: _Run, fn, y0, args, optimality, tags, measure, door: str) -> Solution:
     fn = run.solver.convert_objective(fn, y0, args)
     inputs = (fn, args)
 
@@ -80,7 +80,9 @@ def _solve(run: _Run, fn, y0, args, optimality, tags, measure) -> Solution:
     adjoint = adjoint_for(run.adjoint, run.throw)
     y, out = adjoint.apply(primal, optimality, y0, inputs, tags)
     status = out.result
-    y = finish(y, status, adjoint, run.throw)
+    detail = equation_detail(door, run.solver, out.num_steps, measure(out.point), out.measure0,
+                             result_dtype(y0))
+    y = finish(y, status, adjoint, run.throw, detail=detail)
     f, aux = attach_tangent((out.point.f, out.point.aux), y, inputs,
                             fn=lambda p, i: i[0](p, i[1]))
     return Solution(params=y, value=f, status=status, stats=stats(out.counts, out.num_steps),
@@ -133,7 +135,8 @@ def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
         return vjp(r)[0]
 
     return _solve(run, fn, params0, args, optimality,
-                  tags=(lx.symmetric_tag, lx.positive_semidefinite_tag), measure=_cost)
+                  tags=(lx.symmetric_tag, lx.positive_semidefinite_tag), measure=_cost,
+                  door="least_squares")
 
 
 @check_front_door_keywords
@@ -168,7 +171,7 @@ def root_find(fn: Callable, y0: Any, args: Any = None, *, solver: AbstractRootFi
         return fn(y, args)[0]
 
     return _solve(run, fn, y0, args, optimality, tags=(),
-                  measure=lambda p: tree_inf_norm(p.f))
+                  measure=lambda p: tree_inf_norm(p.f), door="root_find")
 
 
 @check_front_door_keywords
@@ -217,12 +220,12 @@ def fixed_point(fn: Callable, y0: Any, args: Any = None, *,
             return fn(y, args)[0]
 
         sol = _solve(run, residual, y0, args, root_optimality, tags=(),
-                     measure=lambda p: tree_inf_norm(p.f))
+                     measure=lambda p: tree_inf_norm(p.f), door="fixed_point")
         # Report g(y) = (g(y) − y) + y, as the fixed-point solvers do.
         value = jax.tree_util.tree_map(lambda r, y: r + y, sol.value, sol.params)
         return eqx.tree_at(lambda s: s.value, sol, value)
     return _solve(run, fn, y0, args, optimality, tags=(),
-                  measure=lambda p: tree_inf_norm(tree_sub(p.f, p.y)))
+                  measure=lambda p: tree_inf_norm(tree_sub(p.f, p.y)), door="fixed_point")
 
 
 def _cost(point: Point):

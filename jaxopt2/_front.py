@@ -76,9 +76,9 @@ def raise_if_failed(token, status: RESULTS,
     problems from one over tangents: `jax.jacfwd` vmaps the tangent rules of one problem, and
     there a failure in any tangent must raise, not vanish.
 
-    `detail`: optional `[num_steps, gradient ratio, error ratio]` of a minimization
-    (`shortfall_detail`), which a `max_steps_reached` message then reports: by how much the
-    tolerance was missed."""
+    `detail`: optional `[num_steps, first ratio, second ratio, kind]`, which a
+    `max_steps_reached` message then reports: by how much the tolerance was missed
+    (`shortfall_detail` for a minimization, `equation_detail` for the equation doors)."""
     code = status._value
     detail = _NO_DETAIL if detail is None else jnp.asarray(detail, jnp.float32)
     if not isinstance(code, jax.core.Tracer) and not isinstance(detail, jax.core.Tracer):
@@ -91,14 +91,43 @@ def raise_if_failed(token, status: RESULTS,
     return _checker(hint)(token, code, marker, detail)
 
 
-_NO_DETAIL = np.full(3, np.nan, np.float32)
+_NO_DETAIL = np.full(4, np.nan, np.float32)
+
+# The last entry of a `detail`: which door's measures it holds.
+_MINIMIZE, _ROOT, _FIXED_POINT, _LEAST_SQUARES, _RESIDUAL_NO_TOL = 0, 1, 2, 3, 4
 
 
 def shortfall_detail(num_steps, shortfall):
     """The `detail` of `raise_if_failed` for a minimization: steps taken and
     `MinimizerRule.shortfall`."""
     return jnp.concatenate([jnp.asarray(num_steps, jnp.float32)[None],
-                            jnp.asarray(shortfall, jnp.float32)])
+                            jnp.asarray(shortfall, jnp.float32),
+                            jnp.full((1,), _MINIMIZE, jnp.float32)])
+
+
+def equation_detail(door: str, solver, num_steps, measure, measure0, dtype):
+    """The `detail` of an equation door: steps taken and, for `root_find` and `fixed_point`
+    with a solver that has `rtol`/`atol` (the residual test max|F| ≤ atol + rtol·max|F(y₀)|
+    of every such solver), the final residual over that tolerance; for `least_squares`
+    (MINPACK's relative tests have no one tolerance) and other solvers, the final measure
+    over its value at the start."""
+    from ._base import default_root_rtol
+    from ._solver.bisection import Bisection  # its rtol/atol bound the bracket, not |F|
+
+    measure = jnp.asarray(measure, jnp.float32)
+    measure0 = jnp.asarray(measure0, jnp.float32)
+    residual_test = hasattr(solver, "rtol") and hasattr(solver, "atol") and not isinstance(
+        solver, Bisection)
+    if door != "least_squares" and residual_test:
+        rtol = default_root_rtol(dtype) if solver.rtol is None else solver.rtol
+        tol = solver.atol + rtol * measure0
+        ratio = measure / jnp.where(tol > 0, tol, jnp.inf)
+        kind = _ROOT if door == "root_find" else _FIXED_POINT
+    else:
+        ratio = measure / jnp.where(measure0 > 0, measure0, jnp.inf)
+        kind = _LEAST_SQUARES if door == "least_squares" else _RESIDUAL_NO_TOL
+    return jnp.stack([jnp.asarray(num_steps, jnp.float32), ratio,
+                      jnp.asarray(jnp.nan, jnp.float32), jnp.asarray(kind, jnp.float32)])
 
 
 
@@ -110,10 +139,22 @@ def describe(code: int, detail) -> str:
     detail = np.asarray(detail, np.float64)
     if code != RESULTS.max_steps_reached._value or not np.isfinite(detail[0]):
         return ""
-    steps, by_grad, by_error = detail
-    error = (f"{by_error:.3g}× rtol·max(‖x‖∞, 1)" if np.isfinite(by_error)
+    steps, first, second, kind = detail
+    after = f" After {int(steps)} steps"
+    if kind == _ROOT:
+        return (f"{after} max|F(y)| was {first:.3g}× its tolerance atol + rtol·max|F(y₀)| "
+                "(at most 1× to stop).")
+    if kind == _FIXED_POINT:
+        return (f"{after} max|g(y) − y| was {first:.3g}× its tolerance atol + "
+                "rtol·max|g(y₀) − y₀| (at most 1× to stop).")
+    if kind == _LEAST_SQUARES:
+        return (f"{after} the cost ½‖r‖² was {first:.3g}× its value at the start (the solver "
+                "stops on MINPACK's relative tests: ftol, xtol, gtol).")
+    if kind == _RESIDUAL_NO_TOL:
+        return f"{after} the residual was {first:.3g}× its value at the start."
+    error = (f"{second:.3g}× rtol·max(‖x‖∞, 1)" if np.isfinite(second)
              else "not estimated yet (the steps have not started to contract)")
-    return (f" After {int(steps)} steps ‖∇f‖∞ was {by_grad:.3g}× its tolerance "
+    return (f"{after} ‖∇f‖∞ was {first:.3g}× its tolerance "
             f"atol + rtol·‖∇f(x₀)‖∞ and the estimated distance to the minimizer {error} "
             "(both must be at most 1×).")
 
