@@ -389,9 +389,16 @@ class ProximalNewton(AbstractMinimizer):
             t = jnp.where(k == 0, jnp.ones((), dtype), t / 2)
             return t, fn(tree_axpy(t, d, x), args)[0].astype(dtype), k + 1
 
-        t, value, trials = while_loop(cond, body, (jnp.ones((), dtype), jnp.asarray(jnp.inf, dtype),
-                                                   jnp.zeros((), jnp.int32)),
+        # The unit step, nearly always accepted near the solution, is evaluated with its
+        # gradient: then the step needs one evaluation of f and ∇f together, not f at the
+        # trial and then f and ∇f again (two products with the Gram matrix of a lasso).
+        first = evaluate(fn, tree_add(x, d), args)
+        first_ok = accept(jnp.ones((), dtype), first.value.astype(dtype)) & (slope < 0)
+        t, value, trials = while_loop(cond, body, (jnp.ones((), dtype),
+                                                   first.value.astype(dtype),
+                                                   jnp.ones((), jnp.int32)),
                                       max_steps=self.max_backtracks + 1)
+        trials = trials - 1  # function-only trials after the first
         ok = accept(t, value) & (slope < 0)
         zero_step = tree_inf_norm(d) == 0
         # Where the Newton step fails (a nonconvex f, or round-off), a proximal-gradient step
@@ -401,10 +408,11 @@ class ProximalNewton(AbstractMinimizer):
                                                      fallback, noise)
         moved = tree_where(ok, tree_axpy(t.astype(dtype), d, x), pg_x)
         ok = ok | (fallback & pg_ok)
-        new = tree_where(ok, evaluate(fn, moved, args), iterate)
+        new = jax.lax.cond(first_ok, lambda: first,
+                           lambda: tree_where(ok, evaluate(fn, moved, args), iterate))
         # A zero step (the start, or a point where the subproblem returns x) is success: the
         # stopping rule then judges it; only a failed search for a real step fails.
         result = RESULTS.where(ok | zero_step, RESULTS.successful, RESULTS.line_search_failed)
         lipschitz = jnp.maximum(lipschitz, jnp.finfo(dtype).tiny).astype(dtype)
-        counts = Counts.of(fun=trials + pg_trials, grad=1, hvp=hvps)
+        counts = Counts.of(fun=trials + pg_trials, grad=jnp.where(first_ok, 1, 2), hvp=hvps)
         return new, _PNState(lipschitz, gmap, ws_size, error, state.inner_floor), counts, result
