@@ -192,19 +192,23 @@ def zoom_wolfe(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, c2=0.9,
     # The objective is traced once, inside the loop: each pass evaluates the pending trial t.
     # [lo, hi] is the bracket once `bracketed` (lo = 0 at first). `best` is the lowest Armijo
     # point seen (or the Wolfe point), the fallback; within rounding noise `lo` may move on
-    # slopes alone, but `best` only ever holds a real decrease.
-    state = dict(t=jnp.asarray(init_step, dtype), lo=zero, f_lo=f0, s_lo=slope0, hi=zero,
-                 f_hi=f0, s_hi=slope0, bracketed=jnp.array(False), k=jnp.zeros((), jnp.int32),
+    # slopes alone, but `best` only ever holds a real decrease. Each end is carried as one
+    # vector (t, f(t), slope at t): one select moves a whole end, where three scalars would
+    # each be a select, a loop-carried value and a fusion operand (issue 20: compile size).
+    start = jnp.stack([zero, f0, slope0])
+    state = dict(t=jnp.asarray(init_step, dtype), lo=start, hi=start,
+                 bracketed=jnp.array(False), k=jnp.zeros((), jnp.int32),
                  done=jnp.array(False), best=it, best_t=zero)
 
     def cond(st):
-        width = jnp.abs(st["hi"] - st["lo"])
-        stalled = st["bracketed"] & (width <= tiny * jnp.maximum(st["hi"], st["lo"]))
+        lo, hi = st["lo"][0], st["hi"][0]
+        stalled = st["bracketed"] & (jnp.abs(hi - lo) <= tiny * jnp.maximum(hi, lo))
         return descent & ~st["done"] & ~stalled & (st["k"] < max_trials)
 
     def body(st):
         t, lo, hi = st["t"], st["lo"], st["hi"]
         new_it, f, s = trial(t)
+        here = jnp.stack([t, f, s])
         wolfe = sufficient(t, f, s) & curvature(s)
         # Nocedal & Wright's bracket update: a trial without sufficient decrease becomes `hi`;
         # one with decrease becomes `lo`, and if the slope there points back towards the old
@@ -212,16 +216,12 @@ def zoom_wolfe(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, c2=0.9,
         # noise of f(x) values cannot rank points, so the slope alone decides: t becomes `lo`
         # when the slope there points into the rest of the bracket.
         in_noise = jnp.isfinite(f) & (jnp.abs(f - f0) <= noise)
-        toward_hi = jnp.where(st["bracketed"], s * (hi - t) < 0, s < 0)
-        decrease = jnp.where(in_noise, toward_hi, armijo(t, f) & (f < st["f_lo"]))
-        flip = decrease & jnp.where(st["bracketed"], s * (hi - lo) >= 0, s >= 0)
+        toward_hi = jnp.where(st["bracketed"], s * (hi[0] - t) < 0, s < 0)
+        decrease = jnp.where(in_noise, toward_hi, armijo(t, f) & (f < lo[1]))
+        flip = decrease & jnp.where(st["bracketed"], s * (hi[0] - lo[0]) >= 0, s >= 0)
         take_t = ~decrease
-        new_hi = jnp.where(take_t, t, jnp.where(flip, lo, hi))
-        f_hi = jnp.where(take_t, f, jnp.where(flip, st["f_lo"], st["f_hi"]))
-        s_hi = jnp.where(take_t, s, jnp.where(flip, st["s_lo"], st["s_hi"]))
-        new_lo = jnp.where(decrease, t, lo)
-        f_lo = jnp.where(decrease, f, st["f_lo"])
-        s_lo = jnp.where(decrease, s, st["s_lo"])
+        new_hi = jnp.where(take_t, here, jnp.where(flip, lo, hi))
+        new_lo = jnp.where(decrease, here, lo)
         bracketed = st["bracketed"] | take_t | flip
         keep = wolfe | (armijo(t, f) & (f < st["best"].value.astype(dtype)))
         best = tree_where(keep, new_it, st["best"])
@@ -229,22 +229,23 @@ def zoom_wolfe(fn, it: Iterate, direction, args, init_step, *, c1=1e-4, c2=0.9,
 
         # One cubic serves both phases: inside the bracket, or extrapolated from the previous
         # point through t.
-        ends = jnp.where(bracketed, jnp.stack([new_lo, f_lo, s_lo, new_hi, f_hi, s_hi]),
-                         jnp.stack([lo, st["f_lo"], st["s_lo"], t, f, s]))
+        ends = jnp.where(bracketed, jnp.concatenate([new_lo, new_hi]),
+                         jnp.concatenate([lo, here]))
         cubic = _cubic_min(*ends)
-        a, b = jnp.minimum(new_lo, new_hi), jnp.maximum(new_lo, new_hi)
+        lo_t, hi_t = new_lo[0], new_hi[0]
+        a, b = jnp.minimum(lo_t, hi_t), jnp.maximum(lo_t, hi_t)
         # No cubic: bisect, unless f(hi) overflowed; then hi says nothing about the scale, so
         # shrink tenfold towards lo.
-        overflow = ~jnp.isfinite(f_hi) | ~jnp.isfinite(s_hi)
+        overflow = ~jnp.isfinite(new_hi[1]) | ~jnp.isfinite(new_hi[2])
         t_zoom = jnp.where(jnp.isfinite(cubic), cubic,
-                           jnp.where(overflow, new_lo + 0.1 * (new_hi - new_lo), 0.5 * (a + b)))
+                           jnp.where(overflow, lo_t + 0.1 * (hi_t - lo_t), 0.5 * (a + b)))
         t_zoom = jnp.clip(t_zoom, a + 0.1 * (b - a), b - 0.1 * (b - a))
         # A cubic with no minimizer ahead means f still looks unbounded along d: go tenfold.
         t_ext = jnp.where(jnp.isfinite(cubic) & (cubic > t), cubic, 10.0 * t)
         t_ext = jnp.minimum(jnp.clip(t_ext, 2.0 * t, 10.0 * t), max_step)
         t_next = jnp.where(bracketed, t_zoom, t_ext).astype(dtype)
-        return dict(t=t_next, lo=new_lo, f_lo=f_lo, s_lo=s_lo, hi=new_hi, f_hi=f_hi, s_hi=s_hi,
-                    bracketed=bracketed, k=st["k"] + 1, done=wolfe, best=best, best_t=best_t)
+        return dict(t=t_next, lo=new_lo, hi=new_hi, bracketed=bracketed, k=st["k"] + 1,
+                    done=wolfe, best=best, best_t=best_t)
 
     st = while_loop(cond, body, state, max_steps=max_trials)
     ok = descent & (st["best_t"] > 0)

@@ -420,6 +420,9 @@ def _one_by_one(fn):
     return mapped
 
 
+LITERAL_START = 4096  # up to this many parameters the check's start is a literal (32 KB)
+
+
 def _start(params, dtype):
     """The saddle check's fixed start, shaped like `params`: the golden-angle sequence
     cos(1 + 2.4k) over the leaves in order (k counts on across leaves), normalised; no zero
@@ -427,6 +430,17 @@ def _start(params, dtype):
     few hundred ops of a PRNG draw in every compiled solve. Each leaf is given its
     parameter's sharding (a local slice of the replicated sequence, no communication)."""
     leaves, treedef = jtu.tree_flatten(params)
+    if tree_size(params) <= LITERAL_START and not distributed.mesh_in_context():
+        # A literal of the program on small problems: XLA does not fold the sequence and its
+        # norm, which cost two kernels of their own (issue 20: compile time).
+        k = np.arange(tree_size(params), dtype=np.float64)
+        flat = np.cos(1.0 + 2.399963 * k)
+        flat = (flat / np.linalg.norm(flat)).astype(dtype)
+        parts, offset = [], 0
+        for leaf in leaves:
+            parts.append(jnp.asarray(flat[offset:offset + leaf.size].reshape(leaf.shape)))
+            offset += leaf.size
+        return jtu.tree_unflatten(treedef, parts)
     parts, offset = [], 0
     for leaf in leaves:
         k = jnp.arange(offset, offset + leaf.size, dtype=dtype)

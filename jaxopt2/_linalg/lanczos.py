@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from .._tree import tree_dot, tree_norm
 from ..distributed import explicit_spec
@@ -62,8 +63,8 @@ def lanczos(matvec, q0, steps: int, *, return_basis: bool = False):
     # out-of-range handling per update; issue 20, compile time). The basis is built by
     # broadcasting q0, so each leaf's rows carry that leaf's sharding.
     rows = jnp.arange(steps)
-    basis = jtu.tree_map(lambda q: jnp.where(_rows(rows == 0, q), q[None], 0).astype(q.dtype),
-                         q0)
+    first = np.arange(steps) == 0  # a literal: XLA does not fold comparisons of an iota
+    basis = jtu.tree_map(lambda q: jnp.where(_rows(first, q), q[None], 0).astype(q.dtype), q0)
 
     def project_out(basis, w):
         return jtu.tree_map(jnp.subtract, w, basis_combine(basis, basis_dot(basis, w)))
@@ -89,7 +90,7 @@ def lanczos(matvec, q0, steps: int, *, return_basis: bool = False):
         alive = jnp.where(after, next_alive, alive)
         return basis, alphas, betas, alive, scale, q_next, next_alive
 
-    init = (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), rows == 0,
+    init = (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), jnp.asarray(first),
             jnp.zeros((), dtype), q0, jnp.array(True))
     basis, alphas, betas, alive, *_ = jax.lax.fori_loop(0, steps, step, init)
     if return_basis:
