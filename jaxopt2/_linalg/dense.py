@@ -35,21 +35,23 @@ def damped_cholesky(h, max_tries: int):
     scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
     tau0 = jnp.maximum(-jnp.min(jnp.diag(h)), 0.0) + _BETA * scale
 
-    def failed(factor):
-        return ~jnp.all(jnp.isfinite(factor))
-
+    # One factorisation in the program, in a do-while loop whose first trip is τ = 0 (H
+    # itself): a second call for H before the loop was a second LAPACK call site and its own
+    # kernels (issue 20: compile time).
     def cond(c):
-        factor, _, k = c
-        return failed(factor) & (k < max_tries)
+        _, _, k, ok = c
+        return (k == 0) | (~ok & (k <= max_tries))
 
     def body(c):
-        _, tau, k = c
-        tau = jnp.where(k == 0, tau0, _GROWTH * tau)
-        return jnp.linalg.cholesky(h + tau * eye), tau, k + 1
+        _, tau, k, _ = c
+        tau = jnp.where(k == 0, 0.0, jnp.where(k == 1, tau0, _GROWTH * tau)).astype(h.dtype)
+        factor = jnp.linalg.cholesky(h + tau * eye)
+        return factor, tau, k + 1, jnp.all(jnp.isfinite(factor))
 
     zero = jnp.zeros((), h.dtype)
-    factor, tau, _ = while_loop(cond, body, (jnp.linalg.cholesky(h), zero,
-                                                 jnp.zeros((), jnp.int32)), max_steps=max_tries)
+    factor, tau, _, _ = while_loop(cond, body, (jnp.full_like(h, jnp.nan), zero,
+                                                jnp.zeros((), jnp.int32), jnp.array(False)),
+                                   max_steps=max_tries + 1)
     return factor, tau
 
 
