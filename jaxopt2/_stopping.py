@@ -81,7 +81,7 @@ import numpy as np
 
 from . import distributed
 from ._base import Iterate, default_rtol
-from ._linalg.lanczos import basis_combine, basis_dot, lanczos
+from ._linalg.lanczos import basis_combine, lanczos
 from ._loops import while_loop
 from ._results import RESULTS
 from ._tree import (
@@ -363,7 +363,8 @@ def curvature_check(value_fn, hvp, it: Iterate, result: RESULTS, rtol=None,
     first = [jtu.tree_map(lambda r: r[0], r) for r in runs]
     second = [jtu.tree_map(lambda r: r[1], r) for r in runs]
     alphas, betas, alive, basis = first
-    ritz, vectors, newton = _ritz_and_newton_bound(alphas, betas, alive, second, g,
+    ritz, vectors, newton = _ritz_and_newton_bound(alphas, betas, alive, second[:3],
+                                                   gnorm.astype(dtype),
                                                    full=steps == n)
     low, high = ritz[0], ritz[-1]
     v = basis_combine(basis, vectors[:, 0])
@@ -463,9 +464,13 @@ def _tridiagonal(alphas, betas):
             + off[None, :] * upper.T)
 
 
-def _ritz_and_newton_bound(alphas, betas, alive, second, g, full: bool):
+def _ritz_and_newton_bound(alphas, betas, alive, second, gnorm, full: bool):
     """The Ritz pairs of the run from q0 (α, β, live mask) and the lower bound on ‖H⁻¹g‖ of
-    `curvature_check` from the run from g (`second`: its α, β, live mask and basis Q, k rows).
+    `curvature_check` from the run from g (`second`: its α, β and live mask; `gnorm` = ‖g‖₂).
+
+    The run starts at g/‖g‖ and keeps its basis Q orthonormal (full reorthogonalisation), so
+    Qᵀg = ‖g‖e₁ up to round-off: the bound needs no product with Q (one contraction over the
+    parameters, and the second run's basis, fewer in the program; issue 20).
 
     Without the last β (not returned) only the first m = k − 1 basis vectors of the second
     run have their products inside span Q: H Q₍ₘ₎ = Q T[:, :m]. Where the run spans the whole
@@ -480,12 +485,12 @@ def _ritz_and_newton_bound(alphas, betas, alive, second, g, full: bool):
     # As in `extreme_eigenvalues`: decoupled dead steps take α₀, inside the live spectrum.
     vectors, ritz = jax.lax.linalg.eigh(_tridiagonal(jnp.where(alive, alphas, alphas[0]), betas),
                                         symmetrize_input=False)
-    alphas2, betas2, alive2, basis = second
+    alphas2, betas2, alive2 = second
     b = _tridiagonal(jnp.where(alive2, alphas2, 0), betas2)[:, :m]
     upper = jnp.pad(b, ((0, m), (k, 0)))  # B in the top-right block, zeros elsewhere
     vecs, w = jax.lax.linalg.eigh(upper + upper.T, symmetrize_input=False)
     dtype = alphas.dtype
-    c = jnp.sqrt(2.0).astype(dtype) * (vecs[k:, :].T @ basis_dot(basis, g)[:m])
+    c = jnp.sqrt(2.0).astype(dtype) * gnorm * vecs[k, :]
     keep = w > 10 * jnp.finfo(dtype).eps * jnp.max(jnp.abs(w))
     terms = jnp.where(keep, c / jnp.where(keep, w, 1), 0)
     return ritz, vectors, jnp.linalg.norm(terms)
