@@ -52,6 +52,10 @@ def test_lasso_matches_sklearn_and_kkt(block):
     assert int(sol.stats["num_steps"]) <= 8
     if block == "user":
         assert int(sol.stats["num_hvp"]) == 0
+    # each accepted unit step is evaluated once, with its gradient (no f-only trial before it):
+    # one value-and-gradient per step plus the start's
+    assert int(sol.stats["num_fun"]) == 0
+    assert int(sol.stats["num_grad"]) == int(sol.stats["num_steps"]) + 1
 
 
 @pytest.mark.float64
