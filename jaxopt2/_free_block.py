@@ -16,7 +16,8 @@ time. Both preconditioners below are built from one such batch.
 - `form_block`: the block H_FF itself, from the unit vectors of F (|F| ≤ the static size, the
   rest padded), for a Cholesky preconditioner. For a quadratic f the block is exact at every
   later step too; `FreeBlock.covers` says when a kept block still fits the free set (F only
-  shrank), so the solver can reuse it.
+  shrank), so the solver can reuse it, and `extend_block` adds the few columns of a free set
+  that gained some indices (one smaller batch) instead of forming the block anew.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class FreeBlock(eqx.Module):
     """A dense Hessian block on the free indices `index` (padded with n), kept between steps.
     `ok`: formed, factorizable, and still preconditioning well."""
 
-    index: jax.Array  # (size,) int32, sorted; n marks padding
+    index: jax.Array  # (size,) int32; n marks padding (sorted when formed, not once extended)
     matrix: jax.Array  # (size, size) H[index][:, index], zero on padding
     ok: jax.Array  # bool
 
