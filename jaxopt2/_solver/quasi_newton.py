@@ -214,30 +214,32 @@ class LBFGS(_AbstractQuasiNewton):
         m = self.history
         dtype = memory.rho.dtype
 
-        def pair(j):
-            # j = 0 is the newest pair; slots j >= count are unfilled and get zero weight.
+        def pair(i, valid):
             # `i` is in [0, m) by construction: read with `lax` directly, without the index
             # normalisation and bounds handling of `a[i]` (issue 20: a smaller program).
-            i = (memory.head - 1 - j) % m
             s_i = jtu.tree_map(lambda a: _row(a, i), memory.s)
             y_i = jtu.tree_map(lambda a: _row(a, i), memory.y)
-            return s_i, y_i, _row(memory.rho, i), j < memory.count
+            return s_i, y_i, _row(memory.rho, i), valid
 
-        def newest_first(q, j):
-            s_i, y_i, rho_i, valid = pair(j)
+        def newest_first(q, ij):
+            s_i, y_i, rho_i, valid = pair(*ij)
             alpha = jnp.where(valid, rho_i * tree_dot(s_i, q).astype(dtype), 0.0)
             return tree_axpy(-alpha, y_i, q), alpha
 
-        def oldest_first(r, j_alpha):
-            j, alpha = j_alpha
-            s_i, y_i, rho_i, valid = pair(j)
+        def oldest_first(r, ij_alpha):
+            i, ok, alpha = ij_alpha
+            s_i, y_i, rho_i, valid = pair(i, ok)
             beta = rho_i * tree_dot(y_i, r).astype(dtype)
             return tree_axpy(jnp.where(valid, alpha - beta, 0.0), s_i, r), None
 
+        # The pairs newest first: their rows of the ring buffer, computed once for both loops,
+        # and whether each is filled (the j-th newest exists when j < count).
         js = jnp.arange(m)
-        q, alphas = lax.scan(newest_first, grad, js)
+        rows = (memory.head - 1 - js) % m
+        filled = js < memory.count
+        q, alphas = lax.scan(newest_first, grad, (rows, filled))
         r = tree_scale(memory.gamma, q)
-        r, _ = lax.scan(oldest_first, r, (js, alphas), reverse=True)
+        r, _ = lax.scan(oldest_first, r, (rows, filled, alphas), reverse=True)
         return tree_neg(r)
 
     def _update(self, memory: _LBFGSMemory, s, y, sy, yy, accept, empty):
