@@ -357,7 +357,7 @@ class SketchedSQP(AbstractSQP):
     atol: float = 0.0
     sketch: str = eqx.field(static=True, default="rows")
     sketch_size: int | None = eqx.field(static=True, default=None)
-    sketch_max_steps: int = eqx.field(static=True, default=500)
+    sketch_max_steps: int = eqx.field(static=True, default=200)
     sketch_rtol: float | None = None
     matrix_free: bool = eqx.field(static=True, default=False)
     precondition: bool = eqx.field(static=True, default=True)
