@@ -28,11 +28,15 @@ def _solve(solver, dtype):
 
 
 def _bound(H, g, steps, q):
-    """The check's bound from a Lanczos run of `steps` from `q` on the dense H."""
-    alphas, betas, alive, basis = lanczos(lambda v: H @ v, q / jnp.linalg.norm(q), steps,
-                                          return_basis=True)
-    run = (alphas, betas, alive, basis)
-    return _stopping._ritz_and_newton_bound(*run[:3], run, g, full=steps == g.size)[2]
+    """The check's bound on the dense H, as `curvature_check` computes it: Ritz pairs from a
+    Lanczos run of `steps` from `q`, the bound from the run from g/‖g‖ (whose basis is
+    orthonormal, so Qᵀg = ‖g‖e₁)."""
+    def run(start):
+        return lanczos(lambda v: H @ v, start / jnp.linalg.norm(start), steps,
+                       return_basis=True)[:3]
+
+    return _stopping._ritz_and_newton_bound(*run(q), run(g), jnp.linalg.norm(g),
+                                            full=steps == g.size)[2]
 
 
 @pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
