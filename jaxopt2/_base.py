@@ -214,6 +214,8 @@ class AbstractIterativeSolver(eqx.Module):
     steps_estimate_error: ClassVar[bool] = False
     supports_half_precision: ClassVar[bool] = False  # as in AbstractMinimizer
     forms_dense_matrix: ClassVar[bool] = False
+    # Whether `rtol`/`atol` bound a bracket (Bisection) rather than the residual max|F|.
+    tolerance_on_bracket: ClassVar[bool] = False
     # The step budget of `least_squares`/`root_find`/`fixed_point` when the user passes no
     # `max_steps`: Newton-type and Gauss–Newton steps converge fast and need few; linearly
     # convergent solvers (fixed-point iteration, Anderson, Broyden) override it.

@@ -112,12 +112,11 @@ def equation_detail(door: str, solver, num_steps, measure, measure0, dtype):
     (MINPACK's relative tests have no one tolerance) and other solvers, the final measure
     over its value at the start."""
     from ._base import default_root_rtol
-    from ._solver.bisection import Bisection  # its rtol/atol bound the bracket, not |F|
 
     measure = jnp.asarray(measure, jnp.float32)
     measure0 = jnp.asarray(measure0, jnp.float32)
-    residual_test = hasattr(solver, "rtol") and hasattr(solver, "atol") and not isinstance(
-        solver, Bisection)
+    residual_test = (hasattr(solver, "rtol") and hasattr(solver, "atol")
+                     and not getattr(type(solver), "tolerance_on_bracket", False))
     if door != "least_squares" and residual_test:
         rtol = default_root_rtol(dtype) if solver.rtol is None else solver.rtol
         tol = solver.atol + rtol * measure0

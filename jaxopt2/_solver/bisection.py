@@ -84,6 +84,8 @@ class Bisection(AbstractRootFinder):
     """
 
     supports_half_precision: ClassVar[bool] = True  # the bracket bounds the error in any dtype
+    # rtol/atol bound the bracket's width, not |F| (`_front.equation_detail`)
+    tolerance_on_bracket: ClassVar[bool] = True
 
     confirm_by_step: ClassVar[bool] = False  # the bracket width is its error bound
 
