@@ -290,7 +290,9 @@ def linearize_mixed(fn, y, args, precision):
     r, vjp_full = jax.vjp(lambda p: fn(p, args)[0], y)
     low_args = _cast(args, low) if precision.cast_args else args
     y_low = _cast(y, low)
-    r_low, jvp_low = jax.linearize(lambda p: fn(p, low_args)[0], y_low)
+    # The output is cast too: a residual that closes over full-precision arrays promotes to
+    # their dtype, and the transpose takes cotangents in the output's dtype.
+    r_low, jvp_low = jax.linearize(lambda p: _cast(fn(p, low_args)[0], low), y_low)
     transpose = jax.linear_transpose(jvp_low, y_low)
 
     def back(out, like_tree):

@@ -124,6 +124,21 @@ def test_vmap_one_failing_problem_and_implicit_gradient():
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * float(jnp.max(jnp.abs(want))))
 
 
+def test_residual_closing_over_float32_arrays():
+    """A residual that captures float32 data (not passed as args) promotes its low-precision
+    output back to float32; the products still run and the answer is the float32 one
+    (this raised a cotangent-dtype TypeError in the transpose)."""
+    X32, Y32 = jnp.asarray(XB, jnp.float32), jnp.asarray(Y)
+    res = lambda w, _: jnp.tanh(X32 @ w / 8) - Y32  # noqa: E731
+    ref = jaxopt2.least_squares(res, jnp.zeros(D), None, solver=SOLVERS["LevenbergMarquardt"]())
+    for name in sorted(SOLVERS):
+        sol = jaxopt2.least_squares(res, jnp.zeros(D), None, solver=SOLVERS[name](
+            precision=MixedPrecision(jnp.bfloat16)), throw=False)
+        assert sol.status == jaxopt2.RESULTS.successful, name
+        err = float(jnp.max(jnp.abs(sol.params - ref.params)) / jnp.max(jnp.abs(ref.params)))
+        assert err < 5e-4, (name, err)
+
+
 def test_pytree_parameters():
     def res(p, data):
         X, y = data
