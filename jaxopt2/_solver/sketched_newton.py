@@ -14,6 +14,7 @@ import jax.tree_util as jtu
 from .._base import Counts, Iterate
 from .._prng import as_key
 from .._random_newton import AbstractRandomNewton, RandomNewtonState, damped_newton_step
+from .._sqrt_hessian import add_rest, check_b, check_sqrt_hessian, gram
 from .._tree import ravel
 from ..distributed import explicit_spec, take_rows
 from ..sketch._operators import (
@@ -148,6 +149,7 @@ class SketchedNewton(AbstractRandomNewton):
                                       converter=lambda k: as_key(k, "SketchedNewton", batched=True))
 
     def __check_init__(self):
+        check_sqrt_hessian(self.sqrt_hessian, "SketchedNewton")
         if self.sketch not in SKETCHES:
             raise ValueError(f"`sketch` must be one of {SKETCHES}; got {self.sketch!r}.")
         if self.sketch != "uniform" and self.sqrt_hessian is None:
@@ -241,32 +243,19 @@ class SketchedNewton(AbstractRandomNewton):
         return jax.hessian(lambda v: on_batch(unravel(v), batch)[0])(x).astype(x.dtype)
 
     def _sketched_hessian(self, unravel, x, args, key):
-        b, rest = self.sqrt_hessian(unravel(x), args)
-        b = jnp.asarray(b)
         d = x.size
-        if explicit_spec(b) is not None:
+        b, rest = self.sqrt_hessian(unravel(x), args)
+        if explicit_spec(jnp.asarray(b)) is not None:
             # The sketch operators are lineax operators typed without shardings.
             raise ValueError(
                 "SketchedNewton: the Newton sketch (`sqrt_hessian`) does not support B sharded "
                 "over Explicit mesh axes; use a mesh with AxisType.Auto axes, or subsampled "
                 "Newton (no `sqrt_hessian`), which works under both.")
-        if b.ndim != 2 or b.shape[1] != d:
-            raise ValueError(f"`sqrt_hessian` must return B of shape (n, {d}) (one row per "
-                             f"example, one column per parameter); got {b.shape}.")
-        b = b.astype(x.dtype)
+        b = check_b(b, d, x.dtype, "SketchedNewton")
         m = self._sample_size(b.shape[0], d)
         # no smaller sketch to be had: BᵀB itself, cheaper than any sketch of all n rows
         sb = b if m is None else sketch_rows(self.sketch, key, b, m)
-        h = sb.T @ sb
-        if rest is None:
-            return h
-        rest = jnp.asarray(rest, x.dtype)
-        if rest.ndim == 0:
-            return h + rest * jnp.eye(d, dtype=x.dtype)
-        if rest.shape != (d, d):
-            raise ValueError(f"`sqrt_hessian`'s R must be None, a scalar or a ({d}, {d}) "
-                             f"matrix; got shape {rest.shape}.")
-        return h + rest
+        return add_rest(gram(sb), rest, "SketchedNewton")
 
 
 def sketch_rows(kind: str, key, b, m: int):

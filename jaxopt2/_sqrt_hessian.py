@@ -1,0 +1,49 @@
+"""A Hessian given as ∇²f = BᵀB + R by a user's `sqrt_hessian(params, args) -> (B, R)`: the
+Gauss–Newton structure of every generalized linear model and least-squares loss (B one row
+per example, R the Hessian of the rest). Shared by `Newton`, which forms BᵀB in one matrix
+product (BLAS speed, about half the arithmetic of d Hessian-vector products), and
+`SketchedNewton`'s Newton sketch, which forms (SB)ᵀ(SB)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+
+def check_sqrt_hessian(sqrt_hessian, who: str) -> None:
+    if sqrt_hessian is not None and not callable(sqrt_hessian):
+        raise TypeError(f"{who}: `sqrt_hessian` must be a function (params, args) -> (B, R) "
+                        f"with ∇²f = BᵀB + R; got {type(sqrt_hessian).__name__}.")
+
+
+def check_b(b, d: int, dtype, who: str):
+    """`sqrt_hessian`'s B checked to be (n, d) and cast to `dtype`."""
+    b = jnp.asarray(b)
+    if b.ndim != 2 or b.shape[1] != d:
+        raise ValueError(f"{who}: `sqrt_hessian` must return B of shape (n, {d}) (one row per "
+                         f"example, one column per parameter, in the flattened order of the "
+                         f"parameters); got {b.shape}.")
+    return b.astype(dtype)
+
+
+def gram(b):
+    """BᵀB for an n × d B. Contracted over the rows as stored, XLA:CPU's dot ran at half the
+    speed of the same product on Bᵀ laid out row-major (8,000 × 301, float64, one core: 26
+    against 14 ms; numpy's 15 ms), and XLA folds a plain transpose back into the dot, so Bᵀ
+    is materialised behind an optimization barrier (a copy of B: 2 ms there)."""
+    t = lax.optimization_barrier(b.T)
+    return lax.dot_general(t, t, (((1,), (1,)), ((), ())))
+
+
+def add_rest(h, rest, who: str):
+    """H + R for R None (0), a scalar (R·I) or a d × d matrix."""
+    if rest is None:
+        return h
+    d = h.shape[0]
+    rest = jnp.asarray(rest, h.dtype)
+    if rest.ndim == 0:
+        return h + rest * jnp.eye(d, dtype=h.dtype)
+    if rest.shape != (d, d):
+        raise ValueError(f"{who}: `sqrt_hessian`'s R must be None, a scalar or a ({d}, {d}) "
+                         f"matrix; got shape {rest.shape}.")
+    return h + rest
