@@ -50,6 +50,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/hypergradient.py
 	$(BIN)/python benchmarks/sketch.py
 	$(BIN)/python benchmarks/logistic.py
+	$(BIN)/python benchmarks/dense_newton.py
 	$(BIN)/python benchmarks/optimizers.py
 	$(BIN)/python benchmarks/composite.py
 	$(BIN)/python benchmarks/constrained.py
