@@ -20,8 +20,9 @@ class RESULTS(eqx.Enumeration):
     successful = ""
     max_steps_reached = (
         "The solver reached `max_steps` before meeting its tolerance. Increase `max_steps`, "
-        "loosen `rtol`/`atol`, rescale the problem, or use a solver with curvature information "
-        "(e.g. NewtonCG, LBFGS)."
+        "loosen `rtol`/`atol`, rescale the problem, or use a faster-converging solver "
+        "(minimization: NewtonCG, LBFGS; root finding: NewtonKrylov; least squares: "
+        "LevenbergMarquardt; fixed points: Anderson)."
     )
     nonfinite = (
         "A NaN or infinity appeared in the parameters, objective or gradient. Check `fun` for "
