@@ -10,22 +10,6 @@ os.environ.setdefault(
 # spawn threads of its own, or contention makes small factorisations 1000x slower.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# XLA:CPU's thread pools are created with one thread (the process is pinned to one core
-# while JAX starts its CPU client, then unpinned, so tests, compiles and subprocesses still
-# run on any core). jaxlib's batched LAPACK kernels (Cholesky, triangular solves under vmap)
-# block a pool thread while their batch runs on the same pool; when XLA:CPU runs two of them
-# at once on a pool as small as this machine's (two threads), both wait forever. A vmapped
-# batch of 256 QPs (tests/test_qp.py) hung in about one call in three here, and stop 26's CI
-# timed out on it. A pool of one thread runs the batch inline and cannot wedge (60 calls of
-# the same program, none hung, same time per call). JAXOPT2_TEST_NO_PIN=1 turns it off.
-if hasattr(os, "sched_setaffinity") and not os.environ.get("JAXOPT2_TEST_NO_PIN"):
-    _cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(_cpus)})
-    import jax  # noqa: E402
-
-    jax.devices()  # creates the CPU client and its thread pools now, one thread each
-    os.sched_setaffinity(0, _cpus)
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -6,6 +6,10 @@ problems, vmap (one infeasible problem among feasible ones), and input errors.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,19 +219,43 @@ def test_bad_input():
     assert s.status == RESULTS.linear_solve_failed
 
 
+_BATCH_SCRIPT = """
+import os, sys
+sys.path.insert(0, "tests")
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp, numpy as np
+from jaxopt2 import RESULTS
+from jaxopt2.qp import solve_qp
+from test_qp import cast, known_qp
+assert len(os.sched_getaffinity(0)) == 1
+kw = dict(n=20, p=3, m_active=4, m_inactive=6, n_lower=3, n_upper=3)
+problems = [cast(known_qp(s, **kw)[0], jnp.float64) for s in range(256)]
+batch = jax.tree.map(lambda *v: jnp.stack(v), *problems)
+out = jax.jit(jax.vmap(lambda d: solve_qp(**d, throw=False)))(batch)
+assert np.all(out.status.code == RESULTS.successful._value)
+one = jax.jit(lambda d: solve_qp(**d, throw=False))
+for i in range(0, 256, 17):
+    np.testing.assert_allclose(out.x[i], one(problems[i]).x, atol=1e-9)
+    np.testing.assert_allclose(out.x[i], known_qp(i, **kw)[1]["x"], atol=1e-7)
+print("batch ok")
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.float64
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
 def test_batch_of_256_matches_one_by_one():
-    problems = [cast(known_qp(s, n=20, p=3, m_active=4, m_inactive=6, n_lower=3, n_upper=3)[0],
-                     jnp.float64) for s in range(256)]
-    batch = jax.tree.map(lambda *v: jnp.stack(v), *problems)
-    out = jax.jit(jax.vmap(lambda d: solve_qp(**d, throw=False)))(batch)
-    assert np.all(out.status.code == RESULTS.successful._value)
-    one = jax.jit(lambda d: solve_qp(**d, throw=False))
-    for i in range(0, 256, 17):
-        np.testing.assert_allclose(out.x[i], one(problems[i]).x, atol=1e-9)
-        np.testing.assert_allclose(out.x[i], known_qp(i, n=20, p=3, m_active=4, m_inactive=6,
-                                                      n_lower=3, n_upper=3)[1]["x"], atol=1e-7)
+    """A vmapped batch of 256 QPs gives each problem's own solution. Run in a process pinned
+    to one core: jaxlib's batched LAPACK kernels hold a thread of XLA:CPU's pool while their
+    batch runs on the same pool, and two at once wedged this machine's two-thread pool for
+    good (about one call in three; stop 26's CI timed out here). A one-thread pool cannot
+    wedge (docs/api/qp.md, "Known issue")."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cpu = min(os.sched_getaffinity(0))
+    proc = subprocess.run([sys.executable, "-c", _BATCH_SCRIPT], cwd=root, capture_output=True,
+                          text=True, timeout=600,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert proc.returncode == 0 and "batch ok" in proc.stdout, (proc.stdout + proc.stderr)[-6000:]
 
 
 def far_qp(shift):
