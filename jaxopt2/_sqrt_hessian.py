@@ -1,13 +1,12 @@
 """A Hessian given as ∇²f = BᵀB + R by a user's `sqrt_hessian(params, args) -> (B, R)`: the
 Gauss–Newton structure of every generalized linear model and least-squares loss (B one row
 per example, R the Hessian of the rest). Shared by `Newton`, which forms BᵀB in one matrix
-product (BLAS speed, about half the arithmetic of d Hessian-vector products), and
-`SketchedNewton`'s Newton sketch, which forms (SB)ᵀ(SB)."""
+product (`_xla_cpu.gram`: BLAS speed, about half the arithmetic of d Hessian-vector
+products), and `SketchedNewton`'s Newton sketch, which forms (SB)ᵀ(SB)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 
 def check_sqrt_hessian(sqrt_hessian, who: str) -> None:
@@ -24,15 +23,6 @@ def check_b(b, d: int, dtype, who: str):
                          f"example, one column per parameter, in the flattened order of the "
                          f"parameters); got {b.shape}.")
     return b.astype(dtype)
-
-
-def gram(b):
-    """BᵀB for an n × d B. Contracted over the rows as stored, XLA:CPU's dot ran at half the
-    speed of the same product on Bᵀ laid out row-major (8,000 × 301, float64, one core: 26
-    against 14 ms; numpy's 15 ms), and XLA folds a plain transpose back into the dot, so Bᵀ
-    is materialised behind an optimization barrier (a copy of B: 2 ms there)."""
-    t = lax.optimization_barrier(b.T)
-    return lax.dot_general(t, t, (((1,), (1,)), ((), ())))
 
 
 def add_rest(h, rest, who: str):

@@ -62,3 +62,15 @@ def one_kernel(f, *operands):
         return jnp.array(False), ops, f(*ops)
 
     return lax.while_loop(lambda c: c[0], body, (go, operands, out0))[2]
+
+
+def gram(b):
+    """BᵀB for an n × d B. On XLA:CPU a dot contracting B over its rows as stored ran at half
+    the speed of the same product on Bᵀ laid out row-major (8,000 × 301, float64, one core: 26
+    against 14 ms; numpy's 15 ms), and XLA folds a plain transpose back into the dot, so there
+    Bᵀ is materialised behind an optimization barrier (a copy of B: 2 ms). Elsewhere the
+    libraries take the transposed operand directly."""
+    if jax.default_backend() != "cpu":
+        return b.T @ b
+    t = lax.optimization_barrier(b.T)
+    return lax.dot_general(t, t, (((1,), (1,)), ((), ())))

@@ -13,9 +13,10 @@ import jax.scipy.linalg as jsl
 from .._base import AbstractMinimizer, Counts, Iterate
 from .._linalg import damped_cholesky
 from .._linesearch import newton_line_search
-from .._sqrt_hessian import add_rest, check_b, check_sqrt_hessian, gram
+from .._sqrt_hessian import add_rest, check_b, check_sqrt_hessian
 from .._tree import ravel
 from .._validate import check_budget, check_line_search, check_tolerances
+from .._xla_cpu import gram
 
 
 class _NewtonState(eqx.Module):

@@ -14,8 +14,9 @@ import jax.tree_util as jtu
 from .._base import Counts, Iterate
 from .._prng import as_key
 from .._random_newton import AbstractRandomNewton, RandomNewtonState, damped_newton_step
-from .._sqrt_hessian import add_rest, check_b, check_sqrt_hessian, gram
+from .._sqrt_hessian import add_rest, check_b, check_sqrt_hessian
 from .._tree import ravel
+from .._xla_cpu import gram
 from ..distributed import explicit_spec, take_rows
 from ..sketch._operators import (
     gaussian_sketch,
