@@ -22,8 +22,8 @@ then pure Newton polishing steps) and v from `jnp.linalg.solve` on `jax.hessian`
 Methods (each one jitted function of (θ, data); rows are built from lists, so a new adjoint is
 one more `(name, adjoint)` entry in `JAXOPT2_ADJOINTS`):
 
-- jaxopt2.minimize with NewtonCG(rtol=1e-10) (plain, and with a Jacobi preconditioner from
-  64 Hutchinson probes, as NewtonCG(Jacobi-64) in run_all.py) and dense Newton, each adjoint of
+- jaxopt2.minimize with NewtonCG(rtol=1e-10) (its default preconditioner "auto", plain CG,
+  and with a Jacobi preconditioner from 64 Hutchinson probes, as NewtonCG(Jacobi-64) in run_all.py) and dense Newton, each adjoint of
   `JAXOPT2_ADJOINTS` (default: dense up to 1000 unknowns, CG at 1e-12, dense Cholesky);
   LBFGS(rtol=1e-10) and LBFGS with its default rtol, with the default adjoint;
 - jaxopt.LBFGS(tol=1e-10·‖∇f(0)‖₂, implicit_diff=True) with its default implicit-diff solve
@@ -315,7 +315,10 @@ def methods_for(problem, unroll_steps):
 
     kind = problem.kind
     out = []
+    # NewtonCG's default preconditioner is "auto" (Jacobi when CG runs long); the plain-CG
+    # row is the NewtonCG default before issue 20 made it so
     solvers = [("NewtonCG", jaxopt2.NewtonCG(rtol=INNER_RTOL)),
+               ("NewtonCG(plain CG)", jaxopt2.NewtonCG(rtol=INNER_RTOL, preconditioner=None)),
                ("NewtonCG(Jacobi-64)", jaxopt2.NewtonCG(rtol=INNER_RTOL,
                                                         preconditioner=jacobi_preconditioner())),
                ("Newton", jaxopt2.Newton(rtol=INNER_RTOL)),

@@ -53,7 +53,10 @@ VARIANTS = {
     "LBFGS": ("LBFGS", lambda p: jaxopt2.LBFGS(rtol=RTOL), 20_000),
     "BFGS": ("BFGS", lambda p: jaxopt2.BFGS(rtol=RTOL), 20_000),
     "Newton": ("Newton", lambda p: jaxopt2.Newton(rtol=RTOL), 200),
+    # the default preconditioner is "auto" (Jacobi when CG runs long, issue 20)
     "NewtonCG": ("NewtonCG", lambda p: jaxopt2.NewtonCG(rtol=RTOL), 200),
+    "NewtonCG(plain CG)": ("NewtonCG",
+                           lambda p: jaxopt2.NewtonCG(rtol=RTOL, preconditioner=None), 200),
     "NewtonCG(trust_region)": ("NewtonCG",
                                lambda p: jaxopt2.NewtonCG(rtol=RTOL, trust_region=True), 200),
     "NewtonCG(GGN)": ("NewtonCG", lambda p: jaxopt2.NewtonCG(rtol=RTOL, curvature=_ggn(p)), 200),

@@ -32,6 +32,7 @@ import lineax as lx
 # closure-converted product then refuses a vector sharded over Explicit mesh axes.
 from ._curvature import _Symmetric as _Square
 from ._front import raise_if_failed
+from ._jacobi import inverse_diagonal, probed_diagonal, scaling
 from ._linalg.cg import truncated_cg
 from ._loops import unrolled_loops
 from ._results import RESULTS
@@ -118,8 +119,9 @@ class ImplicitAdjoint(AbstractAdjoint):
       problems, which materialises ∂ₓF), or `jaxopt2.Neumann(steps)`. `None` (default): up to
       1000 unknowns, a dense solve (∂ₓF formed from batched products, then an eigen- or
       least-squares pseudo-inverse, so singular but consistent systems are fine); above that,
-      matrix-free conjugate gradients for symmetric systems (minimisation, least squares) and
-      GMRES otherwise, to relative and absolute tolerance eps^0.75 in float64 (eps^0.6 in
+      matrix-free conjugate gradients for symmetric systems (minimisation, least squares),
+      preconditioned by the Jacobi diagonal from one batched product with 16 coloured probes
+      (as `NewtonCG`'s "auto"), and GMRES otherwise, to relative and absolute tolerance eps^0.75 in float64 (eps^0.6 in
       lower precision).
     - `preconditioner`: optional, with NewtonCG's protocol
       `preconditioner(fun, params, args, operator) -> (v -> M⁻¹v)` (only `operator`, the
@@ -150,6 +152,14 @@ class ImplicitAdjoint(AbstractAdjoint):
       quadratically converged; composite and constrained optimality maps are not smooth;
       with `differentiate_unconverged=True` the derivative is that of the point reached).
 
+    - `matrix`: optional `matrix(root, inputs) -> (n, n) array`, ∂ₓF at the root in the
+      flattened order of the parameters, used by the default dense solve (up to 1000
+      unknowns, no `linear_solver` or `preconditioner` given) instead of n batched products.
+      `minimize` sets it from `Newton(sqrt_hessian=...)` / `SketchedNewton(sqrt_hessian=...)`
+      (BᵀB + R in one matrix product). The solution is still checked against the true
+      products, so a matrix that is not ∂ₓF gives a failed (NaN, or raising) derivative,
+      never a quietly wrong one.
+
     Works in forward and reverse mode, under `vmap`, and to higher order (`jax.hessian` of an
     outer loss through a solve).
     """
@@ -159,6 +169,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     preconditioner: Callable | None = None
     differentiate_unconverged: bool = False
     refine: bool | None = None
+    matrix: Callable | None = None
 
     def __check_init__(self):
         if self.refine not in (None, True, False):
@@ -169,9 +180,23 @@ class ImplicitAdjoint(AbstractAdjoint):
         return _implicit(params0, inputs, primal_fn=primal_fn, optimality_fn=optimality_fn,
                          tags=frozenset(tags), adjoint=self)
 
-    def solve(self, matvec, rhs, root, tags):
-        """Solve matvec(x) = rhs, with `root` fixing the structure and dtype. Returns x, NaN
-        where the solve failed."""
+    def dense_matrix(self, root, inputs):
+        """`matrix(root, inputs)` on primal values where the default dense solve will use it,
+        else None."""
+        if (self.matrix is None or self.linear_solver is not None
+                or self.preconditioner is not None or _size(root) > DENSE_MAX):
+            return None
+        n = _size(root)
+        A = jnp.asarray(self.matrix(jax.lax.stop_gradient(root), inputs))
+        if A.shape != (n, n):
+            raise ValueError(f"ImplicitAdjoint: `matrix` must return the ({n}, {n}) matrix "
+                             f"∂ₓF in the flattened order of the parameters; got {A.shape}.")
+        return jax.lax.stop_gradient(A.astype(result_dtype(root)))
+
+    def solve(self, matvec, rhs, root, tags, matrix=None):
+        """Solve matvec(x) = rhs, with `root` fixing the structure and dtype (and `matrix`,
+        from `dense_matrix`, the system as an array). Returns x, NaN where the solve
+        failed."""
         symmetric = lx.symmetric_tag in tags
         solver = self.linear_solver
 
@@ -190,7 +215,7 @@ class ImplicitAdjoint(AbstractAdjoint):
                                     throw=False).value
                 ok = tree_all_finite(x) & (_norm(tree_sub(matvec(x), b)) <= eps**0.5 * _norm(b))
             elif solver is None and _size(b) <= DENSE_MAX:
-                x = _dense_solve(matvec, b, symmetric, eps)
+                x = _dense_solve(matvec, b, symmetric, eps, matrix)
                 ok = tree_all_finite(x) & (_norm(tree_sub(matvec(x), b)) <= eps**0.5 * _norm(b))
             else:
                 op = _Square(matvec, jax.eval_shape(lambda: b), tags=frozenset(tags))
@@ -202,6 +227,16 @@ class ImplicitAdjoint(AbstractAdjoint):
                     steps = chosen.max_steps if chosen.max_steps is not None else 10 * _size(b)
                     x = truncated_cg(matvec, b, rtol=chosen.rtol, atol=chosen.atol,
                                      max_iters=steps).x
+                elif solver is None and isinstance(chosen, lx.CG):
+                    # The default matrix-free solve: Jacobi-preconditioned CG, the diagonal
+                    # from one batched product with 16 coloured probes (NewtonCG's "auto"
+                    # build). It removes the bad scaling of the variables, most of a GLM's
+                    # ill-conditioning, for about one pass over the data.
+                    inv = inverse_diagonal(probed_diagonal(op, _JACOBI_PROBES), _JACOBI_FLOOR)
+                    precond = _Square(scaling(inv), jax.eval_shape(lambda: b),
+                                      tags=frozenset(tags))
+                    x = lx.linear_solve(op, b, chosen, options={"preconditioner": precond},
+                                        throw=False).value
                 else:
                     x = lx.linear_solve(op, b, chosen, throw=False).value
                 # Judged by the residual, not lineax's code: a solve that stopped at its
@@ -216,9 +251,14 @@ class ImplicitAdjoint(AbstractAdjoint):
                 upstream = ~tree_all_finite(b)
                 status = RESULTS.where(ok | upstream, RESULTS.successful,
                                        RESULTS.adjoint_failed)
-                x = raise_if_failed(x, status, hint="Pass ImplicitAdjoint(throw=False) to get "
-                                    "NaN derivatives for the failed problems instead.",
-                                    problem=root)
+                hint = ("Pass ImplicitAdjoint(throw=False) to get NaN derivatives for the "
+                        "failed problems instead.")
+                if matrix is not None and solver is None and self.preconditioner is None:
+                    hint = ("The solve used the matrix given by ImplicitAdjoint(matrix=...) or "
+                            "the solver's `sqrt_hessian`, and its answer fails the true "
+                            "Hessian-vector products: check that it is the exact Hessian "
+                            "(BᵀB + R). " + hint)
+                x = raise_if_failed(x, status, hint=hint, problem=root)
             return x
 
         x = jax.lax.custom_linear_solve(matvec, rhs, solve, solve, symmetric=symmetric)
@@ -230,21 +270,27 @@ class ImplicitAdjoint(AbstractAdjoint):
 
 
 DENSE_MAX = 1000  # the default adjoint solve is dense up to this many unknowns
+_JACOBI_PROBES = 16  # above it, Jacobi-preconditioned CG (symmetric positive semidefinite)
+_JACOBI_FLOOR = 1e-6
 
 
 def _explicitly_sharded(tree) -> bool:
     return any(explicit_spec(leaf) is not None for leaf in jtu.tree_leaves(tree))
 
 
-def _dense_solve(matvec, b, symmetric: bool, eps: float):
-    """Solve by forming the (small) matrix: n batched products, then a pseudo-inverse (an
-    eigendecomposition when symmetric, else least squares), so a singular but consistent
-    system (unpenalised directions, a redundant parametrisation) still gets its minimum-norm
-    solution; an inconsistent one fails the caller's residual test."""
+def _dense_solve(matvec, b, symmetric: bool, eps: float, matrix=None):
+    """Solve by forming the (small) matrix: n batched products (or `matrix`, the system
+    given as an array), then a pseudo-inverse (an eigendecomposition when symmetric, else
+    least squares), so a singular but consistent system (unpenalised directions, a redundant
+    parametrisation) still gets its minimum-norm solution; an inconsistent one fails the
+    caller's residual test."""
     flat_b, unravel = ravel(b)
     n = flat_b.size
-    columns = jax.vmap(lambda v: ravel(matvec(unravel(v)))[0], out_axes=1)
-    A = columns(jnp.eye(n, dtype=flat_b.dtype))
+    if matrix is None:
+        columns = jax.vmap(lambda v: ravel(matvec(unravel(v)))[0], out_axes=1)
+        A = columns(jnp.eye(n, dtype=flat_b.dtype))
+    else:
+        A = matrix.astype(flat_b.dtype)
     if symmetric:
         w, Q = jnp.linalg.eigh(0.5 * (A + A.T))
         cutoff = n * eps * jnp.max(jnp.abs(w), initial=0.0)
@@ -342,7 +388,7 @@ def refine_root(optimality_fn, root, inputs, tags, adjoint: ImplicitAdjoint):
     F, matvec = jax.linearize(lambda y: optimality_fn(y, inputs), x)
     F = jtu.tree_map(lambda f, v: f.astype(v.dtype), F, x)
     quiet = eqx.tree_at(lambda a: a.throw, adjoint, False)
-    delta = quiet.solve(matvec, tree_neg(F), x, tags)
+    delta = quiet.solve(matvec, tree_neg(F), x, tags, adjoint.dense_matrix(x, inputs))
     moved = tree_add(x, delta)
     F_moved = optimality_fn(moved, inputs)
     better = tree_all_finite(moved) & (_norm(F_moved) < _norm(F))
@@ -371,7 +417,8 @@ def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: Impli
     # transpose.
     link = 0.0 * sum(jnp.sum(leaf) for leaf in jtu.tree_leaves(rhs))
     rhs = jtu.tree_map(lambda r: r + link.astype(r.dtype), rhs)
-    tangent = adjoint.solve(matvec, tree_neg(rhs), root, tags)
+    matrix = adjoint.dense_matrix(root, inputs) if isinstance(adjoint, ImplicitAdjoint) else None
+    tangent = adjoint.solve(matvec, tree_neg(rhs), root, tags, matrix)
     stable = _jacobian_stable(optimality_fn, root, inputs, F, matvec)
     scale = jnp.where(stable, 1.0, jnp.nan).astype(result_dtype(root))
     if getattr(adjoint, "throw", False):

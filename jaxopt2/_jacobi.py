@@ -32,6 +32,31 @@ def exact_diagonal(op: lx.AbstractLinearOperator):
     return unravel(jnp.diagonal(columns).astype(flat.dtype))
 
 
+def probed_diagonal(op: lx.AbstractLinearOperator, num_probes: int):
+    """diag(op) from min(n, `num_probes`) = k products with signed, coloured probes, as a
+    pytree like `op.in_structure()`: the unknowns, numbered across the leaves, are coloured
+    by their number modulo k, and probe c is a fixed ±1 sign on the unknowns of colour c, so
+    dᵢ = sᵢ(A z_c)ᵢ = Aᵢᵢ + Σ_{j of colour c, j ≠ i} sᵢsⱼAᵢⱼ: Hutchinson's estimate with the
+    cross terms limited to one colour class (as accurate as k Rademacher probes on an
+    unstructured A, exact where A couples only unknowns less than k apart, and exact outright
+    when n ≤ k; the probing of Curtis, Powell & Reid 1974). No random numbers: the probes are
+    a few integer and trigonometric operations on an index, which keeps the program small."""
+    structure = op.in_structure()
+    k = max(1, min(_size(structure), num_probes))
+    colours = jnp.arange(k)
+    probes, offset = [], 0
+    for s in jtu.tree_leaves(structure):
+        index = offset + jnp.arange(s.size)
+        offset += s.size
+        # a fixed ±1 sequence (cosines of a golden-angle sequence)
+        sign = jnp.where(jnp.cos(1.0 + 2.399963 * index) >= 0, 1.0, -1.0)
+        z = jnp.where(index[None, :] % k == colours[:, None], sign, 0.0)
+        probes.append(z.reshape((k,) + tuple(s.shape)).astype(s.dtype))
+    z = jtu.tree_unflatten(jtu.tree_structure(structure), probes)
+    hz = jax.vmap(op.mv)(z)
+    return jtu.tree_map(lambda a, b: jnp.sum(a * b, axis=0).astype(a.dtype), z, hz)
+
+
 class JacobiPreconditioner(eqx.Module):
     """Jacobi preconditioning, M = diag(A), for `jaxopt2.NewtonCG(preconditioner=...)` and
     `jaxopt2.ImplicitAdjoint(preconditioner=...)`.

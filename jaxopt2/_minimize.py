@@ -25,6 +25,7 @@ from ._iterate import run_minimizer
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
 from ._solution import Solution
+from ._sqrt_hessian import hessian_matrix
 
 
 def composite_solve(solver, fn, params0, args, bounds, prox, prox_args, max_steps, callback,
@@ -166,6 +167,13 @@ def minimize(
         # (not with differentiate_unconverged: the user asked for the point reached)
         smooth = bounds is None and prox is None and not adjoint.differentiate_unconverged
         adjoint = eqx.tree_at(lambda a: a.refine, adjoint, smooth and not solver.uses_curvature,
+                              is_leaf=lambda x: x is None)
+    sqrt_hessian = getattr(solver, "sqrt_hessian", None)
+    if (isinstance(adjoint, ImplicitAdjoint) and adjoint.matrix is None and bounds is None
+            and prox is None and sqrt_hessian is not None):
+        # the solver's BᵀB + R for the dense adjoint solve (and the refining step)
+        adjoint = eqx.tree_at(lambda a: a.matrix, adjoint,
+                              hessian_matrix(sqrt_hessian, type(solver).__name__),
                               is_leaf=lambda x: x is None)
     params, out = adjoint.apply(primal, stationarity, params0, inputs, tags)
     status = out.result

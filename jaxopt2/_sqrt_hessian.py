@@ -37,3 +37,19 @@ def add_rest(h, rest, who: str):
         raise ValueError(f"{who}: `sqrt_hessian`'s R must be None, a scalar or a ({d}, {d}) "
                          f"matrix; got shape {rest.shape}.")
     return h + rest
+
+
+def hessian_matrix(sqrt_hessian, who: str):
+    """`ImplicitAdjoint(matrix=...)` from a solver's `sqrt_hessian`: (root, (fn, args)) ↦
+    BᵀB + R at the root, for the default dense adjoint solve (one matrix product instead of
+    d batched Hessian-vector products)."""
+    from ._tree import ravel
+    from ._xla_cpu import gram
+
+    def matrix(root, inputs):
+        _, args = inputs
+        x, _ = ravel(root)
+        b, rest = sqrt_hessian(root, args)
+        return add_rest(gram(check_b(b, x.size, x.dtype, who)), rest, who)
+
+    return matrix

@@ -106,3 +106,90 @@ def test_bad_input_is_refused():
         JacobiPreconditioner(floor=0.0)
     with pytest.raises(ValueError, match="'auto'"):
         jaxopt2.NewtonCG(preconditioner="jacobi")
+
+
+@pytest.mark.float64
+def test_probed_diagonal_exact_where_the_colours_separate_the_couplings():
+    from jaxopt2._jacobi import probed_diagonal
+    import lineax as lx
+
+    # n ≤ k probes: every colour class holds one unknown, so the diagonal is exact
+    A = jax.random.normal(jax.random.key(3), (12, 12))
+    A = A @ A.T
+    op = lx.MatrixLinearOperator(A, lx.symmetric_tag)
+    np.testing.assert_allclose(probed_diagonal(op, 16), jnp.diag(A), rtol=1e-12)
+    # a pentadiagonal matrix couples unknowns at most 2 apart: 5 colours separate them, on a
+    # pytree of two leaves numbered across the leaves
+    n = 30
+    B = (jnp.diag(jnp.logspace(0, 3, n)) + 0.3 * jnp.diag(jnp.ones(n - 1), 1)
+         + 0.3 * jnp.diag(jnp.ones(n - 1), -1) - 0.1 * jnp.diag(jnp.ones(n - 2), 2)
+         - 0.1 * jnp.diag(jnp.ones(n - 2), -2))
+    split = lambda v: {"a": v[:10].reshape(2, 5), "b": v[10:]}  # noqa: E731
+    join = lambda t: jnp.r_[t["a"].ravel(), t["b"]]  # noqa: E731
+    tree_op = lx.FunctionLinearOperator(lambda t: split(B @ join(t)),
+                                        jax.eval_shape(lambda: split(jnp.zeros(n))))
+    got = jax.jit(lambda: join(probed_diagonal(tree_op, 5)))()
+    np.testing.assert_allclose(got, jnp.diag(B), rtol=1e-12)
+    # 3 colours put i and i + 3 together, which B does not couple: exact too; 2 colours put
+    # i and i + 2 together, which it does
+    np.testing.assert_allclose(jax.jit(lambda: join(probed_diagonal(tree_op, 3)))(),
+                               jnp.diag(B), rtol=1e-12)
+    assert not np.allclose(jax.jit(lambda: join(probed_diagonal(tree_op, 2)))(), jnp.diag(B),
+                           rtol=1e-6)
+
+
+def _auto_mode(sol):
+    return int(sol.state.auto.mode)
+
+
+def test_auto_keeps_the_diagonal_where_it_pays_and_drops_it_where_it_does_not():
+    # badly scaled variables: Jacobi removes the ill-conditioning and is kept
+    n = 200
+    s = jnp.logspace(0, 3, n)
+    scaled = lambda w, a: 0.5 * jnp.sum(s * w**2) + 0.01 * jnp.sum(w**4) - jnp.sum(w)  # noqa
+    # a rotated ill-conditioned quadratic: a near-constant diagonal, so Jacobi cannot help
+    Q = jnp.linalg.qr(jax.random.normal(jax.random.key(4), (n, n)))[0]
+    H = (Q * jnp.logspace(0, 3, n)) @ Q.T
+    rotated = lambda w, a: 0.5 * w @ H @ w - jnp.sum(w)  # noqa: E731
+
+    solve = jax.jit(lambda fun, pre: jaxopt2.minimize(
+        fun, jnp.zeros(n), solver=jaxopt2.NewtonCG(preconditioner=pre)), static_argnums=(0, 1))
+    for fun, want in ((scaled, 1), (rotated, 2)):
+        plain, auto = solve(fun, None), solve(fun, "auto")
+        assert auto.status == plain.status == jaxopt2.RESULTS.successful
+        # both within float32's tolerance of each other (rtol ~ √eps of the solution)
+        scale = float(jnp.max(jnp.abs(plain.params)))
+        np.testing.assert_allclose(auto.params, plain.params, atol=2e-3 * scale)
+        assert _auto_mode(auto) == want  # 1: Jacobi in use, 2: dropped for plain CG
+    # where kept, CG's products (probes counted) fall well below plain CG's
+    assert int(solve(scaled, "auto").stats["num_hvp"]) < int(
+        solve(scaled, None).stats["num_hvp"]) / 2
+    # where dropped, the detour costs at most the probes and one step's CG
+    auto, plain = solve(rotated, "auto"), solve(rotated, None)
+    assert int(auto.stats["num_hvp"]) < 1.5 * int(plain.stats["num_hvp"])
+    # the default is "auto"
+    assert jaxopt2.NewtonCG().preconditioner == "auto"
+
+
+@pytest.mark.float64
+def test_default_matrix_free_adjoint_is_jacobi_preconditioned_and_accurate():
+    # 1,200 unknowns (> the dense adjoint's 1,000): CG with the Jacobi diagonal, on a
+    # quadratic whose Hessian spans four decades along the coordinates
+    n = 1200
+    s = jnp.logspace(0, 4, n)
+    c = jnp.linspace(-1.0, 1.0, n)
+
+    def fun(w, lam):
+        return 0.5 * jnp.sum(s * w**2) + 0.5 * lam * jnp.sum(w) ** 2 - c @ w
+
+    def loss(lam):
+        sol = jaxopt2.minimize(fun, jnp.zeros(n), lam, solver=jaxopt2.NewtonCG(rtol=1e-12))
+        return jnp.sum(sol.params ** 2)
+
+    def closed(lam):  # (D + lam 11ᵀ)⁻¹ c by Sherman–Morrison
+        dc, d1 = c / s, 1 / s
+        return jnp.sum((dc - d1 * lam * jnp.sum(dc) / (1 + lam * jnp.sum(d1))) ** 2)
+
+    got = jax.jit(jax.grad(loss))(0.3)
+    want = jax.grad(closed)(0.3)
+    np.testing.assert_allclose(got, want, rtol=1e-9)

@@ -13,10 +13,11 @@ from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, default_rtol, evaluate, roundoff
 from .._curvature import hessian
-from .._jacobi import JacobiPreconditioner, inverse_diagonal, scaling
+from .._jacobi import inverse_diagonal, probed_diagonal, scaling
 from .._linalg import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._linesearch import LINE_SEARCH_ROUNDOFF, newton_line_search
 from .._results import RESULTS
+from ..distributed import explicit_spec
 from .._tree import (
     result_dtype,
     tree_add,
@@ -44,9 +45,30 @@ _MAX_RADIUS = 1e10
 # preconditioner="auto": Jacobi once a step's CG took more than _AUTO_CG iterations, from
 # _AUTO_PROBES Hutchinson probes (the exact diagonal up to that many unknowns). On the
 # benchmarks' logistic problems plain CG took about 9 (breast cancer), 19 (digits) and 66-95
-# (cond 1e4) iterations a step; Jacobi-16 cut the last to 0.13-0.28x the time.
+# (cond 1e4) iterations a step; Jacobi-16 cut the last to 0.13-0.28x the time. The first step
+# under the diagonal is judged against the plain steps before it, in CG iterations per digit
+# of residual reduction (steps ask for different forcing terms): unless it needed at most
+# _AUTO_GAIN of the plain rate, the diagonal is dropped for good (softmax regression's
+# Hessian is not diagonally dominant, and Jacobi there cost 1.5x plain CG).
 _AUTO_CG = 25
 _AUTO_PROBES = 16
+_AUTO_GAIN = 0.5
+_AUTO_FLOOR = 1e-6  # M = max(|dᵢ|, floor·maxⱼ|dⱼ|), as JacobiPreconditioner's default
+_PLAIN, _JACOBI, _OFF = 0, 1, 2
+
+
+class _Auto(eqx.Module):
+    """preconditioner="auto"'s memory: M⁻¹ in use (ones while plain), the mode (_PLAIN,
+    _JACOBI, _OFF) and the plain CG's iterations per digit when the diagonal was built."""
+    inv_diag: Any
+    mode: jax.Array
+    plain_rate: jax.Array
+
+
+def _cg_rate(cg_steps, eta):
+    """CG iterations per decade of residual reduction (at least one decade counted)."""
+    digits = jnp.maximum(-jnp.log10(eta), 1.0)
+    return cg_steps.astype(eta.dtype) / digits
 
 
 class _NewtonCGState(eqx.Module):
@@ -57,14 +79,13 @@ class _NewtonCGState(eqx.Module):
     error: jax.Array  # ‖d‖∞ of the last CG step where it certifies ‖x − x*‖ (else ∞)
     grad_tol: jax.Array  # the stopping rule's atol + rtol·‖g₀‖∞: below it, solve CG tightly
     cut: jax.Array  # the last step was cut to the trust-region radius
-    # preconditioner="auto": M⁻¹ = the inverse Jacobi diagonal in use (ones until built)
-    inv_diag: Any = None
+    auto: _Auto | None = None  # preconditioner="auto" only
 
 
-def _with_inverse(state: _NewtonCGState, inv_diag) -> _NewtonCGState:
-    if inv_diag is None:
+def _with_auto(state: _NewtonCGState, auto) -> _NewtonCGState:
+    if auto is None:
         return state
-    return eqx.tree_at(lambda s: s.inv_diag, state, inv_diag, is_leaf=lambda x: x is None)
+    return eqx.tree_at(lambda s: s.auto, state, auto, is_leaf=lambda x: x is None)
 
 
 @renamed_fields(max_cg_steps="cg_max_steps")
@@ -115,14 +136,21 @@ class NewtonCG(AbstractMinimizer):
       `jaxopt2.curvature.hessian` (exact Hessian-vector products). For f(x) = L(m(x)) a
       Gauss–Newton operator is positive semidefinite and often cheaper, e.g.
       `lambda f, p, a: jaxopt2.curvature.gauss_newton(model_fn, loss_fn, p, a)`.
-    - `preconditioner`: optional `preconditioner(fun, params, args, operator) -> (r -> M⁻¹r)`,
-      M symmetric positive definite (`jaxopt2.curvature.JacobiPreconditioner()`,
-      `jaxopt2.sketch.NystromPreconditioner(rank)`, …), built once per step; or `"auto"`:
-      Jacobi (16 Hutchinson probes, the exact diagonal up to 16 unknowns) built at the step
-      after one whose CG took more than 25 iterations and reused while CG stays within that,
-      else no preconditioning at no cost (under `vmap` the build runs for every problem
-      whenever one needs it). On the cond-1e4 logistic benchmark (10,000 × 300) it took
-      0.13x plain CG's time; on well-conditioned problems CG never takes 25 iterations.
+    - `preconditioner`: `"auto"` (default), `None` (plain CG), or
+      `preconditioner(fun, params, args, operator) -> (r -> M⁻¹r)`, M symmetric positive
+      definite (`jaxopt2.curvature.JacobiPreconditioner()`,
+      `jaxopt2.sketch.NystromPreconditioner(rank)`, …), built once per step. `"auto"` decides
+      from the CG iterations it has seen: plain CG until a step's CG takes more than 25
+      iterations; then the Jacobi diagonal M = diag(H) from one batched product with 16
+      signed, coloured probes (the exact diagonal up to 16 unknowns), reused while CG stays
+      within 25 iterations and rebuilt when not; and if the first step under M did not at
+      least halve CG's iterations per digit of residual reduction, plain CG for the rest of
+      the solve. Well-conditioned problems never pay for it (CG stays short); on the
+      cond-1e4 logistic benchmark (20,000 × 500) it took 0.18x plain CG's time, on softmax
+      regression, whose Hessian is not diagonally dominant, about 1.1x. Under `vmap` the
+      build runs for every problem whenever one needs it; with parameters sharded over
+      Explicit mesh axes, or products in a lower precision (`MixedPrecision`, where CG's
+      iteration count reflects their rounding), it is plain CG. The probes are counted in `num_hvp`.
     - `cg_max_steps`: CG budget per step; `None` means min(2n, 200) for n parameters (exact
       arithmetic needs at most n; the cap bounds the cost per step on large problems, where
       the forcing term usually stops CG much earlier).
@@ -152,7 +180,7 @@ class NewtonCG(AbstractMinimizer):
     rtol: float | None = None
     atol: float = 0.0
     curvature: Callable | None = None
-    preconditioner: Callable | str | None = None
+    preconditioner: Callable | str | None = "auto"
     trust_region: bool = False
     cg_max_steps: int | None = None
     forcing: str | float = "eisenstat_walker"
@@ -179,7 +207,10 @@ class NewtonCG(AbstractMinimizer):
         state = self._start(iterate)
         if not isinstance(self.preconditioner, str):
             return state
-        return _with_inverse(state, jax.tree_util.tree_map(jnp.ones_like, iterate.params))
+        dtype = state.eta.dtype
+        return _with_auto(state, _Auto(jax.tree_util.tree_map(jnp.ones_like, iterate.params),
+                                       jnp.asarray(_PLAIN, jnp.int32),
+                                       jnp.asarray(jnp.inf, dtype)))
 
     def _start(self, iterate: Iterate) -> _NewtonCGState:
         dtype = iterate.value.dtype
@@ -231,20 +262,39 @@ class NewtonCG(AbstractMinimizer):
         return jnp.clip(jnp.sqrt(grad_norm), eps, _ETA_MAX).astype(dtype)
 
     def _preconditioning(self, objective, params, args, operator, state, n: int):
-        """`(inverse diagonal to keep in the state or None, r ↦ M⁻¹r or None, products
-        spent building it)`."""
+        """`(auto state to keep or None, r ↦ M⁻¹r or None, products spent building it)`."""
         if not isinstance(self.preconditioner, str):
             precond = (None if self.preconditioner is None
                        else self.preconditioner(objective, params, args, operator))
             # what building it cost, where the preconditioner says (JacobiPreconditioner)
             built = getattr(self.preconditioner, "num_products", lambda n: 0)(n)
             return None, precond, built
-        jacobi = JacobiPreconditioner(num_probes=_AUTO_PROBES)
-        # the evidence: CG's iterations at the last step, under the diagonal then in use
-        need = state.cg_steps > _AUTO_CG
-        inv = lax.cond(need, lambda: inverse_diagonal(jacobi.diagonal(operator), jacobi.floor),
-                       lambda: state.inv_diag)
-        return inv, scaling(inv), jnp.where(need, jacobi.num_products(n), 0)
+        auto = state.auto
+        if any(explicit_spec(leaf) is not None for leaf in jax.tree_util.tree_leaves(params)):
+            # Parameters sharded over Explicit mesh axes: a user's `out_sharding=` product
+            # cannot be vmapped over probes, so "auto" is plain CG there.
+            return auto, None, 0
+        if getattr(self.curvature, "forcing_floor", 0.0) > 0:
+            # Products in a lower precision (`MixedPrecision`): CG stalls at their rounding
+            # and runs long whatever the conditioning, so its iteration count is no evidence.
+            return auto, None, 0
+        # the evidence: the last step's CG, under the diagonal then in use
+        long = state.cg_steps > _AUTO_CG
+        rate = _cg_rate(state.cg_steps, state.eta)
+        judged = auto.mode == _JACOBI
+        useless = judged & (rate > _AUTO_GAIN * auto.plain_rate)
+        need = long & ~useless & (auto.mode != _OFF)
+        keep = ~useless & ~need
+        ones = jax.tree_util.tree_map(jnp.ones_like, auto.inv_diag)
+        inv = lax.cond(need, lambda: inverse_diagonal(probed_diagonal(operator, _AUTO_PROBES),
+                                                     _AUTO_FLOOR),
+                       lambda: jax.tree_util.tree_map(
+                           lambda d, o: jnp.where(keep, d, o), auto.inv_diag, ones))
+        mode = jnp.where(useless, _OFF, jnp.where(need, _JACOBI, auto.mode))
+        # the plain rate is recorded when the diagonal is first built (a rebuild keeps it)
+        plain_rate = jnp.where(need & (auto.mode == _PLAIN), rate, auto.plain_rate)
+        new = _Auto(inv, mode.astype(jnp.int32), plain_rate.astype(auto.plain_rate.dtype))
+        return new, scaling(inv), jnp.where(need, min(n, _AUTO_PROBES), 0)
 
     def step(self, fn, iterate: Iterate, args, state: _NewtonCGState):
         def objective(p, a):
@@ -253,7 +303,7 @@ class NewtonCG(AbstractMinimizer):
         curvature = hessian if self.curvature is None else self.curvature
         operator = curvature(objective, iterate.params, args)
         n = tree_size(iterate.params)
-        inv_diag, precond, built = self._preconditioning(objective, iterate.params, args,
+        auto, precond, built = self._preconditioning(objective, iterate.params, args,
                                                          operator, state, n)
         max_cg = min(2 * n, 200) if self.cg_max_steps is None else self.cg_max_steps
         grad_norm = tree_norm(iterate.grad).astype(state.eta.dtype)
@@ -281,12 +331,12 @@ class NewtonCG(AbstractMinimizer):
         if self.trust_region:
             new, new_state, counts, result = self._trust_region_step(
                 fn, iterate, args, state, operator, cg, grad_norm, eta, error)
-            return new, _with_inverse(new_state, inv_diag), counts + Counts.of(hvp=built), result
+            return new, _with_auto(new_state, auto), counts + Counts.of(hvp=built), result
         new, counts, result = newton_line_search(fn, iterate, cg.x, args, self.c1,
                                                  self.max_backtracks)
         new_state = _NewtonCGState(grad_norm, eta, state.radius, cg.num_iters, error,
                                    state.grad_tol, jnp.array(False))
-        new_state = _with_inverse(new_state, inv_diag)
+        new_state = _with_auto(new_state, auto)
         return new, new_state, counts + Counts.of(hvp=cg.num_iters + built), result
 
     def _trust_region_step(self, fn, iterate, args, state, operator, cg, grad_norm, eta,

@@ -274,8 +274,8 @@ class NystromPreconditioner(eqx.Module):
     off when H has a few large, well-separated eigenvalues (ill-conditioned features,
     ridge-like problems): CG then only has to resolve the flat tail.
 
-    Costs: the `rank` sketch products are NOT counted in `sol.stats["num_hvp"]` (which counts
-    CG products only), so compare wall time, or add `rank` per step, when judging it.
+    Costs: the min(`rank`, n) sketch products of each build are counted in NewtonCG's
+    `sol.stats["num_hvp"]`, next to CG's (`num_products`).
     The curvature should be PSD (Gauss–Newton, convex objectives); with an indefinite
     Hessian a broken factorisation falls back to no preconditioning for that step.
 
@@ -312,6 +312,10 @@ class NystromPreconditioner(eqx.Module):
     def prng_key(self):
         """The typed key the sketch is drawn from: `key`, else `jax.random.key(seed)`."""
         return module_key(self.key, self.seed, "NystromPreconditioner")
+
+    def num_products(self, n: int) -> int:
+        """Products with the operator one build costs, for an operator on n unknowns."""
+        return min(self.rank, n)
 
     def __call__(self, fun, params, args, op) -> Callable:
         # n from the operator, so the same object also serves ImplicitAdjoint (no params there)
