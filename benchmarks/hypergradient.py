@@ -23,7 +23,8 @@ Methods (each one jitted function of (θ, data); rows are built from lists, so a
 one more `(name, adjoint)` entry in `JAXOPT2_ADJOINTS`):
 
 - jaxopt2.minimize with NewtonCG(rtol=1e-10) (its default preconditioner "auto", plain CG,
-  and with a Jacobi preconditioner from 64 Hutchinson probes, as NewtonCG(Jacobi-64) in run_all.py) and dense Newton, each adjoint of
+  and with a Jacobi preconditioner from 64 Hutchinson probes, as NewtonCG(Jacobi-64) in
+  run_all.py) and dense Newton, each adjoint of
   `JAXOPT2_ADJOINTS` (default: dense up to 1000 unknowns, CG at 1e-12, dense Cholesky);
   LBFGS(rtol=1e-10) and LBFGS with its default rtol, with the default adjoint;
 - jaxopt.LBFGS(tol=1e-10·‖∇f(0)‖₂, implicit_diff=True) with its default implicit-diff solve

@@ -121,8 +121,8 @@ class ImplicitAdjoint(AbstractAdjoint):
       least-squares pseudo-inverse, so singular but consistent systems are fine); above that,
       matrix-free conjugate gradients for symmetric systems (minimisation, least squares),
       preconditioned by the Jacobi diagonal from one batched product with 16 coloured probes
-      (as `NewtonCG`'s "auto"), and GMRES otherwise, to relative and absolute tolerance eps^0.75 in float64 (eps^0.6 in
-      lower precision).
+      (as `NewtonCG`'s "auto"), and GMRES otherwise, to relative and absolute tolerance
+      eps^0.75 in float64 (eps^0.6 in lower precision).
     - `preconditioner`: optional, with NewtonCG's protocol
       `preconditioner(fun, params, args, operator) -> (v -> M⁻¹v)` (only `operator`, the
       adjoint system, is passed; the others are None), e.g.

@@ -110,8 +110,9 @@ def test_bad_input_is_refused():
 
 @pytest.mark.float64
 def test_probed_diagonal_exact_where_the_colours_separate_the_couplings():
-    from jaxopt2._jacobi import probed_diagonal
     import lineax as lx
+
+    from jaxopt2._jacobi import probed_diagonal
 
     # n ≤ k probes: every colour class holds one unknown, so the diagonal is exact
     A = jax.random.normal(jax.random.key(3), (12, 12))

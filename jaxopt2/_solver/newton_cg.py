@@ -17,7 +17,6 @@ from .._jacobi import inverse_diagonal, probed_diagonal, scaling
 from .._linalg import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._linesearch import LINE_SEARCH_ROUNDOFF, newton_line_search
 from .._results import RESULTS
-from ..distributed import explicit_spec
 from .._tree import (
     result_dtype,
     tree_add,
@@ -35,6 +34,7 @@ from .._validate import (
     check_unit_interval,
     renamed_fields,
 )
+from ..distributed import explicit_spec
 
 _ETA_MAX = EW_ETA_MAX  # every forcing term is capped here (early steps need a rough direction)
 # Trust region (Nocedal & Wright, Alg. 4.1): accept when ρ > _ACCEPT; the radius follows the
