@@ -155,13 +155,13 @@ def test_auto_keeps_the_diagonal_where_it_pays_and_drops_it_where_it_does_not():
 
     solve = jax.jit(lambda fun, pre: jaxopt2.minimize(
         fun, jnp.zeros(n), solver=jaxopt2.NewtonCG(preconditioner=pre)), static_argnums=(0, 1))
-    for fun, want in ((scaled, 1), (rotated, 2)):
+    for fun, want in ((scaled, (1, 3)), (rotated, (2, 4))):
         plain, auto = solve(fun, None), solve(fun, "auto")
         assert auto.status == plain.status == jaxopt2.RESULTS.successful
         # both within float32's tolerance of each other (rtol ~ √eps of the solution)
         scale = float(jnp.max(jnp.abs(plain.params)))
         np.testing.assert_allclose(auto.params, plain.params, atol=2e-3 * scale)
-        assert _auto_mode(auto) == want  # 1: Jacobi in use, 2: dropped for plain CG
+        assert _auto_mode(auto) in want  # 1, 3: Jacobi in use; 2, 4: dropped for plain CG
     # where kept, CG's products (probes counted) fall well below plain CG's
     assert int(solve(scaled, "auto").stats["num_hvp"]) < int(
         solve(scaled, None).stats["num_hvp"]) / 2

@@ -48,26 +48,28 @@ _MAX_RADIUS = 1e10
 # (cond 1e4) iterations a step; Jacobi-16 cut the last to 0.13-0.28x the time. The first step
 # under the diagonal is judged against the plain steps before it, in CG iterations per digit
 # of residual reduction (steps ask for different forcing terms): unless it needed at most
-# _AUTO_GAIN of the plain rate, the diagonal is dropped for good (softmax regression's
-# Hessian is not diagonally dominant, and Jacobi there cost 1.5x plain CG).
+# _AUTO_GAIN of the plain rate, the diagonal is dropped (softmax regression's Hessian is not
+# diagonally dominant, and Jacobi there cost 1.5x plain CG), and tried again only if plain CG
+# then runs out of its budget (on an ill-conditioned ridge problem a loose early step misjudged
+# it, and plain CG could never certify its last step).
 _AUTO_CG = 25
 _AUTO_PROBES = 16
 _AUTO_GAIN = 0.5
 _AUTO_FLOOR = 1e-6  # M = max(|dᵢ|, floor·maxⱼ|dⱼ|), as JacobiPreconditioner's default
-_PLAIN, _JACOBI, _OFF = 0, 1, 2
+_PLAIN, _JACOBI, _OFF, _RETRY, _FINAL = 0, 1, 2, 3, 4
 
 
 class _Auto(eqx.Module):
-    """preconditioner="auto"'s memory: M⁻¹ in use (ones while plain), the mode (_PLAIN,
-    _JACOBI, _OFF) and the plain CG's iterations per digit when the diagonal was built."""
+    """preconditioner="auto"'s memory: M⁻¹ in use (ones while plain), the mode (_PLAIN;
+    _JACOBI; _OFF, dropped; _RETRY, tried again after plain CG ran out; _FINAL) and the plain CG's iterations per digit when the diagonal was built."""
     inv_diag: Any
     mode: jax.Array
     plain_rate: jax.Array
 
 
 def _cg_rate(cg_steps, eta):
-    """CG iterations per decade of residual reduction (at least one decade counted)."""
-    digits = jnp.maximum(-jnp.log10(eta), 1.0)
+    """CG iterations per decade of residual reduction asked for (η ≤ 0.5: at least 0.3)."""
+    digits = jnp.maximum(-jnp.log10(eta), 0.25)
     return cg_steps.astype(eta.dtype) / digits
 
 
@@ -144,8 +146,8 @@ class NewtonCG(AbstractMinimizer):
       iterations; then the Jacobi diagonal M = diag(H) from one batched product with 16
       signed, coloured probes (the exact diagonal up to 16 unknowns), reused while CG stays
       within 25 iterations and rebuilt when not; and if the first step under M did not at
-      least halve CG's iterations per digit of residual reduction, plain CG for the rest of
-      the solve. Well-conditioned problems never pay for it (CG stays short); on the
+      least halve CG's iterations per digit of residual reduction, plain CG again, with the
+      diagonal tried once more only if plain CG then runs out of `cg_max_steps`. Well-conditioned problems never pay for it (CG stays short); on the
       cond-1e4 logistic benchmark (20,000 × 500) it took 0.18x plain CG's time, on softmax
       regression, whose Hessian is not diagonally dominant, about 1.1x. Under `vmap` the
       build runs for every problem whenever one needs it; with parameters sharded over
@@ -261,7 +263,8 @@ class NewtonCG(AbstractMinimizer):
         eps = jnp.finfo(dtype).eps
         return jnp.clip(jnp.sqrt(grad_norm), eps, _ETA_MAX).astype(dtype)
 
-    def _preconditioning(self, objective, params, args, operator, state, n: int):
+    def _preconditioning(self, objective, params, args, operator, state, n: int,
+                         max_cg: int):
         """`(auto state to keep or None, r ↦ M⁻¹r or None, products spent building it)`."""
         if not isinstance(self.preconditioner, str):
             precond = (None if self.preconditioner is None
@@ -281,18 +284,24 @@ class NewtonCG(AbstractMinimizer):
         # the evidence: the last step's CG, under the diagonal then in use
         long = state.cg_steps > _AUTO_CG
         rate = _cg_rate(state.cg_steps, state.eta)
-        judged = auto.mode == _JACOBI
-        useless = judged & (rate > _AUTO_GAIN * auto.plain_rate)
-        need = long & ~useless & (auto.mode != _OFF)
+        on = (auto.mode == _JACOBI) | (auto.mode == _RETRY)
+        useless = on & (rate > _AUTO_GAIN * auto.plain_rate)
+        # dropped, but plain CG ran out of its budget: try the diagonal once more (judged
+        # anew; dropped for good if it fails again)
+        exhausted = (auto.mode == _OFF) & (state.cg_steps >= max_cg)
+        need = long & ~useless & (on | (auto.mode == _PLAIN) | exhausted)
         keep = ~useless & ~need
         ones = jax.tree_util.tree_map(jnp.ones_like, auto.inv_diag)
         inv = lax.cond(need, lambda: inverse_diagonal(probed_diagonal(operator, _AUTO_PROBES),
                                                      _AUTO_FLOOR),
                        lambda: jax.tree_util.tree_map(
                            lambda d, o: jnp.where(keep, d, o), auto.inv_diag, ones))
-        mode = jnp.where(useless, _OFF, jnp.where(need, _JACOBI, auto.mode))
-        # the plain rate is recorded when the diagonal is first built (a rebuild keeps it)
-        plain_rate = jnp.where(need & (auto.mode == _PLAIN), rate, auto.plain_rate)
+        dropped = jnp.where(auto.mode == _RETRY, _FINAL, _OFF)
+        built = jnp.where(exhausted, _RETRY, jnp.where(on, auto.mode, _JACOBI))
+        mode = jnp.where(useless, dropped, jnp.where(need, built, auto.mode))
+        # the plain rate is recorded when the diagonal is built after plain steps (a
+        # rebuild under the diagonal keeps it)
+        plain_rate = jnp.where(need & ~on, rate, auto.plain_rate)
         new = _Auto(inv, mode.astype(jnp.int32), plain_rate.astype(auto.plain_rate.dtype))
         return new, scaling(inv), jnp.where(need, min(n, _AUTO_PROBES), 0)
 
@@ -303,9 +312,9 @@ class NewtonCG(AbstractMinimizer):
         curvature = hessian if self.curvature is None else self.curvature
         operator = curvature(objective, iterate.params, args)
         n = tree_size(iterate.params)
-        auto, precond, built = self._preconditioning(objective, iterate.params, args,
-                                                         operator, state, n)
         max_cg = min(2 * n, 200) if self.cg_max_steps is None else self.cg_max_steps
+        auto, precond, built = self._preconditioning(objective, iterate.params, args,
+                                                     operator, state, n, max_cg)
         grad_norm = tree_norm(iterate.grad).astype(state.eta.dtype)
         eta = self._forcing_term(state, grad_norm)
         # Once the gradient test passes, the stopping rule asks for this step's norm as the
