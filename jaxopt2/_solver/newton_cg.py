@@ -152,9 +152,10 @@ class NewtonCG(AbstractMinimizer):
       Well-conditioned problems never pay for it (CG stays short); on the cond-1e4 logistic
       benchmark (20,000 × 500) it took 0.18x plain CG's time, on softmax regression, whose
       Hessian is not diagonally dominant, about 1.25x (one build and one step under M).
-      Under `vmap` the build runs for every problem whenever one needs it; with parameters sharded over
-      Explicit mesh axes, or products in a lower precision (`MixedPrecision`, where CG's
-      iteration count reflects their rounding), it is plain CG. The probes are counted in `num_hvp`.
+      Under `vmap` the build runs for every problem whenever one needs it; with parameters
+      sharded over Explicit mesh axes, or products in a lower precision (`MixedPrecision`,
+      where CG's iteration count reflects their rounding), it is plain CG. The probes are
+      counted in `num_hvp`.
     - `cg_max_steps`: CG budget per step; `None` means min(2n, 200) for n parameters (exact
       arithmetic needs at most n; the cap bounds the cost per step on large problems, where
       the forcing term usually stops CG much earlier).
