@@ -32,7 +32,7 @@ def exact_diagonal(op: lx.AbstractLinearOperator):
     return unravel(jnp.diagonal(columns).astype(flat.dtype))
 
 
-def probed_diagonal(op: lx.AbstractLinearOperator, num_probes: int):
+def probed_diagonal(op: lx.AbstractLinearOperator, num_probes: int, batch_size: int = 2):
     """diag(op) from min(n, `num_probes`) = k products with signed, coloured probes, as a
     pytree like `op.in_structure()`: the unknowns, numbered across the leaves, are coloured
     by their number modulo k, and probe c is a fixed ±1 sign on the unknowns of colour c, so
@@ -40,7 +40,8 @@ def probed_diagonal(op: lx.AbstractLinearOperator, num_probes: int):
     cross terms limited to one colour class (as accurate as k Rademacher probes on an
     unstructured A, exact where A couples only unknowns less than k apart, and exact outright
     when n ≤ k; the probing of Curtis, Powell & Reid 1974). No random numbers: the probes are
-    a few integer and trigonometric operations on an index, which keeps the program small."""
+    a few integer and trigonometric operations on an index, which keeps the program small.
+    The products run `batch_size` at a time (vmapped within a batch)."""
     structure = op.in_structure()
     k = max(1, min(_size(structure), num_probes))
     colours = jnp.arange(k)
@@ -53,7 +54,10 @@ def probed_diagonal(op: lx.AbstractLinearOperator, num_probes: int):
         z = jnp.where(index[None, :] % k == colours[:, None], sign, 0.0)
         probes.append(z.reshape((k,) + tuple(s.shape)).astype(s.dtype))
     z = jtu.tree_unflatten(jtu.tree_structure(structure), probes)
-    hz = jax.vmap(op.mv)(z)
+    # `batch_size` products at a time: a batch of k products holds k times the temporaries of
+    # one (the per-example values of a data-bound objective, a network's activations), so
+    # the default build stays within a few products' memory
+    hz = jax.lax.map(op.mv, z, batch_size=min(k, batch_size))
     return jtu.tree_map(lambda a, b: jnp.sum(a * b, axis=0).astype(a.dtype), z, hz)
 
 
