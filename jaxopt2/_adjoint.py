@@ -32,7 +32,7 @@ import lineax as lx
 # closure-converted product then refuses a vector sharded over Explicit mesh axes.
 from ._curvature import _Symmetric as _Square
 from ._front import raise_if_failed
-from ._jacobi import inverse_diagonal, probed_diagonal, scaling
+from ._jacobi import auto_inverse_diagonal, scaling
 from ._linalg.cg import truncated_cg
 from ._loops import unrolled_loops
 from ._results import RESULTS
@@ -120,8 +120,8 @@ class ImplicitAdjoint(AbstractAdjoint):
       1000 unknowns, a dense solve (∂ₓF formed from batched products, then an eigen- or
       least-squares pseudo-inverse, so singular but consistent systems are fine); above that,
       matrix-free conjugate gradients for symmetric systems (minimisation, least squares),
-      preconditioned by the Jacobi diagonal from one batched product with 16 coloured probes
-      (as `NewtonCG`'s "auto"), and GMRES otherwise, to relative and absolute tolerance
+      preconditioned by the Jacobi diagonal from 16 products with coloured probes (as
+      `NewtonCG`'s "auto"), and GMRES otherwise, to relative and absolute tolerance
       eps^0.75 in float64 (eps^0.6 in lower precision).
     - `preconditioner`: optional, with NewtonCG's protocol
       `preconditioner(fun, params, args, operator) -> (v -> M⁻¹v)` (only `operator`, the
@@ -229,11 +229,10 @@ class ImplicitAdjoint(AbstractAdjoint):
                                      max_iters=steps).x
                 elif solver is None and isinstance(chosen, lx.CG):
                     # The default matrix-free solve: Jacobi-preconditioned CG, the diagonal
-                    # from one batched product with 16 coloured probes (NewtonCG's "auto"
-                    # build). It removes the bad scaling of the variables, most of a GLM's
-                    # ill-conditioning, for about one pass over the data.
-                    inv = inverse_diagonal(probed_diagonal(op, _JACOBI_PROBES), _JACOBI_FLOOR)
-                    precond = _Square(scaling(inv), jax.eval_shape(lambda: b),
+                    # from 16 coloured probes (NewtonCG's "auto" build). It removes the bad
+                    # scaling of the variables, most of a GLM's ill-conditioning.
+                    precond = _Square(scaling(auto_inverse_diagonal(op)),
+                                      jax.eval_shape(lambda: b),
                                       tags=frozenset(tags))
                     x = lx.linear_solve(op, b, chosen, options={"preconditioner": precond},
                                         throw=False).value
@@ -270,8 +269,6 @@ class ImplicitAdjoint(AbstractAdjoint):
 
 
 DENSE_MAX = 1000  # the default adjoint solve is dense up to this many unknowns
-_JACOBI_PROBES = 16  # above it, Jacobi-preconditioned CG (symmetric positive semidefinite)
-_JACOBI_FLOOR = 1e-6
 
 
 def _explicitly_sharded(tree) -> bool:

@@ -26,6 +26,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._jacobi import fixed_signs
+
 
 class FreeBlock(eqx.Module):
     """A dense Hessian block on the free indices `index` (padded with n), kept between steps.
@@ -49,8 +51,7 @@ class FreeBlock(eqx.Module):
 
 
 def _signs(n: int, dtype):
-    # a fixed ±1 sequence (cosines of a golden-angle sequence), no PRNG in the step
-    return jnp.where(jnp.cos(1.0 + 2.399963 * jnp.arange(n)) >= 0, 1.0, -1.0).astype(dtype)
+    return fixed_signs(jnp.arange(n)).astype(dtype)  # no PRNG in the step
 
 
 def coloured_diagonal(hvp, free, probes: int, dtype):

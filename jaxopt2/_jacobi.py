@@ -32,6 +32,21 @@ def exact_diagonal(op: lx.AbstractLinearOperator):
     return unravel(jnp.diagonal(columns).astype(flat.dtype))
 
 
+AUTO_PROBES = 16  # the probes of the automatic builds (NewtonCG's "auto", the default adjoint)
+
+
+def fixed_signs(index):
+    """A fixed ±1 sequence over integer indices (signs of the cosines of a golden-angle
+    sequence): probe signs with no PRNG in the program."""
+    return jnp.where(jnp.cos(1.0 + 2.399963 * index) >= 0, 1.0, -1.0)
+
+
+def auto_inverse_diagonal(op: lx.AbstractLinearOperator):
+    """M⁻¹ of the automatic Jacobi builds: the probed diagonal (`AUTO_PROBES` products, two
+    at a time), floored as `JacobiPreconditioner`'s default."""
+    return inverse_diagonal(probed_diagonal(op, AUTO_PROBES), JacobiPreconditioner.floor)
+
+
 def probed_diagonal(op: lx.AbstractLinearOperator, num_probes: int, batch_size: int = 2):
     """diag(op) from min(n, `num_probes`) = k products with signed, coloured probes, as a
     pytree like `op.in_structure()`: the unknowns, numbered across the leaves, are coloured
@@ -49,9 +64,7 @@ def probed_diagonal(op: lx.AbstractLinearOperator, num_probes: int, batch_size: 
     for s in jtu.tree_leaves(structure):
         index = offset + jnp.arange(s.size)
         offset += s.size
-        # a fixed ±1 sequence (cosines of a golden-angle sequence)
-        sign = jnp.where(jnp.cos(1.0 + 2.399963 * index) >= 0, 1.0, -1.0)
-        z = jnp.where(index[None, :] % k == colours[:, None], sign, 0.0)
+        z = jnp.where(index[None, :] % k == colours[:, None], fixed_signs(index), 0.0)
         probes.append(z.reshape((k,) + tuple(s.shape)).astype(s.dtype))
     z = jtu.tree_unflatten(jtu.tree_structure(structure), probes)
     # `batch_size` products at a time: a batch of k products holds k times the temporaries of

@@ -90,6 +90,11 @@ def test_vmap_one_bad_problem_and_implicit_gradient():
     got = jax.grad(w_sum)(jnp.float32(LAM), solver)
     want = jax.grad(w_sum)(jnp.float32(LAM), jaxopt2.Newton())
     np.testing.assert_allclose(got, want, rtol=1e-3)
+    # the adjoint's BᵀB (from sqrt_hessian) under vmap, in float32
+    lams = jnp.asarray([LAM, 10 * LAM], jnp.float32)
+    got = jax.vmap(lambda lam: jax.grad(w_sum)(lam, solver))(lams)
+    want = jax.vmap(lambda lam: jax.grad(w_sum)(lam, jaxopt2.Newton()))(lams)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
 
 
 def test_bad_sqrt_hessian_is_refused():

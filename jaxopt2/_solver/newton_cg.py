@@ -13,7 +13,7 @@ from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate, default_rtol, evaluate, roundoff
 from .._curvature import hessian
-from .._jacobi import inverse_diagonal, probed_diagonal, scaling
+from .._jacobi import AUTO_PROBES, auto_inverse_diagonal, scaling
 from .._linalg import EW_ETA_MAX, eisenstat_walker, truncated_cg
 from .._linesearch import LINE_SEARCH_ROUNDOFF, newton_line_search
 from .._results import RESULTS
@@ -43,7 +43,7 @@ _ETA_MAX = EW_ETA_MAX  # every forcing term is capped here (early steps need a r
 _ACCEPT = 0.1
 _MAX_RADIUS = 1e10
 # preconditioner="auto": Jacobi once a step's CG took more than _AUTO_CG iterations, from
-# _AUTO_PROBES Hutchinson probes (the exact diagonal up to that many unknowns). On the
+# AUTO_PROBES coloured probes (the exact diagonal up to that many unknowns). On the
 # benchmarks' logistic problems plain CG took about 9 (breast cancer), 19 (digits) and 66-95
 # (cond 1e4) iterations a step; Jacobi-16 cut the last to 0.13-0.28x the time. The first step
 # under the diagonal is judged against the plain steps before it, in CG iterations per digit
@@ -53,9 +53,7 @@ _MAX_RADIUS = 1e10
 # then runs out of its budget (on an ill-conditioned ridge problem a loose early step misjudged
 # it, and plain CG could never certify its last step).
 _AUTO_CG = 25
-_AUTO_PROBES = 16
 _AUTO_GAIN = 0.5
-_AUTO_FLOOR = 1e-6  # M = max(|dᵢ|, floor·maxⱼ|dⱼ|), as JacobiPreconditioner's default
 _PLAIN, _JACOBI, _OFF, _RETRY, _FINAL = 0, 1, 2, 3, 4
 
 
@@ -144,7 +142,7 @@ class NewtonCG(AbstractMinimizer):
       definite (`jaxopt2.curvature.JacobiPreconditioner()`,
       `jaxopt2.sketch.NystromPreconditioner(rank)`, …), built once per step. `"auto"` decides
       from the CG iterations it has seen: plain CG until a step's CG takes more than 25
-      iterations; then the Jacobi diagonal M = diag(H) from one batched product with 16
+      iterations; then the Jacobi diagonal M = diag(H) from 16 products (two at a time) with
       signed, coloured probes (the exact diagonal up to 16 unknowns), reused while CG stays
       within 25 iterations and rebuilt when not; and if the first step under M did not at
       least halve CG's iterations per digit of residual reduction, plain CG again, with the
@@ -295,8 +293,7 @@ class NewtonCG(AbstractMinimizer):
         need = long & ~useless & (on | (auto.mode == _PLAIN) | exhausted)
         keep = ~useless & ~need
         ones = jax.tree_util.tree_map(jnp.ones_like, auto.inv_diag)
-        inv = lax.cond(need, lambda: inverse_diagonal(probed_diagonal(operator, _AUTO_PROBES),
-                                                     _AUTO_FLOOR),
+        inv = lax.cond(need, lambda: auto_inverse_diagonal(operator),
                        lambda: jax.tree_util.tree_map(
                            lambda d, o: jnp.where(keep, d, o), auto.inv_diag, ones))
         dropped = jnp.where(auto.mode == _RETRY, _FINAL, _OFF)
@@ -306,7 +303,7 @@ class NewtonCG(AbstractMinimizer):
         # rebuild under the diagonal keeps it)
         plain_rate = jnp.where(need & ~on, rate, auto.plain_rate)
         new = _Auto(inv, mode.astype(jnp.int32), plain_rate.astype(auto.plain_rate.dtype))
-        return new, scaling(inv), jnp.where(need, min(n, _AUTO_PROBES), 0)
+        return new, scaling(inv), jnp.where(need, min(n, AUTO_PROBES), 0)
 
     def step(self, fn, iterate: Iterate, args, state: _NewtonCGState):
         def objective(p, a):
