@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from ._base import Counts, Iterate, Point, roundoff
 from ._loops import while_loop
 from ._results import RESULTS
-from ._tree import tree_all_finite, tree_axpy, tree_dot, tree_inf_norm, tree_where
+from ._tree import tree_all_finite, tree_axpy, tree_changed, tree_dot, tree_inf_norm, tree_where
 
 # How many roundings of f (`_base.roundoff`) count as "no measurable change", a pair on
 # purpose:
@@ -130,7 +130,11 @@ def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials,
     search = backtracking_grad_first if grad_first else partial(backtracking, init_step=1.0)
     ls = search(fn, iterate, direction, args, c1=c1, max_trials=max_trials,
                 noise=roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF))
-    result = RESULTS.where(ls.ok, RESULTS.successful, RESULTS.line_search_failed)
+    # A step below the resolution of x (a noise-level decrease accepted along a direction
+    # shorter than x's rounding) leaves x bitwise where it was, and the next step would do the
+    # same again until the step budget ran out: no representable step along d decreases f.
+    moved = tree_changed(ls.iterate.params, iterate.params)
+    result = RESULTS.where(ls.ok & moved, RESULTS.successful, RESULTS.line_search_failed)
     return ls.iterate, ls.counts, result
 
 

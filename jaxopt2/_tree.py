@@ -76,6 +76,14 @@ def tree_all_finite(x):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
+def tree_changed(new, old):
+    """Whether any entry of `new` differs from `old` (bitwise: a step below the rounding of x
+    leaves it unchanged)."""
+    leaves = [jnp.any(a != b)
+              for a, b in zip(jtu.tree_leaves(new), jtu.tree_leaves(old), strict=True)]
+    return jnp.any(jnp.stack(leaves)) if leaves else jnp.array(False)
+
+
 def tree_size(x) -> int:
     return sum(leaf.size for leaf in jtu.tree_leaves(x))
 

@@ -124,8 +124,10 @@ def test_float32_augmented_lagrangian():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("number", [14, 28, 42, 71, 100])
+@pytest.mark.parametrize("number", [9, 14, 28, 42, 71, 100])
 def test_float32_subset(number):
+    # HS 9 and 100 failed before ρ shrank after noisy subproblems: at Birgin & Martínez's ρ₀
+    # (7140 on HS 100) the subproblem gradients were float32 rounding noise.
     # The float32 tolerance allows violations of 1e-3, which move f by about |λ|·1e-3
     # (HS 14: f = 1.39177 against f* = 1.39346 at a violation of 1e-3).
     _check_optimum(number, _solve(number, jaxopt2.AugmentedLagrangian(), dtype=jnp.float32),

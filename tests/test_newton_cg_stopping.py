@@ -121,3 +121,26 @@ def test_error_estimate_is_the_newton_step_only_for_a_tight_solve():
     cut = truncated_cg(lambda v: A @ v, -g, rtol=eta_certify, max_iters=16, radius=0.1 * newton)
     assert np.isinf(float(solver._error(cut, jnp.asarray(eta_certify), eta_certify,
                                         jnp.float32)))
+
+
+def _offset_bowl(x, ab):
+    # minimizer 1000 − b/a; with a = 1e5, b = 1.7 it lies 1.7e-5 from 1000, under half of
+    # float32's spacing there (6.1e-5), while the gradient (1.7) is far above the tolerance.
+    a, b = ab
+    return 1000.0 + 0.5 * a * jnp.sum((x - 1000.0) ** 2) + b * jnp.sum(x - 1000.0)
+
+
+@pytest.mark.parametrize("solver", [J.Newton(), J.NewtonCG(), J.NewtonCG(trust_region=True)],
+                         ids=["Newton", "NewtonCG", "NewtonCG-tr"])
+def test_step_below_the_resolution_of_x_stops_at_once(solver):
+    """A Newton step that cannot move x in float32 (its decrease is below f's rounding, so the
+    line search accepts it) is reported after one step, not repeated until `max_steps`; under
+    vmap the solvable problem beside it is unaffected."""
+    x0 = jnp.full(3, 1000.0, jnp.float32)
+    ab = (jnp.array([1e5, 1.0], jnp.float32), jnp.array([1.7, 1.7], jnp.float32))
+    sol = jax.vmap(lambda a, b: J.minimize(_offset_bowl, x0, (a, b), solver=solver,
+                                           throw=False))(*ab)
+    assert [J.status_name(s) for s in np.asarray(sol.status._value)] == [
+        "line_search_failed", "successful"]
+    assert int(sol.stats["num_steps"][0]) == 1
+    np.testing.assert_allclose(np.asarray(sol.params[1]), 1000.0 - 1.7, rtol=1e-7)

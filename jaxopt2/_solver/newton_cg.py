@@ -20,6 +20,7 @@ from .._results import RESULTS
 from .._tree import (
     result_dtype,
     tree_add,
+    tree_changed,
     tree_dot,
     tree_inf_norm,
     tree_norm,
@@ -373,6 +374,8 @@ class NewtonCG(AbstractMinimizer):
         # A radius that no longer moves x in this precision means no decrease can be found.
         x_norm = tree_norm(iterate.params).astype(dtype)
         stuck = ~accept & (radius <= jnp.finfo(dtype).eps * jnp.maximum(x_norm, 1.0))
+        # an accepted noise-level step below the rounding of x: the next one would be the same
+        stuck = stuck | (accept & tiny & ~tree_changed(trial, iterate.params))
         result = RESULTS.where(stuck, RESULTS.line_search_failed, RESULTS.successful)
         new_state = _NewtonCGState(
             grad_norm=jnp.where(accept, grad_norm, state.grad_norm),

@@ -41,6 +41,7 @@ from ._base import AbstractConstrainedSolver, ConstrainedOutput
 from ._problem import Problem, converged, default_rtol, kkt_residuals
 
 _STALL_STEPS = 3  # outer steps without progress at the largest penalty: infeasible
+_RHO_MIN = 1e-8  # the smallest penalty, at the start and after noisy subproblems
 
 
 def _inf(v):
@@ -76,7 +77,9 @@ class AugmentedLagrangian(AbstractConstrainedSolver):
     - `inner_max_steps`: the step budget of each subproblem (static).
     - `penalty`: the initial ρ; `None` picks Birgin & Martínez's
       10·max(1, |f(x₀)|)/max(1, ½‖c(x₀)₊‖²), clipped to [1e-8, 1e8].
-    - `penalty_growth` (γ) and `progress` (τ): ρ grows by γ when V falls by less than τ.
+    - `penalty_growth` (γ) and `progress` (τ): ρ grows by γ when V falls by less than τ, and
+      shrinks by γ when a subproblem fails at a feasible point (there its gradient is rounding
+      noise amplified by ρ, as in float32 at a large ρ₀).
     - `max_penalty`: the cap on ρ (`None`: 1e12 in float64, 1e6 in float32), and the level at
       which a lack of progress is reported as infeasibility.
     - `max_multiplier`: the safeguard λ_max = μ_max.
@@ -152,7 +155,7 @@ class AugmentedLagrangian(AbstractConstrainedSolver):
         if self.penalty is None:
             viol = 0.5 * (jnp.sum(c_eq0**2) + jnp.sum(jnp.maximum(c_in0, 0.0) ** 2))
             rho0 = jnp.clip(10 * jnp.maximum(1.0, jnp.abs(f0)) / jnp.maximum(1.0, viol),
-                            1e-8, 1e8)
+                            _RHO_MIN, 1e8)
         else:
             rho0 = jnp.asarray(self.penalty)
         rho0 = jnp.where(jnp.isfinite(rho0), rho0, 1.0).astype(dtype)
@@ -190,7 +193,14 @@ class AugmentedLagrangian(AbstractConstrainedSolver):
             # subproblems harder (degenerate minimizers stall L-BFGS at a huge ρ).
             feasible = v <= self.atol + rtol
             slow = (v > self.progress * s.v_prev) & ~feasible
-            rho = jnp.where(slow, jnp.minimum(self.penalty_growth * s.rho, rho_max), s.rho)
+            # A subproblem that cannot be solved at a feasible point is one whose gradient is
+            # rounding noise: ρ multiplies the rounding of c (ρ·eps·|terms of c|·‖∇c‖, about
+            # 5 on HS 100 in float32 at Birgin & Martínez's ρ₀ = 7140, against a tolerance of
+            # 0.05). Feasibility needs no larger ρ, so a smaller one is tried instead.
+            noisy = (sol.status != RESULTS.successful) & feasible
+            rho = jnp.where(slow, jnp.minimum(self.penalty_growth * s.rho, rho_max),
+                            jnp.where(noisy, jnp.maximum(s.rho / self.penalty_growth, _RHO_MIN),
+                                      s.rho))
             stall = jnp.where(slow & (s.rho >= rho_max) & ~feasible, s.stall + 1, 0)
             step = s.step + 1
             result = RESULTS.where(ok, RESULTS.successful, RESULTS.max_steps_reached)
