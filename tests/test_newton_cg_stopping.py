@@ -144,3 +144,26 @@ def test_step_below_the_resolution_of_x_stops_at_once(solver):
         "line_search_failed", "successful"]
     assert int(sol.stats["num_steps"][0]) == 1
     np.testing.assert_allclose(np.asarray(sol.params[1]), 1000.0 - 1.7, rtol=1e-7)
+
+
+@pytest.mark.float64
+def test_no_solve_tighter_than_a_certifying_one():
+    """Eisenstat–Walker's term falls with the square of the gradient ratio (to 1e-13 on the
+    last step of the digits benchmark, 87 CG iterations where 65 certify): NewtonCG floors it
+    at the certifying forcing term, so the last step's η is exactly that term, and a fixed
+    `forcing` is left as given."""
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.standard_normal((200, 30)))
+    y = jnp.asarray(rng.integers(0, 2, 200) * 2.0 - 1)
+
+    def loss(w, a):
+        return jnp.mean(jnp.logaddexp(0.0, -y * (X @ w))) + 0.5 * a * (w @ w)
+
+    solver = J.NewtonCG(rtol=1e-10)
+    w0 = jnp.zeros(30, jnp.float64)
+    sol = J.minimize(loss, w0, jnp.float64(1e-3), solver=solver)
+    assert J.status_name(sol.status) == "successful"
+    eta_certify = solver._certifying_forcing(w0)
+    assert float(sol.state.eta) == pytest.approx(eta_certify, rel=1e-12)
+    fixed = J.minimize(loss, w0, jnp.float64(1e-3), solver=J.NewtonCG(rtol=1e-10, forcing=1e-12))
+    assert float(fixed.state.eta) == pytest.approx(1e-12, rel=1e-12)
