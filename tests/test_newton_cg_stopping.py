@@ -130,8 +130,10 @@ def _offset_bowl(x, ab):
     return 1000.0 + 0.5 * a * jnp.sum((x - 1000.0) ** 2) + b * jnp.sum(x - 1000.0)
 
 
-@pytest.mark.parametrize("solver", [J.Newton(), J.NewtonCG(), J.NewtonCG(trust_region=True)],
-                         ids=["Newton", "NewtonCG", "NewtonCG-tr"])
+@pytest.mark.parametrize("solver", [J.Newton(), J.NewtonCG(), J.NewtonCG(trust_region=True),
+                                    J.RegularizedNewton(), J.DampedNewton()],
+                         ids=["Newton", "NewtonCG", "NewtonCG-tr", "RegularizedNewton",
+                              "DampedNewton"])
 def test_step_below_the_resolution_of_x_stops_at_once(solver):
     """A Newton step that cannot move x in float32 (its decrease is below f's rounding, so the
     line search accepts it) is reported after one step, not repeated until `max_steps`; under

@@ -15,7 +15,7 @@ from .._linalg import EW_ETA_MAX, cg_budget, inner_rtol, truncated_cg
 from .._linesearch import ACCEPTANCE_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._tree import tree_axpy, tree_dot, tree_neg, tree_norm, tree_where
+from .._tree import tree_axpy, tree_changed, tree_dot, tree_neg, tree_norm, tree_where
 from .._validate import (
     check_budget,
     check_inexact_newton,
@@ -147,12 +147,17 @@ class DampedNewton(AbstractMinimizer):
         def point(alpha):
             return tree_axpy(alpha, direction, iterate.params)
 
+        # Even the full Newton step below the rounding of x: no step along d can move it, and
+        # every later step would be the same (`newton_line_search`).
+        resolved = tree_changed(point(jnp.ones((), dtype)), iterate.params)
+
         if self.lipschitz is not None:
             L = jnp.asarray(self.lipschitz, dtype)
             alpha = aicn_step_size(L, decrement)
             new = evaluate(fn, point(alpha), args)
             counts = Counts.of(grad=1, hvp=cg.num_iters)
-            return new, _DNState(L, alpha, decrement, gnorm, eta), counts, RESULTS.successful
+            result = RESULTS.where(resolved, RESULTS.successful, RESULTS.line_search_failed)
+            return new, _DNState(L, alpha, decrement, gnorm, eta), counts, result
 
         # Below L·G ≈ √eps the step is the Newton step to working precision, so a smaller L
         # would only cost extra doublings when it has to grow again.
@@ -185,7 +190,7 @@ class DampedNewton(AbstractMinimizer):
             max_steps=self.max_backtracks + 1)
         new = evaluate(fn, point(jnp.where(ok, alpha, jnp.zeros_like(alpha))), args)
         new = tree_where(ok, new, iterate)
-        result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
+        result = RESULTS.where(ok & resolved, RESULTS.successful, RESULTS.line_search_failed)
         counts = Counts.of(fun=k, grad=1, hvp=cg.num_iters)
         new_state = _DNState(L.astype(dtype), alpha, decrement,
                              jnp.where(ok, gnorm, state.grad_norm), jnp.where(ok, eta, state.eta))

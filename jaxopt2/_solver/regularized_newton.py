@@ -18,7 +18,16 @@ from .._linalg import EW_ETA_MAX, cg_budget, inner_rtol, truncated_cg
 from .._linesearch import ACCEPTANCE_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._tree import ravel, tree_axpy, tree_dot, tree_neg, tree_norm, tree_sub, tree_where
+from .._tree import (
+    ravel,
+    tree_axpy,
+    tree_changed,
+    tree_dot,
+    tree_neg,
+    tree_norm,
+    tree_sub,
+    tree_where,
+)
 from .._validate import (
     check_budget,
     check_inexact_newton,
@@ -269,7 +278,10 @@ class RegularizedNewton(AbstractMinimizer):
                                     0.5 * jnp.minimum(gamma, dnorm)))
         next_gamma = jnp.where(ok, jnp.clip(grown, 1 / big, big), gamma).astype(dtype)
         lam = jnp.where(ok, gnorm / gamma, state.lam).astype(dtype)
-        result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
+        # An accepted step below the rounding of x leaves it bitwise unchanged, and γ then
+        # only shrinks: every later step would do the same (`newton_line_search`).
+        moved = tree_changed(new.params, iterate.params)
+        result = RESULTS.where(ok & moved, RESULTS.successful, RESULTS.line_search_failed)
         counts = build_counts + Counts.of(grad=k, hvp=matvecs)
         # A failed step ends the solve; keep the last accepted step's history for EW anyway.
         new_state = _RNState(next_gamma, lam, k - 1, jnp.where(ok, gnorm, state.grad_norm),
