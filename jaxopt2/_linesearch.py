@@ -123,17 +123,19 @@ def backtracking_grad_first(fn, it: Iterate, direction, args, *, c1=1e-4, shrink
 
 
 def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials,
-                       grad_first: bool = False):
+                       grad_first: bool = False, same_next: bool = True):
     """Armijo backtracking from the full step, accepting a full step whose predicted decrease
     is below the rounding of f (see `backtracking`'s `noise`). `grad_first`: evaluate the
-    gradient with the first trial (`backtracking_grad_first`)."""
+    gradient with the first trial (`backtracking_grad_first`). `same_next`: the next step
+    from the same x would be the same (False for random subspaces), so a step that leaves x
+    unchanged ends the solve."""
     search = backtracking_grad_first if grad_first else partial(backtracking, init_step=1.0)
     ls = search(fn, iterate, direction, args, c1=c1, max_trials=max_trials,
                 noise=roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF))
     # A step below the resolution of x (a noise-level decrease accepted along a direction
     # shorter than x's rounding) leaves x bitwise where it was, and the next step would do the
     # same again until the step budget ran out: no representable step along d decreases f.
-    moved = tree_changed(ls.iterate.params, iterate.params)
+    moved = tree_changed(ls.iterate.params, iterate.params) if same_next else True
     result = RESULTS.where(ls.ok & moved, RESULTS.successful, RESULTS.line_search_failed)
     return ls.iterate, ls.counts, result
 

@@ -66,7 +66,9 @@ def damped_newton_step(solver, fn, iterate: Iterate, args, key, h, rhs, to_param
     (key `key`, damping τ), `counts` plus the line search's, and the line search's result."""
     factor, tau = damped_cholesky(0.5 * (h + h.T), solver.max_damping_tries)
     z = jsl.cho_solve((factor, True), -rhs)
+    # A step that leaves x unchanged in this subspace is no proof for the next, random one.
     new, ls_counts, result = newton_line_search(fn, iterate, to_params(z), args, solver.c1,
-                                                solver.max_backtracks, grad_first=True)
+                                                solver.max_backtracks, grad_first=True,
+                                                same_next=False)
     state = RandomNewtonState(key, tau.astype(iterate.value.dtype))
     return new, state, counts + ls_counts, result

@@ -175,6 +175,20 @@ def test_rescaled_objective_gives_the_same_minimizer(name, a):
         np.testing.assert_allclose(sol.params, ref.params, atol=3e-3)
 
 
+@pytest.mark.parametrize("a", [1e-8, 1e8])
+def test_random_subspace_step_that_cannot_move_x_is_not_the_end(a):
+    """A step that leaves x unchanged ends Newton-type solves (the next one would be the
+    same), but not a random-subspace one: the next subspace differs. The honesty table
+    caught SubspaceNewton ending `line_search_failed` on this rescaled objective."""
+    H, b = _quadratic()
+    fun = lambda x, a: a * (0.5 * x @ H @ x - b @ x + jnp.sum(x**4) / 10)  # noqa: E731
+    ref = J.minimize(fun, jnp.zeros(5, F32), jnp.asarray(1.0, F32), solver=J.Newton())
+    sol = J.minimize(fun, jnp.zeros(5, F32), jnp.asarray(a, F32),
+                     solver=J.SubspaceNewton(subspace_dim=2), throw=False)
+    assert status(sol) == "successful"
+    np.testing.assert_allclose(sol.params, ref.params, atol=3e-3)
+
+
 @pytest.mark.parametrize("name", [*CURVATURE, "LBFGS", "BFGS", "GradientDescent"])
 def test_saddle_is_not_a_minimum(name):
     # first-order solvers land exactly on the saddle here (zero gradient): checked too
