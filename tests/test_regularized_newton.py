@@ -382,3 +382,14 @@ def _saddle_check_products(sol):
     from jaxopt2._stopping import CURVATURE_STEPS
     n = sum(leaf.size for leaf in jax.tree_util.tree_leaves(sol.params))
     return 2 * min(n, CURVATURE_STEPS)
+
+
+def test_damped_newton_from_far_in_float32():
+    """(x − 1)⁴ from x₀ = 10⁶ in float32: the gradient (4e18) is scaled before CG (unscaled,
+    pᵀHp overflowed and no step was formed), and the first, heavily damped step (α ≈ 1e-6,
+    moving x by 4e-7·s(x)) is not read as a start at the solution."""
+    sol = jaxopt2.minimize(lambda x, _: jnp.sum((x - 1.0) ** 4), jnp.full(2, 1e6, jnp.float32),
+                           None, solver=jaxopt2.DampedNewton(), max_steps=512, throw=False)
+    assert sol.status == RESULTS.successful
+    assert sol.params.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(sol.params), 1.0, atol=2e-2)

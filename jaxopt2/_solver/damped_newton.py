@@ -15,7 +15,15 @@ from .._linalg import EW_ETA_MAX, cg_budget, inner_rtol, truncated_cg
 from .._linesearch import ACCEPTANCE_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._tree import tree_axpy, tree_changed, tree_dot, tree_neg, tree_norm, tree_where
+from .._tree import (
+    tree_axpy,
+    tree_changed,
+    tree_dot,
+    tree_inf_norm,
+    tree_norm,
+    tree_scale,
+    tree_where,
+)
 from .._validate import (
     check_budget,
     check_inexact_newton,
@@ -123,6 +131,12 @@ class DampedNewton(AbstractMinimizer):
         check_number("lipschitz", self.lipschitz, low=0.0, allow_none=True)  # 0: pure Newton
         check_positive("lipschitz0", self.lipschitz0)
 
+    def step_cut_short(self, state: _DNState):
+        # A step damped well below the Newton step (α < ½, by the cubic model's L) has a length
+        # that says nothing of the distance to x*: from the quartic at 10⁶ the first step
+        # moved x by 4e-7·s(x), read as a start at the solution. Near x* α → 1.
+        return state.step_size < 0.5
+
     def init(self, fn, iterate: Iterate, args) -> _DNState:
         dtype = iterate.value.dtype
         # Backtracking halves L at the start of every step, so store twice the first guess.
@@ -137,9 +151,14 @@ class DampedNewton(AbstractMinimizer):
         eta = inner_rtol(self.cg_rtol, gnorm, state.grad_norm, state.eta, dtype)
         if self.cg_rtol is None:
             eta = jnp.minimum(eta, _ETA_CAP).astype(dtype)
-        cg = truncated_cg(op.mv, tree_neg(iterate.grad), rtol=eta,
+        # CG solves for −g/‖g‖∞ and the step is scaled back (CG is linear in its right-hand
+        # side), as NewtonCG does: in float32 pᵀHp of an unscaled g of 4e18 (the quartic from
+        # 10⁶) overflowed and no step was ever formed.
+        gscale = tree_inf_norm(iterate.grad).astype(dtype)
+        gscale = jnp.where(gscale > 0, gscale, 1)
+        cg = truncated_cg(op.mv, tree_scale(-1 / gscale, iterate.grad), rtol=eta,
                           max_iters=cg_budget(iterate.params, self.cg_max_steps))
-        direction = cg.x
+        direction = tree_scale(gscale, cg.x)
         # d is a CG iterate for H d = −g from 0, so dᵀHd = −gᵀd: the squared decrement.
         decrement2 = jnp.maximum(-tree_dot(iterate.grad, direction), 0).astype(dtype)
         decrement = jnp.sqrt(decrement2)
