@@ -318,6 +318,22 @@ def test_sketched_sqp_unit_steps_and_adaptive_accuracy():
 
 @pytest.mark.float64
 @pytest.mark.slow
+def test_sqp_long_steps_are_damped():
+    """From w = 0 on a larger instance, the quadratic constraints' negative multipliers leave
+    the Lagrangian's Hessian barely positive on the constraints' null space and the Newton
+    steps are 5-10 times longer than w itself; the line search then cuts them to α ≈ 1e-3.
+    Such a cut raises the regularization δ for the next step (a long step that the merit
+    function rejects), and the steps return to α = 1 within a few: 11 steps where keeping δ
+    falling took 40 (and stalled, α ≈ 1e-4 for 60 steps, at n = 10,000, d = 1,000)."""
+    data = _logistic_problem(n=2000, d=600, linear=48, quadratic=12)
+    sol = jaxopt2.minimize_constrained(_logistic, jnp.zeros(600), data, eq=_logistic_eq,
+                                       solver=DenseSQP(), throw=False, max_steps=60)
+    assert jaxopt2.status_name(sol.status) == "successful"
+    assert int(sol.stats["num_steps"]) <= 20, int(sol.stats["num_steps"])
+    assert float(sol.stats["kkt_feasibility"]) <= 1e-8
+
+@pytest.mark.float64
+@pytest.mark.slow
 def test_forward_mode_and_vmapped_gradients():
     """jax.jacfwd equals jax.jacrev through the active-set KKT conditions, and vmap of the
     gradient equals a loop."""
@@ -333,3 +349,35 @@ def test_forward_mode_and_vmapped_gradients():
     batched = jax.vmap(grad)(totals)
     looped = jnp.stack([grad(t) for t in totals])
     np.testing.assert_allclose(batched, looped, rtol=1e-8, atol=1e-10)
+
+
+def _logistic_sqrt_hessian(w, data):
+    p = jax.nn.sigmoid(data["X"] @ w)
+    return jnp.sqrt(p * (1 - p) / data["X"].shape[0])[:, None] * data["X"], 1e-4
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("solver", [DenseSQP, SketchedSQP], ids=["dense", "sketched"])
+def test_sqp_sqrt_hessian_takes_the_same_steps(solver):
+    """`sqrt_hessian` (∇²f = BᵀB + R, the constraints' curvature added by forward products)
+    forms the same KKT matrix: the same steps and the same solution as the Hessian from
+    AD; a B of the wrong shape is refused with a message."""
+    data = _logistic_problem()
+    w0 = 0.1 * jnp.ones(20)
+    run = jax.jit(lambda w0, data, s: jaxopt2.minimize_constrained(
+        _logistic, w0, data, eq=_logistic_eq, solver=s, throw=False), static_argnums=2)
+    plain = run(w0, data, solver())
+    fast = run(w0, data, solver(sqrt_hessian=_logistic_sqrt_hessian))
+    assert jaxopt2.status_name(fast.status) == "successful"
+    assert int(fast.stats["num_steps"]) == int(plain.stats["num_steps"])
+    np.testing.assert_allclose(fast.params, plain.params, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"B of shape \(n, 20\)"):
+        jaxopt2.minimize_constrained(_logistic, w0, data, eq=_logistic_eq,
+                                     solver=solver(sqrt_hessian=lambda w, d: (d["X"][:, :3], 0)))
+
+
+def test_sqp_sqrt_hessian_bad_configurations():
+    with pytest.raises(TypeError, match="sqrt_hessian"):
+        DenseSQP(sqrt_hessian=1.0)
+    with pytest.raises(ValueError, match="matrix_free"):
+        SketchedSQP(sqrt_hessian=_logistic_sqrt_hessian, matrix_free=True)

@@ -359,6 +359,41 @@ def test_cholesky_projection_matches_references(sketch):
     assert_close(x, jnp.linalg.pinv(Z) @ bz, 1e-9)
 
 
+@pytest.mark.parametrize("sketch", SKETCHES)
+def test_gram_projection_is_the_cholesky_step(sketch):
+    """projection="gram" (A Aᵀ formed once, gathered blocks, the residual updated) takes the
+    same steps as "cholesky" from the same key: equal iterates after 5 steps, the same
+    references at convergence (a square solve, a least-norm solution, a zero row), a true
+    final residual, and non-finite data reported as not converged."""
+    A = conditioned(12, 12, 1.0, 3.0, seed=0)
+    b = gaussian(12, 1)
+    x_c, _ = run(A, b, jax.random.key(5), sketch_size=4, sketch=sketch, max_steps=5,
+                 projection="cholesky")
+    x_g, info = run(A, b, jax.random.key(5), sketch_size=4, sketch=sketch, max_steps=5,
+                    projection="gram")
+    assert int(info.num_steps) == 5
+    assert_close(x_g, x_c, 1e-12)
+    assert float(info.residual_norm) == pytest.approx(float(jnp.linalg.norm(A @ x_g - b)),
+                                                      rel=1e-12)
+    x, info = run(A, b, jax.random.key(0), sketch_size=4, sketch=sketch, projection="gram")
+    assert bool(info.converged)
+    assert_close(x, jnp.linalg.solve(A, b), 1e-10)
+    W = conditioned(6, 15, 1.0, 3.0, seed=2)
+    bw = gaussian(6, 3)
+    x, info = run(W, bw, jax.random.key(1), sketch_size=2, sketch=sketch, projection="gram")
+    assert bool(info.converged)
+    assert_close(x, jnp.linalg.pinv(W) @ bw, 1e-9)
+    Z = A.at[3].set(0.0)
+    bz = Z @ gaussian(12, 4)
+    x, info = run(Z, bz, jax.random.key(2), sketch_size=4, sketch=sketch, projection="gram")
+    assert bool(info.converged) and bool(jnp.all(jnp.isfinite(x)))
+    assert_close(x, jnp.linalg.pinv(Z) @ bz, 1e-9)
+    x, info = run(A.at[1, 3].set(jnp.inf), b, jax.random.key(3), sketch_size=4, sketch=sketch,
+                  projection="gram")
+    assert not bool(info.converged)
+    assert int(info.num_steps) < MAX_STEPS
+
+
 def test_bad_inputs_raise():
     A = gaussian((6, 15), 29)
     b = gaussian(6, 30)
@@ -376,6 +411,8 @@ def test_bad_inputs_raise():
         (dict(sketch="srht"), "sketch"),
         (dict(max_steps=-1), "max_steps"),
         (dict(projection="qr"), "projection"),
+        (dict(A=op, projection="gram",
+              b={"p": jnp.zeros(2), "q": jnp.zeros(4)}), "needs A as an array"),
         (dict(row_probs=jnp.ones(5)), r"row_probs.*\(6,\)"),
         (dict(row_probs=jnp.ones(6), sketch="gaussian"), "row_probs"),
         (dict(A=A.astype(jnp.complex128)), "real"),

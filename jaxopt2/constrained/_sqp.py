@@ -23,9 +23,10 @@ which the exact Newton step satisfies for μ large enough whenever H + δI is po
 on the null space of G. If no μ up to its cap works, the step is recomputed, first more
 accurately (θ/10), then with more regularization δ (×10 from 10⁻⁴; δ also grows when the
 curvature test ΔxᵀHΔx ≥ √eps·‖Δx‖² fails, an inertia-free substitute for an inertia count,
-Chiang & Zavala 2016; the next step starts from δ/3). Then Armijo backtracking on M from the
-unit step, which is accepted near a solution: the exact augmented Lagrangian does not suffer
-the Maratos effect.
+Chiang & Zavala 2016; the next step starts from δ/3, or from 10δ when the line search cut a
+step longer than a tenth of x below α = 0.1, as a trust region would shrink). Then Armijo
+backtracking on M from the unit step, which is accepted near a solution: the exact augmented
+Lagrangian does not suffer the Maratos effect.
 
 The accuracy θₖ is `sketch_rtol` when given (fixed θ: local linear convergence), or
 min(0.1, ‖(∇ₓL, c)‖₂) (θ → 0 with the KKT residual: superlinear), always on the true residual
@@ -38,6 +39,7 @@ accuracy rule; our constants and regularization are our own choices).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import ClassVar
 
 import equinox as eqx
@@ -48,7 +50,9 @@ import lineax as lx
 from .._loops import while_loop
 from .._prng import as_key, check_seed, module_key
 from .._results import RESULTS
+from .._sqrt_hessian import add_rest, check_b, check_sqrt_hessian
 from .._validate import check_choice
+from .._xla_cpu import gram
 from ..sketch import sketch_and_project
 from ._base import AbstractConstrainedSolver, ConstrainedOutput
 from ._problem import Problem, converged, default_rtol, kkt_residuals
@@ -97,6 +101,7 @@ class AbstractSQP(AbstractConstrainedSolver):
     c1: eqx.AbstractVar[float]
     max_backtracks: eqx.AbstractVar[int]
     max_tries: eqx.AbstractVar[int]
+    sqrt_hessian: eqx.AbstractVar[Callable | None]
 
     @abc.abstractmethod
     def _kkt_solve(self, problem: Problem, K0, x, lam, args, rhs, delta, delta_c, theta,
@@ -108,7 +113,7 @@ class AbstractSQP(AbstractConstrainedSolver):
     def _prepare(self, problem: Problem, x, lam, args):
         """The dense KKT matrix K0 (formed once per step, shared by the step's tries), or
         None for a matrix-free solve."""
-        return _kkt_matrix(problem, x, lam, args)
+        return _kkt_matrix(problem, x, lam, args, self.sqrt_hessian, type(self).__name__)
 
     def _accuracy(self, residual_norm, dtype):
         return jnp.asarray(0.0, dtype)
@@ -228,7 +233,16 @@ class AbstractSQP(AbstractConstrainedSolver):
             result = RESULTS.where(finite, result, RESULTS.nonfinite)
             number = s.step + 1
             stop = done | ~moved | ~finite | (number >= max_steps)
-            return _State(x, lam, t.penalty, (t.delta / 3).astype(dtype), t.key, number,
+            # δ falls by 3 after a step; but a long Newton step (below) that the
+            # merit cut to α < 0.1 (curvature barely positive on the null space, far from a
+            # solution) raises it ×10 instead, as a trust region would shrink: without this
+            # the next step is as long and as cut, and the iterates can stall. ("Long": a
+            # tenth of x or more; the short cut steps near a degenerate solution, HS 47, are
+            # 1e-5 of x, and growing δ there would only slow them.)
+            long_step = jnp.linalg.norm(t.dx) >= 0.1 * jnp.maximum(1.0, jnp.linalg.norm(s.x))
+            cut = moved & (alpha < 0.1) & long_step
+            delta_next = jnp.where(cut, jnp.maximum(_DELTA_MIN, 10.0 * t.delta), t.delta / 3)
+            return _State(x, lam, t.penalty, delta_next.astype(dtype), t.key, number,
                           s.sketch_steps + t.sketch_steps,
                           s.unit_steps + (moved & (alpha == 1)).astype(jnp.int32), stop,
                           result)
@@ -253,12 +267,18 @@ class AbstractSQP(AbstractConstrainedSolver):
         return ConstrainedOutput(out.x, out.lam, no_mu, out.result, out.step, stats)
 
 
-def _kkt_matrix(problem: Problem, x, lam, args):
-    """The dense KKT matrix [[H, Gᵀ], [G, 0]] (n Hessian-vector products, one
-    Jacobian)."""
+def _kkt_matrix(problem: Problem, x, lam, args, sqrt_hessian=None, who="SQP"):
+    """The dense KKT matrix [[H, Gᵀ], [G, 0]] (n Hessian-vector products, one Jacobian).
+    With `sqrt_hessian` (∇²f = BᵀB + R), H = BᵀB + R + ∇²(λᵀc): one matrix product for f
+    and n forward products through the constraints alone."""
     n, m = problem.n, problem.m
     no_mu = jnp.zeros((0,), x.dtype)
-    H = jax.jacfwd(lambda y: problem.lagrangian_grad(y, lam, no_mu, args))(x)
+    if sqrt_hessian is None:
+        H = jax.jacfwd(lambda y: problem.lagrangian_grad(y, lam, no_mu, args))(x)
+    else:
+        b, rest = sqrt_hessian(problem.unravel(x), args)
+        H = add_rest(gram(check_b(b, n, x.dtype, who)), rest, who)
+        H = H + jax.jacfwd(jax.grad(lambda y: lam @ problem.c_eq(y, args)))(x)
     H = 0.5 * (H + H.T)
     G = jax.jacfwd(lambda y: problem.c_eq(y, args))(x).reshape(m, n)
     return jnp.block([[H, G.T], [G, jnp.zeros((m, m), x.dtype)]])
@@ -282,6 +302,11 @@ class DenseSQP(AbstractSQP):
       1e12, 1e6 in float32): the merit function and its penalty rule.
     - `c1`, `max_backtracks`: the Armijo line search; `max_tries`: the attempts per step
       at a direction that passes the tests.
+    - `sqrt_hessian`: optional `(params, args) -> (B, R)` with ∇²f = BᵀB + R (B one row per
+      example; R None, a scalar or an n × n matrix), as for `Newton`: the Hessian of the
+      Lagrangian is then BᵀB + R (one matrix product) plus the constraints' curvature
+      ∇²(λᵀc) (n forward products through `eq` alone), instead of n Hessian-vector
+      products through f; for generalized linear models, about half the arithmetic.
 
     ```python
     import jax.numpy as jnp, jaxopt2
@@ -301,6 +326,10 @@ class DenseSQP(AbstractSQP):
     c1: float = 1e-4
     max_backtracks: int = eqx.field(static=True, default=40)
     max_tries: int = eqx.field(static=True, default=12)
+    sqrt_hessian: Callable | None = None
+
+    def __check_init__(self):
+        check_sqrt_hessian(self.sqrt_hessian, "DenseSQP")
 
     def _kkt_solve(self, problem, K0, x, lam, args, rhs, delta, delta_c, theta, key):
         # LU while K is nonsingular; once a solve has failed (δ_c > 0 flags it), the
@@ -342,7 +371,8 @@ class SketchedSQP(AbstractSQP):
       i.e. several times n + m operator products per solve, so when the n × n Hessian fits,
       forming it (as n products in one batch) is the cheaper way.
     - `key` (a PRNG key) or `seed` (an int): the stream of the sketches.
-    - the merit and line-search fields as for `DenseSQP`.
+    - the merit and line-search fields, and `sqrt_hessian`, as for `DenseSQP` (not with
+      `matrix_free`).
 
     ```python
     import jax.numpy as jnp, jaxopt2
@@ -370,9 +400,14 @@ class SketchedSQP(AbstractSQP):
     c1: float = 1e-4
     max_backtracks: int = eqx.field(static=True, default=40)
     max_tries: int = eqx.field(static=True, default=12)
+    sqrt_hessian: Callable | None = None
 
     def __check_init__(self):
         check_choice("sketch", self.sketch, ("gaussian", "rows"))
+        check_sqrt_hessian(self.sqrt_hessian, "SketchedSQP")
+        if self.sqrt_hessian is not None and self.matrix_free:
+            raise ValueError("SketchedSQP: `sqrt_hessian` forms the Hessian, which "
+                             "`matrix_free=True` never does; drop one of them.")
         check_seed(self.seed, "SketchedSQP", self.key)
         if self.key is not None:
             as_key(self.key, "SketchedSQP")
@@ -394,7 +429,7 @@ class SketchedSQP(AbstractSQP):
 
     def _prepare(self, problem, x, lam, args):
         if not self.matrix_free:
-            return _kkt_matrix(problem, x, lam, args)
+            return _kkt_matrix(problem, x, lam, args, self.sqrt_hessian, "SketchedSQP")
         if not self.precondition:
             return None
         # The constraint Jacobian (m reverse products) for the scaling's Schur block.
@@ -460,7 +495,11 @@ class SketchedSQP(AbstractSQP):
         def body(c):
             y, key, steps, rtol, _, _, passes = c
             key, sub = jax.random.split(key)
-            y, info = solve(K_hat, rhs_hat, sub, y, rtol, "cholesky")
+            # A formed K̂: its Gram matrix once per pass, then each projection is a gather
+            # and a k × k Cholesky (`projection="gram"`, the same steps at a third of the
+            # cost or less).
+            y, info = solve(K_hat, rhs_hat, sub, y, rtol,
+                            "cholesky" if self.matrix_free else "gram")
             res = true_residual(y)
             rtol = (0.5 * rtol * jnp.minimum(1.0, target / jnp.where(res > 0, res, 1.0))
                     ).astype(x.dtype)
