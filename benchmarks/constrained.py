@@ -248,9 +248,19 @@ def _timed_runs(call, repeats=2):
     return out, statistics.median(walls), statistics.median(cpus)
 
 
+def logistic_sqrt_hessian(w, data):
+    """∇²f = BᵀB + R for `logistic_fun`: B = diag(√(p(1 − p)/n)) X, R = 1e-4·I."""
+    p = jax.nn.sigmoid(data["X"] @ w)
+    return jnp.sqrt(p * (1 - p) / data["X"].shape[0])[:, None] * data["X"], 1e-4
+
+
 LOGISTIC_SOLVERS = {
     "DenseSQP": lambda: jaxopt2.DenseSQP(rtol=1e-9),
+    "DenseSQP (sqrt_hessian)": lambda: jaxopt2.DenseSQP(
+        rtol=1e-9, sqrt_hessian=logistic_sqrt_hessian),
     "SketchedSQP": lambda: jaxopt2.SketchedSQP(rtol=1e-9),
+    "SketchedSQP (sqrt_hessian)": lambda: jaxopt2.SketchedSQP(
+        rtol=1e-9, sqrt_hessian=logistic_sqrt_hessian),
     "SketchedSQP, Gaussian sketches": lambda: jaxopt2.SketchedSQP(rtol=1e-9, sketch="gaussian"),
     "SketchedSQP, unscaled Gaussian (before)": lambda: jaxopt2.SketchedSQP(
         rtol=1e-9, sketch="gaussian", precondition=False),

@@ -496,8 +496,8 @@ class SketchedSQP(AbstractSQP):
             y, key, steps, rtol, _, _, passes = c
             key, sub = jax.random.split(key)
             # A formed K̂: its Gram matrix once per pass, then each projection is a gather
-            # and a k × k Cholesky (`projection="gram"`, the same steps at a third of the
-            # cost or less).
+            # and a k × k Cholesky (`projection="gram"`: the same steps, about half the
+            # cost each for k = (n + m)/2).
             y, info = solve(K_hat, rhs_hat, sub, y, rtol,
                             "cholesky" if self.matrix_free else "gram")
             res = true_residual(y)
