@@ -276,9 +276,10 @@ def sketch_and_project(
             of the shifted Gram matrix (SᵀA)(SᵀA)ᵀ, several times cheaper; it squares the
             block's condition number, so use it on well-conditioned or preconditioned
             systems), or ``"gram"`` (an array A only: the same Cholesky steps with A Aᵀ
-            formed once, m²n flops, after which a row-block step costs k³/3 + 2(m + n)k
-            flops instead of k²n + k³/3 + mn, and the residual is updated rather than
-            recomputed, then recomputed once at the end: for many steps on a dense A).
+            formed once, m²n flops, after which a row-block step costs k³/3 + 2mk flops
+            instead of k²n + k³/3 + mn: the residual is updated rather than recomputed, x
+            formed and the residual recomputed once at the end; for many steps on a dense
+            A).
 
     Returns `(x, info)`: x shaped like x₀ (an (n,) array, or a pytree like the operator's
     input) and a `SketchAndProjectInfo`. Works under `jax.jit` (with `sketch_size`, `sketch`
@@ -377,37 +378,43 @@ def sketch_and_project(
         x = jnp.where(finite, x - d, jnp.nan)
         return x, residual(x), key, step + 1
 
+    x0_flat = problem.x0
     if projection == "gram":
-        # A Aᵀ formed once (m²n flops); then a step is a k × k gather and Cholesky, and the
-        # residual is updated by r ← r − (A Aᵀ) S c (m·k) instead of recomputed (m·n):
-        # k³/3 + 2(m + n)k flops a step against k²n + k³/3 + mn. The same iterates up to
-        # rounding; the true residual is recomputed at the end for `converged`.
+        # A Aᵀ formed once (m²n flops). Every step moves x by −Aᵀ S c, so x = x₀ − Aᵀ y with
+        # y accumulating the S c, and r = r₀ − (A Aᵀ) y: a step is a gather of k rows of
+        # A Aᵀ (contiguous; symmetric, so its columns too), a k × k Cholesky and r ← r −
+        # (A Aᵀ)[S]ᵀ c, k³/3 + 2mk flops against k²n + k³/3 + mn; x is formed once at the
+        # end and the true residual recomputed there for `converged`. The same iterates up to
+        # rounding.
         A_dense = jnp.asarray(A).astype(dtype)
         P = A_dense @ A_dense.T
 
-        def body(state):  # noqa: F811 (the Gram form of the step above)
-            x, r, key, step = state
+        def body(state):  # noqa: F811 (the Gram form of the step above, on y)
+            y, r, key, step = state
             key, subkey = jax.random.split(key)
             if sketch == "rows":
                 idx = jax.random.choice(subkey, m, (k,), replace=False, p=probs)
-                gram, Sr, SA, PS = P[idx][:, idx], r[idx], A_dense[idx], P[:, idx]
+                P_rows = P[idx]
+                gram, Sr = P_rows[:, idx], r[idx]
             else:
                 G = jax.random.normal(subkey, (k, m), dtype)
-                PS = P @ G.T
-                gram, Sr, SA = G @ PS, G @ r, G @ A_dense
+                P_rows = G @ P
+                gram, Sr = P_rows @ G.T, G @ r
             tau = 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.trace(gram),
                                                           jnp.finfo(dtype).tiny)
             chol = jnp.linalg.cholesky(gram + tau * jnp.eye(k, dtype=dtype))
             c = jax.scipy.linalg.cho_solve((chol, True), Sr)
-            finite = jnp.all(jnp.isfinite(c))
-            x = jnp.where(finite, x - SA.T @ c, jnp.nan)
-            return x, jnp.where(finite, r - PS @ c, jnp.nan), key, step + 1
+            c = jnp.where(jnp.all(jnp.isfinite(c)), c, jnp.nan)
+            y = y.at[idx].add(c) if sketch == "rows" else y + G.T @ c
+            return y, r - P_rows.T @ c, key, step + 1
 
-    x0_flat = problem.x0
-    init = (x0_flat, residual(x0_flat), key, jnp.asarray(0, jnp.int32))
-    x, r, _, steps = while_loop(cond, body, init, max_steps=max_steps)
-    if projection == "gram":
+        init = (jnp.zeros(m, dtype), residual(x0_flat), key, jnp.asarray(0, jnp.int32))
+        y, _, _, steps = while_loop(cond, body, init, max_steps=max_steps)
+        x = x0_flat - A_dense.T @ y
         r = residual(x)
+    else:
+        init = (x0_flat, residual(x0_flat), key, jnp.asarray(0, jnp.int32))
+        x, r, _, steps = while_loop(cond, body, init, max_steps=max_steps)
     res_norm = jnp.linalg.norm(r)
     converged = jnp.isfinite(res_norm) & (res_norm <= tol)
     info = SketchAndProjectInfo(num_steps=steps, residual_norm=res_norm, converged=converged)
