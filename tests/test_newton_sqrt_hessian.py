@@ -155,3 +155,21 @@ def test_a_wrong_matrix_gives_a_loud_failure_not_a_wrong_derivative():
     # (the solve itself still converges with a wrong B: only its curvature is off)
     assert np.isnan(np.asarray(_dw_dlam(jaxopt2.Newton(rtol=1e-12, sqrt_hessian=wrong),
                                         quiet))).all()
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("d", [40, 257, 300])
+def test_gram_matches_the_plain_product(d):
+    """`_xla_cpu.gram` (on CPU: Bᵀ materialised, and from d = 256 on only the 10 upper blocks
+    of a 4 × 4 blocking computed) equals BᵀB in float64 and float32, uneven blocks included,
+    and is exactly symmetric."""
+    from jaxopt2._xla_cpu import gram
+
+    b = jax.random.normal(jax.random.key(d), (50, d), jnp.float64)
+    out = jax.jit(gram)(b)
+    ref = np.asarray(b).T @ np.asarray(b)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_array_equal(out, out.T)
+    out32 = jax.jit(gram)(b.astype(jnp.float32))
+    assert out32.dtype == jnp.float32
+    np.testing.assert_allclose(out32, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
