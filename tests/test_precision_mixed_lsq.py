@@ -111,8 +111,12 @@ def test_vmap_one_failing_problem_and_implicit_gradient():
     assert codes[0] == codes[2] == success and codes[1] != success, codes
     assert bool(jnp.all(jnp.isfinite(sols.params[jnp.array([0, 2])])))
     alone = _solve(solver, (XB, ys[2]))
-    # the same solve to float32's tolerance (batched bfloat16 products round differently)
-    np.testing.assert_allclose(sols.params[2], alone.params, rtol=5e-4, atol=1e-5)
+    # the same solve to float32's tolerance in the problem's scale (batched bfloat16 products
+    # round differently, and the rounding differs between CPUs: on an AMD EPYC an entry of
+    # 0.017 moved by 2.3e-5, 4e-5 of ‖w‖∞)
+    scale = float(jnp.max(jnp.abs(alone.params)))
+    err = float(jnp.max(jnp.abs(sols.params[2] - alone.params))) / scale
+    assert err < 5e-4, err
 
     # d(Σ w*)/dy by the implicit function theorem, against the float32 solver on the same data
     def total(y, s, X):
