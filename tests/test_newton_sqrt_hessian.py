@@ -162,7 +162,7 @@ def test_a_wrong_matrix_gives_a_loud_failure_not_a_wrong_derivative():
 def test_gram_matches_the_plain_product(d):
     """`_xla_cpu.gram` (on CPU: Bᵀ materialised, and from d = 256 on only the 10 upper blocks
     of a 4 × 4 blocking computed) equals BᵀB in float64 and float32, uneven blocks included,
-    and is exactly symmetric."""
+    and is exactly symmetric; under vmap too."""
     from jaxopt2._xla_cpu import gram
 
     b = jax.random.normal(jax.random.key(d), (50, d), jnp.float64)
@@ -170,6 +170,8 @@ def test_gram_matches_the_plain_product(d):
     ref = np.asarray(b).T @ np.asarray(b)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
     np.testing.assert_array_equal(out, out.T)
+    batched = jax.jit(jax.vmap(gram))(jnp.stack([b, 2 * b]))
+    np.testing.assert_allclose(batched[1], 4 * ref, rtol=0, atol=4e-12 * np.abs(ref).max())
     out32 = jax.jit(gram)(b.astype(jnp.float32))
     assert out32.dtype == jnp.float32
     np.testing.assert_allclose(out32, ref, rtol=0, atol=1e-5 * np.abs(ref).max())

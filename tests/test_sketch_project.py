@@ -264,15 +264,18 @@ def test_block_kaczmarz_expected_rate(weighted):
     assert mean[-1] < 0.5 * mean[steps // 2]
 
 
-def test_jit_vmap_over_rhs_and_keys():
+@pytest.mark.parametrize("projection", ["svd", "gram"])
+def test_jit_vmap_over_rhs_and_keys(projection):
     A = gaussian((6, 15), 18)
     B = gaussian((3, 6), 19)
     # Lanes 0–2: three right-hand sides, one key; lanes 2–4: one right-hand side, three keys.
     rhs = B[jnp.array([0, 1, 2, 2, 2])]
     keys = jax.random.split(jax.random.key(9), 3)
     keys = jnp.concatenate([keys[:1], keys[:1], keys])
-    f = jax.jit(sketch_and_project, static_argnames=("sketch_size", "sketch", "max_steps"))
-    kwargs = dict(sketch_size=2, max_steps=MAX_STEPS, x0=jnp.zeros(15), rtol=jnp.asarray(1e-12))
+    f = jax.jit(sketch_and_project,
+                static_argnames=("sketch_size", "sketch", "max_steps", "projection"))
+    kwargs = dict(sketch_size=2, max_steps=MAX_STEPS, x0=jnp.zeros(15), rtol=jnp.asarray(1e-12),
+                  projection=projection)
 
     xs, infos = jax.vmap(lambda b, key: f(A, b, key, **kwargs))(rhs, keys)
     assert xs.shape == (5, 15) and infos.converged.shape == (5,)
@@ -280,17 +283,19 @@ def test_jit_vmap_over_rhs_and_keys():
     # Different sketches, different paths, same limit.
     assert len(set(np.asarray(infos.num_steps[2:]).tolist())) > 1
     for i in range(5):
-        x, info = run(A, rhs[i], keys[i], sketch_size=2)  # the same problem, unbatched
+        x, info = run(A, rhs[i], keys[i], sketch_size=2, projection=projection)  # unbatched
         np.testing.assert_allclose(xs[i], x, rtol=0, atol=1e-11)
         assert int(infos.num_steps[i]) == int(info.num_steps)
         assert_close(xs[i], jnp.linalg.pinv(A) @ rhs[i], 1e-9)
 
 
+@pytest.mark.parametrize("projection", ["svd", "gram"])
 @pytest.mark.parametrize("sketch", SKETCHES)
-def test_float32_kept_with_default_rtol(sketch):
+def test_float32_kept_with_default_rtol(sketch, projection):
     A = conditioned(12, 12, 1.0, 3.0, seed=20).astype(jnp.float32)
     b = gaussian(12, 21).astype(jnp.float32)
-    x, info = solve(A, b, jax.random.key(11), sketch_size=4, sketch=sketch)
+    x, info = solve(A, b, jax.random.key(11), sketch_size=4, sketch=sketch,
+                    projection=projection)
     assert x.dtype == jnp.float32 and info.residual_norm.dtype == jnp.float32
     assert bool(info.converged)
     # Default rtol = √eps(float32) ≈ 3.5e-4, on the residual.
@@ -380,6 +385,14 @@ def test_gram_projection_is_the_cholesky_step(sketch):
                   projection="gram")
     assert not bool(info.converged)
     assert int(info.num_steps) < MAX_STEPS
+    # vmapped beside a NaN right-hand side: the good lane is the unbatched solve
+    xs, infos = jax.vmap(lambda rhs: run(A, rhs, jax.random.key(4), sketch_size=4,
+                                         sketch=sketch, projection="gram"))(
+        jnp.stack([b, b.at[2].set(jnp.nan)]))
+    x, info = run(A, b, jax.random.key(4), sketch_size=4, sketch=sketch, projection="gram")
+    assert bool(infos.converged[0]) and not bool(infos.converged[1])
+    assert int(infos.num_steps[0]) == int(info.num_steps)
+    assert_close(xs[0], x, 1e-11)
 
 
 def test_bad_inputs_raise():

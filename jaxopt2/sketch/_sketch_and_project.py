@@ -182,11 +182,15 @@ def _gram_step(SA, Sr):
     block's condition number costs accuracy only for blocks of condition beyond ~1/√eps, so
     this is for well-conditioned (e.g. scaled or preconditioned) systems. A zero row of the
     block gets a zero coefficient from the shift, as the SVD's cutoff gives it."""
-    k = SA.shape[0]
-    gram = SA @ SA.T
-    tau = 10 * jnp.finfo(SA.dtype).eps * jnp.maximum(jnp.trace(gram), jnp.finfo(SA.dtype).tiny)
-    chol = jnp.linalg.cholesky(gram + tau * jnp.eye(k, dtype=SA.dtype))
-    return SA.T @ jax.scipy.linalg.cho_solve((chol, True), Sr)
+    return SA.T @ _shifted_gram_solve(SA @ SA.T, Sr)
+
+
+def _shifted_gram_solve(gram, rhs):
+    """(gram + τI)⁻¹ rhs by Cholesky, τ = 10·eps·trace (`_gram_step`'s shift)."""
+    k, dtype = gram.shape[0], gram.dtype
+    tau = 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.trace(gram), jnp.finfo(dtype).tiny)
+    chol = jnp.linalg.cholesky(gram + tau * jnp.eye(k, dtype=dtype))
+    return jax.scipy.linalg.cho_solve((chol, True), rhs)
 
 
 def sketch_and_project(
@@ -389,7 +393,7 @@ def sketch_and_project(
         A_dense = jnp.asarray(A).astype(dtype)
         P = A_dense @ A_dense.T
 
-        def body(state):  # noqa: F811 (the Gram form of the step above, on y)
+        def gram_body(state):
             y, r, key, step = state
             key, subkey = jax.random.split(key)
             if sketch == "rows":
@@ -400,16 +404,13 @@ def sketch_and_project(
                 G = jax.random.normal(subkey, (k, m), dtype)
                 P_rows = G @ P
                 gram, Sr = P_rows @ G.T, G @ r
-            tau = 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.trace(gram),
-                                                          jnp.finfo(dtype).tiny)
-            chol = jnp.linalg.cholesky(gram + tau * jnp.eye(k, dtype=dtype))
-            c = jax.scipy.linalg.cho_solve((chol, True), Sr)
+            c = _shifted_gram_solve(gram, Sr)
             c = jnp.where(jnp.all(jnp.isfinite(c)), c, jnp.nan)
             y = y.at[idx].add(c) if sketch == "rows" else y + G.T @ c
             return y, r - P_rows.T @ c, key, step + 1
 
         init = (jnp.zeros(m, dtype), residual(x0_flat), key, jnp.asarray(0, jnp.int32))
-        y, _, _, steps = while_loop(cond, body, init, max_steps=max_steps)
+        y, _, _, steps = while_loop(cond, gram_body, init, max_steps=max_steps)
         x = x0_flat - A_dense.T @ y
         r = residual(x)
     else:
