@@ -26,6 +26,26 @@ from .._tree import (
 from .._validate import check_line_search, check_number, check_positive, check_tolerances
 
 
+def cauchy_curvature(fn, iterate: Iterate, args, products: bool):
+    """(q, counts): the curvature q = uᵀ∇²f(x)u along u = ∇f(x)/‖∇f(x)‖₂, so that 1/q is the
+    Cauchy step length along −∇f (exact on a quadratic). Along the unit direction: gᵀHg itself
+    underflows where f is tiny (1e-8·f at its minimizer in float32: ‖g‖ ≈ 1e-15, gᵀHg below
+    float32's range). `products`: one Hessian-vector product; otherwise a gradient difference
+    at h = √eps·s(x), accurate to about √eps relative (one gradient, and no forward-over-reverse
+    code to compile). q ≤ 0 or non-finite: no curvature measured."""
+    g = iterate.grad
+    gnorm = tree_norm(g)
+    u = tree_scale(1 / jnp.where(gnorm > 0, gnorm, 1), g)
+    grad = jax.grad(lambda p: fn(p, args)[0])
+    if products:
+        # exact: on x² − y² from (1, 0) GradientDescent's first step lands on the saddle
+        # itself, where the zero gradient triggers the curvature check
+        return tree_dot(u, jax.jvp(grad, (iterate.params,), (u,))[1]), Counts.of(hvp=1)
+    h = eps(iterate.params) ** 0.5 * jnp.maximum(tree_inf_norm(iterate.params), 1)
+    g_h = grad(tree_axpy(-h, u, iterate.params))
+    return tree_dot(u, tree_sub(g, g_h)) / h, Counts.of(grad=1)
+
+
 class _GDState(eqx.Module):
     step_size: jax.Array  # first trial of the next search
     curvature: jax.Array  # the least curvature measured in the run (inf: none yet)
@@ -94,26 +114,11 @@ class GradientDescent(AbstractMinimizer):
         inf = jnp.asarray(jnp.inf, dtype)
         if self.step_size is not None:
             return _GDState(jnp.asarray(self.step_size, dtype), inf, inf, Counts())
-        g = iterate.grad
-        gnorm = tree_norm(g)
-        safe = jnp.where(gnorm > 0, gnorm, 1)
-        grad = jax.grad(lambda p: fn(p, args)[0])
-        if hessian_products_available(fn, iterate.params, args):
-            # exact: on x² − y² from (1, 0) the first step lands on the saddle itself, where
-            # the zero gradient triggers the curvature check
-            # along the unit direction u = g/‖g‖: gᵀHg itself underflows where f is tiny
-            # (1e-8·f at its minimizer in float32: ‖g‖ ≈ 1e-15, gᵀHg below float32's range)
-            u = tree_scale(1 / safe, g)
-            q = tree_dot(u, jax.jvp(grad, (iterate.params,), (u,))[1])
-            pending = Counts.of(hvp=1)
-        else:  # a gradient difference at h = √eps·s(x), accurate to about √eps relative
-            h = eps(iterate.params) ** 0.5 * jnp.maximum(tree_inf_norm(iterate.params), 1)
-            g_h = grad(tree_axpy(-h / safe, g, iterate.params))
-            q = tree_dot(tree_scale(1 / safe, g), tree_sub(g, g_h)) / h
-            pending = Counts.of(grad=1)
+        q, pending = cauchy_curvature(fn, iterate, args,
+                                      hessian_products_available(fn, iterate.params, args))
         # Negative curvature (or none measured): a first trial that moves x by s(x), for
         # the line search to cut.
-        ginf = tree_inf_norm(g)
+        ginf = tree_inf_norm(iterate.grad)
         fallback = jnp.maximum(tree_inf_norm(iterate.params), 1) / jnp.where(ginf > 0, ginf, 1)
         measured = (q > 0) & jnp.isfinite(q)
         t0 = jnp.where(measured, 1 / jnp.where(q > 0, q, 1), fallback)

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax import lax
 
-from .._base import AbstractMinimizer, Iterate
+from .._base import AbstractMinimizer, Counts, Iterate
 from .._linesearch import zoom_wolfe
 from .._results import RESULTS
+from .._stopping import hessian_products_available
 from .._tree import (
     ravel,
     result_dtype,
@@ -49,6 +50,7 @@ from .._validate import (
     check_unit_interval,
     renamed_fields,
 )
+from .gradient_descent import cauchy_curvature
 
 
 class _QNState(eqx.Module):
@@ -59,6 +61,12 @@ class _QNState(eqx.Module):
     # a ring buffer, and ‖g‖₂ over their least: the distance to x* the gradient implies.
     curvatures: jax.Array
     error: jax.Array
+    # The trial length of the next steepest-descent step: the Cauchy step 1/q along −g at x₀,
+    # then sᵀs/sᵀy of the newest accepted pair. A trial of 1/‖g‖∞ has the units of x·f/g: on
+    # 1e8·f at its minimizer in float32 (‖g‖ of round-off) it flew 10⁶ times too far, and
+    # the search accepted a point f's round-off hid, 3e-4 away (then 1,000 steps back).
+    sd_trial: jax.Array
+    pending: Counts  # the evaluations of `init`, reported with the first step
 
 
 # Accepted pairs whose least curvature μ̂ bounds the error: ‖x − x*‖ ≤ ‖g‖₂/μ̂ (`error_estimate`)
@@ -113,7 +121,12 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         dtype = result_dtype(iterate.params)
         memory = self._init_memory(iterate.params, dtype)
         inf = jnp.asarray(jnp.inf, dtype)
-        return _QNState(memory, jnp.array(True), jnp.full(CURVATURE_WINDOW, inf), inf)
+        q, pending = cauchy_curvature(fn, iterate, args,
+                                      hessian_products_available(fn, iterate.params, args))
+        # no curvature measured (q ≤ 0): the unit-length trial of `step`, for the search to cut
+        trial = jnp.where((q > 0) & jnp.isfinite(q), 1 / jnp.where(q > 0, q, 1), jnp.inf)
+        return _QNState(memory, jnp.array(True), jnp.full(CURVATURE_WINDOW, inf), inf,
+                        trial.astype(dtype), pending)
 
     def step(self, fn, iterate: Iterate, args, state: _QNState):
         g = iterate.grad
@@ -122,8 +135,10 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         slope = tree_dot(g, qn_dir)
         use_qn = ~state.empty & (slope < 0) & jnp.isfinite(slope)
         direction = tree_where(use_qn, qn_dir, tree_neg(g))
-        # Steepest descent has no scale: make its first trial step about unit length.
-        sd_step = jnp.minimum(1.0, _safe_div(1.0, tree_inf_norm(g)))
+        # Steepest descent has no scale: a step measured along it (`_QNState.sd_trial`), or
+        # else a trial step about unit length.
+        sd_step = jnp.where(jnp.isfinite(state.sd_trial), state.sd_trial,
+                            jnp.minimum(1.0, _safe_div(1.0, tree_inf_norm(g))))
         init_step = jnp.where(use_qn, 1.0, sd_step).astype(dtype)
         ls = zoom_wolfe(fn, iterate, direction, args, init_step, c1=self.c1, c2=self.c2,
                         max_trials=self.max_backtracks)
@@ -151,7 +166,9 @@ class _AbstractQuasiNewton(AbstractMinimizer):
                                state.curvatures)
         mu = jnp.min(curvatures)
         error = jnp.where(jnp.isfinite(mu), tree_norm(new.grad).astype(dtype) / mu, jnp.inf)
-        return new, _QNState(memory, new_empty, curvatures, error), ls.counts, result
+        sd_trial = jnp.where(accept, _safe_div(ss, sy), state.sd_trial).astype(dtype)
+        return (new, _QNState(memory, new_empty, curvatures, error, sd_trial, Counts()),
+                ls.counts + state.pending, result)
 
     def error_estimate(self, state: _QNState):
         return state.error
@@ -174,8 +191,10 @@ class LBFGS(_AbstractQuasiNewton):
     the last `history` pairs sᵢ = xᵢ₊₁ − xᵢ, yᵢ = gᵢ₊₁ − gᵢ over H⁰ = γI, γ = sᵀy / yᵀy of the
     newest pair, applied by the two-loop recursion in O(history · n) (Nocedal & Wright,
     Numerical Optimization, 2nd ed., Alg. 7.4; Liu & Nocedal 1989). The step length comes from
-    `zoom_wolfe`, trying t = 1 first; the first step (and any restart) is steepest descent with
-    trial length min(1, 1/‖g‖∞). Pairs with sᵀy ≤ eps·‖s‖‖y‖ are skipped.
+    `zoom_wolfe`, trying t = 1 first; the first step (and any restart) is steepest descent,
+    first with the Cauchy step 1/q along −g (q = uᵀ∇²f(x₀)u, u = g/‖g‖₂: one Hessian-vector
+    product, or a gradient difference where f has none), after a restart with sᵀs/sᵀy of the
+    newest accepted pair. Pairs with sᵀy ≤ eps·‖s‖‖y‖ are skipped.
 
     Use it for smooth unconstrained problems of any size when Hessian-vector products are
     unavailable or too costly; it is the default most users of the old jaxopt expect. The
