@@ -24,7 +24,18 @@ import jax.numpy as jnp
 from ._base import Counts, Iterate, Point, roundoff
 from ._loops import while_loop
 from ._results import RESULTS
-from ._tree import tree_all_finite, tree_axpy, tree_changed, tree_dot, tree_inf_norm, tree_where
+from ._tree import (
+    eps,
+    tree_all_finite,
+    tree_axpy,
+    tree_changed,
+    tree_dot,
+    tree_inf_norm,
+    tree_norm,
+    tree_scale,
+    tree_sub,
+    tree_where,
+)
 
 # How many roundings of f (`_base.roundoff`) count as "no measurable change", a pair on
 # purpose:
@@ -417,3 +428,24 @@ def projected_backtracking(fn, it: Iterate, direction, args, project, init_step,
     ok = accept(new)
     return LineSearchResult(tree_where(ok, new, it), jnp.where(ok, t, jnp.zeros_like(t)), ok,
                             Counts.of(grad=k))
+
+
+def cauchy_curvature(fn, iterate: Iterate, args, products: bool):
+    """(q, counts): the curvature q = uᵀ∇²f(x)u along u = ∇f(x)/‖∇f(x)‖₂, so that 1/q is the
+    Cauchy step length along −∇f (exact on a quadratic). Along the unit direction: gᵀHg itself
+    underflows where f is tiny (1e-8·f at its minimizer in float32: ‖g‖ ≈ 1e-15, gᵀHg below
+    float32's range). `products`: one Hessian-vector product; otherwise a gradient difference
+    at h = √eps·s(x), accurate to about √eps relative (one gradient, and no forward-over-reverse
+    code to compile). q ≤ 0 or non-finite: no curvature measured."""
+    g = iterate.grad
+    gnorm = tree_norm(g)
+    u = tree_scale(1 / jnp.where(gnorm > 0, gnorm, 1), g)
+    grad = jax.grad(lambda p: fn(p, args)[0])
+    if products:
+        # exact: on x² − y² from (1, 0) GradientDescent's first step lands on the saddle
+        # itself, where the zero gradient triggers the curvature check
+        return tree_dot(u, jax.jvp(grad, (iterate.params,), (u,))[1]), Counts.of(hvp=1)
+    h = eps(iterate.params) ** 0.5 * jnp.maximum(tree_inf_norm(iterate.params), 1)
+    g_h = grad(tree_axpy(-h, u, iterate.params))
+    return tree_dot(u, tree_sub(g, g_h)) / h, Counts.of(grad=1)
+

@@ -10,40 +10,17 @@ import jax
 import jax.numpy as jnp
 
 from .._base import AbstractMinimizer, Counts, Iterate, roundoff
-from .._linesearch import LINE_SEARCH_ROUNDOFF, backtracking
+from .._linesearch import LINE_SEARCH_ROUNDOFF, backtracking, cauchy_curvature
 from .._results import RESULTS
 from .._stopping import hessian_products_available
 from .._tree import (
-    eps,
-    tree_axpy,
     tree_dot,
     tree_inf_norm,
     tree_neg,
     tree_norm,
-    tree_scale,
     tree_sub,
 )
 from .._validate import check_line_search, check_number, check_positive, check_tolerances
-
-
-def cauchy_curvature(fn, iterate: Iterate, args, products: bool):
-    """(q, counts): the curvature q = uᵀ∇²f(x)u along u = ∇f(x)/‖∇f(x)‖₂, so that 1/q is the
-    Cauchy step length along −∇f (exact on a quadratic). Along the unit direction: gᵀHg itself
-    underflows where f is tiny (1e-8·f at its minimizer in float32: ‖g‖ ≈ 1e-15, gᵀHg below
-    float32's range). `products`: one Hessian-vector product; otherwise a gradient difference
-    at h = √eps·s(x), accurate to about √eps relative (one gradient, and no forward-over-reverse
-    code to compile). q ≤ 0 or non-finite: no curvature measured."""
-    g = iterate.grad
-    gnorm = tree_norm(g)
-    u = tree_scale(1 / jnp.where(gnorm > 0, gnorm, 1), g)
-    grad = jax.grad(lambda p: fn(p, args)[0])
-    if products:
-        # exact: on x² − y² from (1, 0) GradientDescent's first step lands on the saddle
-        # itself, where the zero gradient triggers the curvature check
-        return tree_dot(u, jax.jvp(grad, (iterate.params,), (u,))[1]), Counts.of(hvp=1)
-    h = eps(iterate.params) ** 0.5 * jnp.maximum(tree_inf_norm(iterate.params), 1)
-    g_h = grad(tree_axpy(-h, u, iterate.params))
-    return tree_dot(u, tree_sub(g, g_h)) / h, Counts.of(grad=1)
 
 
 class _GDState(eqx.Module):

@@ -28,7 +28,7 @@ import jax.tree_util as jtu
 from jax import lax
 
 from .._base import AbstractMinimizer, Counts, Iterate
-from .._linesearch import zoom_wolfe
+from .._linesearch import cauchy_curvature, zoom_wolfe
 from .._results import RESULTS
 from .._stopping import hessian_products_available
 from .._tree import (
@@ -50,7 +50,6 @@ from .._validate import (
     check_unit_interval,
     renamed_fields,
 )
-from .gradient_descent import cauchy_curvature
 
 
 class _QNState(eqx.Module):
