@@ -261,6 +261,12 @@ LOGISTIC_SOLVERS = {
     "SketchedSQP": lambda: jaxopt2.SketchedSQP(rtol=1e-9),
     "SketchedSQP (sqrt_hessian)": lambda: jaxopt2.SketchedSQP(
         rtol=1e-9, sqrt_hessian=logistic_sqrt_hessian),
+    "SketchedSQP (sqrt_hessian; hessian_every=3)": lambda: jaxopt2.SketchedSQP(
+        rtol=1e-9, sqrt_hessian=logistic_sqrt_hessian, hessian_every=3),
+    "SketchedSQP (sqrt_hessian; hessian_every=3; sketch_size=128)": lambda: jaxopt2.SketchedSQP(
+        rtol=1e-9, sqrt_hessian=logistic_sqrt_hessian, hessian_every=3, sketch_size=128),
+    "DenseSQP (sqrt_hessian; hessian_every=3)": lambda: jaxopt2.DenseSQP(
+        rtol=1e-9, sqrt_hessian=logistic_sqrt_hessian, hessian_every=3),
     "SketchedSQP, Gaussian sketches": lambda: jaxopt2.SketchedSQP(rtol=1e-9, sketch="gaussian"),
     "SketchedSQP, unscaled Gaussian (before)": lambda: jaxopt2.SketchedSQP(
         rtol=1e-9, sketch="gaussian", precondition=False),

@@ -376,8 +376,39 @@ def test_sqp_sqrt_hessian_takes_the_same_steps(solver):
                                      solver=solver(sqrt_hessian=lambda w, d: (d["X"][:, :3], 0)))
 
 
+@pytest.mark.float64
+@pytest.mark.parametrize("solver", [DenseSQP, SketchedSQP], ids=["dense", "sketched"])
+def test_sqp_lazy_hessian_reuses_blocks_near_the_solution(solver):
+    """`hessian_every=k` forms fewer Hessians (a fresh one after every long or cut step,
+    else one per k steps) and reaches the same solution; `num_hessians` counts them (one per
+    step by default); the same under vmap, lane by lane."""
+    data = _logistic_problem()
+    w0 = 0.1 * jnp.ones(20)
+    run = jax.jit(lambda w0, s: jaxopt2.minimize_constrained(
+        _logistic, w0, data, eq=_logistic_eq, solver=s, throw=False), static_argnums=1)
+    plain = run(w0, solver())
+    assert int(plain.stats["num_hessians"]) == int(plain.stats["num_steps"])
+    lazy_solver = solver(hessian_every=3, sqrt_hessian=_logistic_sqrt_hessian)
+    lazy = run(w0, lazy_solver)
+    assert jaxopt2.status_name(lazy.status) == "successful"
+    steps, hessians = int(lazy.stats["num_steps"]), int(lazy.stats["num_hessians"])
+    assert hessians < steps <= int(plain.stats["num_steps"]) + 3, (hessians, steps)
+    np.testing.assert_allclose(lazy.params, plain.params, rtol=0, atol=1e-7)
+    starts = jnp.stack([w0, 0.05 * jnp.ones(20)])
+    batched = jax.vmap(lambda w: run(w, lazy_solver))(starts)
+    for i, start in enumerate(starts):
+        alone = run(start, lazy_solver)
+        assert int(batched.stats["num_hessians"][i]) == int(alone.stats["num_hessians"])
+        np.testing.assert_allclose(batched.params[i], alone.params, rtol=0, atol=1e-10)
+
+
 def test_sqp_sqrt_hessian_bad_configurations():
     with pytest.raises(TypeError, match="sqrt_hessian"):
         DenseSQP(sqrt_hessian=1.0)
     with pytest.raises(ValueError, match="matrix_free"):
         SketchedSQP(sqrt_hessian=_logistic_sqrt_hessian, matrix_free=True)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="hessian_every"):
+            DenseSQP(hessian_every=bad)
+    with pytest.raises(ValueError, match="matrix_free"):
+        SketchedSQP(hessian_every=2, matrix_free=True)

@@ -72,6 +72,12 @@ class _State(eqx.Module):
     unit_steps: jax.Array
     done: jax.Array
     result: RESULTS
+    # `hessian_every` > 1: the Hessian block in use (else an empty array), and the number of
+    # Hessians formed
+    H: jax.Array
+    hessians: jax.Array
+    age: jax.Array  # steps since H was formed
+    reusable: jax.Array  # the last step was a short unit step: H may serve the next
 
 
 class _Try(eqx.Module):
@@ -102,6 +108,7 @@ class AbstractSQP(AbstractConstrainedSolver):
     max_backtracks: eqx.AbstractVar[int]
     max_tries: eqx.AbstractVar[int]
     sqrt_hessian: eqx.AbstractVar[Callable | None]
+    hessian_every: eqx.AbstractVar[int]
 
     @abc.abstractmethod
     def _kkt_solve(self, problem: Problem, K0, x, lam, args, rhs, delta, delta_c, theta,
@@ -110,10 +117,16 @@ class AbstractSQP(AbstractConstrainedSolver):
         accuracy was reached), on flat (n + m) vectors, K = K0 + diag(δI, −δ_c I) =
         [[H + δI, Gᵀ], [G, −δ_c I]]; `K0` is what `_prepare` returned."""
 
-    def _prepare(self, problem: Problem, x, lam, args):
+    def _prepare(self, problem: Problem, x, lam, args, H=None):
         """The dense KKT matrix K0 (formed once per step, shared by the step's tries), or
-        None for a matrix-free solve."""
-        return _kkt_matrix(problem, x, lam, args, self.sqrt_hessian, type(self).__name__)
+        None for a matrix-free solve; `H`: its Hessian block, when already formed."""
+        return _kkt_matrix(problem, x, lam, args, self.sqrt_hessian, type(self).__name__, H)
+
+    def _forms_hessian(self) -> bool:
+        return True
+
+    def _hessian(self, problem: Problem, x, lam, args):
+        return _hessian(problem, x, lam, args, self.sqrt_hessian, type(self).__name__)
 
     def _accuracy(self, residual_norm, dtype):
         return jnp.asarray(0.0, dtype)
@@ -143,7 +156,7 @@ class AbstractSQP(AbstractConstrainedSolver):
         def hvp(x, lam, v):
             return jax.jvp(lambda y: grad_l(y, lam), (x,), (v,))[1]
 
-        def direction(s: _State, gl, c):
+        def direction(s: _State, gl, c, H):
             """A step that passes the curvature and descent tests, with its δ and μ."""
             rhs = -jnp.concatenate([gl, c])
             r_norm = jnp.linalg.norm(rhs)
@@ -151,7 +164,7 @@ class AbstractSQP(AbstractConstrainedSolver):
             grad0 = jax.grad(merit, argnums=(0, 1))(s.x, s.lam, 0.0)
             gc = jax.grad(lambda y: 0.5 * jnp.sum(problem.c_eq(y, args) ** 2))(s.x)
             gl2 = gl @ gl
-            K0 = self._prepare(problem, s.x, s.lam, args)
+            K0 = self._prepare(problem, s.x, s.lam, args, H)
 
             def attempt(t: _Try):
                 key, sub = jax.random.split(t.key)
@@ -216,10 +229,30 @@ class AbstractSQP(AbstractConstrainedSolver):
                                       init, max_steps=self.max_backtracks)
             return alpha, ok
 
+        lazy = self.hessian_every > 1
+
         def step(s: _State):
             gl = grad_l(s.x, s.lam)
             c = problem.c_eq(s.x, args)
-            t = direction(s, gl, c)
+            if lazy:
+                # The Hessian block of every `hessian_every`-th step serves the steps up to
+                # the next; a stale block that yields no acceptable direction is refreshed
+                # and the direction sought again (the tests that judge a step use exact
+                # Hessian-vector products, never the stored block).
+                fresh = ~s.reusable | (s.age + 1 >= self.hessian_every)
+                H = jax.lax.cond(fresh, lambda: self._hessian(problem, s.x, s.lam, args),
+                                 lambda: s.H)
+                t = direction(s, gl, c, H)
+                retry = ~t.ok & ~fresh
+                H = jax.lax.cond(retry, lambda: self._hessian(problem, s.x, s.lam, args),
+                                 lambda: H)
+                t = jax.lax.cond(retry, lambda: direction(s, gl, c, H), lambda: t)
+                hessians = s.hessians + fresh.astype(jnp.int32) + retry.astype(jnp.int32)
+                age = jnp.where(fresh | retry, 0, s.age + 1)
+            else:
+                H, age = s.H, s.age
+                t = direction(s, gl, c, None)
+                hessians = s.hessians + int(self._forms_hessian())
             alpha, ls_ok = line_search(s, t, gl, c)
             moved = t.ok & ls_ok
             x = jnp.where(moved, s.x + alpha * t.dx, s.x)
@@ -242,10 +275,14 @@ class AbstractSQP(AbstractConstrainedSolver):
             long_step = jnp.linalg.norm(t.dx) >= 0.1 * jnp.maximum(1.0, jnp.linalg.norm(s.x))
             cut = moved & (alpha < 0.1) & long_step
             delta_next = jnp.where(cut, jnp.maximum(_DELTA_MIN, 10.0 * t.delta), t.delta / 3)
+            # Far from a solution H changes along the long steps: it is formed afresh after
+            # any step that was cut or long (from w = 0 on a logistic regression, reusing it
+            # after the first step added 3 steps of 300 projections each).
+            reusable = moved & (alpha == 1) & ~long_step
             return _State(x, lam, t.penalty, delta_next.astype(dtype), t.key, number,
                           s.sketch_steps + t.sketch_steps,
                           s.unit_steps + (moved & (alpha == 1)).astype(jnp.int32), stop,
-                          result)
+                          result, H, hessians, age, reusable)
 
         # λ₀: the least-squares multiplier argmin ‖∇f + Gᵀλ‖ (m Jacobian products), so
         # that H = ∇²L carries the constraints' curvature from the first step (with λ₀ = 0 a
@@ -258,20 +295,22 @@ class AbstractSQP(AbstractConstrainedSolver):
         done0 = converged(kkt0, problem, x0, args, rtol, self.atol)
         zero = jnp.zeros((), jnp.int32)
         key = self._key()
+        H0 = jnp.zeros((n, n) if lazy else (0, 0), dtype)
         s0 = _State(x0, lam0, jnp.asarray(self.penalty, dtype), jnp.zeros((), dtype), key,
                     zero, zero, zero, done0 | (max_steps == 0),
-                    RESULTS.where(done0, RESULTS.successful, RESULTS.max_steps_reached))
+                    RESULTS.where(done0, RESULTS.successful, RESULTS.max_steps_reached),
+                    H0, zero, zero, jnp.zeros((), bool))
         out = while_loop(lambda s: ~s.done, step, s0, max_steps=max(max_steps, 1))
         stats = dict(penalty=out.penalty, num_sketch_steps=out.sketch_steps,
-                     num_unit_steps=out.unit_steps)
+                     num_unit_steps=out.unit_steps, num_hessians=out.hessians)
         return ConstrainedOutput(out.x, out.lam, no_mu, out.result, out.step, stats)
 
 
-def _kkt_matrix(problem: Problem, x, lam, args, sqrt_hessian=None, who="SQP"):
-    """The dense KKT matrix [[H, Gᵀ], [G, 0]] (n Hessian-vector products, one Jacobian).
-    With `sqrt_hessian` (∇²f = BᵀB + R), H = BᵀB + R + ∇²(λᵀc): one matrix product for f
-    and n forward products through the constraints alone."""
-    n, m = problem.n, problem.m
+def _hessian(problem: Problem, x, lam, args, sqrt_hessian=None, who="SQP"):
+    """H = ∇²ₓₓL, symmetrized (n Hessian-vector products). With `sqrt_hessian`
+    (∇²f = BᵀB + R), H = BᵀB + R + ∇²(λᵀc): one matrix product for f and n forward products
+    through the constraints alone."""
+    n = problem.n
     no_mu = jnp.zeros((0,), x.dtype)
     if sqrt_hessian is None:
         H = jax.jacfwd(lambda y: problem.lagrangian_grad(y, lam, no_mu, args))(x)
@@ -279,9 +318,23 @@ def _kkt_matrix(problem: Problem, x, lam, args, sqrt_hessian=None, who="SQP"):
         b, rest = sqrt_hessian(problem.unravel(x), args)
         H = add_rest(gram(check_b(b, n, x.dtype, who)), rest, who)
         H = H + jax.jacfwd(jax.grad(lambda y: lam @ problem.c_eq(y, args)))(x)
-    H = 0.5 * (H + H.T)
+    return 0.5 * (H + H.T)
+
+
+def _kkt_matrix(problem: Problem, x, lam, args, sqrt_hessian=None, who="SQP", H=None):
+    """The dense KKT matrix [[H, Gᵀ], [G, 0]] (`_hessian` unless `H` is given, one
+    Jacobian)."""
+    n, m = problem.n, problem.m
+    if H is None:
+        H = _hessian(problem, x, lam, args, sqrt_hessian, who)
     G = jax.jacfwd(lambda y: problem.c_eq(y, args))(x).reshape(m, n)
     return jnp.block([[H, G.T], [G, jnp.zeros((m, m), x.dtype)]])
+
+
+def _check_hessian_every(every, who):
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{who}: `hessian_every` must be a positive int (1: a fresh Hessian "
+                         f"every step); got {every!r}.")
 
 
 def _regularized(K0, n, delta, delta_c):
@@ -307,6 +360,14 @@ class DenseSQP(AbstractSQP):
       Lagrangian is then BᵀB + R (one matrix product) plus the constraints' curvature
       ∇²(λᵀc) (n forward products through `eq` alone), instead of n Hessian-vector
       products through f; for generalized linear models, about half the arithmetic.
+    - `hessian_every`: use each Hessian block for up to k steps (1, the default: a fresh one
+      every step): the "lazy Hessian" of Doikov, Chayti & Jaggi (2023), only where the last
+      step was a unit step shorter than a tenth of x (near a solution, where H changes
+      little); after a long or cut step it is formed afresh. The steps on a stale Hessian
+      are inexact Newton steps; the tests that accept a step still use exact Hessian-vector
+      products, and a stale block that yields no acceptable direction is formed afresh.
+      Where forming the Hessian dominates a step (many examples behind f), k = 2 or 3
+      trades a step or two for fewer Hessians. `stats["num_hessians"]` counts those formed.
 
     ```python
     import jax.numpy as jnp, jaxopt2
@@ -327,9 +388,11 @@ class DenseSQP(AbstractSQP):
     max_backtracks: int = eqx.field(static=True, default=40)
     max_tries: int = eqx.field(static=True, default=12)
     sqrt_hessian: Callable | None = None
+    hessian_every: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
         check_sqrt_hessian(self.sqrt_hessian, "DenseSQP")
+        _check_hessian_every(self.hessian_every, "DenseSQP")
 
     def _kkt_solve(self, problem, K0, x, lam, args, rhs, delta, delta_c, theta, key):
         # LU while K is nonsingular; once a solve has failed (δ_c > 0 flags it), the
@@ -371,8 +434,8 @@ class SketchedSQP(AbstractSQP):
       i.e. several times n + m operator products per solve, so when the n × n Hessian fits,
       forming it (as n products in one batch) is the cheaper way.
     - `key` (a PRNG key) or `seed` (an int): the stream of the sketches.
-    - the merit and line-search fields, and `sqrt_hessian`, as for `DenseSQP` (not with
-      `matrix_free`).
+    - the merit and line-search fields, `sqrt_hessian` and `hessian_every`, as for
+      `DenseSQP` (not with `matrix_free`).
 
     ```python
     import jax.numpy as jnp, jaxopt2
@@ -401,10 +464,15 @@ class SketchedSQP(AbstractSQP):
     max_backtracks: int = eqx.field(static=True, default=40)
     max_tries: int = eqx.field(static=True, default=12)
     sqrt_hessian: Callable | None = None
+    hessian_every: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
         check_choice("sketch", self.sketch, ("gaussian", "rows"))
         check_sqrt_hessian(self.sqrt_hessian, "SketchedSQP")
+        _check_hessian_every(self.hessian_every, "SketchedSQP")
+        if self.hessian_every > 1 and self.matrix_free:
+            raise ValueError("SketchedSQP: `hessian_every` reuses a formed Hessian, which "
+                             "`matrix_free=True` never forms; drop one of them.")
         if self.sqrt_hessian is not None and self.matrix_free:
             raise ValueError("SketchedSQP: `sqrt_hessian` forms the Hessian, which "
                              "`matrix_free=True` never does; drop one of them.")
@@ -427,9 +495,12 @@ class SketchedSQP(AbstractSQP):
             return jnp.asarray(self.sketch_rtol, dtype)
         return jnp.minimum(0.1, residual_norm).astype(dtype)
 
-    def _prepare(self, problem, x, lam, args):
+    def _forms_hessian(self) -> bool:
+        return not self.matrix_free
+
+    def _prepare(self, problem, x, lam, args, H=None):
         if not self.matrix_free:
-            return _kkt_matrix(problem, x, lam, args, self.sqrt_hessian, "SketchedSQP")
+            return _kkt_matrix(problem, x, lam, args, self.sqrt_hessian, "SketchedSQP", H)
         if not self.precondition:
             return None
         # The constraint Jacobian (m reverse products) for the scaling's Schur block.
