@@ -286,12 +286,16 @@ def run_logistic(args):
             sol = jaxopt2.minimize_constrained(logistic_fun, w0, data, eq=logistic_eq,
                                                solver=solver, throw=False, max_steps=200)
             return (sol.params, sol.status.code, sol.stats["num_steps"],
-                    sol.stats.get("num_sketch_steps", jnp.zeros((), jnp.int32)))
+                    sol.stats.get("num_sketch_steps", jnp.zeros((), jnp.int32)),
+                    sol.stats.get("num_hessians", sol.stats["num_steps"]))
         try:
             compiled, compile_s, _ = compile_jax(solve, w0, data)
-            (w, code, steps, proj), run_s, cpu_s = _timed_runs(
+            (w, code, steps, proj, hessians), run_s, cpu_s = _timed_runs(
                 lambda c=compiled: c(w0, data))
-            rows.append((name, float(kkt_of(w, data)), run_s, cpu_s, compile_s, int(steps),
+            # the steps, and the Hessians formed where fewer (`hessian_every`)
+            steps = (int(steps) if int(hessians) == int(steps)
+                     else f"{int(steps)} ({int(hessians)} Hessians)")
+            rows.append((name, float(kkt_of(w, data)), run_s, cpu_s, compile_s, steps,
                          int(proj) if "Sketched" in name else None,
                          jaxopt2.status_name(int(code))))
         except Exception as e:  # noqa: BLE001
