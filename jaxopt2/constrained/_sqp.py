@@ -51,7 +51,7 @@ from .._loops import while_loop
 from .._prng import as_key, check_seed, module_key
 from .._results import RESULTS
 from .._sqrt_hessian import add_rest, check_b, check_sqrt_hessian
-from .._validate import check_choice
+from .._validate import check_budget, check_choice
 from .._xla_cpu import gram
 from ..sketch import sketch_and_project
 from ._base import AbstractConstrainedSolver, ConstrainedOutput
@@ -72,8 +72,7 @@ class _State(eqx.Module):
     unit_steps: jax.Array
     done: jax.Array
     result: RESULTS
-    # `hessian_every` > 1: the Hessian block in use (else an empty array), and the number of
-    # Hessians formed
+    # `hessian_every` > 1: the Hessian block in use (else an empty array); the Hessians formed
     H: jax.Array
     hessians: jax.Array
     age: jax.Array  # steps since H was formed
@@ -235,24 +234,15 @@ class AbstractSQP(AbstractConstrainedSolver):
             gl = grad_l(s.x, s.lam)
             c = problem.c_eq(s.x, args)
             if lazy:
-                # The Hessian block of every `hessian_every`-th step serves the steps up to
-                # the next; a stale block that yields no acceptable direction is refreshed
-                # and the direction sought again (the tests that judge a step use exact
-                # Hessian-vector products, never the stored block).
+                # A Hessian block serves up to `hessian_every` steps, after short unit steps
+                # only (`reusable`, below); the tests that judge a step use exact
+                # Hessian-vector products, never the stored block.
                 fresh = ~s.reusable | (s.age + 1 >= self.hessian_every)
                 H = jax.lax.cond(fresh, lambda: self._hessian(problem, s.x, s.lam, args),
                                  lambda: s.H)
-                t = direction(s, gl, c, H)
-                retry = ~t.ok & ~fresh
-                H = jax.lax.cond(retry, lambda: self._hessian(problem, s.x, s.lam, args),
-                                 lambda: H)
-                t = jax.lax.cond(retry, lambda: direction(s, gl, c, H), lambda: t)
-                hessians = s.hessians + fresh.astype(jnp.int32) + retry.astype(jnp.int32)
-                age = jnp.where(fresh | retry, 0, s.age + 1)
             else:
-                H, age = s.H, s.age
-                t = direction(s, gl, c, None)
-                hessians = s.hessians + int(self._forms_hessian())
+                fresh, H = jnp.ones((), bool), None
+            t = direction(s, gl, c, H)
             alpha, ls_ok = line_search(s, t, gl, c)
             moved = t.ok & ls_ok
             x = jnp.where(moved, s.x + alpha * t.dx, s.x)
@@ -265,7 +255,8 @@ class AbstractSQP(AbstractConstrainedSolver):
             result = RESULTS.where(~done & t.ok & ~ls_ok, RESULTS.line_search_failed, result)
             result = RESULTS.where(finite, result, RESULTS.nonfinite)
             number = s.step + 1
-            stop = done | ~moved | ~finite | (number >= max_steps)
+            # A stale block that yields no step ends nothing: the next step forms it afresh.
+            stop = done | (~moved & fresh) | ~finite | (number >= max_steps)
             # δ falls by 3 after a step; but a long Newton step (below) that the
             # merit cut to α < 0.1 (curvature barely positive on the null space, far from a
             # solution) raises it ×10 instead, as a trust region would shrink: without this
@@ -275,6 +266,8 @@ class AbstractSQP(AbstractConstrainedSolver):
             long_step = jnp.linalg.norm(t.dx) >= 0.1 * jnp.maximum(1.0, jnp.linalg.norm(s.x))
             cut = moved & (alpha < 0.1) & long_step
             delta_next = jnp.where(cut, jnp.maximum(_DELTA_MIN, 10.0 * t.delta), t.delta / 3)
+            # (after a stale block failed, the fresh one starts from this step's δ)
+            delta_next = jnp.where(moved | fresh, delta_next, s.delta)
             # Far from a solution H changes along the long steps: it is formed afresh after
             # any step that was cut or long (from w = 0 on a logistic regression, reusing it
             # after the first step added 3 steps of 300 projections each).
@@ -282,7 +275,9 @@ class AbstractSQP(AbstractConstrainedSolver):
             return _State(x, lam, t.penalty, delta_next.astype(dtype), t.key, number,
                           s.sketch_steps + t.sketch_steps,
                           s.unit_steps + (moved & (alpha == 1)).astype(jnp.int32), stop,
-                          result, H, hessians, age, reusable)
+                          result, s.H if H is None else H,
+                          s.hessians + (fresh & self._forms_hessian()).astype(jnp.int32),
+                          jnp.where(fresh, 0, s.age + 1), reusable)
 
         # λ₀: the least-squares multiplier argmin ‖∇f + Gᵀλ‖ (m Jacobian products), so
         # that H = ∇²L carries the constraints' curvature from the first step (with λ₀ = 0 a
@@ -331,12 +326,6 @@ def _kkt_matrix(problem: Problem, x, lam, args, sqrt_hessian=None, who="SQP", H=
     return jnp.block([[H, G.T], [G, jnp.zeros((m, m), x.dtype)]])
 
 
-def _check_hessian_every(every, who):
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"{who}: `hessian_every` must be a positive int (1: a fresh Hessian "
-                         f"every step); got {every!r}.")
-
-
 def _regularized(K0, n, delta, delta_c):
     shift = jnp.concatenate([jnp.full((n,), delta, K0.dtype),
                              jnp.full((K0.shape[0] - n,), -delta_c, K0.dtype)])
@@ -365,7 +354,8 @@ class DenseSQP(AbstractSQP):
       step was a unit step shorter than a tenth of x (near a solution, where H changes
       little); after a long or cut step it is formed afresh. The steps on a stale Hessian
       are inexact Newton steps; the tests that accept a step still use exact Hessian-vector
-      products, and a stale block that yields no acceptable direction is formed afresh.
+      products, and where a stale block yields no acceptable step, the next step forms
+      it afresh from the same point.
       Where forming the Hessian dominates a step (many examples behind f), k = 2 or 3
       trades a step or two for fewer Hessians. `stats["num_hessians"]` counts those formed.
 
@@ -392,7 +382,7 @@ class DenseSQP(AbstractSQP):
 
     def __check_init__(self):
         check_sqrt_hessian(self.sqrt_hessian, "DenseSQP")
-        _check_hessian_every(self.hessian_every, "DenseSQP")
+        check_budget("hessian_every", self.hessian_every)
 
     def _kkt_solve(self, problem, K0, x, lam, args, rhs, delta, delta_c, theta, key):
         # LU while K is nonsingular; once a solve has failed (δ_c > 0 flags it), the
@@ -469,7 +459,7 @@ class SketchedSQP(AbstractSQP):
     def __check_init__(self):
         check_choice("sketch", self.sketch, ("gaussian", "rows"))
         check_sqrt_hessian(self.sqrt_hessian, "SketchedSQP")
-        _check_hessian_every(self.hessian_every, "SketchedSQP")
+        check_budget("hessian_every", self.hessian_every)
         if self.hessian_every > 1 and self.matrix_free:
             raise ValueError("SketchedSQP: `hessian_every` reuses a formed Hessian, which "
                              "`matrix_free=True` never forms; drop one of them.")
