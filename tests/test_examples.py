@@ -47,15 +47,6 @@ def test_demo_smoke(tmp_path):
     assert (tmp_path / "convergence.png").stat().st_size > 10_000
 
 
-def test_readme_quickstart_runs(capsys):
-    text = (ROOT / "README.md").read_text()
-    code = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    exec(compile(code, "README.md", "exec"), {})
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("RESULTS.successful")  # a status prints its name
-    assert len(out) == 2 and float(out[1]) != 0.0
-
-
 def test_equations_example_smoke(tmp_path):
     example = _load("equations")
     assert example.main(["--config", str(ROOT / "configs" / "equations_smoke.yaml"),
@@ -74,24 +65,6 @@ def test_equations_example_smoke(tmp_path):
     assert abs(steps["Anderson"] - 53) <= 10, steps
     assert abs(steps["FixedPointIteration"] - 296) <= 30, steps
     assert steps["FixedPointIteration"] > 3 * steps["Anderson"], steps
-
-
-def test_readme_equations_snippet_runs(capsys):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Least squares, roots and fixed points", 1)[1]
-    code = section.split("```python", 1)[1].split("```", 1)[0]
-    exec(compile(code, "README.md", "exec"), {})
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 3
-    assert abs(float(out[0].split()[0]) - 1.3) < 1e-4  # exact data: the rate is recovered
-
-
-def test_readme_implicit_snippet_runs(capsys):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Implicit differentiation", 1)[1]
-    code = section.split("```python", 1)[1].split("```", 1)[0]
-    exec(compile("import jax, jax.numpy as jnp\n" + code, "README.md", "exec"), {})
-    assert abs(float(capsys.readouterr().out) - 1 / 12) < 1e-6
 
 
 def test_train_mlp_example_smoke(tmp_path):
@@ -115,28 +88,6 @@ def test_train_mlp_example_smoke(tmp_path):
             assert abs(run["losses"][-1] - loss) < loss_tol, (name, run["name"], run["losses"])
             assert abs(run["metric"] - metric) < metric_tol, (name, run["name"], run["metric"])
         assert runs[0]["losses"][-1] < runs[1]["losses"][-1], name
-
-
-def _readme_snippet(title):
-    section = (ROOT / "README.md").read_text().split(f"## {title}", 1)[1]
-    return section.split("```python", 1)[1].split("```", 1)[0]
-
-
-def test_readme_sketching_snippet_runs(capsys):
-    exec(compile(_readme_snippet("Sketching"), "README.md", "exec"), {})
-    steps, hvps = (int(v) for v in capsys.readouterr().out.split())
-    assert 1 <= steps <= 40 and hvps >= 1
-
-
-def test_readme_optimizers_snippet_runs(capsys):
-    exec(compile(_readme_snippet("Curvature-aware optimizers"), "README.md", "exec"), {})
-    import jax
-    import jax.numpy as jnp
-
-    final = float(capsys.readouterr().out)
-    X = jax.random.normal(jax.random.key(0), (256, 8))
-    initial = float(jnp.mean(jnp.sin(X @ jnp.ones(8)) ** 2))  # v = 0 predicts 0
-    assert final < 0.3 * initial
 
 
 @pytest.mark.float64

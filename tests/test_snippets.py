@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,51 @@ FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # (why it fails today, a string its error output must contain). Any other failure of such a
 # block is a real failure, not the expected one.
 KNOWN_FAILURES: dict = {}
+
+
+def _floats(line):
+    return [float(v) for v in re.findall(r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?", line)]
+
+
+def _quickstart(out):
+    lines = out.splitlines()  # the status prints its name; the hypergradient is not zero
+    assert lines[0].startswith("RESULTS.successful") and len(lines) == 2, out
+    assert float(lines[1]) != 0.0, out
+
+
+def _equations(out):
+    lines = out.splitlines()  # exact data: the decay rate is recovered
+    assert len(lines) == 3 and abs(_floats(lines[0])[0] - 1.3) < 1e-4, out
+
+
+def _implicit(out):
+    assert abs(float(out) - 1 / 12) < 1e-6, out  # d∛a/da at a = 8
+
+
+def _sketching(out):
+    steps, hvps = (int(v) for v in out.split())
+    assert 1 <= steps <= 40 and hvps >= 1, out
+
+
+def _optimizers(out):
+    # v = 0 predicts 0: the initial loss is the mean of sin(X @ 1)², about 0.43 here
+    import jax
+    import jax.numpy as jnp
+
+    X = jax.random.normal(jax.random.key(0), (256, 8))
+    initial = float(jnp.mean(jnp.sin(X @ jnp.ones(8)) ** 2))
+    assert float(out) < 0.3 * initial, (out, initial)
+
+
+# (file, a string the block contains) -> a check of what the block printed, for the blocks
+# whose comments promise a result (the README's sections).
+OUTPUT_CHECKS: dict = {
+    ("README.md", "print(jax.grad(lambda lam: jnp.sum(solve(lam)"): _quickstart,
+    ("README.md", "bratu = lambda u, lam"): _equations,
+    ("README.md", "print(jax.grad(cube_root, argnums=1)(1.0, 8.0))"): _implicit,
+    ("README.md", "solver=jaxopt2.SketchedNewton())"): _sketching,
+    ("README.md", "jaxopt2.optimizers.hessian_free(model_fn=model_fn"): _optimizers,
+}
 
 
 class KnownSolverFailure(Exception):
@@ -63,7 +109,9 @@ def _cases():
             marks = [pytest.mark.xfail(strict=True, raises=KnownSolverFailure, reason=reason)
                      for reason, _ in known]
             expected = known[0][1] if known else None
-            cases.append(pytest.param(rel, line, code, expected, marks=marks,
+            checks = [check for (file, needle), check in OUTPUT_CHECKS.items()
+                      if file == rel and needle in code]
+            cases.append(pytest.param(rel, line, code, expected, checks, marks=marks,
                                       id=f"{rel}:{line}"))
     return cases
 
@@ -80,8 +128,8 @@ def _float32_env():
     return env
 
 
-@pytest.mark.parametrize("rel, line, code, expected_failure", CASES)
-def test_snippet_runs_in_float32(rel, line, code, expected_failure, tmp_path):
+@pytest.mark.parametrize("rel, line, code, expected_failure, output_checks", CASES)
+def test_snippet_runs_in_float32(rel, line, code, expected_failure, output_checks, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_float32_env(),
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0 and expected_failure and expected_failure in proc.stderr:
@@ -90,6 +138,8 @@ def test_snippet_runs_in_float32(rel, line, code, expected_failure, tmp_path):
         f"the ```python block at {rel}:{line} failed (exit {proc.returncode}) in a fresh "
         f"float32 process.\n--- stdout ---\n{proc.stdout[-3000:]}\n"
         f"--- stderr ---\n{proc.stderr[-6000:]}")
+    for check in output_checks:
+        check(proc.stdout)
 
 
 def test_blocks_are_collected():
@@ -102,6 +152,6 @@ def test_blocks_are_collected():
 
 def test_known_failures_still_match_a_block():
     # An entry whose block was edited away would silently stop guarding anything.
-    for file, needle in KNOWN_FAILURES:
+    for file, needle in [*KNOWN_FAILURES, *OUTPUT_CHECKS]:
         codes = [c.values[2] for c in CASES if c.values[0] == file]
         assert any(needle in code for code in codes), (file, needle)
