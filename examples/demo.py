@@ -14,8 +14,6 @@ jaxopt2's stopping rules) is below what float32 (eps 1.2e-7) can resolve in a me
 of samples; in float32 use rtol ≥ 1e-5.
 
 Expected output (measured on CPU):
-- smoke (configs/smoke.yaml, breast cancer, l2 = 1e-2, rtol 1e-6): every row "ok", objective
-  0.0996 (±1e-4) for both; LBFGS 30 iterations (±5); NewtonCG 9 iterations (±2).
 - full (configs/default.yaml, rtol 1e-6, max_steps 1000): every solver "ok" with objective
   0.0598; GradientDescent 135 iterations (±15), LBFGS 68 (±10), Newton 10 (±1) with one dense
   Hessian per iteration (measured on CPU in float64).

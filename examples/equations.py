@@ -29,9 +29,6 @@ size) and its Jacobian's condition number is ~10⁷, so float32 can resolve neit
 tolerance nor the derivative to more than a digit or two.
 
 Expected output (measured on CPU; tolerances cover platform differences):
-- smoke (configs/equations_smoke.yaml, n = 200): du/dλ at the midpoint = 0.1592 (±1e-3),
-  finite-difference relative error < 1e-5; DEQ spectral radius 0.87 (±0.03), Anderson
-  53 steps (max over the batch, ±10) against plain iteration 296 (±30).
 - full (configs/equations.yaml, n = 10,000; 33 s of CPU time, mostly compiling, 2 min wall on a
   loaded 2-core CPU): du/dλ at the midpoint = 0.1592 (±1e-3),
   finite-difference relative error < 1e-5; DEQ (width 256) spectral radius 0.95 (±0.02),

@@ -27,11 +27,6 @@ difference (relative error ~1e-7 in float64, tested below 1e-4) cannot resolve i
 where the validation-loss difference at step fd_step is near round-off.
 
 Expected output (measured on CPU, float64; tolerances cover platform differences):
-- smoke (configs/hyperparameter_optimization_smoke.yaml, 164 weights, 20 outer steps):
-  hypergradient against the finite difference: relative error 1.4e-9 (< 1e-6); per-feature λ:
-  validation loss 0.3551 -> 0.2461 (±0.005), test accuracy 0.891 -> 0.916 (±0.01); best
-  single λ on the grid exp(-3) = 0.0498 with validation loss 0.2832 (±0.005), test accuracy
-  0.907 (±0.01): the per-feature weights reach the lower validation loss.
 - full (configs/hyperparameter_optimization.yaml, 564 weights, 40 outer steps; 52 s wall on a
   shared 2-core CPU): relative error of the hypergradient 1.7e-10 (< 1e-6); per-feature λ:
   validation loss 0.1623 -> 0.0248 (±0.005), test loss 0.1527 -> 0.1042 (±0.005), test
