@@ -39,6 +39,9 @@ def _bound(H, g, steps, q):
                                             full=steps == g.size)[2]
 
 
+_bound_jit = jax.jit(_bound, static_argnums=2)  # compiled once per number of steps
+
+
 @pytest.mark.slow  # seconds of compiling: `make test-slow` (CI) runs it
 @pytest.mark.float64
 @pytest.mark.parametrize("kind", ["spd", "indefinite"])
@@ -53,9 +56,9 @@ def test_bound_is_a_lower_bound_and_exact_on_the_whole_space(kind):
         g = jnp.asarray(np.random.default_rng(seed).standard_normal(n))
         exact = float(jnp.linalg.norm(jnp.linalg.solve(H, g)))
         for q in [g, jnp.cos(1.0 + 2.4 * jnp.arange(n))]:
-            partial = float(_bound(H, g, 6, q))
+            partial = float(_bound_jit(H, g, 6, q))
             assert 0 < partial <= exact * (1 + 1e-8)
-            np.testing.assert_allclose(float(_bound(H, g, n, q)), exact, rtol=1e-6)
+            np.testing.assert_allclose(float(_bound_jit(H, g, n, q)), exact, rtol=1e-6)
 
 
 @pytest.mark.float64

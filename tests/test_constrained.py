@@ -340,13 +340,14 @@ def test_forward_mode_and_vmapped_gradients():
     def solution(total, gap):
         return _run(dict(_params(), total=total, gap=gap)).params
 
-    fwd = jax.jacfwd(solution, argnums=(0, 1))(1.0, 0.5)
-    rev = jax.jacrev(solution, argnums=(0, 1))(1.0, 0.5)
+    # Each transformation compiled once (eagerly, every call would trace and compile anew).
+    fwd = jax.jit(jax.jacfwd(solution, argnums=(0, 1)))(1.0, 0.5)
+    rev = jax.jit(jax.jacrev(solution, argnums=(0, 1)))(1.0, 0.5)
     for f, r in zip(fwd, rev, strict=True):
         np.testing.assert_allclose(f, r, rtol=1e-8, atol=1e-10)
-    grad = jax.grad(lambda t: solution(t, 0.5) @ jnp.arange(4.0))
+    grad = jax.jit(jax.grad(lambda t: solution(t, 0.5) @ jnp.arange(4.0)))
     totals = jnp.array([0.8, 1.0, 1.5])
-    batched = jax.vmap(grad)(totals)
+    batched = jax.jit(jax.vmap(grad))(totals)
     looped = jnp.stack([grad(t) for t in totals])
     np.testing.assert_allclose(batched, looped, rtol=1e-8, atol=1e-10)
 

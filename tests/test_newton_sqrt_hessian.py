@@ -78,8 +78,9 @@ def test_vmap_one_bad_problem_and_implicit_gradient():
     good = _data(jnp.float32)
     bad = (good[0].at[0, 0].set(jnp.nan), good[1], good[2])
     batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), good, bad)
-    sols = jax.vmap(lambda d: _solve(solver, d, jnp.float32))(batch)
-    single = _solve(solver, good, jnp.float32)
+    # every transformation compiled once: eagerly each would trace and compile op by op
+    sols = jax.jit(jax.vmap(lambda d: _solve(solver, d, jnp.float32)))(batch)
+    single = jax.jit(lambda d: _solve(solver, d, jnp.float32))(good)
     names = list(jaxopt2.status_name(sols.status))
     assert names[0] == "successful" and names[1] != "successful", names
     np.testing.assert_allclose(sols.params["w"][0], single.params["w"], rtol=1e-6, atol=1e-6)
@@ -87,13 +88,14 @@ def test_vmap_one_bad_problem_and_implicit_gradient():
     # d w*/d λ by the implicit function theorem, against plain Newton's (the same solution)
     def w_sum(lam, s):
         return jnp.sum(_solve(s, (good[0], good[1], lam), jnp.float32).params["w"])
-    got = jax.grad(w_sum)(jnp.float32(LAM), solver)
-    want = jax.grad(w_sum)(jnp.float32(LAM), jaxopt2.Newton())
+    plain = jaxopt2.Newton()
+    got = jax.jit(jax.grad(lambda lam: w_sum(lam, solver)))(jnp.float32(LAM))
+    want = jax.jit(jax.grad(lambda lam: w_sum(lam, plain)))(jnp.float32(LAM))
     np.testing.assert_allclose(got, want, rtol=1e-3)
     # the adjoint's BᵀB (from sqrt_hessian) under vmap, in float32
     lams = jnp.asarray([LAM, 10 * LAM], jnp.float32)
-    got = jax.vmap(lambda lam: jax.grad(w_sum)(lam, solver))(lams)
-    want = jax.vmap(lambda lam: jax.grad(w_sum)(lam, jaxopt2.Newton()))(lams)
+    got = jax.jit(jax.vmap(jax.grad(lambda lam: w_sum(lam, solver))))(lams)
+    want = jax.jit(jax.vmap(jax.grad(lambda lam: w_sum(lam, plain))))(lams)
     np.testing.assert_allclose(got, want, rtol=1e-3)
 
 

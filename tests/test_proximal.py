@@ -131,11 +131,12 @@ def test_lasso_derivative_in_lambda_is_the_closed_form(name):
     # x_S = (X_SᵀX_S)⁻¹(X_Sᵀy − λ sign(x_S))  ⇒  dx_S/dλ = −(X_SᵀX_S)⁻¹ sign(x_S), 0 off S.
     expected = np.zeros_like(w)
     expected[S] = -np.linalg.solve(X[:, S].T @ X[:, S], np.sign(w[S]))
-    np.testing.assert_allclose(jax.jacfwd(solve)(lam), expected, atol=1e-8)
-    np.testing.assert_allclose(jax.jacrev(solve)(lam), expected, atol=1e-8)
+    # each transformation compiled once (eagerly it would trace and compile op by op)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(solve))(lam), expected, atol=1e-8)
+    np.testing.assert_allclose(jax.jit(jax.jacrev(solve))(lam), expected, atol=1e-8)
     # reverse mode of a scalar loss, under vmap over two λ
     lams = jnp.array([lam, 1.5 * lam])
-    grads = jax.vmap(jax.grad(lambda l: jnp.sum(solve(l) ** 2)))(lams)
+    grads = jax.jit(jax.vmap(jax.grad(lambda l: jnp.sum(solve(l) ** 2))))(lams)
     np.testing.assert_allclose(grads[0], 2 * w @ expected, rtol=1e-7)
 
 
