@@ -54,6 +54,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in slow:
             item.add_marker(pytest.mark.slow)
+    # The longest tests (whole examples and multi-device runs in processes of their own, up to
+    # two minutes each) first: xdist hands tests out in this order, and one of them started
+    # last would leave the other worker idle while it finishes. The order is the same in
+    # every worker, as xdist requires.
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in _LONG_FIRST)
+
+
+_LONG_FIRST = {
+    "tests/test_distributed.py", "tests/test_distributed_params.py",
+    "tests/test_sharding_solvers.py", "tests/test_examples.py", "tests/test_bilevel_examples.py",
+    "tests/test_optimal_transport_example.py", "tests/test_sparse_regression_example.py",
+    "tests/test_gpu_logistic_smoke.py",
+}
 
 
 @pytest.fixture(autouse=True)

@@ -238,10 +238,11 @@ def test_sharded_parameters_explicit_axes_newton_cg():
 
 
 @pytest.mark.slow
-def test_sharded_parameters_all_solvers():
-    """With the two quick tests, every case in both modes."""
-    _run("auto", OTHERS)
-    _run("explicit", OTHERS + ",hessian_free")
+@pytest.mark.parametrize("mode", ["auto", "explicit"])
+def test_sharded_parameters_all_solvers(mode):
+    """With the two quick tests, every case in both modes (one process per mode, so that
+    the two can run side by side)."""
+    _run(mode, OTHERS if mode == "auto" else OTHERS + ",hessian_free")
 
 
 # In-process, one device: the matrix-free solvers' temporaries do not grow with the data.
