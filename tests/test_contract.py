@@ -45,10 +45,10 @@ def reference_solution(args):
     return unravel(jax.lax.scan(newton, flat0, None, length=30)[0])
 
 
-def solve(name, args, dtype=jnp.float64, throw=True, **kw):
+def solve(name, args, dtype=jnp.float64, throw=True, fun=objective, **kw):
     factory, budget = MINIMIZERS[name]
     d = args[0].shape[-1]
-    return jaxopt2.minimize(objective, params0(d, dtype), args, solver=factory(),
+    return jaxopt2.minimize(fun, params0(d, dtype), args, solver=factory(),
                             max_steps=kw.pop("max_steps", budget), throw=throw, **kw)
 
 
@@ -101,9 +101,7 @@ def test_jit_vmap_equals_loop_and_isolates_failures(name):
         traces.append(1)
         return objective(params, args)
 
-    factory, budget = MINIMIZERS[name]
-    single = jax.jit(lambda a: jaxopt2.minimize(counted, params0(), a, solver=factory(),
-                                                max_steps=budget, throw=False))
+    single = jax.jit(lambda a: solve(name, a, throw=False, fun=counted))
     for i, args in enumerate(batch):
         sol = single(args)  # unbatched and traced, so the input check cannot see the NaN
         if i == 0:

@@ -223,7 +223,7 @@ def _run(modes: str, cases: str):
     run_on_eight_devices(SCRIPT, (modes, cases), "SHARDED PARAMETERS OK")
 
 
-# The cases the quick tests below leave out (each mode compiles every case it runs).
+# The cases the two tests below leave out (each mode compiles every case it runs).
 OTHERS = "NewtonCG-nystrom,LevenbergMarquardt-cg,hypergradient,NewtonCG-pytree,shampoo"
 
 
@@ -240,7 +240,7 @@ def test_sharded_parameters_explicit_axes_newton_cg():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["auto", "explicit"])
 def test_sharded_parameters_all_solvers(mode):
-    """With the two quick tests, every case in both modes (one process per mode, so that
+    """With the two tests above, every case in both modes (one process per mode, so that
     the two can run side by side)."""
     _run(mode, OTHERS if mode == "auto" else OTHERS + ",hessian_free")
 

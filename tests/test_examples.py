@@ -127,7 +127,8 @@ def test_demo_full_config(tmp_path):
     for name, iters, tol in (("GradientDescent", 135, 15), ("LBFGS", 68, 10), ("Newton", 10, 1)):
         assert abs(int(rows[name]["iters"]) - iters) <= tol, rows[name]
     assert rows["Newton"]["dense Hessians"] == rows["Newton"]["iters"]  # one per iteration
-    assert "HVPs" in header  # valid Markdown: as many cells on every line as the separator
+    assert "HVPs" in header
+    # valid Markdown: as many cells on every line as the separator (no stray "|" in a cell)
     assert {line.count("|") for line in lines if line.strip()} == {lines[1].count("|")}, lines
     assert (tmp_path / "convergence.png").stat().st_size > 10_000
 
