@@ -30,8 +30,12 @@ $(VENV)/.docs: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q -e '.[docs]'
 	touch $@
 
+# JAX's persistent compilation cache: a second `make run` loads the compiled solvers from
+# .cache/jax instead of compiling them again (tests/test_compiled_doors.py checks it).
+JAX_CACHE := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+
 run: $(VENV)/.run
-	$(BIN)/python examples/demo.py --config $(CONFIG)
+	$(JAX_CACHE) $(BIN)/python examples/demo.py --config $(CONFIG)
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 -q

@@ -325,7 +325,9 @@ def check_prox(prox, prox_args, params0) -> Any:
     prox_args = jtu.tree_map(lambda x: jnp.asarray(x, x.dtype) if eqx.is_array(x) else x,
                              prox_args)
     try:
-        out = jax.eval_shape(lambda x, a: prox(x, a, 1.0), params0, prox_args)
+        # `prox_args` closed over: its concrete values meet the prox's own checks here
+        # (a negative l1reg raises now, not as a NaN status after the solve)
+        out = jax.eval_shape(lambda x: prox(x, prox_args, 1.0), params0)
     except Exception as e:
         raise ValueError("Calling `prox(params0, prox_args, 1.0)` failed; `prox` must take "
                          "(x, prox_args, scale) and return x's structure. "

@@ -10,6 +10,7 @@ Each has the shape of `minimize` and knows its optimality condition, which is wh
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,7 +26,16 @@ from ._base import (
     Point,
 )
 from ._checks import check_vector_output
-from ._front import adjoint_for, equation_detail, finish, open_door, stats, step_budget
+from ._compiled import compiled_at_top_level
+from ._front import (
+    adjoint_for,
+    check_concrete_inputs,
+    equation_detail,
+    finish,
+    open_door,
+    stats,
+    step_budget,
+)
 from ._iterate import run_solver
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
@@ -89,6 +99,7 @@ def _solve(run: _Run, fn, y0, args, optimality, tags, measure, door: str) -> Sol
                     state=out.state, aux=aux if run.has_aux else None)
 
 
+@compiled_at_top_level(functools.partial(check_concrete_inputs, root="params0"))
 @check_front_door_keywords
 @solver_inputs("least_squares")
 def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
@@ -139,6 +150,7 @@ def least_squares(residual_fn: Callable, params0: Any, args: Any = None, *,
                   door="least_squares")
 
 
+@compiled_at_top_level(functools.partial(check_concrete_inputs, root="y0"))
 @check_front_door_keywords
 @solver_inputs("root_find")
 def root_find(fn: Callable, y0: Any, args: Any = None, *, solver: AbstractRootFinder,
@@ -174,6 +186,7 @@ def root_find(fn: Callable, y0: Any, args: Any = None, *, solver: AbstractRootFi
                   measure=lambda p: tree_inf_norm(p.f), door="root_find")
 
 
+@compiled_at_top_level(functools.partial(check_concrete_inputs, root="y0"))
 @check_front_door_keywords
 @solver_inputs("fixed_point")
 def fixed_point(fn: Callable, y0: Any, args: Any = None, *,

@@ -13,6 +13,7 @@ from jax.custom_batching import custom_vmap
 
 from ._base import Counts
 from ._checks import check_args, check_params, wrap_objective
+from ._compiled import note_detail
 from ._results import RESULTS, status_name
 from ._verbose import with_verbose
 
@@ -45,6 +46,13 @@ def prepare(fun, params0, args, has_aux: bool, root: str):
     args = jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, x.dtype) if eqx.is_array(x) else x, args)
     return params0, fn, args
+
+
+def check_concrete_inputs(arguments, root: str) -> None:
+    """The checks of a front door that need concrete values (NaN or infinity in the start or
+    in `args`), run before a top-level call compiles (`_compiled`)."""
+    check_params(arguments[root], root)
+    check_args(arguments["args"])
 
 
 def open_door(door: str, *, solver, kinds, example: str, max_steps, callback, verbose: bool,
@@ -177,6 +185,7 @@ def adjoint_for(adjoint, throw: bool):
 def finish(params, status: RESULTS, adjoint, throw: bool, detail=None):
     """The front doors' last step: raise on failure (`throw`) and guard the derivatives.
     `detail`: as in `raise_if_failed`."""
+    note_detail(detail)  # for a failure raised after a compiled top-level call (_compiled)
     if throw:  # first: a concrete failure raises here, with the plain hint
         params = raise_if_failed(params, status, detail=detail)
     unconverged = getattr(adjoint, "differentiate_unconverged", False)

@@ -20,7 +20,16 @@ from ._composite import (
     make_bounds,
 )
 from ._composite import optimality as composite_optimality
-from ._front import adjoint_for, finish, open_door, shortfall_detail, stats, step_budget
+from ._compiled import compiled_at_top_level
+from ._front import (
+    adjoint_for,
+    check_concrete_inputs,
+    finish,
+    open_door,
+    shortfall_detail,
+    stats,
+    step_budget,
+)
 from ._iterate import run_minimizer
 from ._keywords import check_front_door_keywords
 from ._precision import solver_inputs
@@ -61,6 +70,17 @@ def composite_solve(solver, fn, params0, args, bounds, prox, prox_args, max_step
     return primal, optimality, inputs
 
 
+def _precheck(arguments) -> None:
+    """`minimize`'s checks of concrete values, for a top-level call (`_compiled`)."""
+    check_concrete_inputs(arguments, "params0")
+    params0 = arguments["params0"]
+    if arguments["bounds"] is not None:
+        make_bounds(arguments["bounds"], params0)
+    if arguments["prox"] is not None:
+        check_prox(arguments["prox"], arguments["prox_args"], params0)
+
+
+@compiled_at_top_level(_precheck)
 @check_front_door_keywords
 @solver_inputs("minimize")
 def minimize(
@@ -123,8 +143,11 @@ def minimize(
       minimizing f + h (`ProximalGradient`, `ProximalNewton`). `prox_args` is differentiable
       like `args`. `Solution.value` is then f alone, without h.
 
-    Nothing here compiles by itself: wrap the call in `jax.jit` (or `eqx.filter_jit`) and it
-    compiles once per shape/dtype; `vmap` and `grad` compose from outside.
+    Called outside any transformation, the whole solve runs as one compiled program, cached
+    on `fun`, the solver, the keywords and the arrays' shapes and dtypes: a second call with
+    new values does not compile again (Python scalars in `args` are constants of the
+    program; pass arrays for values that change). Inside `jax.jit`, `vmap` or `grad` it is
+    traced into the caller's program as usual (docs/guides/choosing.md, "Compile time").
 
     **Example:**
 

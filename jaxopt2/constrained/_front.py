@@ -14,7 +14,8 @@ import jax.tree_util as jtu
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from .._checks import check_objective
 from .._composite import make_bounds
-from .._front import adjoint_for, check_max_steps, finish, prepare
+from .._compiled import compiled_at_top_level
+from .._front import adjoint_for, check_concrete_inputs, check_max_steps, finish, prepare
 from .._solution import Solution
 from ._base import AbstractConstrainedSolver
 from ._problem import Problem, bound_multiplier, kkt_residuals, optimality, tree_of
@@ -72,6 +73,14 @@ def _size(struct) -> int:
     return sum(leaf.size for leaf in jtu.tree_leaves(struct))
 
 
+def _precheck(arguments) -> None:
+    """The checks of concrete values, for a top-level call (`jaxopt2._compiled`)."""
+    check_concrete_inputs(arguments, "params0")
+    if arguments["bounds"] is not None:
+        make_bounds(arguments["bounds"], arguments["params0"])
+
+
+@compiled_at_top_level(_precheck)
 def minimize_constrained(
     fun: Callable,
     params0: Any,
