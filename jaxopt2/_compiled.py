@@ -35,7 +35,6 @@ import inspect
 import os
 
 import equinox as eqx
-import jax
 import jax.tree_util as jtu
 
 # Where `_front.finish` leaves the failure detail (steps taken, how far from the tolerance)

@@ -12,6 +12,7 @@ import lineax as lx
 from ._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from ._base import AbstractMinimizer
 from ._checks import check_objective
+from ._compiled import compiled_at_top_level
 from ._composite import (
     Composite,
     check_prox,
@@ -20,7 +21,6 @@ from ._composite import (
     make_bounds,
 )
 from ._composite import optimality as composite_optimality
-from ._compiled import compiled_at_top_level
 from ._front import (
     adjoint_for,
     check_concrete_inputs,

@@ -13,8 +13,8 @@ import jax.tree_util as jtu
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint, attach_tangent
 from .._checks import check_objective
-from .._composite import make_bounds
 from .._compiled import compiled_at_top_level
+from .._composite import make_bounds
 from .._front import adjoint_for, check_concrete_inputs, check_max_steps, finish, prepare
 from .._solution import Solution
 from ._base import AbstractConstrainedSolver
