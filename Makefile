@@ -61,6 +61,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/qp.py
 	$(BIN)/python benchmarks/optimal_transport.py
 	$(BIN)/python benchmarks/compile_time.py
+	$(BIN)/python benchmarks/first_call.py
 	$(BIN)/python benchmarks/training.py
 
 # Two processes x four CPU devices with jax.distributed, against one process.

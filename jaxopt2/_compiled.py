@@ -21,6 +21,13 @@ What an eager call promised is kept:
 - Anything that is not a JAX or NumPy array is part of the cache key and compiled in as a
   constant (as `equinox.filter_jit` does): Python scalars in `args` that change from call
   to call recompile, as every eager call did before; pass them as arrays to avoid it.
+- Arrays that the functions reach outside their arguments (closure cells, the module
+  globals their code names, and so on through the plain functions they reach, a few levels
+  deep) are compiled in as constants too, so they are part of the key by identity (and kept
+  alive with it, so that an id is never reused): rebinding a global `X = new_data` between
+  two calls compiles anew instead of reusing the old data. What the key cannot see is an
+  in-place change of a NumPy array or a value reached some other way (an attribute of an
+  object that is not a pytree); pass data that changes through `args`.
 
 Calls that cannot be cached (an unhashable non-array in the inputs) and calls made inside a
 transformation run the door as before. `JAXOPT2_EAGER=1` in the environment turns the
@@ -68,8 +75,73 @@ def _hashable(static) -> bool:
     return True
 
 
+class _Same:
+    """A cache-key entry equal only to itself: hashed by identity, and holding its object
+    (so that Python cannot reuse the id for another object while the key lives)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and other.obj is self.obj
+
+
+def _reached_arrays(roots, depth: int = 3) -> tuple:
+    """The arrays that the callables in `roots` reach outside their arguments: closure
+    cells, module globals named by their code (and by the code of functions defined in
+    it), the fields of a bound method's pytree `self` and a `functools.partial`'s
+    arguments, following the plain functions found that way `depth` levels down."""
+    found, seen = [], set()
+    stack = [(f, depth) for f in roots if callable(f)]
+    while stack:
+        f, d = stack.pop()
+        if id(f) in seen or isinstance(f, type) or inspect.ismodule(f):
+            continue
+        seen.add(id(f))
+        values = []
+        if isinstance(f, functools.partial):
+            values += [f.func, *f.args, *f.keywords.values()]
+        if inspect.ismethod(f):
+            values += [f.__self__]
+            f = f.__func__
+        code = getattr(f, "__code__", None)
+        if code is not None:
+            values += [c.cell_contents for c in (f.__closure__ or ())
+                       if _filled(c)]
+            names, codes = set(), [code]
+            while codes:
+                c = codes.pop()
+                names.update(c.co_names)
+                codes += [k for k in c.co_consts if inspect.iscode(k)]
+            g = getattr(f, "__globals__", {})
+            values += [g[name] for name in names if name in g]
+        for value in values:
+            if inspect.ismodule(value) or isinstance(value, type):
+                continue
+            for leaf in jtu.tree_leaves(value):
+                if eqx.is_array(leaf):
+                    found.append(_Same(leaf))
+                elif callable(leaf) and d > 0:
+                    stack.append((leaf, d - 1))
+    return tuple(found)
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # an empty cell (a name assigned after the closure was made)
+        return False
+    return True
+
+
 @eqx.filter_jit
-def _run(door, arguments):
+def _run(door, arguments, reached):
+    del reached  # only part of the cache key
     box = []
     token = _DETAIL.set(box)
     try:
@@ -106,7 +178,9 @@ def compiled_at_top_level(precheck):
             precheck(arguments)
             throw = arguments["throw"]
             arguments["throw"] = False
-            solution, detail = _run(door, arguments)
+            reached = _reached_arrays([v for v in jtu.tree_leaves(arguments)
+                                       if callable(v) and not eqx.is_array(v)])
+            solution, detail = _run(door, arguments, reached)
             if throw:
                 from ._front import raise_if_failed
 

@@ -224,3 +224,30 @@ def test_a_second_make_run_compiles_nothing(tmp_path):
                                                            timeout=900)
     assert first >= 1 and first_hits == 0
     assert second == first and second_hits == second
+
+
+_DATA = jnp.array([1.0, 2.0])
+
+
+def _distance_to_global_data(x, args):
+    return jnp.sum((x - _DATA) ** 2)
+
+
+def test_arrays_a_function_reaches_are_part_of_the_cache_key(monkeypatch):
+    """A cached program holds the arrays `fun` reads from its closure or module globals as
+    constants: rebinding them must compile anew, not silently reuse the old values."""
+    solver = jaxopt2.Newton()
+    x0 = jnp.zeros(2)
+    first = jaxopt2.minimize(_distance_to_global_data, x0, solver=solver)
+    np.testing.assert_allclose(first.params, [1.0, 2.0], rtol=1e-6)
+    monkeypatch.setitem(globals(), "_DATA", jnp.array([-3.0, 5.0]))
+    second = jaxopt2.minimize(_distance_to_global_data, x0, solver=solver)
+    np.testing.assert_allclose(second.params, [-3.0, 5.0], rtol=1e-6)
+
+    def make(data):
+        inner = lambda x: jnp.sum((x - data) ** 2)  # noqa: E731
+        return lambda x, a: inner(x)  # the array two closures down
+
+    for data in (jnp.array([4.0, 4.0]), jnp.array([-1.0, 0.5])):
+        sol = jaxopt2.minimize(make(data), x0, solver=solver)
+        np.testing.assert_allclose(sol.params, data, rtol=1e-6)
