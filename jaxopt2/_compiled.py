@@ -8,7 +8,9 @@ a Newton-CG solve, each tens of milliseconds) and the loops themselves recompile
 call, since each call traces them afresh. `compiled_at_top_level` instead runs such a call
 through one `equinox.filter_jit` program, cached on the function, the solver's settings,
 the keywords and the shapes and dtypes of the arrays, so a first call pays one compile and
-a repeated call none (issue 20: first-call time).
+a repeated call none (issue 20: first-call time). The doors: `minimize`, `least_squares`,
+`root_find`, `fixed_point`, `minimize_constrained`, `qp.solve_qp`, `ot.sinkhorn`,
+`ot.sinkhorn_newton_sparse` and `ot.sinkhorn_points`.
 
 What an eager call promised is kept:
 
@@ -151,10 +153,12 @@ def _run(door, arguments, reached):
     return solution, (box[0] if box else None)
 
 
-def compiled_at_top_level(precheck):
-    """Decorator for a front door with a `throw` keyword whose failures are raised by
-    `_front.finish`. `precheck(arguments)` gets the call's arguments by name (defaults
-    filled in) and raises on bad concrete values, as the door itself would eagerly."""
+def compiled_at_top_level(precheck, hint: str | None = None):
+    """Decorator for a front door with a `throw` keyword that returns an object with a
+    `status` and raises its failures with `_front.raise_if_failed` (with `hint`, or its
+    default; a door that calls `_front.finish` also gets its failure detail into the
+    message). `precheck(arguments)` gets the call's arguments by name (defaults filled in)
+    and raises on bad concrete values, as the door itself would eagerly."""
 
     def decorate(door):
         signature = inspect.signature(door)
@@ -184,7 +188,8 @@ def compiled_at_top_level(precheck):
             if throw:
                 from ._front import raise_if_failed
 
-                raise_if_failed(None, solution.status, detail=detail)
+                extra = {} if hint is None else {"hint": hint}
+                raise_if_failed(None, solution.status, detail=detail, **extra)
             return solution
 
         return wrapper

@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compiled import compiled_at_top_level
 from .._front import check_max_steps, guard_derivatives, raise_if_failed
 from .._leafwise import is_concrete
 from .._loops import while_loop
 from .._results import RESULTS
-from ._problem import DERIVATIVE_HINT, default_rtol
+from ._problem import DERIVATIVE_HINT, FAILURE_HINT, default_rtol
 from ._problem import _fail as fail
 
 _NAME = "sinkhorn_points"
@@ -190,6 +191,13 @@ def _value_bwd(cost_fn, block_size, res, ct):
 _value.defvjp(_value_fwd, _value_bwd)
 
 
+def _precheck(arguments) -> None:
+    """`_check`'s concrete-value checks, for a top-level call (`jaxopt2._compiled`)."""
+    _check(*(arguments[k] for k in ("x", "y", "a", "b", "epsilon", "rtol", "atol",
+                                    "block_size")))
+
+
+@compiled_at_top_level(_precheck, FAILURE_HINT)
 def sinkhorn_points(x, y, a=None, b=None, epsilon=1e-2, *,
                     cost: str | Callable = "sqeuclidean", block_size: int = 256,
                     rtol: float | None = None, atol: float = 0.0, max_steps: int = 10_000,
@@ -311,8 +319,7 @@ def sinkhorn_points(x, y, a=None, b=None, epsilon=1e-2, *,
                            RESULTS.where(jnp.all(err <= tol), RESULTS.successful,
                                          RESULTS.max_steps_reached))
     if throw:
-        f = raise_if_failed(f, status, "Pass throw=False to return the status instead of "
-                            "raising, raise max_steps, loosen rtol, or use float64.")
+        f = raise_if_failed(f, status, FAILURE_HINT)
     _, transport, *_ = _plan_sums(cost_fn, xs, ys, f, g, eps, min(block_size, n), pull=False)
     value = _value(cost_fn, min(block_size, n), x, y, a, b, epsilon, f, g)
     value = guard_derivatives(value, status, throw=throw, unconverged=False,

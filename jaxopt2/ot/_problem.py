@@ -135,6 +135,18 @@ def prepare(fname: str, cost, a, b, epsilon, rtol, atol):
     return cost, a, b, epsilon, rtol
 
 
+FAILURE_HINT = ("Pass throw=False to return the status instead of raising, raise max_steps, "
+                "loosen rtol, or use float64.")
+
+
+def precheck(fname: str):
+    """The concrete-value checks of `prepare`, for a top-level call (`jaxopt2._compiled`)."""
+    def check(arguments):
+        prepare(fname, arguments["cost"], arguments["a"], arguments["b"],
+                arguments["epsilon"], arguments["rtol"], arguments["atol"])
+    return check
+
+
 def default_rtol(dtype) -> float:
     # float32 carries ~1e-7 relative error in the potentials, i.e. ~1e-7·|f|/ε in each plan
     # entry: at ε = 1e-3 with costs of order 1 the marginal error cannot go much below 1e-4.
@@ -176,8 +188,7 @@ def finish(fname, u, v, cost, a, b, epsilon, tol, stats, invalid, throw: bool) -
                            RESULTS.where(jnp.all(errors <= tol), RESULTS.successful,
                                          RESULTS.max_steps_reached))
     if throw:
-        f = raise_if_failed(f, status, "Pass throw=False to return the status instead of "
-                            "raising, raise max_steps, loosen rtol, or use float64.")
+        f = raise_if_failed(f, status, FAILURE_HINT)
     f, g = attach_derivatives(f, g, cost, a, b, epsilon)
     f, g = guard_derivatives((f, g), status, throw=throw, unconverged=False,
                              hint=DERIVATIVE_HINT)

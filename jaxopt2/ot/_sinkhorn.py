@@ -5,9 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .._compiled import compiled_at_top_level
 from .._front import check_max_steps
 from .._loops import while_loop
-from ._problem import OTResult, finish, invalid_mask, prepare
+from ._problem import FAILURE_HINT, OTResult, finish, invalid_mask, precheck, prepare
 
 
 def _lse_rows(v, cost_scaled):
@@ -127,6 +128,7 @@ def overrelaxed_loop(cost_scaled, log_a, log_b, a, b, u, tol, max_steps: int, li
     return c["u"], c["v"], c["steps"], c["worst"], c
 
 
+@compiled_at_top_level(precheck("sinkhorn"), FAILURE_HINT)
 def sinkhorn(cost, a=None, b=None, epsilon=1e-2, *, rtol: float | None = None,
              atol: float = 0.0, max_steps: int = 10_000, relaxation: float | str = "adaptive",
              init=None, throw: bool = True) -> OTResult:

@@ -7,10 +7,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from .._compiled import compiled_at_top_level
 from .._front import check_max_steps
 from .._linalg.cg import truncated_cg
 from .._loops import while_loop
-from ._problem import OTResult, finish, invalid_mask, prepare
+from ._problem import FAILURE_HINT, OTResult, finish, invalid_mask, precheck, prepare
 from ._sinkhorn import _lse_cols, _lse_rows, check_relaxation, overrelaxed_loop, start_state
 
 
@@ -46,6 +47,7 @@ def sparsify(P, size: int, bisections: int = 24):
     return rows.astype(jnp.int32), cols.astype(jnp.int32), keep
 
 
+@compiled_at_top_level(precheck("sinkhorn_newton_sparse"), FAILURE_HINT)
 def sinkhorn_newton_sparse(cost, a=None, b=None, epsilon=1e-2, *, rtol: float | None = None,
                            atol: float = 0.0, max_steps: int = 2_000,
                            switch_rtol: float | None = None, max_warmup_steps: int | None = None,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._compiled import compiled_at_top_level
 from .._front import raise_if_failed
 from .._results import RESULTS, Status
 from ._admm import ADMM, admm, ruiz
@@ -180,6 +181,23 @@ def _default_rtol(dtype):
     return 1e-9 if jnp.finfo(dtype).eps < 1e-10 else 1e-5
 
 
+def _check_rtol(rtol) -> None:
+    if rtol is not None and not isinstance(rtol, jax.core.Tracer) and not 0 < float(rtol) < 1:
+        raise ValueError(f"rtol must be in (0, 1); got {rtol!r}.")
+
+
+def _precheck(arguments) -> None:
+    """The checks of concrete values (NaN, lower > upper, a Q with a negative eigenvalue,
+    rtol), for a top-level call (`jaxopt2._compiled`)."""
+    _check_rtol(arguments["rtol"])
+    data = [arguments[k] for k in ("Q", "c", "A", "b", "G", "h", "lower", "upper")]
+    if any(is_operator(M) for M in (data[0], data[2], data[4])):
+        stack_operators(*data)
+    else:
+        make_qp(*data)
+
+
+@compiled_at_top_level(_precheck)
 def solve_qp(Q, c, A=None, b=None, G=None, h=None, lower=None, upper=None, *,
              method: str | ADMM = "ipm", rtol: float | None = None,
              max_steps: int | None = None, infeasibility_tol: float | None = None,
@@ -241,8 +259,7 @@ def solve_qp(Q, c, A=None, b=None, G=None, h=None, lower=None, upper=None, *,
         max_steps = 100 if method == "ipm" else 10_000
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int; got {max_steps!r}.")
-    if rtol is not None and not isinstance(rtol, jax.core.Tracer) and not 0 < float(rtol) < 1:
-        raise ValueError(f"rtol must be in (0, 1); got {rtol!r}.")
+    _check_rtol(rtol)
     if isinstance(method, ADMM):
         return _solve_admm(method, Q, c, A, b, G, h, lower, upper, rtol, max_steps,
                            infeasibility_tol, init, throw)
