@@ -67,7 +67,12 @@ def _run(stepper, x0, args):
 SOLVERS = ["LBFGS", "Newton", "NewtonCG", "NewtonRaphson", "Anderson", "LevenbergMarquardt"]
 
 
-@pytest.mark.parametrize("name", SOLVERS)
+# L-BFGS on the 4-D valley is compared in float64: in float32 the front door's one compiled
+# program and the Stepper's per-step programs round differently enough that L-BFGS's stopping
+# test, met right at its tolerance, passes one step apart (47 against 48 steps, both
+# successful), and this test compares step counts and statistics exactly.
+@pytest.mark.parametrize("name", [pytest.param(s, marks=pytest.mark.float64) if s == "LBFGS"
+                                  else s for s in SOLVERS])
 def test_loop_matches_front_door(name):
     door, fun, x0, args, solver, kind = _problem(name)
     seen = []
