@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-_pre = argparse.ArgumentParser(add_help=False)
+_pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # `--n` is not `--no-pin`
 _pre.add_argument("--cpu", type=int, default=None)
 _pre.add_argument("--no-pin", action="store_true")
 _pin_args, _ = _pre.parse_known_args()
