@@ -48,7 +48,6 @@ ROWS = [  # (problem, solver); the problems and solvers of compile_time.py
 def child(problem: str, solver: str) -> None:
     """Run in a fresh process: time two top-level calls and print a JSON line."""
     import jax
-    import jax.numpy as jnp
     from jax import monitoring
 
     jax.config.update("jax_enable_x64", True)
@@ -72,7 +71,6 @@ def child(problem: str, solver: str) -> None:
         jax.block_until_ready(ct.essentials(sol))
         out.append(dict(seconds=time.perf_counter() - t0, compiles=len(compiles) - n0,
                         status=ct.status(ct.essentials(sol), solver.startswith("jaxopt2"))))
-    del jnp
     print("RESULT " + json.dumps(out))
 
 
