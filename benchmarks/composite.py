@@ -135,8 +135,12 @@ def data_block(w, data, index):
 
 
 def gram_block(w, data, index):
-    """H[W, W] of `gram_loss`: a block of G (rows, then columns, of the sorted `index`)."""
-    return data["G"][index][:, index]
+    """H[W, W] of `gram_loss`: a block of G (columns, then rows, of the sorted `index`).
+
+    The order matters under XLA on CPU: `G[index][:, index]` (rows first) compiles its column
+    gather into strided reads and two transposes, and made a 2,000-column epoch of coordinate
+    descent 85 ms against 10 ms for `G[:, index][index]` (3.8 ms with the block given)."""
+    return data["G"][:, index][index]
 
 
 def gram_loss(w, data):
@@ -282,7 +286,7 @@ def run_lasso(X_np, y_np, lam, cfg, quick):
                      status=status_name(int(code)), note=f"rtol={tol:g}")
         if cd:
             res.note += ("; inner=\"cd\", hessian_block = " + (
-                "G[W][:, W]" if gram else "Xᵀ[W] (Xᵀ[W])ᵀ/n, Xᵀ stored once"))
+                "G[:, W][W]" if gram else "Xᵀ[W] (Xᵀ[W])ᵀ/n, Xᵀ stored once"))
         if gram:
             res.note += (f"; f(w) = ½wᵀGw − bᵀw + c, G = XᵀX/n formed outside the timing "
                          f"({t_gram.wall:.2f} s)")

@@ -24,6 +24,14 @@ chosen by the caller (`ProximalNewton`: 2–4·|support|, never shrinking), roun
 static capacity (`ws_start` times a power of four, or d), so that the block H[W, W] has a
 static shape: one `lax.switch` branch per capacity. The block comes from a user function
 (`hessian_block`), or from |W| Hessian-vector products on unit vectors, one batched product.
+
+Inside the block, glmnet's active cycling (sweeps over the support alone, then a full sweep to
+confirm), with the support sweeps stopped at a tenth of the last full sweep's change while the
+support still moves, and Anderson extrapolation of the iterates every third sweep over an
+unchanged support, where coordinate descent is a linear iteration (Bertrand & Massias,
+"Anderson acceleration of coordinate descent", AISTATS 2021; `_anderson`). On the benchmark
+lasso (d = 2,000, 1,201 nonzeros) the two cut the epochs of the last outer steps from 23 + 5 + 1
+to about 15.
 """
 
 from __future__ import annotations
@@ -126,17 +134,58 @@ class CDResult(eqx.Module):
     converged: jax.Array  # the last full sweep met the tolerance
     hvps: jax.Array
     size: jax.Array  # the capacity used
+    # The quadratic part's change gᵀδ + ½δᵀHδ (δ = z − x), and the model's whole change
+    # φ(z) − φ(x) = that + h(z) − h(x): what a step to z predicts for f and for f + h.
+    model_f: jax.Array
+    model_decrease: jax.Array
+
+
+def _anderson(z0, z1, q1, z2, q2, x, g, h: Separable):
+    """Anderson extrapolation of the last three epoch iterates z₀, z₁, z₂ (Bertrand
+    & Massias, "Anderson acceleration of coordinate descent", AISTATS 2021, with K = 2): the
+    affine combination z = c₁z₁ + c₂z₂ (c₁ + c₂ = 1) whose combination of the successive
+    differences uᵢ = zᵢ − zᵢ₋₁ is smallest, c ∝ (UUᵀ)⁻¹1 = (u₂ᵀu₂ − u₁ᵀu₂, u₁ᵀu₁ − u₁ᵀu₂).
+    q = g + H(z − x) is affine in z, so it is the same combination of q₁, q₂: no product
+    with H. Kept (`ok`) only inside the bounds, where it lowers the model below the last
+    iterate, and where |c₁| + |c₂| ≤ `ANDERSON_MAX_WEIGHT` (q's round-off grows with it).
+    (K = 3 measured no faster on the lasso benchmark; one reduction per test keeps the
+    program small, as it is compiled once per working-set capacity.)"""
+    u1, u2 = z1 - z0, z2 - z1
+    a, b, d = jnp.sum(jnp.stack([u1 * u1, u1 * u2, u2 * u2]), axis=1)
+    c = jnp.stack([d - b, a - b]) / (a + d - 2 * b)
+    ze, qe = c[0] * z1 + c[1] * z2, c[0] * q1 + c[1] * q2
+    z, q = z2, q2
+    # φ(ze) − φ(z), from φ(y) = ½(y − x)ᵀ(q(y) + g) + h(y) up to a constant (h's indicator
+    # left out: ze is tested inside the bounds).
+    change = jnp.sum(0.5 * ((ze - x) * (qe + g) - (z - x) * (q + g))
+                     + h.a * (jnp.abs(ze) - jnp.abs(z)) + h.b * (ze - z)
+                     + 0.5 * h.c * (ze * ze - z * z))
+    inside = jnp.all((ze >= h.lo) & (ze <= h.hi) & jnp.isfinite(qe))
+    ok = inside & (change < 0) & (jnp.abs(c[0]) + jnp.abs(c[1]) <= ANDERSON_MAX_WEIGHT)
+    return jnp.where(ok, ze, z), jnp.where(ok, qe, q), ok
+
+
+# Anderson extrapolation from the last K + 1 = 3 epoch iterates of coordinate descent.
+ANDERSON_K = 2
+ANDERSON_MAX_WEIGHT = 1e3
+# Sweeps over the support stop at this fraction of the last full sweep's largest change.
+ACTIVE_FRACTION = 0.1
 
 
 def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
     """Cyclic coordinate descent on the block model from z = x (flat vectors of the block):
-    epochs until the largest Hⱼⱼ|Δzⱼ| of an epoch is ≤ tol, or `max_epochs`."""
+    epochs until the largest Hⱼⱼ|Δzⱼ| of an epoch is ≤ tol, or `max_epochs`, Anderson-
+    accelerated (`_anderson`) once K + 1 successive sweeps over the same support are in hand:
+    there coordinate descent is a linear (Gauss–Seidel) iteration, which extrapolation
+    accelerates; any sweep that changes the support or sweeps every coordinate starts the
+    window again."""
     diag = jnp.diagonal(H)
     denom = diag + h.c
     # A coordinate with no curvature (Hⱼⱼ + cⱼ ≤ 0) stays where it is: lo = hi = xⱼ.
     ok = denom > 0
     table = jnp.stack([diag, h.a, h.b, jnp.where(ok, denom, 1), jnp.where(ok, h.lo, x),
                        jnp.where(ok, h.hi, x)], axis=1)
+    K = ANDERSON_K
 
     def coordinate(j, s):
         # One row of a table per coordinate: separate scalar gathers measured 1.5× slower
@@ -153,23 +202,49 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
         return z.at[j].set(new), q, jnp.maximum(change, hjj * jnp.abs(delta))
 
     def cond(s):
-        _, _, change, full, k = s
+        change, full, k = s[2], s[3], s[4]
         return (k < max_epochs) & ~(full & (change <= tol)) & ~jnp.isnan(tol)
+
+    def sweep_all_next(change, last_full):
+        # Sweeps over the support end at a fraction of the last full sweep's change (or at
+        # tol): converging them further is wasted while a full sweep still moves the support.
+        return change <= jnp.maximum(tol, ACTIVE_FRACTION * last_full)
 
     def epoch(s):
         # glmnet's active cycling: after a sweep over every coordinate, sweeps over the
         # support alone until they converge, then a full sweep again to confirm.
-        z, q, change, _, k = s
-        sweep_all = change <= tol
-        on = ~h.at_kink(z) | sweep_all
+        z, q, change, _, k, z0, z1, q1, n, last_full = s
+        sweep_all = sweep_all_next(change, last_full)
+        kink = h.at_kink(z)
+        on = ~kink | sweep_all
         order = jnp.nonzero(on, size=x.size, fill_value=0)[0]
         z, q, change = jax.lax.fori_loop(
             0, jnp.sum(on), lambda i, c: coordinate(order[i], c), (z, q, jnp.zeros((), dtype)))
-        return z, q, change, sweep_all, k + 1
+        same = ~sweep_all & jnp.all(h.at_kink(z) == kink)
+        n = jnp.where(same, n + 1, 1)
+        done = sweep_all & (change <= tol)
 
-    start = (x, g, jnp.zeros((), dtype), jnp.asarray(False), jnp.zeros((), jnp.int32))
-    z, q, change, full, k = while_loop(cond, epoch, start, max_steps=max_epochs)
-    return z, h.subgradient(z, q), k, full & (change <= tol)
+        # (Computed at every epoch and selected: O(|W|) work against the epoch's
+        # O(|W|·|support|), and no conditional in the program.)
+        ze, qe, accepted = _anderson(z0, z1, q1, z, q, x, g, h)
+        accepted = accepted & (n > K) & ~done
+        z, q = jnp.where(accepted, ze, z), jnp.where(accepted, qe, q)
+        # An accepted point is confirmed by sweeps like any other: its change is unknown.
+        change = jnp.where(accepted, jnp.asarray(jnp.inf, dtype), change)
+        n = jnp.where(accepted, 1, n)
+        last_full = jnp.where(sweep_all, change, last_full)
+        # The window moves on: (z₀, z₁, q₁) ← (z₁, z, q) (after a restart only the newest
+        # counts, `n`).
+        return z, q, change, sweep_all, k + 1, z1, z, q, n, last_full
+
+    start = (x, g, jnp.zeros((), dtype), jnp.asarray(False), jnp.zeros((), jnp.int32), x, x, g,
+             jnp.ones((), jnp.int32), jnp.zeros((), dtype))
+    z, q, change, full, k = while_loop(cond, epoch, start, max_steps=max_epochs)[:5]
+    smooth = 0.5 * (z - x) * (q + g)
+    model_f = jnp.sum(smooth)
+    decrease = jnp.sum(smooth + h.a * (jnp.abs(z) - jnp.abs(x)) + h.b * (z - x)
+                       + 0.5 * h.c * (z * z - x * x))
+    return z, h.subgradient(z, q), k, full & (change <= tol), model_f, decrease
 
 
 def working_set_cd(x, g, h: Separable, score, size, block_fn: Callable, tol, max_epochs: int,
@@ -186,12 +261,12 @@ def working_set_cd(x, g, h: Separable, score, size, block_fn: Callable, tol, max
             # In increasing order: gathering a block of H is then several times faster.
             index = jnp.arange(d) if cap == d else jnp.sort(jax.lax.top_k(score, cap)[1])
             H = block_fn(index).astype(dtype)
-            zb, vb, k, ok = _cd_block(H, x[index], g[index], h.take(index), tol, max_epochs,
-                                      dtype)
+            zb, vb, k, ok, model_f, decrease = _cd_block(H, x[index], g[index],
+                                                         h.take(index), tol, max_epochs, dtype)
             z = x.at[index].set(zb)
             v = jnp.zeros_like(x).at[index].set(vb)
             return CDResult(z, v, k, ok, jnp.asarray(cap if hvp_cost else 0, jnp.int32),
-                            jnp.asarray(cap, jnp.int32))
+                            jnp.asarray(cap, jnp.int32), model_f, decrease)
         return run
 
     which = jnp.searchsorted(jnp.asarray(caps), size, side="left")
