@@ -109,6 +109,25 @@ def test_concrete_checks_raise_before_compiling(where):
     assert n[0] <= 4  # raised by the eager checks, before the solve is compiled
 
 
+def test_finiteness_checks_of_host_data_compile_nothing(monkeypatch):
+    """The eager NaN/inf checks read host-memory data with NumPy: no device program per
+    shape (two per shape op by op, 0.1–0.2 s each at a first call); data on an accelerator
+    goes through one cached program (exercised here by pretending the data is not on the
+    host)."""
+    import jaxopt2._checks as C
+
+    x0 = jnp.zeros((3, 11))
+    data = (jnp.ones((7, 13)), np.ones(13), jnp.ones((5, 2)).at[1, 1].set(jnp.nan))
+    with count_compiles() as n:
+        C.check_params(x0)
+        C.check_args(data[:2])
+        with pytest.raises(ValueError, match=r"args\[2\]` contains NaN"):
+            C.check_args(data)
+    assert n[0] == 0
+    monkeypatch.setattr(C, "_in_host_memory", lambda x: False)
+    assert C._has_nonfinite(data[2]) and not C._has_nonfinite(data[0])
+
+
 def test_python_scalars_are_constants_of_the_program():
     fun = lambda x, a: jnp.sum((x - a) ** 2)  # noqa: E731
     solver = jaxopt2.Newton()
