@@ -144,29 +144,30 @@ def _anderson(z0, z1, q1, z2, q2, x, g, h: Separable):
     """Anderson extrapolation of the last three epoch iterates z₀, z₁, z₂ (Bertrand
     & Massias, "Anderson acceleration of coordinate descent", AISTATS 2021, with K = 2): the
     affine combination z = c₁z₁ + c₂z₂ (c₁ + c₂ = 1) whose combination of the successive
-    differences uᵢ = zᵢ − zᵢ₋₁ is smallest, c ∝ (UUᵀ)⁻¹1 = (u₂ᵀu₂ − u₁ᵀu₂, u₁ᵀu₁ − u₁ᵀu₂).
-    q = g + H(z − x) is affine in z, so it is the same combination of q₁, q₂: no product
-    with H. Kept (`ok`) only inside the bounds, where it lowers the model below the last
-    iterate, and where |c₁| + |c₂| ≤ `ANDERSON_MAX_WEIGHT` (q's round-off grows with it).
+    differences uᵢ = zᵢ − zᵢ₋₁ is smallest, c ∝ (UUᵀ)⁻¹1 = (u₂ᵀu₂ − u₁ᵀu₂, u₁ᵀu₁ − u₁ᵀu₂),
+    written z₂ + c₁(z₁ − z₂) so that a coordinate that did not move (at a bound, or held)
+    stays exactly where it is. q = g + H(z − x) is affine in z, so it is the same combination
+    of q₁, q₂: no product with H. Kept (`ok`) only inside the bounds, where it lowers the
+    model below the last iterate, and where |c₁| + |c₂| ≤ `ANDERSON_MAX_WEIGHT` (q's
+    round-off grows with it).
     (K = 3 measured no faster on the lasso benchmark; one reduction per test keeps the
     program small, as it is compiled once per working-set capacity.)"""
     u1, u2 = z1 - z0, z2 - z1
     a, b, d = jnp.sum(jnp.stack([u1 * u1, u1 * u2, u2 * u2]), axis=1)
-    c = jnp.stack([d - b, a - b]) / (a + d - 2 * b)
-    ze, qe = c[0] * z1 + c[1] * z2, c[0] * q1 + c[1] * q2
+    c1 = (d - b) / (a + d - 2 * b)
     z, q = z2, q2
+    ze, qe = z + c1 * (z1 - z), q + c1 * (q1 - q)
     # φ(ze) − φ(z), from φ(y) = ½(y − x)ᵀ(q(y) + g) + h(y) up to a constant (h's indicator
     # left out: ze is tested inside the bounds).
     change = jnp.sum(0.5 * ((ze - x) * (qe + g) - (z - x) * (q + g))
                      + h.a * (jnp.abs(ze) - jnp.abs(z)) + h.b * (ze - z)
                      + 0.5 * h.c * (ze * ze - z * z))
     inside = jnp.all((ze >= h.lo) & (ze <= h.hi) & jnp.isfinite(qe))
-    ok = inside & (change < 0) & (jnp.abs(c[0]) + jnp.abs(c[1]) <= ANDERSON_MAX_WEIGHT)
+    ok = inside & (change < 0) & (jnp.abs(c1) + jnp.abs(1 - c1) <= ANDERSON_MAX_WEIGHT)
     return jnp.where(ok, ze, z), jnp.where(ok, qe, q), ok
 
 
-# Anderson extrapolation from the last K + 1 = 3 epoch iterates of coordinate descent.
-ANDERSON_K = 2
+# The largest |c₁| + |c₂| of an Anderson extrapolation that is kept.
 ANDERSON_MAX_WEIGHT = 1e3
 # Sweeps over the support stop at this fraction of the last full sweep's largest change.
 ACTIVE_FRACTION = 0.1
@@ -175,7 +176,7 @@ ACTIVE_FRACTION = 0.1
 def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
     """Cyclic coordinate descent on the block model from z = x (flat vectors of the block):
     epochs until the largest Hⱼⱼ|Δzⱼ| of an epoch is ≤ tol, or `max_epochs`, Anderson-
-    accelerated (`_anderson`) once K + 1 successive sweeps over the same support are in hand:
+    accelerated (`_anderson`) once three successive sweeps over the same support are in hand:
     there coordinate descent is a linear (Gauss–Seidel) iteration, which extrapolation
     accelerates; any sweep that changes the support or sweeps every coordinate starts the
     window again."""
@@ -185,7 +186,6 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
     ok = denom > 0
     table = jnp.stack([diag, h.a, h.b, jnp.where(ok, denom, 1), jnp.where(ok, h.lo, x),
                        jnp.where(ok, h.hi, x)], axis=1)
-    K = ANDERSON_K
 
     def coordinate(j, s):
         # One row of a table per coordinate: separate scalar gathers measured 1.5× slower
@@ -227,7 +227,7 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
         # (Computed at every epoch and selected: O(|W|) work against the epoch's
         # O(|W|·|support|), and no conditional in the program.)
         ze, qe, accepted = _anderson(z0, z1, q1, z, q, x, g, h)
-        accepted = accepted & (n > K) & ~done
+        accepted = accepted & (n >= 3) & ~done
         z, q = jnp.where(accepted, ze, z), jnp.where(accepted, qe, q)
         # An accepted point is confirmed by sweeps like any other: its change is unknown.
         change = jnp.where(accepted, jnp.asarray(jnp.inf, dtype), change)

@@ -265,6 +265,32 @@ def test_anderson_extrapolation_is_exact_on_a_two_dimensional_linear_iteration()
     np.testing.assert_array_equal(ze, z2)
 
 
+@pytest.mark.parametrize("bound", [0.7, 1.3, 3.1])
+def test_anderson_keeps_a_coordinate_at_its_bound_exactly(bound):
+    """A coordinate held at a bound through the three iterates stays exactly there: the
+    extrapolation is z₂ + c₁(z₁ − z₂), not c₁z₁ + c₂z₂, whose c₁ + c₂ = 1 only up to
+    round-off would step an ulp outside the bound and refuse every extrapolation."""
+    from jaxopt2._coordinate import _anderson
+
+    H = jnp.array([[2.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    g = jnp.array([1.0, -2.0, -5.0])  # pushes the third coordinate up against `bound`
+    x = jnp.zeros(3)
+    zero = jnp.zeros(3)
+    h = Separable(zero, zero, zero, jnp.full(3, -jnp.inf),
+                  jnp.array([jnp.inf, jnp.inf, bound]))
+
+    def sweep(z):
+        z = z.at[0].set(-(g[0] + H[0, 1] * z[1]) / H[0, 0])
+        return z.at[1].set(-(g[1] + H[1, 0] * z[0]) / H[1, 1])
+
+    z0 = sweep(jnp.array([3.0, 3.0, bound]))
+    z1, z2 = sweep(z0), sweep(sweep(z0))
+    ze, qe, ok = _anderson(z0, z1, g + H @ z1, z2, g + H @ z2, x, g, h)
+    assert bool(ok)
+    assert float(ze[2]) == float(jnp.asarray(bound, ze.dtype))
+    np.testing.assert_allclose(ze[:2], jnp.linalg.solve(H[:2, :2], -g[:2]), rtol=1e-5)
+
+
 @pytest.mark.float64
 def test_anderson_cuts_coordinate_descent_epochs_and_keeps_the_solution(monkeypatch):
     """On a correlated lasso block, Anderson extrapolation reaches the same minimizer in

@@ -442,8 +442,9 @@ class ProximalNewton(AbstractMinimizer):
         lipschitz = jnp.maximum(lipschitz, jnp.finfo(dtype).tiny).astype(dtype)
         counts = Counts.of(fun=trials + pg_trials, grad=jnp.where(first_ok, 1, 2), hvp=hvps)
         model_error = jnp.abs(first.value.astype(dtype) - iterate.value - model_f) / -model_decrease
-        # Only after a step whose working set held every violation: a model solved over too
-        # few coordinates says nothing yet about how tightly the next one is worth solving.
+        # Only after a certified step (a working set that held every violation, ηₖ ≤ 0.1): a
+        # model solved over too few coordinates, or loosely, says nothing yet about how
+        # tightly the next one is worth solving.
         model_error = jnp.where(first_ok & certified & (model_decrease < 0)
                                 & jnp.isfinite(model_error), model_error, jnp.inf).astype(dtype)
         return new, _PNState(lipschitz, gmap, ws_size, error, state.inner_floor,
