@@ -160,14 +160,16 @@ def test_a_wrong_matrix_gives_a_loud_failure_not_a_wrong_derivative():
 
 
 @pytest.mark.float64
-@pytest.mark.parametrize("d", [40, 257, 300])
-def test_gram_matches_the_plain_product(d):
-    """`_xla_cpu.gram` (on CPU: Bᵀ materialised, and from d = 256 on only the 10 upper blocks
-    of a 4 × 4 blocking computed) equals BᵀB in float64 and float32, uneven blocks included,
-    and is exactly symmetric; under vmap too."""
+@pytest.mark.parametrize("n, d", [(50, 40), (50, 257), (50, 300), (2 * 1024 + 37, 40),
+                                  (3 * 1024, 260)])
+def test_gram_matches_the_plain_product(n, d):
+    """`_xla_cpu.gram` (on CPU: Bᵀ materialised, from 2,048 rows on in chunks of 1,024 rows
+    with a tail, and from d = 256 on only the 10 upper blocks of a 4 × 4 blocking computed)
+    equals BᵀB in float64 and float32, uneven blocks included, and is exactly symmetric;
+    under vmap too."""
     from jaxopt2._xla_cpu import gram
 
-    b = jax.random.normal(jax.random.key(d), (50, d), jnp.float64)
+    b = jax.random.normal(jax.random.key(d), (n, d), jnp.float64)
     out = jax.jit(gram)(b)
     ref = np.asarray(b).T @ np.asarray(b)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12 * np.abs(ref).max())

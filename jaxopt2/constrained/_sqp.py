@@ -155,13 +155,11 @@ class AbstractSQP(AbstractConstrainedSolver):
         def hvp(x, lam, v):
             return jax.jvp(lambda y: grad_l(y, lam), (x,), (v,))[1]
 
-        def direction(s: _State, gl, c, H):
+        def direction(s: _State, gl, c, H, grad0, gc):
             """A step that passes the curvature and descent tests, with its δ and μ."""
             rhs = -jnp.concatenate([gl, c])
             r_norm = jnp.linalg.norm(rhs)
             theta0 = self._accuracy(r_norm, dtype)
-            grad0 = jax.grad(merit, argnums=(0, 1))(s.x, s.lam, 0.0)
-            gc = jax.grad(lambda y: 0.5 * jnp.sum(problem.c_eq(y, args) ** 2))(s.x)
             gl2 = gl @ gl
             K0 = self._prepare(problem, s.x, s.lam, args, H)
 
@@ -210,10 +208,10 @@ class AbstractSQP(AbstractConstrainedSolver):
             return while_loop(lambda t: ~t.ok & (t.tries < self.max_tries), attempt, t0,
                               max_steps=self.max_tries)
 
-        def line_search(s: _State, t: _Try, gl, c):
-            m0 = merit(s.x, s.lam, t.penalty)
-            grad0 = jax.grad(merit, argnums=(0, 1))(s.x, s.lam, t.penalty)
-            slope = grad0[0] @ t.dx + grad0[1] @ t.dlam
+        def line_search(s: _State, t: _Try, c, m_base, grad0, gc):
+            # M is affine in μ: M_μ = M_0 + (μ/2)‖c‖², ∇ₓM_μ = ∇ₓM_0 + μ Gᵀc, ∇_λ unchanged
+            m0 = m_base + 0.5 * t.penalty * (c @ c)
+            slope = (grad0[0] + t.penalty * gc) @ t.dx + grad0[1] @ t.dlam
             noise = 10 * eps * jnp.abs(m0)
 
             def body(carry):
@@ -242,8 +240,12 @@ class AbstractSQP(AbstractConstrainedSolver):
                                  lambda: s.H)
             else:
                 fresh, H = jnp.ones((), bool), None
-            t = direction(s, gl, c, H)
-            alpha, ls_ok = line_search(s, t, gl, c)
+            # the merit at penalty 0 and its gradient, and Gᵀc: shared by the penalty rule
+            # (`direction`) and the line search (M is affine in μ)
+            m_base, grad0 = jax.value_and_grad(merit, argnums=(0, 1))(s.x, s.lam, 0.0)
+            gc = jax.grad(lambda y: 0.5 * jnp.sum(problem.c_eq(y, args) ** 2))(s.x)
+            t = direction(s, gl, c, H, grad0, gc)
+            alpha, ls_ok = line_search(s, t, c, m_base, grad0, gc)
             moved = t.ok & ls_ok
             x = jnp.where(moved, s.x + alpha * t.dx, s.x)
             lam = jnp.where(moved, s.lam + alpha * t.dlam, s.lam)
