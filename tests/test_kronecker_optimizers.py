@@ -312,15 +312,19 @@ def test_inject_hyperparams_schedule_and_changed_value(name):
     injected, s_inj = run(optax.inject_hyperparams(factory)(learning_rate=schedule,
                                                             precondition_freq=3))
     plain, _ = run(factory(learning_rate=schedule, precondition_freq=3))
+    # Arrays against folded constants round differently, and SOAP's eigenbasis amplifies it:
+    # 2.7e-9 relative at the 4th step on an Intel Xeon (≤ 1e-9 on an AMD EPYC). A wrong
+    # schedule or refresh interval moves the steps by more than 1e-3 (asserted below).
+    tol = dict(rtol=1e-7, atol=1e-10)
     for a, b in zip(injected, plain, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a, b, **tol)
     changed = optax.inject_hyperparams(factory)(learning_rate=schedule, precondition_freq=3)
     state = changed.init(params0)
     state.hyperparams["precondition_freq"] = jnp.asarray(1, jnp.int32)
     got, _ = run(changed, state)
     want, _ = run(factory(learning_rate=schedule, precondition_freq=1))
     for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a, b, **tol)
     assert max(np.max(np.abs(a - b)) for a, b in zip(got, plain, strict=True)) > 1e-3
 
 
