@@ -346,3 +346,40 @@ def test_a_quadratic_is_solved_in_one_tight_inner_solve_after_the_first_step(mon
     monkeypatch.setattr(PN, "forcing_term", lambda ratio, model_error: choice2(ratio, jnp.inf))
     without = solve()
     assert with_rule < without, (with_rule, without)
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("rtol", [1e-6, 1e-8])
+def test_a_gram_form_lasso_takes_every_unit_step_with_its_gradient(rtol):
+    """f = ½wᵀGw − bᵀw + c (scikit-learn's precomputed-Gram form), whose terms are large next
+    to f: the last, certified step's decrease is below f's round-off, so a line search on f
+    cannot judge it. It is taken as it is (within the stopping tolerance: the gradient test
+    at the new point decides), and a first step on a working set that holds every violation
+    is solved tightly once f matched its model, so the solve costs one gradient per step
+    and no function-only trials. (Before: 2–15 function-only trials, a fallback gradient,
+    and one more outer step at λ = 0.05.)"""
+    rng = np.random.default_rng(0)
+    n, d = 2000, 300
+    X = rng.standard_normal((n, d))
+    for j in range(1, d):
+        X[:, j] = 0.5 * X[:, j - 1] + np.sqrt(0.75) * X[:, j]
+    w = np.zeros(d)
+    w[rng.choice(d, 15, replace=False)] = rng.standard_normal(15)
+    y = X @ w + 0.3 * rng.standard_normal(n)
+    data = {"G": jnp.asarray(X.T @ X / n), "b": jnp.asarray(X.T @ y / n),
+            "c": jnp.asarray(0.5 * y @ y / n)}
+
+    def f(w, a):
+        return 0.5 * (w @ (a["G"] @ w)) - a["b"] @ w + a["c"]
+
+    for frac, steps in ((0.05, 3), (0.005, 4)):
+        lam = frac * np.max(np.abs(X.T @ y / n))
+        solver = J.ProximalNewton(rtol=rtol, inner="cd", ws_start=32,
+                                  hessian_block=lambda w, a, idx: a["G"][:, idx][idx])
+        sol = J.minimize(f, jnp.zeros(d), data, solver=solver, prox=P.l1, prox_args=lam)
+        stats = {k: int(v) for k, v in sol.stats.items()}
+        assert stats["num_fun"] == 0, stats
+        assert stats["num_grad"] == stats["num_steps"] + 1, stats
+        assert stats["num_steps"] <= steps, stats
+        lasso_kkt(X / np.sqrt(n), y / np.sqrt(n), np.asarray(sol.params), lam,
+                  rtol=max(1e3 * rtol, 1e-6))
