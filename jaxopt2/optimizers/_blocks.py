@@ -97,6 +97,22 @@ def layout_of(shape, left):
     return (nr, br), (nc, -(-n // nc))
 
 
+def block_shape(shape, left):
+    """The (nb_r, nb_c, b_r, b_c) block stack of a leaf of `shape` whose left statistics are
+    `left`, or None when `left` cannot belong to a leaf of that shape (the sides' blocks
+    must be those `side_blocks` gives for some block size: enough rows, less than one
+    padding row per block)."""
+    k = split_point(shape)
+    m, n = math.prod(shape[:k]), math.prod(shape[k:])
+    if jnp.ndim(left) != 4:
+        return None
+    nr, nc, br, _ = jnp.shape(left)
+    bc = -(-n // nc)
+    if not (nr * br >= m > nr * (br - 1)):
+        return None
+    return (nr, nc, br, bc)
+
+
 def init_factors(params, block_size, optimizer: str):
     """Zero left and right statistics (b_r × b_r and b_c × b_c per block) for the matrix
     leaves, empty (0,) arrays for the others; also the identity-initialized copies that hold

