@@ -433,3 +433,27 @@ def test_two_sided_soap_equals_the_dense_formula_across_refreshes(shape):
                                                    * np.sqrt(v / c2).max()) + eps)
         np.testing.assert_allclose(updates, -lr * QL @ adam @ QR.T, rtol=1e-6, atol=1e-7,
                                    err_msg=f"step {t}")
+
+
+@pytest.mark.parametrize("name", ["shampoo", "soap"])
+def test_a_gradient_whose_statistics_overflow_skips_the_step(name):
+    """A finite float32 gradient whose squares overflow (entries 1e20: G Gᵀ would be inf)
+    skips the step, between refreshes and at one: a zero update and the state unchanged.
+    The factors are guarded where they are computed, by the gradient's sum of squares
+    (`_blocks.statistics_ok`), not by reading them afterwards, so this is the case that
+    guard must catch."""
+    opt = FACTORIES[name](1e-2, precondition_freq=2)
+    params = {"W": jnp.ones((4, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    update = jax.jit(opt.update)
+    state = opt.init(params)
+    keys = jax.random.split(jax.random.key(7), 3)
+    for t in range(3):  # steps 1 (between refreshes) and 2 (a refresh) meet the bad gradient
+        if t:
+            huge = jtu.tree_map(lambda p: jnp.full_like(p, 1e20), params)
+            updates, same = update(huge, state, params)
+            assert all(bool(jnp.all(u == 0)) for u in jtu.tree_leaves(updates)), t
+            jtu.tree_map(np.testing.assert_array_equal, same, state)
+        good = jtu.tree_map(lambda p, k=keys[t]: jax.random.normal(k, p.shape), params)
+        updates, state = update(good, state, params)
+        assert all(bool(jnp.all(jnp.isfinite(u) & (u != 0))) for u in jtu.tree_leaves(updates))
+    assert int(state.count) == 3

@@ -112,10 +112,11 @@ def shampoo(
         moments = [B.adam_moments(m, v, gl, b1, b2) for m, v, gl in
                    zip(leaves(state.mu), leaves(state.nu), leaves(g), strict=True)]
         mu, nu = [m for m, _ in moments], [v for _, v in moments]
+        stats_ok = B.statistics_ok(finite, leaves(g), shapes)
         layouts, left, right, left_root, right_root = B.update_factors(
             leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
             lambda S: B.inverse_root(S, 4, matrix_eps), leaves(state.left_root),
-            leaves(state.right_root), b2)
+            leaves(state.right_root), b2, ok=stats_ok)
 
         dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in mu]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
@@ -137,8 +138,11 @@ def shampoo(
         direction = jtu.tree_unflatten(treedef, direction)
         updates = B.finish(direction, params, lr, weight_decay, with_params)
         unflat = lambda xs: jtu.tree_unflatten(treedef, list(xs))  # noqa: E731
-        new_state = ShampooState(t + 1, unflat(mu), unflat(nu), unflat(left), unflat(right),
-                                 unflat(left_root), unflat(right_root))
-        return guard(finite, updates, new_state, state)
+        # The factors and roots are guarded where they are computed (`update_factors`, by
+        # `stats_ok`); the guard below reads only the update and the moments.
+        updates, (count, mu, nu) = guard(stats_ok, updates, (t + 1, unflat(mu), unflat(nu)),
+                                         (state.count, state.mu, state.nu))
+        return updates, ShampooState(count, mu, nu, unflat(left), unflat(right),
+                                     unflat(left_root), unflat(right_root))
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -142,9 +142,11 @@ def soap(
         shapes = [p.shape for p in leaves(params)]
         sides = [_sides(L, R, one_sided) for L, R in zip(leaves(state.left),
                                                           leaves(state.right), strict=True)]
+        stats_ok = B.statistics_ok(finite, leaves(g), shapes)
         layouts, left, right, left_basis, right_basis = B.update_factors(
             leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
-            B.eigenbasis, leaves(state.left_basis), leaves(state.right_basis), b2, sides)
+            B.eigenbasis, leaves(state.left_basis), leaves(state.right_basis), b2, sides,
+            ok=stats_ok)
 
         dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in leaves(state.mu)]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
@@ -189,9 +191,12 @@ def soap(
         lr = learning_rate_at(learning_rate, t, dtype)
         unflat = lambda xs: jtu.tree_unflatten(treedef, list(xs))  # noqa: E731
         updates = B.finish(unflat(direction), params, lr, weight_decay, with_params)
-        new_state = SOAPState(t + 1, unflat(mu), unflat(nu), unflat(left), unflat(right),
-                              unflat(left_basis), unflat(right_basis))
-        return guard(finite, updates, new_state, state)
+        # The factors and bases are guarded where they are computed (`update_factors`, by
+        # `stats_ok`); the guard below reads only the update and the moments.
+        updates, (count, mu, nu) = guard(stats_ok, updates, (t + 1, unflat(mu), unflat(nu)),
+                                         (state.count, state.mu, state.nu))
+        return updates, SOAPState(count, mu, nu, unflat(left), unflat(right),
+                                  unflat(left_basis), unflat(right_basis))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
