@@ -127,6 +127,13 @@ def capacities(d: int, start: int) -> tuple[int, ...]:
     return (*sizes, d)
 
 
+def capacity_index(size, caps: tuple[int, ...]):
+    """The index in `caps` (`capacities`) of the smallest capacity that holds `size`
+    coordinates (the largest, d, for any larger size)."""
+    which = jnp.searchsorted(jnp.asarray(caps), size, side="left")
+    return jnp.clip(which, 0, len(caps) - 1)
+
+
 class CDResult(eqx.Module):
     z: jax.Array  # flat, = x outside W
     subgrad: jax.Array  # v ∈ ∂h(z) on W (0 outside, where z = x)
@@ -269,8 +276,7 @@ def working_set_cd(x, g, h: Separable, score, size, block_fn: Callable, tol, max
                             jnp.asarray(cap, jnp.int32), model_f, decrease)
         return run
 
-    which = jnp.searchsorted(jnp.asarray(caps), size, side="left")
-    which = jnp.clip(which, 0, len(caps) - 1)
+    which = capacity_index(size, caps)
     if len(caps) == 1:
         return branch(caps[0])(None)
     return jax.lax.switch(which, [branch(c) for c in caps], None)

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 
 from .._base import AbstractMinimizer, Counts, Iterate, default_rtol, evaluate, roundoff
 from .._composite import Composite, initial_step, prox_of
-from .._coordinate import Separable, capacities, separable_supported, working_set_cd
+from .._coordinate import (
+    Separable,
+    capacities,
+    capacity_index,
+    separable_supported,
+    working_set_cd,
+)
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
@@ -270,9 +276,8 @@ class ProximalNewton(AbstractMinimizer):
         size = support + jnp.maximum(support, jnp.minimum(violators, 3 * support))
         size = jnp.maximum(jnp.maximum(size, ws_prev), self.ws_start)
         size = jnp.minimum(size, flat.size).astype(jnp.int32)
-        caps = jnp.asarray(capacities(flat.size, self.ws_start))
-        cap = caps[jnp.clip(jnp.searchsorted(caps, size, side="left"), 0, caps.size - 1)]
-        covers = support + violators <= cap
+        caps = capacities(flat.size, self.ws_start)
+        covers = support + violators <= jnp.asarray(caps)[capacity_index(size, caps)]
         eta = jnp.where(covers, etas[1], etas[0])
         forcing = jnp.maximum(eta * gmap_norm, self.atol / 2).astype(dtype)
         # Coordinate changes below the round-off of q = g + H(z − x) are not measurable.
@@ -386,7 +391,6 @@ class ProximalNewton(AbstractMinimizer):
         # (ηₖ → 0 as the outer ratio does), and never below what the stopping rule asks.
         ratio = gmap / jnp.where(state.grad_map_prev > 0, state.grad_map_prev, 1.0)
         eta = forcing_term(ratio, state.model_error)
-        forcing = jnp.maximum(eta * gmap, self.atol / 2).astype(dtype)
         if self._uses_cd():
             etas = (forcing_term(ratio, jnp.inf), eta)
             z, v, hvps, ws_size, certified, model_f, model_decrease = self._cd(
@@ -395,6 +399,7 @@ class ProximalNewton(AbstractMinimizer):
             error = jnp.where(certified, tree_inf_norm(tree_sub(z, x)), jnp.inf).astype(dtype)
             lipschitz = state.lipschitz
         else:
+            forcing = jnp.maximum(eta * gmap, self.atol / 2).astype(dtype)
             inner = self._subproblem(x, g, hvp, state.lipschitz, forcing)
             # FISTA is not monotone: after a budget-bound inner solve the last iterate can
             # certify no decrease (ψ ≥ 0) where an earlier one did; it is kept while it holds

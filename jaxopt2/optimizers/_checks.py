@@ -121,15 +121,23 @@ def check_state(optimizer: str, name: str, tree, params) -> None:
                f"make the state with {optimizer}(...).init(params) for these params")
 
 
-def check_like(optimizer: str, name: str, tree, params, fix: str) -> None:
-    """`tree` (called `name` in the message) has the structure and leaf shapes of `params`."""
+def check_like(optimizer: str, name: str, tree, params, fix: str, expected=None) -> None:
+    """`tree` (called `name` in the message) has the structure of `params` and, leaf by leaf,
+    the shapes `expected` (a list, one per parameter leaf; None where no shape fits), by
+    default the parameters' own."""
     if jtu.tree_structure(tree) != jtu.tree_structure(params):
         raise ValueError(f"{optimizer}.update: `{name}` has structure "
                          f"{jtu.tree_structure(tree)} but `params` has "
                          f"{jtu.tree_structure(params)}; {fix}.")
-    for (path, leaf), p in zip(jtu.tree_leaves_with_path(tree), jtu.tree_leaves(params),
-                               strict=True):
-        if jnp.shape(leaf) != jnp.shape(p):
-            raise ValueError(f"{optimizer}.update: `{name}{jtu.keystr(path)}` has shape "
-                             f"{jnp.shape(leaf)} but the parameter has shape {jnp.shape(p)}; "
-                             f"{fix}.")
+    leaves = jtu.tree_leaves(params)
+    if expected is None:
+        expected = [jnp.shape(p) for p in leaves]
+    for (path, leaf), p, want in zip(jtu.tree_leaves_with_path(tree), leaves, expected,
+                                     strict=True):
+        if jnp.shape(leaf) == want:
+            continue
+        where = f"{optimizer}.update: `{name}{jtu.keystr(path)}` has shape {jnp.shape(leaf)}"
+        if want == jnp.shape(p):
+            raise ValueError(f"{where} but the parameter has shape {jnp.shape(p)}; {fix}.")
+        raise ValueError(f"{where}, which `init` does not give a parameter of shape "
+                         f"{jnp.shape(p)}; {fix}.")

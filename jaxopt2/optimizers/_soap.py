@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 import optax
 
 from . import _blocks as B
-from ._checks import check_init_params
+from ._checks import check_init_params, check_like
 from ._common import ScalarOrSchedule, guard, learning_rate_at
 
 
@@ -205,19 +205,11 @@ def _check_moments(state, params) -> None:
     """`update`'s check that the state was made by `init` for these parameters: vector and
     scalar leaves' moments have the parameter's shape, and a matrix leaf's moments (kept in
     the eigenbasis, as blocks) have the block layout that `init` gives its shape."""
-    def expected(p, L):
-        if not B.is_matrix(jnp.shape(p)):
-            return jnp.shape(p)
-        return B.block_shape(jnp.shape(p), L)
-
-    fix = "make the state with soap(...).init(params) for these params"
-    if jtu.tree_structure(state.mu) != jtu.tree_structure(params):
-        raise ValueError(f"soap.update: `state.mu` has structure {jtu.tree_structure(state.mu)} "
-                         f"but `params` has {jtu.tree_structure(params)}; {fix}.")
-    for (path, m), p, L in zip(jtu.tree_leaves_with_path(state.mu), jtu.tree_leaves(params),
-                               jtu.tree_leaves(state.left), strict=True):
-        want = expected(p, L)
-        if jnp.shape(m) != want:
-            raise ValueError(f"soap.update: `state.mu{jtu.keystr(path)}` has shape "
-                             f"{jnp.shape(m)}, which `init` does not give a parameter of shape "
-                             f"{jnp.shape(p)}; {fix}.")
+    expected = None
+    if jtu.tree_structure(state.mu) == jtu.tree_structure(params):
+        expected = [B.block_shape(jnp.shape(p), L) if B.is_matrix(jnp.shape(p))
+                    else jnp.shape(p)
+                    for p, L in zip(jtu.tree_leaves(params), jtu.tree_leaves(state.left),
+                                    strict=True)]
+    check_like("soap", "state.mu", state.mu, params,
+               "make the state with soap(...).init(params) for these params", expected)
