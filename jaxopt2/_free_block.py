@@ -14,7 +14,8 @@ time. Both preconditioners below are built from one such batch.
   (banded-like Hessians; the probing idea of Curtis, Powell & Reid 1974). With k ≥ |F| it is
   exact.
 - `form_block`: the block H_FF itself, from the unit vectors of F (|F| ≤ the static size, the
-  rest padded), for a Cholesky preconditioner. For a quadratic f the block is exact at every
+  rest padded), or from the user's `hessian_block(params, args, index)` (`user_block`), for a
+  Cholesky preconditioner. For a quadratic f the block is exact at every
   later step too; `FreeBlock.covers` says when a kept block still fits the free set (F only
   shrank), so the solver can reuse it, and `extend_block` adds the few columns of a free set
   that gained some indices (one smaller batch) instead of forming the block anew.
@@ -65,14 +66,32 @@ def coloured_diagonal(hvp, free, probes: int, dtype):
     return jnp.sum(z * hz, axis=0)
 
 
-def form_block(hvp, free, size: int, dtype) -> FreeBlock:
+def user_block(fn, params, args, index, dtype, solver: str):
+    """`fn(params, args, index)`, the user's H[index][:, index], checked for its shape (a
+    clear error at trace time instead of a broadcasting one later) and cast to `dtype`."""
+    block = jnp.asarray(fn(params, args, index))
+    k = index.shape[0]
+    if block.shape != (k, k):
+        raise ValueError(f"{solver}: `hessian_block(params, args, index)` returned shape "
+                         f"{block.shape} for {k} indices; it must return H[index][:, index], "
+                         f"of shape ({k}, {k}).")
+    return block.astype(dtype)
+
+
+def form_block(hvp, free, size: int, dtype, block_fn=None) -> FreeBlock:
     """H_FF from one batched product with the unit vectors of F (|F| ≤ `size`; beyond it the
-    first `size` free indices)."""
+    first `size` free indices), or from `block_fn(index)` (H[index][:, index] for a sorted
+    index of valid positions: the padding is given as the last position and zeroed here)."""
     n = free.shape[0]
     index = jnp.nonzero(free, size=size, fill_value=n)[0].astype(jnp.int32)
-    units = jax.nn.one_hot(index, n, dtype=dtype)  # a padded index gives a zero row
-    columns = jax.vmap(hvp)(units)
-    block = jnp.take(columns, index, axis=1, mode="fill", fill_value=0.0)
+    if block_fn is None:
+        units = jax.nn.one_hot(index, n, dtype=dtype)  # a padded index gives a zero row
+        columns = jax.vmap(hvp)(units)
+        block = jnp.take(columns, index, axis=1, mode="fill", fill_value=0.0)
+    else:
+        valid = index < n
+        block = block_fn(jnp.minimum(index, n - 1))
+        block = jnp.where(valid[:, None] & valid[None, :], block, 0.0)
     return FreeBlock(index, 0.5 * (block + block.T), jnp.array(True))
 
 

@@ -94,6 +94,14 @@ def check_budget(name: str, value, *, allow_none: bool = False, low: int = 1):
         raise ValueError(f"`{name}` must be a Python int ≥ {low}{alt}; got {value!r}.")
 
 
+def check_hessian_block(solver: str, value):
+    """`hessian_block`: None or a function (params, args, index) -> H[index][:, index]."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{solver}: `hessian_block` must be a function "
+                        "(params, args, index) -> H[index][:, index]; got "
+                        f"{type(value).__name__}.")
+
+
 def check_choice(name: str, value, choices):
     """One of `choices`."""
     if not any(value is c or (isinstance(value, str) and value == c) for c in choices):

@@ -257,3 +257,44 @@ def test_vmap_with_a_bad_problem_in_each_preconditioner_mode(mode):
 def test_bad_preconditioner_settings_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         ProjectedNewtonCG(**{field: value})
+
+
+def _columns_block(x, a, index):
+    # ∇²f[index][:, index] of nnls_loss, from the columns of A: AᵀA restricted to `index`
+    cols = a[0][:, index]
+    return cols.T @ cols
+
+
+@pytest.mark.float64
+def test_a_user_hessian_block_gives_the_same_solve_without_its_products():
+    a, b, x_ref = _scaled_nnls()
+    data = (jnp.asarray(a), jnp.asarray(b))
+
+    def solve(solver):
+        return jax.jit(lambda d: jaxopt2.minimize(nnls_loss, jnp.zeros(160), d, solver=solver,
+                                                  bounds=(0.0, None), max_steps=300,
+                                                  throw=False))(data)
+
+    kw = dict(rtol=0.0, atol=1e-10, **MODES["block"])
+    products = solve(ProjectedNewtonCG(**kw))
+    given = solve(ProjectedNewtonCG(hessian_block=_columns_block, **kw))
+    assert jaxopt2.status_name(given.status) == "successful"
+    np.testing.assert_allclose(given.params, x_ref, atol=1e-6)
+    # the same block, so the same steps; the block's 96 unit-vector products are not spent
+    assert given.stats["num_steps"] == products.stats["num_steps"]
+    assert given.stats["num_hvp"] <= products.stats["num_hvp"] - 96
+    # a wrong block is only a poor preconditioner: CG uses the true products, and the
+    # answer is the same
+    wrong = solve(ProjectedNewtonCG(hessian_block=lambda x, d, i: jnp.eye(i.shape[0]), **kw))
+    assert jaxopt2.status_name(wrong.status) == "successful"
+    np.testing.assert_allclose(wrong.params, x_ref, atol=1e-6)
+
+
+def test_a_hessian_block_of_the_wrong_shape_or_type_is_rejected():
+    a, b, _ = _scaled_nnls(m=40, n=20, seed=2)
+    solver = ProjectedNewtonCG(dense_max=8, hessian_block=lambda x, d, i: jnp.eye(3))
+    with pytest.raises(ValueError, match=r"hessian_block.*returned shape \(3, 3\) for 8"):
+        jaxopt2.minimize(nnls_loss, jnp.zeros(20), (jnp.asarray(a), jnp.asarray(b)),
+                         solver=solver, bounds=(0.0, None), throw=False)
+    with pytest.raises(TypeError, match="hessian_block"):
+        ProjectedNewtonCG(hessian_block=np.eye(3))

@@ -219,6 +219,11 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="inner='fista'"):
         J.minimize(lsq(X), jnp.zeros(6), jnp.asarray(y), prox=P.group_lasso, prox_args=1.0,
                    solver=J.ProximalNewton(inner="cd"))
+    # a block of the wrong shape is named at trace time, not left to broadcast
+    with pytest.raises(ValueError, match=r"hessian_block.*returned shape \(6,\)"):
+        J.minimize(lsq(X), jnp.zeros(6), jnp.asarray(y), prox=P.l1, prox_args=0.1,
+                   solver=J.ProximalNewton(inner="cd", hessian_block=lambda w, a, i: w),
+                   throw=False)
 
 
 def test_capacities():

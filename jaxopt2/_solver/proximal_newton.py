@@ -18,6 +18,7 @@ from .._coordinate import (
     separable_supported,
     working_set_cd,
 )
+from .._free_block import user_block
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
@@ -32,7 +33,12 @@ from .._tree import (
     tree_where,
     tree_zeros_like,
 )
-from .._validate import check_budget, check_tolerances, check_unit_interval
+from .._validate import (
+    check_budget,
+    check_hessian_block,
+    check_tolerances,
+    check_unit_interval,
+)
 
 # The inner forcing sequence ηₖ = min(CAP, γ·(‖G(xₖ)‖/‖G(xₖ₋₁)‖)^α): Eisenstat & Walker,
 # "Choosing the forcing terms in an inexact Newton method", SIAM J. Sci. Comput. 17 (1996),
@@ -204,9 +210,7 @@ class ProximalNewton(AbstractMinimizer):
         if self.inner not in ("auto", "cd", "fista"):
             raise ValueError(f"ProximalNewton: `inner` must be 'auto', 'cd' or 'fista'; got "
                              f"{self.inner!r}.")
-        if self.hessian_block is not None and not callable(self.hessian_block):
-            raise TypeError("ProximalNewton: `hessian_block` must be a function "
-                            "(params, args, index) -> H[index][:, index].")
+        check_hessian_block("ProximalNewton", self.hessian_block)
 
     def _uses_cd(self) -> bool:
         """Static: whether the subproblem is solved by coordinate descent (`inner`)."""
@@ -287,7 +291,7 @@ class ProximalNewton(AbstractMinimizer):
 
         if self.hessian_block is not None:
             def block(index):
-                return jnp.asarray(self.hessian_block(x, args, index))
+                return user_block(self.hessian_block, x, args, index, dtype, "ProximalNewton")
         else:
             def block(index):
                 units = jax.nn.one_hot(index, flat.size, dtype=dtype)
