@@ -174,6 +174,11 @@ class AbstractMinimizer(eqx.Module):
     def init(self, fn, iterate: Iterate, args) -> Any:
         """The solver state before the first step."""
 
+    def init_gradients(self) -> int:
+        """Gradient evaluations `init` makes (static), counted in `stats["num_grad"]` with
+        the start's own."""
+        return 0
+
     @abc.abstractmethod
     def step(self, fn, iterate: Iterate, args, state) -> tuple[Iterate, Any, Counts, RESULTS]:
         """One iteration: the new iterate, state, the evaluations it cost and a status

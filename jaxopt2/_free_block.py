@@ -66,11 +66,12 @@ def coloured_diagonal(hvp, free, probes: int, dtype):
     return jnp.sum(z * hz, axis=0)
 
 
-def user_block(fn, params, args, index, dtype, solver: str):
+def user_block(fn, params, args, index, dtype, solver: str, whole: int = 0):
     """`fn(params, args, index)`, the user's H[index][:, index], checked for its shape (a
-    clear error at trace time instead of a broadcasting one later) and cast to `dtype`."""
+    clear error at trace time instead of a broadcasting one later) and cast to `dtype`.
+    `index` may be `slice(None)`, all `whole` positions (`_coordinate.whole_block`)."""
     block = jnp.asarray(fn(params, args, index))
-    k = index.shape[0]
+    k = whole if isinstance(index, slice) else index.shape[0]
     if block.shape != (k, k):
         raise ValueError(f"{solver}: `hessian_block(params, args, index)` returned shape "
                          f"{block.shape} for {k} indices; it must return H[index][:, index], "

@@ -184,7 +184,8 @@ def run_minimizer(
                 return new_it, solver.init(fn, new_it, args)
 
             it, state = jax.lax.cond(escaped, restart, lambda: (it, state))
-            counts = counts + Counts.of(fun=trials, grad=escaped.astype(jnp.int32))
+            counts = counts + Counts.of(
+                fun=trials, grad=escaped.astype(jnp.int32) * (1 + solver.init_gradients()))
             progress = jax.tree_util.tree_map(lambda a, b: jnp.where(escaped, a, b),
                                               rule.no_step(it0), progress)
             result = RESULTS.where(escaped, RESULTS.successful, result)
@@ -225,8 +226,8 @@ def run_minimizer(
             it, state, counts, result, done, progress, escapes, need)
         return it, state, counts, result, num_steps, done, progress, escapes, jnp.array(False)
 
-    carry0 = (it0, state0, Counts.of(grad=1), result0, no_steps, done0, rule.no_step(it0),
-              no_steps, needs_check(it0, done0, result0))
+    carry0 = (it0, state0, Counts.of(grad=1 + solver.init_gradients()), result0, no_steps,
+              done0, rule.no_step(it0), no_steps, needs_check(it0, done0, result0))
     it, state, counts, result, num_steps, done, progress, *_ = while_loop(
         cond, body, carry0, max_steps=max_steps + 1)
     result = RESULTS.where(done, result, RESULTS.max_steps_reached)
@@ -272,8 +273,8 @@ def _check_after(solver, fn, args, when, it0, rule, state0, done0, result0, max_
                         (new.value, tree_inf_norm(rule_view(solver, new, state).grad)), state)
         return out
 
-    carry0 = (it0, state0, Counts.of(grad=1), result0, jnp.zeros((), jnp.int32), done0,
-              rule.no_step(it0))
+    carry0 = (it0, state0, Counts.of(grad=1 + solver.init_gradients()), result0,
+              jnp.zeros((), jnp.int32), done0, rule.no_step(it0))
     it, state, counts, result, num_steps, progress = _loop(step, carry0, max_steps)
     shortfall = _shortfall(solver, rule, it, state, progress)
     if when is None:

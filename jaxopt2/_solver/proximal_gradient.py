@@ -85,6 +85,9 @@ class ProximalGradient(AbstractMinimizer):
     def stationarity_scale(self, state: _PGState):
         return state.step_size
 
+    def init_gradients(self) -> int:
+        return 1 if self.step_size is None else 0  # `initial_step`'s secant
+
     def init(self, fn, iterate: Iterate, args) -> _PGState:
         dtype = iterate.value.dtype
         if self.step_size is None:

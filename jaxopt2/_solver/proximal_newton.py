@@ -72,6 +72,7 @@ class _PNState(eqx.Module):
     # |Δf − m| / |Δφ| of the last unit step (inner="cd"): how far f strayed from its
     # quadratic model, relative to the model's predicted decrease; ∞ where unknown.
     model_error: jax.Array
+    stayed: jax.Array  # the last step kept x (a certified step within tolerance, not taken)
 
 
 class _Inner(eqx.Module):
@@ -163,7 +164,9 @@ class ProximalNewton(AbstractMinimizer):
       form `G[:, index][index]`: under XLA on CPU, gathering the columns first measured 8×
       faster than `G[index][:, index]`, whose column gather compiles to strided reads), or else
       from |W| Hessian-vector products on unit vectors: fine for small d, but on a large problem
-      give `hessian_block`.
+      give `hessian_block`. Once the working set is every coordinate, the function is first
+      called with `index = slice(None)`, so that indexing gives the matrix itself with no
+      copy (a function that cannot take a slice is called with `arange(d)` instead).
     - `"auto"` (default): `"cd"` when `hessian_block` is given and h is one of those, else
       `"fista"`.
 
@@ -232,6 +235,9 @@ class ProximalNewton(AbstractMinimizer):
             return tree_inf_norm(grad)
         return tree_inf_norm(self.constraint.stationarity(params, grad, 1 / lipschitz))
 
+    def init_gradients(self) -> int:
+        return 1  # `initial_step`'s secant
+
     def init(self, fn, iterate: Iterate, args) -> _PNState:
         lipschitz = 1 / initial_step(fn, iterate, args, self.constraint)
         # ‖G(x₋₁)‖ := ‖G(x₀)‖: the first inner solve gets η₀ = FORCING_CAP wherever x₀ is.
@@ -242,7 +248,8 @@ class ProximalNewton(AbstractMinimizer):
         # subproblem much tighter than that only buys epochs.
         floor = (INNER_FLOOR * (self.atol + rtol * gmap)).astype(dtype)
         return _PNState(lipschitz, gmap, jnp.zeros((), jnp.int32),
-                        jnp.asarray(jnp.inf, dtype), floor, jnp.asarray(jnp.inf, dtype))
+                        jnp.asarray(jnp.inf, dtype), floor, jnp.asarray(jnp.inf, dtype),
+                        jnp.asarray(False))
 
     def error_estimate(self, state: _PNState):
         """With `inner="cd"`, ‖dₖ‖∞ of the Newton step where it estimates the distance to
@@ -291,7 +298,8 @@ class ProximalNewton(AbstractMinimizer):
 
         if self.hessian_block is not None:
             def block(index):
-                return user_block(self.hessian_block, x, args, index, dtype, "ProximalNewton")
+                return user_block(self.hessian_block, x, args, index, dtype, "ProximalNewton",
+                                  whole=flat.size)
         else:
             def block(index):
                 units = jax.nn.one_hot(index, flat.size, dtype=dtype)
@@ -435,18 +443,24 @@ class ProximalNewton(AbstractMinimizer):
             t = jnp.where(k == 0, jnp.ones((), dtype), t / 2)
             return t, fn(tree_axpy(t, d, x), args)[0].astype(dtype), k + 1
 
-        # The unit step, nearly always accepted near the solution, is evaluated with its
-        # gradient: then the step needs one evaluation of f and ∇f together, not f at the
-        # trial and then f and ∇f again (two products with the Gram matrix of a lasso).
-        first = evaluate(fn, tree_add(x, d), args)
         # A certified step (the model minimized over every violation, `error_estimate`) that
         # is itself within the stopping rule's tolerance is taken as it is: f cannot resolve
-        # its decrease (on the benchmark lasso, f's terms are ~60 where f is ~1, and the last
+        # its decrease (on the benchmark lasso, f's terms are ~60 where f is ~1, and such a
         # step's Δf was 3e-14 of round-off against an allowance of 1e-14), so testing it
-        # only buys function-only trials and a fallback step, and the stopping rule, which
-        # judges the new point by its gradient, ends the solve there.
+        # only buys function-only trials and a fallback step. Where x also passes the
+        # rule's gradient test (‖G(x)‖ ≤ atol + rtol·‖G(x₀)‖, ten times the inner floor), it
+        # is not even taken: its length certifies x, whose gradient is known, and the rule
+        # ends the solve there; taking it would cost one more gradient (two products with
+        # the Gram matrix of a lasso). Where x fails that test (a warm start next to the
+        # solution, whose ‖G(x₀)‖ is tiny), the step is taken, as the rule needs the better
+        # point; and should the rule not stop after all, the next step is taken.
         rtol = self.rtol if self.rtol is not None else default_rtol(dtype)
         tiny = certified & (tree_inf_norm(d) <= rtol * jnp.maximum(tree_inf_norm(x), 1.0))
+        stay = tiny & (INNER_FLOOR * gmap <= state.inner_floor) & ~state.stayed
+        # The unit step, nearly always accepted near the solution, is evaluated with its
+        # gradient: then the step needs one evaluation of f and ∇f together, not f at the
+        # trial and then f and ∇f again.
+        first = jax.lax.cond(stay, lambda: iterate, lambda: evaluate(fn, tree_add(x, d), args))
         first_ok = ((accept(jnp.ones((), dtype), first.value.astype(dtype)) & (slope < 0))
                     | (tiny & jnp.isfinite(first.value)))
         t, value, trials = while_loop(lambda c: ~first_ok & cond(c), body, (jnp.ones((), dtype),
@@ -469,12 +483,14 @@ class ProximalNewton(AbstractMinimizer):
         # stopping rule then judges it; only a failed search for a real step fails.
         result = RESULTS.where(ok | zero_step, RESULTS.successful, RESULTS.line_search_failed)
         lipschitz = jnp.maximum(lipschitz, jnp.finfo(dtype).tiny).astype(dtype)
-        counts = Counts.of(fun=trials + pg_trials, grad=jnp.where(first_ok, 1, 2), hvp=hvps)
+        counts = Counts.of(fun=trials + pg_trials,
+                           grad=jnp.where(stay, 0, jnp.where(first_ok, 1, 2)), hvp=hvps)
         model_error = jnp.abs(first.value.astype(dtype) - iterate.value - model_f) / -model_decrease
         # Measured after any unit step with a model decrease: how well f matches its
         # quadratic model does not depend on the working set (which decides instead where
         # the cap is used, `_cd`).
         model_error = jnp.where(first_ok & (model_decrease < 0)
                                 & jnp.isfinite(model_error), model_error, jnp.inf).astype(dtype)
+        model_error = jnp.where(stay, state.model_error, model_error)
         return new, _PNState(lipschitz, gmap, ws_size, error, state.inner_floor,
-                             model_error), counts, result
+                             model_error, stay), counts, result
