@@ -16,6 +16,7 @@ from .._coordinate import (
     capacities,
     capacity_index,
     separable_supported,
+    whole_block,
     working_set_cd,
 )
 from .._free_block import user_block
@@ -235,11 +236,40 @@ class ProximalNewton(AbstractMinimizer):
             return tree_inf_norm(grad)
         return tree_inf_norm(self.constraint.stationarity(params, grad, 1 / lipschitz))
 
+    def _block_scale(self) -> bool:
+        """Static: the curvature scale L̂₀ comes from a block of `hessian_block` (`init`)."""
+        return self.hessian_block is not None and self._uses_cd()
+
     def init_gradients(self) -> int:
-        return 1  # `initial_step`'s secant
+        return 0 if self._block_scale() else 1  # `initial_step`'s secant
+
+    def _diagonal_scale(self, iterate: Iterate, args):
+        """L̂₀ = the largest Hⱼⱼ over the first working set's block (the `ws_start` largest
+        |∇f|), a lower bound on ∇²f's largest eigenvalue like `initial_step`'s secant, from
+        the function coordinate descent calls anyway, without the secant's gradient
+        evaluation (two products with the Gram matrix on the benchmark lasso); 1 where the
+        block says nothing (no positive finite diagonal)."""
+        flat, _ = ravel(iterate.params)
+        g = ravel(iterate.grad)[0]
+        dtype = iterate.value.dtype
+        k = min(self.ws_start, flat.size)
+
+        def block_fn(index):
+            return user_block(self.hessian_block, iterate.params, args, index, dtype,
+                              "ProximalNewton", whole=flat.size)
+
+        if k == flat.size:
+            block = whole_block(block_fn, k)
+        else:
+            block = block_fn(jnp.sort(jax.lax.top_k(jnp.abs(g), k)[1]))
+        top = jnp.max(jnp.diagonal(block)).astype(dtype)
+        return jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones((), dtype))
 
     def init(self, fn, iterate: Iterate, args) -> _PNState:
-        lipschitz = 1 / initial_step(fn, iterate, args, self.constraint)
+        if self._block_scale():
+            lipschitz = self._diagonal_scale(iterate, args)
+        else:
+            lipschitz = 1 / initial_step(fn, iterate, args, self.constraint)
         # ‖G(x₋₁)‖ := ‖G(x₀)‖: the first inner solve gets η₀ = FORCING_CAP wherever x₀ is.
         gmap = self._grad_map(iterate.params, iterate.grad, lipschitz)
         dtype = iterate.value.dtype
