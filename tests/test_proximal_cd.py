@@ -153,6 +153,10 @@ def test_working_set_grows_from_a_small_start(start):
     w = np.asarray(sol.params)
     lasso_kkt(X, y, w, lam)
     assert 20 <= np.sum(w != 0) < 60
+    # the first block is `init`'s curvature scale (the ws_start largest |∇f|); the working
+    # sets follow
+    assert len(blocks[0][0]) == 2
+    blocks = blocks[1:]
     sizes = [len(i) for i, _, _ in blocks]
     assert sizes == sorted(sizes)  # never shrinks
     assert set(sizes) <= set(capacities(60, 2)) == {2, 8, 32, 60}
