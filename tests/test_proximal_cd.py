@@ -306,6 +306,17 @@ def test_anderson_keeps_a_coordinate_at_its_bound_exactly(bound):
     np.testing.assert_allclose(ze[:2], jnp.linalg.solve(H[:2, :2], -g[:2]), rtol=1e-5)
 
 
+def lasso_block(d, seed, rho, frac, rel_tol):
+    """The lasso's quadratic at 0 as a coordinate-descent block: H = XᵀX, g = −Xᵀy, h = λ|·|
+    with λ = frac·‖g‖∞, and a tolerance rel_tol·‖g‖∞."""
+    X, y = regression(n=400, d=d, seed=seed, rho=rho)
+    H, g = jnp.asarray(X.T @ X), -jnp.asarray(X.T @ y)
+    lam = frac * float(jnp.max(jnp.abs(g)))
+    h = Separable(jnp.full(d, lam), jnp.zeros(d), jnp.zeros(d), jnp.full(d, -jnp.inf),
+                  jnp.full(d, jnp.inf))
+    return X, y, H, g, h, lam, rel_tol * float(jnp.max(jnp.abs(g)))
+
+
 @pytest.mark.float64
 def test_anderson_cuts_coordinate_descent_epochs_and_keeps_the_solution(monkeypatch):
     """On a correlated lasso block, Anderson extrapolation reaches the same minimizer in
@@ -313,14 +324,8 @@ def test_anderson_cuts_coordinate_descent_epochs_and_keeps_the_solution(monkeypa
     every extrapolation)."""
     import jaxopt2._coordinate as C
 
-    X, y = regression(n=400, d=60, seed=4, rho=0.9)
-    H = jnp.asarray(X.T @ X)
-    g = -jnp.asarray(X.T @ y)
-    lam = 0.01 * float(jnp.max(jnp.abs(g)))
+    X, y, H, g, h, lam, tol = lasso_block(d=60, seed=4, rho=0.9, frac=0.01, rel_tol=1e-10)
     d = H.shape[0]
-    h = Separable(jnp.full(d, lam), jnp.zeros(d), jnp.zeros(d), jnp.full(d, -jnp.inf),
-                  jnp.full(d, jnp.inf))
-    tol = 1e-10 * float(jnp.max(jnp.abs(g)))
 
     def run():
         z, v, k, ok, _, _, _ = C._cd_block(H, jnp.zeros(d), g, h, jnp.asarray(tol), 5000,
@@ -410,15 +415,8 @@ def test_a_full_sweep_that_keeps_the_support_lets_support_sweeps_converge():
     full sweep's change, as before, 8 (a full sweep at every decade of the change)."""
     import jaxopt2._coordinate as C
 
-    X, y = regression(n=400, d=30, seed=3, rho=0.5)
-    H = jnp.asarray(X.T @ X)
-    g = -jnp.asarray(X.T @ y)
-    lam = 0.1 * float(jnp.max(jnp.abs(g)))
-    d = H.shape[0]
-    h = Separable(jnp.full(d, lam), jnp.zeros(d), jnp.zeros(d), jnp.full(d, -jnp.inf),
-                  jnp.full(d, jnp.inf))
-    tol = 1e-12 * float(jnp.max(jnp.abs(g)))
-    z, _, k, ok, _, _, fulls = C._cd_block(H, jnp.zeros(d), g, h, jnp.asarray(tol), 5000,
+    X, y, H, g, h, lam, tol = lasso_block(d=30, seed=3, rho=0.5, frac=0.1, rel_tol=1e-12)
+    z, _, k, ok, _, _, fulls = C._cd_block(H, jnp.zeros(30), g, h, jnp.asarray(tol), 5000,
                                            jnp.float64)
     assert bool(ok)
     lasso_kkt(X, y, np.asarray(z), lam, rtol=1e-9)
