@@ -157,7 +157,11 @@ class ProximalNewton(AbstractMinimizer):
       straight to the floor instead of spreading the work over more outer steps. Such a step,
       solved to ηₖ ≤ 0.1 over a W that held every violation, certifies ‖dₖ‖∞ as the distance to
       x* for the stopping rule (as NewtonCG's); a certified step already within that rule's
-      tolerance is taken without the line search, whose test on f cannot resolve it. Needs h
+      tolerance is taken without the line search, whose test on f cannot resolve it, or, where
+      xₖ already passes the rule's gradient test, not taken at all (xₖ is returned, certified
+      by it, and no gradient is spent at xₖ + dₖ). With `hessian_block`, the curvature scale
+      that the gradient mapping uses comes from the first block's largest diagonal entry
+      instead of a secant's gradient evaluation. Needs h
       separable and known: `prox.l1`, `prox.non_negative_l1`, `prox.ridge`, `prox.elastic_net`,
       or `bounds` (else a ValueError). The block comes from `hessian_block(params, args, index)
       -> H[index][:, index]` (`index`: an int vector of positions in `ravel_pytree(params)`; for
