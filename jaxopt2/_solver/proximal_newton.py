@@ -16,7 +16,7 @@ from .._coordinate import (
     capacities,
     capacity_index,
     separable_supported,
-    whole_block,
+    working_block,
     working_set_cd,
 )
 from .._free_block import user_block
@@ -254,18 +254,14 @@ class ProximalNewton(AbstractMinimizer):
         evaluation (two products with the Gram matrix on the benchmark lasso); 1 where the
         block says nothing (no positive finite diagonal)."""
         flat, _ = ravel(iterate.params)
-        g = ravel(iterate.grad)[0]
         dtype = iterate.value.dtype
-        k = min(self.ws_start, flat.size)
 
         def block_fn(index):
             return user_block(self.hessian_block, iterate.params, args, index, dtype,
                               "ProximalNewton", whole=flat.size)
 
-        if k == flat.size:
-            block = whole_block(block_fn, k)
-        else:
-            block = block_fn(jnp.sort(jax.lax.top_k(jnp.abs(g), k)[1]))
+        _, block = working_block(block_fn, jnp.abs(ravel(iterate.grad)[0]),
+                                 min(self.ws_start, flat.size), flat.size)
         top = jnp.max(jnp.diagonal(block)).astype(dtype)
         return jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones((), dtype))
 
@@ -336,6 +332,8 @@ class ProximalNewton(AbstractMinimizer):
                                   whole=flat.size)
         else:
             def block(index):
+                if isinstance(index, slice):  # the whole matrix: every unit vector
+                    index = jnp.arange(flat.size)
                 units = jax.nn.one_hot(index, flat.size, dtype=dtype)
                 cols = jax.vmap(lambda e: ravel(hvp(unravel(e)))[0].astype(dtype))(units)
                 return cols[:, index]
