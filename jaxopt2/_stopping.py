@@ -230,6 +230,20 @@ class MinimizerRule(eqx.Module):
                 & (it.value < self.value0 - far * (jnp.abs(self.value0) + 1)))
 
 
+# The accepted steps whose least secant curvature μ̂ bounds the distance to x* that the
+# gradient implies (`secant_window`: LBFGS, BFGS, ProximalGradient).
+CURVATURE_WINDOW = 10
+
+
+def secant_window(window, sy, ss, accept):
+    """The secant curvatures sᵀy/sᵀs of the last `CURVATURE_WINDOW` accepted steps (inf where
+    no step yet), with the newest pushed in where `accept` (the oldest drops out). Its least
+    entry μ̂ estimates f's least curvature over the directions the steps explored: for a
+    μ-strongly convex f, ‖x − x*‖₂ ≤ ‖g‖₂/μ, the bound the window's users certify with."""
+    q = jnp.where(accept, sy / jnp.where(ss > 0, ss, 1), jnp.inf).astype(window.dtype)
+    return jnp.where(accept, jnp.concatenate([q[None], window[:-1]]), window)
+
+
 def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, rtol,
                        num_steps, steps_estimate_error: bool = False, step_fraction=1.0):
     """The step confirmation of root finding and fixed points (module docstring). Returns

@@ -328,7 +328,7 @@ def test_anderson_cuts_coordinate_descent_epochs_and_keeps_the_solution(monkeypa
     d = H.shape[0]
 
     def run():
-        z, v, k, ok, _, _, _ = C._cd_block(H, jnp.zeros(d), g, h, jnp.asarray(tol), 5000,
+        z, v, k, ok, _, _, _, _ = C._cd_block(H, jnp.zeros(d), g, h, jnp.asarray(tol), 5000,
                                            jnp.float64)
         assert bool(ok)
         return np.asarray(z), int(k)
@@ -416,7 +416,7 @@ def test_a_full_sweep_that_keeps_the_support_lets_support_sweeps_converge():
     import jaxopt2._coordinate as C
 
     X, y, H, g, h, lam, tol = lasso_block(d=30, seed=3, rho=0.5, frac=0.1, rel_tol=1e-12)
-    z, _, k, ok, _, _, fulls = C._cd_block(H, jnp.zeros(30), g, h, jnp.asarray(tol), 5000,
+    z, _, k, ok, _, _, fulls, _ = C._cd_block(H, jnp.zeros(30), g, h, jnp.asarray(tol), 5000,
                                            jnp.float64)
     assert bool(ok)
     lasso_kkt(X, y, np.asarray(z), lam, rtol=1e-9)

@@ -13,7 +13,8 @@ from .._composite import Composite, initial_step, prox_of
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._tree import tree_axpy, tree_dot, tree_sub, tree_where
+from .._stopping import CURVATURE_WINDOW, secant_window
+from .._tree import tree_axpy, tree_dot, tree_norm, tree_sub, tree_where
 from .._validate import check_budget, check_number, check_positive, check_tolerances
 
 
@@ -21,6 +22,10 @@ class _PGState(eqx.Module):
     y: Iterate  # the extrapolated point, with f and ∇f there
     momentum: jax.Array  # tₖ of FISTA
     step_size: jax.Array  # η = 1/L̂ of the last accepted step
+    # sᵀy/sᵀs of the last accepted steps xₖ → xₖ₊₁ (`secant_window`), and the distance to x*
+    # they imply (`error_estimate`)
+    curvatures: jax.Array
+    error: jax.Array
 
 
 class ProximalGradient(AbstractMinimizer):
@@ -43,7 +48,13 @@ class ProximalGradient(AbstractMinimizer):
     Comput. Math. 15, 2015): it restores linear convergence on strongly convex problems.
 
     Stops by the shared rule on the gradient mapping G_η(x) = (x − prox_{ηh}(x − η∇f(x)))/η
-    in place of the gradient (the projected gradient for bounds; `jaxopt2._composite`).
+    in place of the gradient (the projected gradient for bounds; `jaxopt2._composite`),
+    confirmed by the distance to x* that G implies, (1 + ηL̂)‖G_η‖₂/μ̂ ≤ rtol·s(x), with μ̂
+    and L̂ the least and largest secant curvatures sᵀy/sᵀs of the last 10 accepted steps: for
+    a μ-strongly convex f with ∇f L-Lipschitz, ‖x − x*‖₂ ≤ (1 + ηL)‖G_η(x)‖₂/μ (monotonicity
+    of ∂h). The shared estimates read the steps alone, which FISTA keeps short where f is
+    flat: on a lasso with more columns than rows, started 10³ away, it stopped 2.6e-5 from x*
+    at rtol 1e-6 (float64), and 10³ from it in float32.
     `Solution.value` is f alone. Each step costs one gradient at each trial point and one at
     the new extrapolated point.
 
@@ -62,6 +73,7 @@ class ProximalGradient(AbstractMinimizer):
     """
 
     first_step_scale_free: ClassVar[bool] = False  # a backtracked step may be tiny anywhere
+    error_estimate_confirms: ClassVar[bool] = True  # (1 + ηL̂)‖G‖₂/μ̂, besides the shared ones
     supports_bounds: ClassVar[bool] = True
     supports_prox: ClassVar[bool] = True
     default_max_steps: ClassVar[int] = 5000  # first-order: linear convergence, as GradientDescent
@@ -95,7 +107,12 @@ class ProximalGradient(AbstractMinimizer):
         else:
             step = jnp.asarray(self.step_size, dtype)
         step = step / self.grow  # so that the first trial is the step itself
-        return _PGState(iterate, jnp.ones((), dtype), step)
+        inf = jnp.asarray(jnp.inf, dtype)
+        return _PGState(iterate, jnp.ones((), dtype), step,
+                        jnp.full(CURVATURE_WINDOW, inf), inf)
+
+    def error_estimate(self, state: _PGState):
+        return state.error
 
     def step(self, fn, iterate: Iterate, args, state: _PGState):
         y = state.y
@@ -149,4 +166,15 @@ class ProximalGradient(AbstractMinimizer):
         extra = (beta != 0).astype(jnp.int32)
         result = RESULTS.where(ok, RESULTS.successful, RESULTS.line_search_failed)
         step = jnp.where(ok, eta, state.step_size).astype(dtype)
-        return (new, _PGState(y_next, t_next, step), Counts.of(grad=trials + extra), result)
+        sy = tree_dot(moved, tree_sub(new.grad, iterate.grad)).astype(dtype)
+        ss = tree_dot(moved, moved).astype(dtype)
+        curvatures = secant_window(state.curvatures, sy, ss, ok & (ss > 0) & jnp.isfinite(sy))
+        mu = jnp.min(curvatures)
+        top = jnp.max(jnp.where(jnp.isfinite(curvatures), curvatures, 0))
+        gmap = new.grad if self.constraint is None else self.constraint.stationarity(
+            new.params, new.grad, step)
+        known = jnp.isfinite(mu) & (mu > 0)
+        error = jnp.where(known, (1 + step * top) * tree_norm(gmap) / jnp.where(known, mu, 1),
+                          jnp.inf).astype(dtype)
+        return (new, _PGState(y_next, t_next, step, curvatures, error),
+                Counts.of(grad=trials + extra), result)

@@ -154,10 +154,13 @@ class ProximalNewton(AbstractMinimizer):
       term is also capped by |Δf − m|/|Δφ|, how far f moved from its quadratic model m relative
       to the model's decrease (Eisenstat & Walker's choice 1, as the inner solve measures it for
       free), wherever W holds every violation: on a quadratic f the first such inner solve goes
-      straight to the floor instead of spreading the work over more outer steps. Such a step,
-      solved to ηₖ ≤ 0.1 over a W that held every violation, certifies ‖dₖ‖∞ as the distance to
-      x* for the stopping rule (as NewtonCG's); a certified step already within that rule's
-      tolerance is taken without the line search, whose test on f cannot resolve it, or, where
+      straight to the floor instead of spreading the work over more outer steps (the floor
+      never above a tenth of ‖G(xₖ)‖: after a far start ‖G(x₀)‖ is huge). Such a step, solved
+      to ηₖ ≤ 0.1 over a W that held every violation, with the model's stationarity residual
+      at zₖ at most a tenth of ‖G(xₖ)‖ (the inexact Newton condition), certifies ‖dₖ‖∞ as the
+      distance to x* for the stopping rule (as NewtonCG's); a certified step already within
+      that rule's tolerance is taken without the line search, whose test on f cannot resolve
+      it, or, where
       xₖ already passes the rule's gradient test, not taken at all (xₖ is returned, certified
       by it, and no gradient is spent at xₖ + dₖ). With `hessian_block`, the curvature scale
       that the gradient mapping uses comes from the first block's largest diagonal entry
@@ -323,8 +326,12 @@ class ProximalNewton(AbstractMinimizer):
         forcing = jnp.maximum(eta * gmap_norm, self.atol / 2).astype(dtype)
         # Coordinate changes below the round-off of q = g + H(z − x) are not measurable.
         eps = jnp.finfo(dtype).eps
-        forcing = jnp.maximum(forcing, 10 * eps * flat.size**0.5 * jnp.max(jnp.abs(flat_g)))
-        forcing = jnp.maximum(forcing, inner_floor)
+        resolution = 10 * eps * flat.size**0.5 * jnp.max(jnp.abs(flat_g))
+        forcing = jnp.maximum(forcing, resolution)
+        # The floor never binds above a tenth of ‖G(xₖ)‖: after a far start ‖G(x₀)‖ is huge,
+        # and a solve to a tenth of it would no longer certify ‖dₖ‖ as the distance to x*.
+        floor = jnp.minimum(inner_floor, CERTIFY_FORCING * gmap_norm)
+        forcing = jnp.maximum(forcing, floor)
 
         if self.hessian_block is not None:
             def block(index):
@@ -340,7 +347,11 @@ class ProximalNewton(AbstractMinimizer):
 
         out = working_set_cd(flat, flat_g, h, score, size, block, forcing, self.inner_steps,
                              self.ws_start, self.hessian_block is None)
-        certified = out.converged & covers & (eta <= CERTIFY_FORCING)
+        # Certified where the model's own stationarity residual at z is at most a tenth of
+        # ‖G(xₖ)‖ (the inexact Newton condition, as NewtonCG's CG steps), or at the
+        # round-off of q, below which no solve goes.
+        certified = (out.converged & covers & (eta <= CERTIFY_FORCING)
+                     & (out.residual <= jnp.maximum(CERTIFY_FORCING * gmap_norm, resolution)))
         return (unravel(out.z), unravel(out.subgrad), out.hvps, size, certified, out.model_f,
                 out.model_decrease)
 

@@ -30,7 +30,7 @@ from jax import lax
 from .._base import AbstractMinimizer, Counts, Iterate
 from .._linesearch import cauchy_curvature, zoom_wolfe
 from .._results import RESULTS
-from .._stopping import hessian_products_available
+from .._stopping import CURVATURE_WINDOW, hessian_products_available, secant_window
 from .._tree import (
     ravel,
     result_dtype,
@@ -66,10 +66,6 @@ class _QNState(eqx.Module):
     # the search accepted a point f's round-off hid, 3e-4 away (then 1,000 steps back).
     sd_trial: jax.Array
     pending: Counts  # the evaluations of `init`, reported with the first step
-
-
-# Accepted pairs whose least curvature μ̂ bounds the error: ‖x − x*‖ ≤ ‖g‖₂/μ̂ (`error_estimate`)
-CURVATURE_WINDOW = 10
 
 
 def _row(a, i):
@@ -160,9 +156,7 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         result = RESULTS.where(ls.ok | use_qn, RESULTS.successful, RESULTS.line_search_failed)
         # The newest accepted pair's curvature replaces the oldest in the window.
         ss = tree_dot(s, s).astype(dtype)
-        q = jnp.where(accept, _safe_div(sy, ss), jnp.inf).astype(dtype)
-        curvatures = jnp.where(accept, jnp.concatenate([q[None], state.curvatures[:-1]]),
-                               state.curvatures)
+        curvatures = secant_window(state.curvatures, sy, ss, accept)
         mu = jnp.min(curvatures)
         error = jnp.where(jnp.isfinite(mu), tree_norm(new.grad).astype(dtype) / mu, jnp.inf)
         sd_trial = jnp.where(accept, _safe_div(ss, sy), state.sd_trial).astype(dtype)
