@@ -181,9 +181,10 @@ ANDERSON_MAX_WEIGHT = 1e3
 ACTIVE_FRACTION = 0.1
 
 
-def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
+def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype, residual_tol=0.0):
     """Cyclic coordinate descent on the block model from z = x (flat vectors of the block):
-    epochs until the largest Hⱼⱼ|Δzⱼ| of an epoch is ≤ tol, or `max_epochs`, Anderson-
+    epochs until the largest Hⱼⱼ|Δzⱼ| of a full sweep is ≤ tol, or the model's stationarity
+    residual max|q + v| (v ∈ ∂h(z) nearest −q) is ≤ `residual_tol`, or `max_epochs`, Anderson-
     accelerated (`_anderson`) once three successive sweeps over the same support are in hand:
     there coordinate descent is a linear (Gauss–Seidel) iteration, which extrapolation
     accelerates; any sweep that changes the support or sweeps every coordinate starts the
@@ -214,8 +215,8 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
         return z.at[j].set(new), q
 
     def cond(s):
-        change, full, k = s[2], s[3], s[4]
-        return (k < max_epochs) & ~(full & (change <= tol)) & ~jnp.isnan(tol)
+        k, met = s[4], s[12]
+        return (k < max_epochs) & ~met & ~jnp.isnan(tol)
 
     def sweep_all_next(change, last_full, settled):
         # Sweeps over the support end at a fraction of the last full sweep's change (or at
@@ -228,7 +229,7 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
     def epoch(s):
         # glmnet's active cycling: after a sweep over every coordinate, sweeps over the
         # support alone until they converge, then a full sweep again to confirm.
-        z, q, change, _, k, z0, z1, q1, n, last_full, settled, fulls = s
+        z, q, change, _, k, z0, z1, q1, n, last_full, settled, fulls, _ = s
         sweep_all = sweep_all_next(change, last_full, settled)
         kink = h.at_kink(z)
         on = ~kink | sweep_all
@@ -246,7 +247,11 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
         same = jnp.all(h.at_kink(z) == kink)
         settled = jnp.where(sweep_all, same, settled)
         n = jnp.where(same, n + 1, 1)
-        done = sweep_all & (change <= tol)
+        # Done where a full sweep moved every coordinate by at most tol, or where the
+        # model's stationarity residual |q + v| on W is at most residual_tol (every
+        # coordinate then meets its optimality condition to it).
+        residual = jnp.max(jnp.abs(q + h.subgradient(z, q)), initial=0.0)
+        done = (sweep_all & (change <= tol)) | (residual <= residual_tol)
 
         # (Computed at every epoch and selected: O(|W|) work against the epoch's
         # O(|W|·|support|), and no conditional in the program.)
@@ -260,12 +265,12 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
         # The window moves on: (z₀, z₁, q₁) ← (z₁, z, q) (after a restart only the newest
         # counts, `n`).
         return (z, q, change, sweep_all, k + 1, z1, z, q, n, last_full, settled,
-                fulls + sweep_all)
+                fulls + sweep_all, done)
 
     start = (x, g, jnp.zeros((), dtype), jnp.asarray(False), jnp.zeros((), jnp.int32), x, x, g,
              jnp.ones((), jnp.int32), jnp.zeros((), dtype), jnp.asarray(False),
-             jnp.zeros((), jnp.int32))
-    z, q, change, full, k, *_, fulls = while_loop(cond, epoch, start, max_steps=max_epochs)
+             jnp.zeros((), jnp.int32), jnp.asarray(False))
+    z, q, change, full, k, *_, fulls, met = while_loop(cond, epoch, start, max_steps=max_epochs)
     smooth = 0.5 * (z - x) * (q + g)
     model_f = jnp.sum(smooth)
     decrease = jnp.sum(smooth + h.a * (jnp.abs(z) - jnp.abs(x)) + h.b * (z - x)
@@ -275,7 +280,7 @@ def _cd_block(H, x, g, h: Separable, tol, max_epochs, dtype):
     # can be far below it where the moves round away (a float32 iterate of 10⁷ that the
     # l1 term pulls by 10⁻²), so a solve can only be certified on this.
     residual = jnp.max(jnp.abs(q + v), initial=0.0)
-    return z, v, k, full & (change <= tol), model_f, decrease, fulls, residual
+    return z, v, k, met, model_f, decrease, fulls, residual
 
 
 def whole_block(block_fn, d: int):
@@ -304,7 +309,7 @@ def working_block(block_fn, score, cap: int, d: int):
 
 
 def working_set_cd(x, g, h: Separable, score, size, block_fn: Callable, tol, max_epochs: int,
-                   start: int, hvp_cost: bool) -> CDResult:
+                   start: int, hvp_cost: bool, residual_tol=0.0) -> CDResult:
     """Coordinate descent on the model restricted to the working set of `size` (dynamic)
     coordinates of highest `score` (the support must score +inf), in the smallest static
     capacity that holds it (module docstring). `block_fn(index) -> H[index][:, index]`."""
@@ -316,7 +321,8 @@ def working_set_cd(x, g, h: Separable, score, size, block_fn: Callable, tol, max
         def run(_):
             index, H = working_block(block_fn, score, cap, d)
             zb, vb, k, ok, model_f, decrease, _, residual = _cd_block(
-                H.astype(dtype), x[index], g[index], h.take(index), tol, max_epochs, dtype)
+                H.astype(dtype), x[index], g[index], h.take(index), tol, max_epochs, dtype,
+                residual_tol)
             z = x.at[index].set(zb)
             v = jnp.zeros_like(x).at[index].set(vb)
             return CDResult(z, v, k, ok, jnp.asarray(cap if hvp_cost else 0, jnp.int32),

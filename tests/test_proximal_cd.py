@@ -421,3 +421,30 @@ def test_a_full_sweep_that_keeps_the_support_lets_support_sweeps_converge():
     assert bool(ok)
     lasso_kkt(X, y, np.asarray(z), lam, rtol=1e-9)
     assert int(fulls) <= 3, (int(fulls), int(k))
+
+
+@pytest.mark.float64
+def test_the_residual_is_the_models_stationarity_and_can_end_the_solve():
+    """`_cd_block`'s residual is max|q + v| with q = g + H(z − x) recomputed here, and where
+    `residual_tol` is given the solve ends as soon as it is met (fewer epochs than the sweep
+    test at the same tolerance, and the residual then within it); the sweep test alone
+    (residual_tol = 0) leaves a residual that this test can compare."""
+    import jaxopt2._coordinate as C
+
+    X, y, H, g, h, lam, tol = lasso_block(d=60, seed=4, rho=0.9, frac=0.01, rel_tol=1e-6)
+    d = H.shape[0]
+    x = jnp.zeros(d)
+    z, v, k, ok, _, _, _, res = C._cd_block(H, x, g, h, jnp.asarray(tol), 5000, jnp.float64)
+    q = g + H @ (z - x)
+    assert bool(ok)
+    np.testing.assert_allclose(float(res), float(jnp.max(jnp.abs(q + v))), rtol=1e-9)
+    # v is the point of ∂h(z) nearest −q: λ·sign(z) on the support, |v| ≤ λ off it
+    on = np.abs(np.asarray(z)) > 0
+    np.testing.assert_allclose(np.asarray(v)[on], lam * np.sign(np.asarray(z)[on]))
+    assert np.all(np.abs(np.asarray(v)) <= lam * (1 + 1e-12))
+    loose = 10 * float(res)
+    z2, v2, k2, ok2, _, _, _, res2 = C._cd_block(H, x, g, h, jnp.asarray(tol), 5000,
+                                                 jnp.float64, residual_tol=loose)
+    assert bool(ok2) and float(res2) <= loose and int(k2) < int(k), (int(k2), int(k))
+    np.testing.assert_allclose(float(res2),
+                               float(jnp.max(jnp.abs(g + H @ (z2 - x) + v2))), rtol=1e-9)

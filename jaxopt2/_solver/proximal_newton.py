@@ -330,8 +330,14 @@ class ProximalNewton(AbstractMinimizer):
         forcing = jnp.maximum(forcing, resolution)
         # The floor never binds above a tenth of ‖G(xₖ)‖: after a far start ‖G(x₀)‖ is huge,
         # and a solve to a tenth of it would no longer certify ‖dₖ‖ as the distance to x*.
-        floor = jnp.minimum(inner_floor, CERTIFY_FORCING * gmap_norm)
+        cap = CERTIFY_FORCING * gmap_norm
+        floor = jnp.minimum(inner_floor, cap)
         forcing = jnp.maximum(forcing, floor)
+        # Where that cap is the tolerance (xₖ is within ten times the floor: the solve is
+        # only there to certify), the solve ends as soon as it is certified (the residual
+        # test below) rather than at sweep changes of that size: on the benchmark lasso's
+        # last step, 1 or 2 epochs over 2,000 coordinates instead of 6.
+        residual_tol = jnp.where((forcing == cap) & (cap < inner_floor), cap, 0).astype(dtype)
 
         if self.hessian_block is not None:
             def block(index):
@@ -346,7 +352,7 @@ class ProximalNewton(AbstractMinimizer):
                 return cols[:, index]
 
         out = working_set_cd(flat, flat_g, h, score, size, block, forcing, self.inner_steps,
-                             self.ws_start, self.hessian_block is None)
+                             self.ws_start, self.hessian_block is None, residual_tol)
         # Certified where the model's own stationarity residual at z is at most a tenth of
         # ‖G(xₖ)‖ (the inexact Newton condition, as NewtonCG's CG steps), or at the
         # round-off of q, below which no solve goes.
