@@ -247,6 +247,8 @@ FAR_CASES = [  # (solver, seed, n, d, start, dtype): each said `successful` too 
     ("ProximalGradient", 0, 80, 30, 1e3, "float32"),
     ("ProximalGradient", 1, 80, 30, 1e3, "float32"),
     pytest.param("ProximalGradient", 0, 40, 60, 1e3, "float64", marks=pytest.mark.float64),
+    ("ProximalGradient", 3, 40, 60, 1e3, "float32"),
+    ("ProximalNewton-fista", 4, 40, 60, 1e3, "float32"),
     ("ProximalNewton-cd", 0, 80, 30, 1e3, "float32"),
     ("ProximalNewton-cd", 0, 80, 30, 1e6, "float32"),
     pytest.param("ProximalNewton-cd", 4, 80, 30, 1e6, "float64", marks=pytest.mark.float64),
@@ -258,13 +260,16 @@ FAR_CASES = [  # (solver, seed, n, d, start, dtype): each said `successful` too 
 def test_a_far_start_is_successful_only_within_tolerance(name, seed, n, d, start, dtype):
     """`successful` means ‖x − x*‖∞ ≤ rtol·max(‖x‖∞, 1), whatever the start. After a far start
     the gradient test (relative to ‖G(x₀)‖) is nearly void, so the error estimates carry the
-    verdict: ProximalGradient's step-based ones, confirmed by (1 + ηL̂)‖G‖₂/μ̂; ProximalNewton's
-    certified coordinate-descent step, only where the model's residual at z is a tenth of
-    ‖G(xₖ)‖ (the tolerance floor, a tenth of the outer one, was loose after a far start)."""
+    verdict: the step-based ones of ProximalGradient and ProximalNewton(inner="fista"),
+    confirmed by (1 + ηL̂)‖G‖₂/μ̂ over recent secant curvatures; ProximalNewton's certified
+    coordinate-descent step, only where the model's residual at z is a tenth of ‖G(xₖ)‖ (the
+    tolerance floor, a tenth of the outer one, was loose after a far start)."""
     X, y, lam, ref = scaled_lasso(seed, n, d)
     Xj = jnp.asarray(X, dtype)
     if name == "ProximalGradient":
         solver = J.ProximalGradient()
+    elif name == "ProximalNewton-fista":
+        solver = J.ProximalNewton(inner="fista")
     else:
         solver = J.ProximalNewton(inner="cd",
                                   hessian_block=lambda w, yy, i: Xj[:, i].T @ Xj[:, i])

@@ -23,12 +23,14 @@ from .._free_block import user_block
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
+from .._stopping import CURVATURE_WINDOW, secant_window
 from .._tree import (
     ravel,
     tree_add,
     tree_axpy,
     tree_dot,
     tree_inf_norm,
+    tree_norm,
     tree_scale,
     tree_sub,
     tree_where,
@@ -74,6 +76,9 @@ class _PNState(eqx.Module):
     # quadratic model, relative to the model's predicted decrease; ∞ where unknown.
     model_error: jax.Array
     stayed: jax.Array  # the last step kept x (a certified step within tolerance, not taken)
+    # sᵀy/sᵀs of the last accepted steps (`secant_window`): with inner="fista", the distance
+    # (1 + L̂ₛ/L̂)‖G‖₂/μ̂ they imply confirms the shared estimates (`error_estimate`)
+    curvatures: jax.Array
 
 
 class _Inner(eqx.Module):
@@ -282,16 +287,24 @@ class ProximalNewton(AbstractMinimizer):
         floor = (INNER_FLOOR * (self.atol + rtol * gmap)).astype(dtype)
         return _PNState(lipschitz, gmap, jnp.zeros((), jnp.int32),
                         jnp.asarray(jnp.inf, dtype), floor, jnp.asarray(jnp.inf, dtype),
-                        jnp.asarray(False))
+                        jnp.asarray(False), jnp.full(CURVATURE_WINDOW, jnp.inf, dtype))
+
+    @property
+    def error_estimate_confirms(self) -> bool:
+        """With FISTA inside, the estimate confirms the shared ones (as ProximalGradient's);
+        with coordinate descent, the certified step replaces them."""
+        return not self._uses_cd()
 
     def error_estimate(self, state: _PNState):
         """With `inner="cd"`, ‖dₖ‖∞ of the Newton step where it estimates the distance to
         x*: the model minimized over a working set that held every KKT violation, to a
         forcing term ≤ `CERTIFY_FORCING`, as NewtonCG's certified CG steps. Near x* a
         roundoff-level (or zero) step then ends the solve instead of leaving the shared
-        estimates frozen at their last accepted step. None (the shared estimates) with
-        FISTA, whose iterates are not monotone."""
-        return state.error if self._uses_cd() else None
+        estimates frozen at their last accepted step. With FISTA (whose inner iterates are
+        not monotone), (1 + L̂ₛ/L̂)‖G‖₂/μ̂ from the secant curvatures of the last 10 accepted
+        steps, as ProximalGradient's, confirming the shared estimates: on a 40 × 60 lasso
+        from 10³ in float32 they alone stopped 2.8e-2 from x* (rtol 1e-3)."""
+        return state.error
 
     def _cd(self, fn, iterate: Iterate, args, hvp, lipschitz, etas, gmap_norm, ws_prev,
             inner_floor):
@@ -541,5 +554,17 @@ class ProximalNewton(AbstractMinimizer):
         model_error = jnp.where(first_ok & (model_decrease < 0)
                                 & jnp.isfinite(model_error), model_error, jnp.inf).astype(dtype)
         model_error = jnp.where(stay, state.model_error, model_error)
+        moved_by = tree_sub(new.params, x)
+        sy = tree_dot(moved_by, tree_sub(new.grad, g)).astype(dtype)
+        ss = tree_dot(moved_by, moved_by).astype(dtype)
+        curvatures = secant_window(state.curvatures, sy, ss, ok & (ss > 0) & jnp.isfinite(sy))
+        if not self._uses_cd():
+            mu = jnp.min(curvatures)
+            top = jnp.max(jnp.where(jnp.isfinite(curvatures), curvatures, 0))
+            known = jnp.isfinite(mu) & (mu > 0)
+            g_new = new.grad if self.constraint is None else self.constraint.stationarity(
+                new.params, new.grad, 1 / lipschitz)
+            error = jnp.where(known, (1 + top / lipschitz) * tree_norm(g_new)
+                              / jnp.where(known, mu, 1), jnp.inf).astype(dtype)
         return new, _PNState(lipschitz, gmap, ws_size, error, state.inner_floor,
-                             model_error, stay), counts, result
+                             model_error, stay, curvatures), counts, result
