@@ -278,15 +278,27 @@ def optimizers(t):
     }
 
 
+def batch_order(n: int, batch_size: int, steps: int, seed: int = 1):
+    """The minibatch indices of `steps` steps, step k's at [k·B, (k + 1)·B): one shuffle of
+    the n examples per epoch, drawn here, outside the timing. (Drawing each batch inside the
+    step with `jax.random.choice(..., replace=False)` sorted n random keys per step: 0.22 ms
+    on the 1,437-example digits set, 12% of AdamW's autoencoder step, which flattered every
+    ratio to AdamW's time.)"""
+    rng = np.random.default_rng(seed)
+    epochs = -(-steps * batch_size // n)
+    return jnp.asarray(np.concatenate([rng.permutation(n) for _ in range(epochs)]), jnp.int32)
+
+
 def make_chunk(t, opt, extra):
-    """A jitted run of `every` steps from step `k0` (minibatch indices from fold_in(key, k))."""
+    """A jitted run of `every` steps from step `k0`, on the minibatches of `order`
+    (`batch_order`)."""
     m, lf, data = t["model_fn"], t["loss_fn"], t["train"]
     loss = lambda p, b: lf(m(p, b), b)  # noqa: E731
+    B = t["batch_size"]
 
-    def body(k, carry):
+    def body(k, carry, order):
         params, state = carry
-        idx = jax.random.choice(jax.random.fold_in(jax.random.key(1), k), len(data[0]),
-                                (t["batch_size"],), replace=False)
+        idx = jax.lax.dynamic_slice(order, (k * B,), (B,))
         b = tuple(x[idx] for x in data)
         value, grads = jax.value_and_grad(loss)(params, b)
         kw = {}
@@ -297,8 +309,8 @@ def make_chunk(t, opt, extra):
         updates, state = opt.update(grads, state, params, **kw)
         return optax.apply_updates(params, updates), state
 
-    return jax.jit(lambda params, state, k0: jax.lax.fori_loop(
-        k0, k0 + t["every"], body, (params, state)))
+    return jax.jit(lambda params, state, k0, order: jax.lax.fori_loop(
+        k0, k0 + t["every"], lambda k, c: body(k, c, order), (params, state)))
 
 
 def train(t, opt, extra, steps, lr=None, compiled=None):
@@ -311,16 +323,20 @@ def train(t, opt, extra, steps, lr=None, compiled=None):
     if lr is not None:
         state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     k0 = jnp.asarray(0, jnp.int32)
+    # One sequence of minibatches per task, the same for every optimizer and grid point.
+    if "order" not in t or len(t["order"]) < steps * t["batch_size"]:
+        t["order"] = batch_order(len(t["train"][0]), t["batch_size"], max(steps, 4 * t["steps"]))
+    order = t["order"]
     compile_s = None
     if compiled is None:
         start = time.perf_counter()
-        compiled = make_chunk(t, opt, extra).lower(params, state, k0).compile()
+        compiled = make_chunk(t, opt, extra).lower(params, state, k0, order).compile()
         compile_s = time.perf_counter() - start
     losses, times, elapsed, cpu = [float(full(params))], [0.0], 0.0, 0.0
     for c in range(steps // t["every"]):
         k0 = jnp.asarray(c * t["every"], jnp.int32)
         start, start_cpu = time.perf_counter(), time.process_time()
-        params, state = jax.block_until_ready(compiled(params, state, k0))
+        params, state = jax.block_until_ready(compiled(params, state, k0, order))
         elapsed += time.perf_counter() - start
         cpu += time.process_time() - start_cpu
         losses.append(float(full(params)))
