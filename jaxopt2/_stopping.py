@@ -231,17 +231,31 @@ class MinimizerRule(eqx.Module):
 
 
 # The accepted steps whose least secant curvature μ̂ bounds the distance to x* that the
-# gradient implies (`secant_window`: LBFGS, BFGS, ProximalGradient).
+# gradient implies (`secant_window`: LBFGS, BFGS, ProximalNewton(inner="fista");
+# ProximalGradient keeps a longer window).
 CURVATURE_WINDOW = 10
 
 
 def secant_window(window, sy, ss, accept):
-    """The secant curvatures sᵀy/sᵀs of the last `CURVATURE_WINDOW` accepted steps (inf where
-    no step yet), with the newest pushed in where `accept` (the oldest drops out). Its least
-    entry μ̂ estimates f's least curvature over the directions the steps explored: for a
-    μ-strongly convex f, ‖x − x*‖₂ ≤ ‖g‖₂/μ, the bound the window's users certify with."""
+    """The secant curvatures sᵀy/sᵀs of the last len(window) accepted steps (inf where no
+    step yet), with the newest pushed in where `accept` (the oldest drops out). Its least
+    entry μ̂ estimates f's least curvature over the directions the steps explored
+    (`secant_distance`)."""
     q = jnp.where(accept, sy / jnp.where(ss > 0, ss, 1), jnp.inf).astype(window.dtype)
     return jnp.where(accept, jnp.concatenate([q[None], window[:-1]]), window)
+
+
+def secant_distance(window, gnorm, scale=0.0):
+    """(1 + scale·L̂)·gnorm/μ̂, with μ̂ and L̂ the least and largest entries of a
+    `secant_window`: the distance to x* implied by a gradient of 2-norm `gnorm` (scale = 0:
+    ‖x − x*‖₂ ≤ ‖g‖₂/μ for a μ-strongly convex f) or by a gradient mapping G_s (scale = s:
+    ‖x − x*‖₂ ≤ (1 + sL)‖G_s(x)‖₂/μ, by monotonicity of ∂h). ∞ where no positive curvature
+    has been measured."""
+    mu = jnp.min(window)
+    top = jnp.max(jnp.where(jnp.isfinite(window), window, 0))
+    known = jnp.isfinite(mu) & (mu > 0)
+    distance = (1 + scale * top) * gnorm / jnp.where(known, mu, 1)
+    return jnp.where(known, distance, jnp.inf).astype(window.dtype)
 
 
 def equation_converged(y_old, y_new, solver_done, accepted, progress: Progress, rtol,

@@ -13,7 +13,7 @@ from .._composite import Composite, initial_step, prox_of
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._stopping import secant_window
+from .._stopping import secant_distance, secant_window
 from .._tree import tree_axpy, tree_dot, tree_norm, tree_sub, tree_where
 from .._validate import check_budget, check_number, check_positive, check_tolerances
 
@@ -176,12 +176,8 @@ class ProximalGradient(AbstractMinimizer):
         sy = tree_dot(moved, tree_sub(new.grad, iterate.grad)).astype(dtype)
         ss = tree_dot(moved, moved).astype(dtype)
         curvatures = secant_window(state.curvatures, sy, ss, ok & (ss > 0) & jnp.isfinite(sy))
-        mu = jnp.min(curvatures)
-        top = jnp.max(jnp.where(jnp.isfinite(curvatures), curvatures, 0))
         gmap = new.grad if self.constraint is None else self.constraint.stationarity(
             new.params, new.grad, step)
-        known = jnp.isfinite(mu) & (mu > 0)
-        error = jnp.where(known, (1 + step * top) * tree_norm(gmap) / jnp.where(known, mu, 1),
-                          jnp.inf).astype(dtype)
+        error = secant_distance(curvatures, tree_norm(gmap).astype(dtype), step)
         return (new, _PGState(y_next, t_next, step, curvatures, error),
                 Counts.of(grad=trials + extra), result)

@@ -23,7 +23,7 @@ from .._free_block import user_block
 from .._linesearch import LINE_SEARCH_ROUNDOFF
 from .._loops import while_loop
 from .._results import RESULTS
-from .._stopping import CURVATURE_WINDOW, secant_window
+from .._stopping import CURVATURE_WINDOW, secant_distance, secant_window
 from .._tree import (
     ravel,
     tree_add,
@@ -553,17 +553,14 @@ class ProximalNewton(AbstractMinimizer):
         model_error = jnp.where(first_ok & (model_decrease < 0)
                                 & jnp.isfinite(model_error), model_error, jnp.inf).astype(dtype)
         model_error = jnp.where(stay, state.model_error, model_error)
-        moved_by = tree_sub(new.params, x)
-        sy = tree_dot(moved_by, tree_sub(new.grad, g)).astype(dtype)
-        ss = tree_dot(moved_by, moved_by).astype(dtype)
-        curvatures = secant_window(state.curvatures, sy, ss, ok & (ss > 0) & jnp.isfinite(sy))
+        curvatures = state.curvatures  # used with FISTA only (`error_estimate`)
         if not self._uses_cd():
-            mu = jnp.min(curvatures)
-            top = jnp.max(jnp.where(jnp.isfinite(curvatures), curvatures, 0))
-            known = jnp.isfinite(mu) & (mu > 0)
+            moved_by = tree_sub(new.params, x)
+            sy = tree_dot(moved_by, tree_sub(new.grad, g)).astype(dtype)
+            ss = tree_dot(moved_by, moved_by).astype(dtype)
+            curvatures = secant_window(curvatures, sy, ss, ok & (ss > 0) & jnp.isfinite(sy))
             g_new = new.grad if self.constraint is None else self.constraint.stationarity(
                 new.params, new.grad, 1 / lipschitz)
-            error = jnp.where(known, (1 + top / lipschitz) * tree_norm(g_new)
-                              / jnp.where(known, mu, 1), jnp.inf).astype(dtype)
+            error = secant_distance(curvatures, tree_norm(g_new).astype(dtype), 1 / lipschitz)
         return new, _PNState(lipschitz, gmap, ws_size, error, state.inner_floor,
                              model_error, stay, curvatures), counts, result

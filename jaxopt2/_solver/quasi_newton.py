@@ -30,7 +30,12 @@ from jax import lax
 from .._base import AbstractMinimizer, Counts, Iterate
 from .._linesearch import cauchy_curvature, zoom_wolfe
 from .._results import RESULTS
-from .._stopping import CURVATURE_WINDOW, hessian_products_available, secant_window
+from .._stopping import (
+    CURVATURE_WINDOW,
+    hessian_products_available,
+    secant_distance,
+    secant_window,
+)
 from .._tree import (
     ravel,
     result_dtype,
@@ -157,8 +162,7 @@ class _AbstractQuasiNewton(AbstractMinimizer):
         # The newest accepted pair's curvature replaces the oldest in the window.
         ss = tree_dot(s, s).astype(dtype)
         curvatures = secant_window(state.curvatures, sy, ss, accept)
-        mu = jnp.min(curvatures)
-        error = jnp.where(jnp.isfinite(mu), tree_norm(new.grad).astype(dtype) / mu, jnp.inf)
+        error = secant_distance(curvatures, tree_norm(new.grad).astype(dtype))
         sd_trial = jnp.where(accept, _safe_div(ss, sy), state.sd_trial).astype(dtype)
         return (new, _QNState(memory, new_empty, curvatures, error, sd_trial, Counts()),
                 ls.counts + state.pending, result)
