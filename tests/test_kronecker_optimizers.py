@@ -361,17 +361,35 @@ def test_bad_params_state_and_traced_block_size(name):
     assert jax.jit(static.init)(params).inner_state.left["W"].shape == (2, 2, 2, 2)
 
 
+def _refreshed(S, Q, first, refresh):
+    """The dense reference of a SOAP refresh of factor S from basis Q: `eigh` (descending
+    eigenvalues) at the first refresh or with refresh="eigh"; otherwise one step of
+    subspace iteration, the columns of Q sorted by qᵢᵀ S qᵢ (descending), times S, QR."""
+    if first or refresh == "eigh":
+        return np.linalg.eigh(S)[1][:, ::-1]
+    order = np.argsort(-np.einsum("ij,ik,kj->j", Q, S, Q), kind="stable")
+    return np.linalg.qr(S @ Q[:, order])[0]
+
+
+def _nearest(Q_new, Q_old):
+    """For each new basis vector, the index of the old one it overlaps most."""
+    return np.argmax(np.abs(Q_new.T @ Q_old), axis=1)
+
+
 @pytest.mark.float64
+@pytest.mark.parametrize("refresh", ["eigh", "power"])
 @pytest.mark.parametrize("shape", [(5, 3), (3, 7)])
-def test_one_sided_soap_equals_the_dense_formula(shape):
-    """`soap(one_sided=True)` keeps and rotates only the smaller side's factor: three steps,
-    eigenbasis refreshed at steps 0 and 2, against Adam in the basis of that side's
-    eigenvectors, written out densely (signs of eigenvectors cancel in the formula)."""
+def test_one_sided_soap_equals_the_dense_formula(shape, refresh):
+    """`soap(one_sided=True)` keeps and rotates only the smaller side's factor: five steps,
+    the basis refreshed at steps 0, 2 and 4, against Adam in that basis written out densely:
+    the first moment rotated at every step, the second carried across a refresh by each new
+    basis vector's nearest old one (signs of basis vectors cancel in the formula)."""
     lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-10
-    keys = jax.random.split(jax.random.key(5), 3)
+    keys = jax.random.split(jax.random.key(5), 5)
     grads = [jax.random.normal(k, shape, jnp.float64) for k in keys]
     params = jnp.ones(shape, jnp.float64)
-    opt = O.soap(lr, b1=b1, b2=b2, eps=eps, precondition_freq=2, one_sided=True)
+    opt = O.soap(lr, b1=b1, b2=b2, eps=eps, precondition_freq=2, one_sided=True,
+                 refresh=refresh)
     state = opt.init(params)
     update = jax.jit(opt.update)
     right = shape[1] < shape[0]  # rotate the smaller side
@@ -383,7 +401,11 @@ def test_one_sided_soap_equals_the_dense_formula(shape):
         m = b1 * m + (1 - b1) * G
         S = b2 * S + (1 - b2) * (G.T @ G if right else G @ G.T)
         if t % 2 == 0:
-            Q = np.linalg.eigh(S)[1]
+            Q_old, Q = Q, _refreshed(S, Q, t == 0, refresh)
+            if t:
+                k = _nearest(Q, Q_old)
+                v = v[:, k] if right else v[k, :]
+
         def rot(X, Q=Q):
             return X @ Q if right else Q.T @ X
 
@@ -393,31 +415,35 @@ def test_one_sided_soap_equals_the_dense_formula(shape):
         v = b2 * v + (1 - b2) * rot(G) ** 2
         c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
         want = -lr * back((rot(m) / c1) / (np.sqrt(v / c2) + eps))
-        np.testing.assert_allclose(updates, want, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(updates, want, rtol=1e-8, atol=1e-12, err_msg=f"step {t}")
         # the larger side's factor is never touched (zero statistics, identity basis)
         big = state.left if right else state.right
         assert not np.any(np.asarray(big))
 
 
 @pytest.mark.float64
+@pytest.mark.parametrize("refresh", ["eigh", "power"])
 @pytest.mark.parametrize("shape", [(4, 4), (6, 6)])
-def test_two_sided_soap_equals_the_dense_formula_across_refreshes(shape):
-    """Two-sided `soap`, four steps, eigenbases refreshed at steps 0 and 2, against the
-    paper's formula written out densely with the first moment kept in the original basis
-    and rotated at every step. The optimizer keeps it in the eigenbasis instead (two
-    products fewer per step) and moves it into the new basis at a refresh: the same
-    updates, so a missed or wrong move fails here. (Square blocks: both factors have full
-    rank from the first step, so their eigenbases are unique up to signs; a rank-deficient
-    factor's null-space basis is LAPACK's arbitrary choice, which Adam's per-entry
-    normalization then sees.)"""
+def test_two_sided_soap_equals_the_dense_formula_across_refreshes(shape, refresh):
+    """Two-sided `soap`, six steps, bases refreshed at steps 0, 2 and 4, against the paper's
+    formula written out densely with the first moment kept in the original basis and
+    rotated at every step. The optimizer keeps it in the eigenbasis instead (two products
+    fewer per step) and moves it into the new basis at a refresh: the same updates, so a
+    missed or wrong move fails here; so does a second moment not carried to the new basis
+    vectors' nearest old ones (the paper's permutation), or a refresh other than `eigh`
+    (refresh="eigh") or one sorted subspace-iteration step after the first `eigh`
+    (refresh="power"). (Square blocks: both factors have full rank from the first step, so
+    their eigenbases are unique up to signs; a rank-deficient factor's null-space basis is
+    LAPACK's arbitrary choice, which Adam's per-entry normalization then sees.)"""
     lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-10
-    keys = jax.random.split(jax.random.key(6), 4)
+    keys = jax.random.split(jax.random.key(6), 6)
     grads = [jax.random.normal(k, shape, jnp.float64) for k in keys]
     params = jnp.ones(shape, jnp.float64)
-    opt = O.soap(lr, b1=b1, b2=b2, eps=eps, precondition_freq=2)
+    opt = O.soap(lr, b1=b1, b2=b2, eps=eps, precondition_freq=2, refresh=refresh)
     state = opt.init(params)
     update = jax.jit(opt.update)
     m = v = L = R = 0.0
+    QL = QR = None
     for t, g in enumerate(grads):
         updates, state = update(g, state, params)
         G = np.asarray(g)
@@ -425,7 +451,10 @@ def test_two_sided_soap_equals_the_dense_formula_across_refreshes(shape):
         L = b2 * L + (1 - b2) * G @ G.T
         R = b2 * R + (1 - b2) * G.T @ G
         if t % 2 == 0:
-            QL, QR = np.linalg.eigh(L)[1], np.linalg.eigh(R)[1]
+            QL_old, QL = QL, _refreshed(L, QL, t == 0, refresh)
+            QR_old, QR = QR, _refreshed(R, QR, t == 0, refresh)
+            if t:
+                v = v[_nearest(QL, QL_old)][:, _nearest(QR, QR_old)]
         v = b2 * v + (1 - b2) * (QL.T @ G @ QR) ** 2
         c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
         adam = (QL.T @ m @ QR / c1) / (np.maximum(np.sqrt(v / c2),
@@ -433,6 +462,32 @@ def test_two_sided_soap_equals_the_dense_formula_across_refreshes(shape):
                                                    * np.sqrt(v / c2).max()) + eps)
         np.testing.assert_allclose(updates, -lr * QL @ adam @ QR.T, rtol=1e-6, atol=1e-7,
                                    err_msg=f"step {t}")
+
+
+@pytest.mark.float64
+def test_power_refreshes_track_the_eigenbasis():
+    """`_blocks.power_basis`, one sorted subspace-iteration step per call: from the identity,
+    repeated steps on a fixed PSD block (distinct eigenvalues 1 … 1e-3) converge to its
+    eigenvectors, in descending order (up to signs); the Rayleigh quotients sort the
+    columns, so a basis given in ascending order comes back descending; an all-zero block
+    keeps the basis it was given."""
+    from jaxopt2.optimizers import _blocks as blocks
+
+    d = 6
+    V = np.linalg.qr(np.asarray(jax.random.normal(jax.random.key(8), (d, d), jnp.float64)))[0]
+    lam = np.logspace(0, -3, d)
+    S = jnp.asarray((V * lam) @ V.T)[None, None]
+    Q = jnp.eye(d, dtype=jnp.float64)[None, None]
+    for _ in range(60):
+        Q = blocks.power_basis(S, Q)
+    np.testing.assert_allclose(np.abs(np.asarray(Q[0, 0]).T @ V), np.eye(d), atol=1e-6)
+    ascending = jnp.asarray(V[:, ::-1])[None, None]
+    one = np.asarray(blocks.power_basis(S, ascending)[0, 0])
+    np.testing.assert_allclose(np.abs(one.T @ V), np.eye(d), atol=1e-12)
+    zero = jnp.zeros_like(S)
+    np.testing.assert_array_equal(blocks.power_basis(zero, ascending), ascending)
+    with pytest.raises(ValueError, match="refresh"):
+        O.soap(1e-3, refresh="qr")
 
 
 @pytest.mark.parametrize("name", ["shampoo", "soap"])

@@ -154,15 +154,18 @@ def accumulate(left, right, blocks, beta, use_left=True, use_right=True):
 
 
 def update_factors(g, left, right, shapes, t, freq, transform, cached_left, cached_right,
-                   beta, sides=None, ok=None):
+                   beta, sides=None, ok=None, carry=None, move=None):
     """One step of the Kronecker statistics shared by Shampoo and SOAP, on flat leaf lists:
-    `(layouts, left, right, left_t, right_t)`. Each matrix leaf's gradient blocks are added
-    to its left/right factors (`accumulate`); every `freq` steps (t % freq == 0, under
-    `lax.cond`, so the costly `transform` is skipped on the other steps) `transform` of
-    each factor replaces the cached one (Shampoo: inverse 4th roots; SOAP: eigenbases).
-    Vector and scalar leaves (layout None) pass through unchanged. `sides` (one (left,
-    right) pair of bools per leaf; default both) leaves a side's factor untouched, neither
-    accumulated nor transformed (SOAP's one-sided variant).
+    `(layouts, left, right, left_t, right_t, carry)`. Each matrix leaf's gradient blocks are
+    added to its left/right factors (`accumulate`); every `freq` steps (t % freq == 0, under
+    `lax.cond`, so the costly `transform` is skipped on the other steps)
+    `transform(factor, cached)` replaces the cached one (Shampoo: inverse 4th roots; SOAP:
+    eigenbases, refined from the cached ones). Vector and scalar leaves (layout None) pass
+    through unchanged. `sides` (one (left, right) pair of bools per leaf; default both)
+    leaves a side's factor untouched, neither accumulated nor transformed (SOAP's one-sided
+    variant). `carry` (any pytree) is returned as it is, or at a refresh as
+    `move(left_t, right_t, cached_left, cached_right, carry)`, inside the same `lax.cond`
+    (SOAP moves its moments into the new bases).
 
     `ok` (a bool, or None: no guard): the step is taken only where `ok`; otherwise every
     factor and transform keeps its old value, and a transform that comes out non-finite is
@@ -190,17 +193,19 @@ def update_factors(g, left, right, shapes, t, freq, transform, cached_left, cach
             return new
         return jnp.where(jnp.all(jnp.isfinite(new)), new, old)
 
-    def refresh():
-        return ([kept(transform(L), Q) if lay and side[0] else Q
-                 for L, Q, lay, side in zip(new_left, cached_left, layouts, sides, strict=True)],
-                [kept(transform(R), Q) if lay and side[1] else Q
-                 for R, Q, lay, side in zip(new_right, cached_right, layouts, sides,
-                                            strict=True)])
+    def refresh(cached_left, cached_right, carry):
+        left_t = [kept(transform(L, Q), Q) if lay and side[0] else Q
+                  for L, Q, lay, side in zip(new_left, cached_left, layouts, sides, strict=True)]
+        right_t = [kept(transform(R, Q), Q) if lay and side[1] else Q
+                   for R, Q, lay, side in zip(new_right, cached_right, layouts, sides,
+                                              strict=True)]
+        return left_t, right_t, (carry if move is None
+                                 else move(left_t, right_t, cached_left, cached_right, carry))
 
     due = t % freq == 0 if ok is None else (t % freq == 0) & ok
-    left_t, right_t = jax.lax.cond(due, refresh,
-                                   lambda: (list(cached_left), list(cached_right)))
-    return layouts, new_left, new_right, left_t, right_t
+    left_t, right_t, carry = jax.lax.cond(
+        due, refresh, lambda *a: a, list(cached_left), list(cached_right), carry)
+    return layouts, new_left, new_right, left_t, right_t, carry
 
 
 def statistics_ok(finite, g, shapes):
@@ -237,11 +242,24 @@ def inverse_root(stats, p: int, eps):
 
 
 def eigenbasis(stats):
-    """The eigenvectors of every PSD block (columns, eigenvalues ascending); the identity for
-    an all-zero block."""
+    """The eigenvectors of every PSD block (columns, eigenvalues descending); the identity
+    for an all-zero block."""
     _, q, seen = _spectrum(stats)
     eye = jnp.eye(stats.shape[-1], dtype=stats.dtype)
-    return jnp.where(seen[..., None], q, eye).astype(stats.dtype)
+    return jnp.where(seen[..., None], q[..., ::-1], eye).astype(stats.dtype)
+
+
+def power_basis(stats, basis):
+    """One step of subspace iteration from `basis`: the columns sorted by their Rayleigh
+    quotients qᵢᵀ S qᵢ (descending), multiplied by S and orthonormalized (Householder QR),
+    for every PSD block S; `basis` is kept for an all-zero block."""
+    y = stats @ basis
+    quotient = jnp.sum(basis * y, axis=-2)
+    order = jnp.argsort(-quotient, axis=-1)
+    y = jnp.take_along_axis(y, order[..., None, :], axis=-1)
+    q, _ = jnp.linalg.qr(y)
+    seen = jnp.max(jnp.abs(stats), axis=(-2, -1)) > 0
+    return jnp.where(seen[..., None, None], q, basis).astype(stats.dtype)
 
 
 def adam_moments(m, v, g, b1, b2):

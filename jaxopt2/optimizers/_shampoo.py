@@ -113,9 +113,9 @@ def shampoo(
                    zip(leaves(state.mu), leaves(state.nu), leaves(g), strict=True)]
         mu, nu = [m for m, _ in moments], [v for _, v in moments]
         stats_ok = B.statistics_ok(finite, leaves(g), shapes)
-        layouts, left, right, left_root, right_root = B.update_factors(
+        layouts, left, right, left_root, right_root, _ = B.update_factors(
             leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
-            lambda S: B.inverse_root(S, 4, matrix_eps), leaves(state.left_root),
+            lambda S, _: B.inverse_root(S, 4, matrix_eps), leaves(state.left_root),
             leaves(state.right_root), b2, ok=stats_ok)
 
         dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in mu]))
