@@ -67,7 +67,7 @@ def soap(
     method) step 0 takes `eigh` and every later refresh one step of subspace iteration from
     the current basis: its columns sorted by Rayleigh quotient qᵢᵀ L qᵢ (descending),
     multiplied by L and orthonormalized by Householder QR. The statistics move little in T
-    steps, so one iteration tracks them, at less than half an `eigh`'s cost (128 × 128
+    steps, so one iteration tracks them, at about two thirds of an `eigh`'s cost (128 × 128
     block, one CPU core: 0.52 ms against 0.77 ms; 256 × 256: 2.0 against 3.1 ms).
     `refresh="eigh"` recomputes the exact eigenvectors every time (descending order).
 
@@ -83,14 +83,16 @@ def soap(
     products cost O(mn(b_r + b_c)) for block sides b, so a block near the size of a
     minibatch keeps the rotations within a few times the gradient's own O(batch·mn). On
     the benchmark's deep autoencoder (64-256-128-32-128-256-64, batch 256, float32, one
-    CPU core) 128 against 256 is 4.6 against 5.6 ms per step and the same 175 steps to
+    CPU core) the defaults (128, power refreshes) against 256 with `eigh` refreshes take
+    4.2–4.7 against 5.0–5.2 ms per step (AdamW 1.4–1.5 ms) and the same 175 steps to
     AdamW's 1,000-step loss; on its convnet and character transformer, the same or better
     losses (`benchmarks/training.py`).
 
     **Cost per step** for an m × n block: two products for the statistics and two each to
     rotate the gradient and the update, O(mn(m + n)), plus, every T steps, O(m³ + n³) for
     the refresh (a product and a QR per side) and four products to move m (under
-    `jax.vmap`, where `lax.cond` becomes a select, every step). Memory: m and v (blocked,
+    `jax.vmap`, where `lax.cond` becomes a select: every step, and the first refresh's
+    `eigh` too). Memory: m and v (blocked,
     as the parameters with padding) and 2(m² + n²) per block.
 
     **One-sided** (`one_sided=True`, the paper's one-sided variant): only the smaller side of
