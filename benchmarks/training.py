@@ -28,6 +28,10 @@ Tasks 1 and 2 (scikit-learn's digits, 1437 training and 360 test images, split w
    windows. hessian_free is not run on this task (its 10+ Gauss-Newton products per step
    would take the task past its 10-minute budget on this machine).
 
+The example counterpart, for users: `examples/train_mlp.py --config
+configs/train_mlp_kronecker.yaml` trains task 1 (and the digits classifier) with soap, shampoo,
+kfac and tuned adam, with plots.
+
 Every optimizer starts from the same weights and sees the same minibatches (indices drawn
 from one key per step). AdamW (weight decay 1e-4), muon, sophia, shampoo and soap have
 their learning rate picked from one grid (`--lrs`; the rate with the lowest final training

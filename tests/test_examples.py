@@ -48,6 +48,27 @@ def test_train_mlp_example_smoke(tmp_path):
         assert runs[0]["losses"][-1] < runs[1]["losses"][-1], name
 
 
+def test_train_mlp_kronecker_example_smoke(tmp_path):
+    """configs/train_mlp_kronecker_smoke.yaml: 20 steps of the deep autoencoder (issue 17's
+    first benchmark task) with soap, shampoo and kfac against adam, all at lr 3e-3 (kfac sets
+    its own): each Kronecker-factored optimizer ends below adam, at the losses the module
+    docstring promises."""
+    example = _load("train_mlp")
+    assert example.main(["--config", str(ROOT / "configs" / "train_mlp_kronecker_smoke.yaml"),
+                         "--output-dir", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    runs = {r["name"].split()[0]: r for r in metrics["problems"]["autoencoder"]["runs"]}
+    assert list(runs) == ["soap", "shampoo", "kfac", "adam"]
+    promised = {"soap": 0.0286, "shampoo": 0.0150, "kfac": 0.0292, "adam": 0.0322}
+    for name, loss in promised.items():
+        losses = runs[name]["losses"]
+        assert abs(losses[-1] - loss) < 0.003 and losses[-1] < losses[0], (name, losses)
+        if name != "adam":
+            assert losses[-1] < runs["adam"]["losses"][-1], name
+    assert set(metrics["problems"]["autoencoder"]["grids"]) == {"soap", "shampoo", "adam"}
+    assert (tmp_path / "autoencoder.png").stat().st_size > 10_000
+
+
 @pytest.mark.float64
 def test_failed_inner_solve_gives_nonzero_exit_smoke(tmp_path, capsys):
     # one Newton-CG step cannot meet the inner tolerance: every inner solve fails, the
