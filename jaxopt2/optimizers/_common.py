@@ -307,13 +307,25 @@ class DampedNewton:
 
     def __call__(self, grads, params, value_fn, batch, value, *, count, factor, rho,
                  damping: Callable, x0=None, heldout_value_fn=None,
-                 heldout_batch=None) -> DampedStep:
+                 heldout_batch=None, curvature_batch=None) -> DampedStep:
         """One step from `grads` at `params`; `damping(g, dtype)` gives λ, `x0` warm-starts
         CG, `factor` and `rho` are the state's damping-like scalar and last ratio; a held-out
         minibatch (`heldout_batch` with model_fn/loss_fn, or `heldout_value_fn`) judges
-        the step for the damping (`damped_step`)."""
+        the step for the damping (`damped_step`); `curvature_batch` (with model_fn/loss_fn)
+        is the minibatch the curvature products are taken on, in CG and in the ratio's
+        model, in place of `batch` (the gradient's and the losses')."""
         problem, g, finite = self.objective.begin(grads, params, value_fn, batch,
                                                   needs_value=self.adaptive)
+        curvature = problem
+        if curvature_batch is not None:
+            o = self.objective
+            if o.model_fn is None:
+                raise ValueError(f"{o.optimizer}: `curvature_batch` is given to "
+                                 f"model_fn(params, batch) and loss_fn(outputs, batch): build "
+                                 f"the optimizer with model_fn= and loss_fn=.")
+            curvature = Problem(o.optimizer, o.kind, params, None, curvature_batch,
+                                o.model_fn, o.loss_fn, needs_value=False,
+                                precision=o.precision)
         heldout = None
         if heldout_batch is not None or heldout_value_fn is not None:
             if not self.adaptive:
@@ -324,7 +336,7 @@ class DampedNewton:
                               o.model_fn, o.loss_fn, needs_value=True,
                               precision=o.precision)
         dtype = dtype_of(params)
-        matvec = matvec_like(problem.operator(), params)
+        matvec = matvec_like(curvature.operator(), params)
         lam = damping(g, dtype)
         p, cg_steps = damped_cg(matvec, g, lam, rtol=self.cg_rtol,
                                 max_steps=self.cg_max_steps, x0=x0)

@@ -62,6 +62,13 @@ def hessian_free(
     accepted or rejected on b. Cost: one more gradient, one curvature product and two loss
     evaluations on h; `state.rho` is then ρ_h.
 
+    **Curvature minibatch.** `update(..., batch=b, curvature_batch=c)` (with
+    `model_fn`/`loss_fn`) takes the curvature products, CG's and the ratio's sᵀCs, on c
+    while the gradient and the losses stay b's: Martens (2010) fits the quadratic model's
+    curvature on a fraction of the gradient's minibatch, where a product costs less and
+    the curvature needs fewer examples than the gradient (e.g. c = the first quarter of
+    b: CG's products cost a quarter).
+
     **Warm start.** CG starts from 0.95·p_prev (`warm_start_decay`), the decayed previous
     solution: consecutive minibatch systems are similar, so CG continues where it stopped
     (Martens §4.5). The warm start is dropped when its quadratic model value is not below
@@ -123,7 +130,8 @@ def hessian_free(
             cg_steps=jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
-               heldout_batch=None, heldout_value_fn=None, **extra_args):
+               heldout_batch=None, heldout_value_fn=None, curvature_batch=None,
+               **extra_args):
         del extra_args
         if params is not None:
             check_state("hessian_free", "state.direction", state.direction, params)
@@ -132,7 +140,8 @@ def hessian_free(
                      factor=state.damping, rho=state.rho,
                      damping=lambda g, dtype: state.damping,
                      x0=tree_scale(warm_start_decay, state.direction),
-                     heldout_batch=heldout_batch, heldout_value_fn=heldout_value_fn)
+                     heldout_batch=heldout_batch, heldout_value_fn=heldout_value_fn,
+                     curvature_batch=curvature_batch)
         new_state = HessianFreeState(state.count + 1, out.factor, out.direction, out.rho,
                                      out.cg_steps.astype(jnp.int32))
         return guard(out.finite, out.step, new_state, state)

@@ -48,6 +48,12 @@ def regularized_newton(
     on a minibatch a rejected step is simply retried on the next one. `adaptive=False` is
     the classical method with the fixed H = `lipschitz` and no extra evaluation.
 
+    **Held-out ratio and curvature minibatch**, as in `hessian_free`: `update(...,
+    heldout_batch=h)` (or `heldout_value_fn=`) adapts H from the ratio measured on another
+    minibatch h (on the fitted one ρ ≈ 1 and H falls to the float floor), and
+    `curvature_batch=c` (with `model_fn`/`loss_fn`) takes the curvature products on c, a
+    smaller minibatch than the gradient's.
+
     **Arguments:** `learning_rate` (float or optax schedule; 1 is the regularized Newton
     step); `model_fn`, `loss_fn`, `curvature` as in `hessian_free`; `lipschitz`, the initial
     (or fixed) H; `cg_max_steps` and `cg_rtol` for the inner CG solve, which stops at
@@ -89,13 +95,16 @@ def regularized_newton(
                                       scalar(0.0, dtype), scalar(0.0, dtype))
 
     def update(grads, state, params=None, *, value_fn=None, batch=None, value=None,
+               heldout_batch=None, heldout_value_fn=None, curvature_batch=None,
                **extra_args):
         del extra_args
         # λ = √(H‖g‖) follows every minibatch's gradient; the rule adapts H.
         out = newton(grads, params, value_fn, batch, value, count=state.count,
                      factor=state.lipschitz, rho=state.rho,
                      damping=lambda g, dtype: jnp.sqrt(state.lipschitz
-                                                       * tree_norm(g).astype(dtype)))
+                                                       * tree_norm(g).astype(dtype)),
+                     heldout_batch=heldout_batch, heldout_value_fn=heldout_value_fn,
+                     curvature_batch=curvature_batch)
         new_state = RegularizedNewtonState(state.count + 1, out.factor,
                                            out.damping.astype(out.rho.dtype), out.rho)
         return guard(out.finite, out.step, new_state, state)
