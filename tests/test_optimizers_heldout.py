@@ -102,17 +102,19 @@ def test_heldout_needs_adaptive_damping():
 # ----------------------------------------------------------------- curvature minibatch
 
 
-@pytest.mark.float64
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64,
+                                                                marks=pytest.mark.float64)])
 @pytest.mark.parametrize("name", ["hessian_free", "regularized_newton"])
-def test_curvature_batch_takes_the_products_on_its_own_minibatch(name):
-    """One step from w = 0 with `curvature_batch=c`: the CG direction solves
+def test_curvature_batch_takes_the_products_on_its_own_minibatch(name, dtype):
+    """One jitted step from w = 0 with `curvature_batch=c`: the CG direction solves
     (X_cᵀX_c/n_c + λI) p = −g_b, the curvature of c and the gradient of b (against
     `jnp.linalg.solve`); with c = b it is the plain step, and a c that differs from b gives
-    a different step. regularized_newton's λ = √(H‖g_b‖)."""
-    X, y = data(jnp.float64)
+    a different step; under `vmap` over two curvature minibatches each step is its own.
+    regularized_newton's λ = √(H‖g_b‖)."""
+    X, y = data(dtype)
     b = minibatch(X, y, 0)
     c = (X[300:302], y[300:302])  # 2 examples: a rank-2 curvature, far from b's
-    w = jnp.zeros(DIM)
+    w = jnp.zeros(DIM, dtype)
     g = jax.grad(lambda w: loss_fn(model_fn(w, b), b))(w)
     if name == "hessian_free":
         opt = O.hessian_free(model_fn=model_fn, loss_fn=loss_fn, damping=0.5, cg_rtol=1e-13,
@@ -121,15 +123,23 @@ def test_curvature_batch_takes_the_products_on_its_own_minibatch(name):
     else:
         opt = O.regularized_newton(model_fn=model_fn, loss_fn=loss_fn, lipschitz=2.0,
                                    cg_rtol=1e-13, cg_max_steps=100, adaptive=False)
-        lam = float(jnp.sqrt(2.0 * jnp.linalg.norm(g)))
+        lam = jnp.sqrt(2.0 * jnp.linalg.norm(g))
     state = opt.init(w)
-    step, _ = opt.update(g, state, w, batch=b, curvature_batch=c)
-    want = jnp.linalg.solve(c[0].T @ c[0] / 2 + lam * jnp.eye(DIM), -g)
-    np.testing.assert_allclose(step, want, rtol=1e-8, atol=1e-12)
-    same, _ = opt.update(g, state, w, batch=b, curvature_batch=b)
-    plain, _ = opt.update(g, state, w, batch=b)
-    np.testing.assert_allclose(same, plain, rtol=1e-12, atol=1e-15)
+    update = jax.jit(lambda b, c: opt.update(g, state, w, batch=b, curvature_batch=c)[0])
+    step = update(b, c)
+    assert step.dtype == dtype
+    want = jnp.linalg.solve(c[0].T @ c[0] / 2 + lam * jnp.eye(DIM, dtype=dtype), -g)
+    tol = 1e-8 if dtype == jnp.float64 else 2e-4
+    np.testing.assert_allclose(step, want, rtol=tol, atol=tol * float(jnp.abs(want).max()))
+    plain, _ = jax.jit(lambda b: opt.update(g, state, w, batch=b))(b)
+    np.testing.assert_allclose(update(b, b), plain, rtol=10 * tol, atol=1e-6 * tol)
     assert float(jnp.linalg.norm(step - plain)) > 1e-3 * float(jnp.linalg.norm(plain))
+    c2 = (X[310:312], y[310:312])
+    both = jax.vmap(update, in_axes=(None, 0))(b, jax.tree.map(lambda u, v: jnp.stack([u, v]),
+                                                               c, c2))
+    np.testing.assert_allclose(both[0], step, rtol=tol, atol=tol * float(jnp.abs(want).max()))
+    np.testing.assert_allclose(both[1], update(b, c2), rtol=tol,
+                               atol=tol * float(jnp.abs(want).max()))
 
 
 def test_curvature_batch_needs_the_model_split():

@@ -83,12 +83,16 @@ class Objective:
         self.model_fn, self.loss_fn = model_fn, loss_fn
         self.precision = check_precision(optimizer, precision)
 
+    def problem(self, params, value_fn, batch, *, needs_value: bool) -> Problem:
+        """The `Problem` of one minibatch (`batch` with model_fn/loss_fn, or `value_fn`)."""
+        return Problem(self.optimizer, self.kind, params, value_fn, batch, self.model_fn,
+                       self.loss_fn, needs_value=needs_value, precision=self.precision)
+
     def begin(self, grads, params, value_fn, batch, *, needs_value: bool, owner=None):
         """The checks and setup every `update` starts with: the minibatch `Problem`, the
         gradient checked against `params` (errors name `owner`, default the optimizer) and
         sanitized, and whether it was finite."""
-        problem = Problem(self.optimizer, self.kind, params, value_fn, batch, self.model_fn,
-                          self.loss_fn, needs_value=needs_value, precision=self.precision)
+        problem = self.problem(params, value_fn, batch, needs_value=needs_value)
         check_grads(owner or self.optimizer, grads, params)
         g, finite = sanitize(grads, params)
         return problem, g, finite
@@ -316,25 +320,20 @@ class DampedNewton:
         model, in place of `batch` (the gradient's and the losses')."""
         problem, g, finite = self.objective.begin(grads, params, value_fn, batch,
                                                   needs_value=self.adaptive)
+        o = self.objective
         curvature = problem
         if curvature_batch is not None:
-            o = self.objective
             if o.model_fn is None:
                 raise ValueError(f"{o.optimizer}: `curvature_batch` is given to "
                                  f"model_fn(params, batch) and loss_fn(outputs, batch): build "
                                  f"the optimizer with model_fn= and loss_fn=.")
-            curvature = Problem(o.optimizer, o.kind, params, None, curvature_batch,
-                                o.model_fn, o.loss_fn, needs_value=False,
-                                precision=o.precision)
+            curvature = o.problem(params, None, curvature_batch, needs_value=False)
         heldout = None
         if heldout_batch is not None or heldout_value_fn is not None:
             if not self.adaptive:
-                raise ValueError(f"{self.objective.optimizer}: a held-out minibatch judges "
-                                 f"the damping, which `adapt_damping=False` keeps fixed.")
-            o = self.objective
-            heldout = Problem(o.optimizer, o.kind, params, heldout_value_fn, heldout_batch,
-                              o.model_fn, o.loss_fn, needs_value=True,
-                              precision=o.precision)
+                raise ValueError(f"{o.optimizer}: a held-out minibatch judges the damping, "
+                                 f"which `adapt_damping=False` keeps fixed.")
+            heldout = o.problem(params, heldout_value_fn, heldout_batch, needs_value=True)
         dtype = dtype_of(params)
         matvec = matvec_like(curvature.operator(), params)
         lam = damping(g, dtype)
