@@ -490,13 +490,16 @@ def test_power_refreshes_track_the_eigenbasis():
         O.soap(1e-3, refresh="qr")
 
 
-@pytest.mark.parametrize("name", ["shampoo", "soap"])
-def test_a_gradient_whose_statistics_overflow_skips_the_step(name):
-    """A finite float32 gradient whose squares overflow (entries 1e20: G Gᵀ would be inf)
-    skips the step, between refreshes and at one: a zero update and the state unchanged.
-    The factors are guarded where they are computed, by the gradient's sum of squares
-    (`_blocks.statistics_ok`), not by reading them afterwards, so this is the case that
-    guard must catch."""
+@pytest.mark.parametrize(("name", "leaf"), [("shampoo", "W"), ("shampoo", "both"),
+                                          ("soap", "W"), ("soap", "b"), ("soap", "both")])
+def test_a_gradient_whose_statistics_overflow_skips_the_step(name, leaf):
+    """A finite float32 gradient whose squares overflow (entries 1e20: G Gᵀ, or soap's Adam
+    second moment of a vector leaf, (1 − 0.95)·1e40, would be inf) skips the step, between
+    refreshes and at one: a zero update and the state unchanged. `soap` reads neither its
+    factors nor its moments nor its update for finiteness; the gradient's sums of squares
+    guard them (`_blocks.statistics_ok`), so this is the case that guard must catch, for the
+    matrix leaf and for the vector leaf alone. (`shampoo`'s vector leaf alone is no
+    overflow: its β₂ = 0.999 keeps (1 − β₂)·g·g at 1e37, a finite Adam step.)"""
     opt = FACTORIES[name](1e-2, precondition_freq=2)
     params = {"W": jnp.ones((4, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
     update = jax.jit(opt.update)
@@ -504,7 +507,9 @@ def test_a_gradient_whose_statistics_overflow_skips_the_step(name):
     keys = jax.random.split(jax.random.key(7), 3)
     for t in range(3):  # steps 1 (between refreshes) and 2 (a refresh) meet the bad gradient
         if t:
-            huge = jtu.tree_map(lambda p: jnp.full_like(p, 1e20), params)
+            good = jtu.tree_map(lambda p, k=keys[t]: jax.random.normal(k, p.shape), params)
+            huge = {k: jnp.full_like(p, 1e20) if leaf in (k, "both") else good[k]
+                    for k, p in params.items()}
             updates, same = update(huge, state, params)
             assert all(bool(jnp.all(u == 0)) for u in jtu.tree_leaves(updates)), t
             jtu.tree_map(np.testing.assert_array_equal, same, state)
@@ -512,3 +517,22 @@ def test_a_gradient_whose_statistics_overflow_skips_the_step(name):
         updates, state = update(good, state, params)
         assert all(bool(jnp.all(jnp.isfinite(u) & (u != 0))) for u in jtu.tree_leaves(updates))
     assert int(state.count) == 3
+
+
+@pytest.mark.parametrize("name", ["shampoo", "soap"])
+def test_a_non_finite_learning_rate_skips_the_step(name):
+    """A schedule that returns NaN at one step (finite gradients): that step's update is zero
+    and the state is unchanged (so the schedule is asked again at the same count)."""
+    schedule = lambda t: jnp.where(t == 1, jnp.nan, 1e-2)  # noqa: E731
+    opt = FACTORIES[name](schedule, precondition_freq=2)
+    params = {"W": jnp.ones((4, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    update = jax.jit(opt.update)
+    state = opt.init(params)
+    keys = jax.random.split(jax.random.key(9), 2)
+    g = jtu.tree_map(lambda p: jax.random.normal(keys[0], p.shape), params)
+    updates, state = update(g, state, params)  # step 0: lr 1e-2
+    assert all(bool(jnp.all(u != 0)) for u in jtu.tree_leaves(updates))
+    g = jtu.tree_map(lambda p: jax.random.normal(keys[1], p.shape), params)
+    updates, same = update(g, state, params)  # count 1: lr NaN
+    assert all(bool(jnp.all(u == 0)) for u in jtu.tree_leaves(updates))
+    jtu.tree_map(np.testing.assert_array_equal, same, state)

@@ -208,14 +208,15 @@ def update_factors(g, left, right, shapes, t, freq, transform, cached_left, cach
     return layouts, new_left, new_right, left_t, right_t, carry
 
 
-def statistics_ok(finite, g, shapes):
+def statistics_ok(finite, g, shapes, every_leaf: bool = False):
     """Whether the factors of a step with gradient leaves `g` stay finite: the gradient is
-    finite (`finite`, from `begin`) and so is the sum of squares of every matrix leaf. Then
+    finite (`finite`, from `begin`) and so is the sum of squares of every matrix leaf (of
+    every leaf with `every_leaf`: Adam's second moment of a vector leaf squares it too). Then
     every entry of G Gᵀ and GᵀG is at most that sum (Cauchy–Schwarz), and β·L + (1 − β)·G Gᵀ
     is a convex combination of finite numbers: one pass over the gradient, where checking
     the new factors reads matrices several times the parameters' size."""
     sums = [jnp.sum(jnp.square(gl.astype(stat_dtype(gl.dtype))))
-            for gl, s in zip(g, shapes, strict=True) if is_matrix(s)]
+            for gl, s in zip(g, shapes, strict=True) if every_leaf or is_matrix(s)]
     return finite & jnp.all(jnp.isfinite(jnp.stack(sums))) if sums else finite
 
 
@@ -254,7 +255,9 @@ def power_basis(stats, basis):
     quotients qᵢᵀ S qᵢ (descending), multiplied by S and orthonormalized (Householder QR),
     for every PSD block S; `basis` is kept for an all-zero block."""
     y = stats @ basis
-    quotient = jnp.sum(basis * y, axis=-2)
+    # as a contraction: XLA:CPU's reduction over the rows of a block (`sum(basis * y, -2)`)
+    # took 0.09 ms per 128 × 128 block, the product S Q 0.04 ms
+    quotient = jnp.einsum("...ij,...ij->...j", basis, y)
     order = jnp.argsort(-quotient, axis=-1)
     y = jnp.take_along_axis(y, order[..., None, :], axis=-1)
     q, _ = jnp.linalg.qr(y)

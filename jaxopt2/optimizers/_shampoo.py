@@ -112,13 +112,15 @@ def shampoo(
         moments = [B.adam_moments(m, v, gl, b1, b2) for m, v, gl in
                    zip(leaves(state.mu), leaves(state.nu), leaves(g), strict=True)]
         mu, nu = [m for m, _ in moments], [v for _, v in moments]
-        stats_ok = B.statistics_ok(finite, leaves(g), shapes)
+        dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in mu]))
+        lr = learning_rate_at(learning_rate, t, dtype)
+        # a skipped step changes nothing: a non-finite learning rate skips the statistics too
+        stats_ok = B.statistics_ok(finite, leaves(g), shapes) & jnp.isfinite(lr)
         layouts, left, right, left_root, right_root, _ = B.update_factors(
             leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
             lambda S, _: B.inverse_root(S, 4, matrix_eps), leaves(state.left_root),
             leaves(state.right_root), b2, ok=stats_ok)
 
-        dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in mu]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
         direction = []
         for s, lay, m, v, QL, QR in zip(shapes, layouts, mu, nu, left_root, right_root,
@@ -134,7 +136,6 @@ def shampoo(
             scale = jnp.where(norm_p > 0, norm_a / jnp.where(norm_p > 0, norm_p, 1), 0)
             direction.append(B.from_blocks(P * scale, s).astype(m.dtype))
 
-        lr = learning_rate_at(learning_rate, t, dtype)
         direction = jtu.tree_unflatten(treedef, direction)
         updates = B.finish(direction, params, lr, weight_decay, with_params)
         unflat = lambda xs: jtu.tree_unflatten(treedef, list(xs))  # noqa: E731

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
 
+from .._tree import tree_where, tree_zeros_like
 from . import _blocks as B
 from ._checks import check_init_params, check_like
 from ._common import ScalarOrSchedule, guard, learning_rate_at
@@ -162,7 +163,12 @@ def soap(
         shapes = [p.shape for p in leaves(params)]
         sides = [_sides(L, R, one_sided) for L, R in zip(leaves(state.left),
                                                           leaves(state.right), strict=True)]
-        stats_ok = B.statistics_ok(finite, leaves(g), shapes)
+        # The whole step is finite when this is (with a finite learning rate; see the guard
+        # at the end): every statistic and moment is a convex combination of finite numbers.
+        dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in leaves(state.mu)]))
+        lr = learning_rate_at(learning_rate, t, dtype)
+        # a skipped step changes nothing: a non-finite learning rate skips the statistics too
+        stats_ok = B.statistics_ok(finite, leaves(g), shapes, every_leaf=True) & jnp.isfinite(lr)
 
         def refresh_basis(S, Q):
             if refresh == "eigh":
@@ -183,7 +189,7 @@ def soap(
                         if used:
                             P = Q.swapaxes(-1, -2) @ Q0
                             m = _apply(P, m, axis)
-                            nearest = jnp.argmax(jnp.abs(P), axis=-1)
+                            nearest = _row_argmax(jnp.abs(P))
                             index = nearest[..., :, None] if axis == -2 else nearest[..., None, :]
                             v = jnp.take_along_axis(v, index, axis)
                 out_m.append(m)
@@ -195,7 +201,6 @@ def soap(
             refresh_basis, leaves(state.left_basis), leaves(state.right_basis), b2, sides,
             ok=stats_ok, carry=(leaves(state.mu), leaves(state.nu)), move=move)
 
-        dtype = B.stat_dtype(jnp.result_type(*[m.dtype for m in leaves(state.mu)]))
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
         mu, nu, direction = [], [], []
         for s, lay, gl, m, v, QL, QR, side in zip(
@@ -228,17 +233,41 @@ def soap(
             nu.append(v)
             direction.append(d.astype(m.dtype))
 
-        lr = learning_rate_at(learning_rate, t, dtype)
         unflat = lambda xs: jtu.tree_unflatten(treedef, list(xs))  # noqa: E731
         updates = B.finish(unflat(direction), params, lr, weight_decay, with_params)
         # The factors and bases are guarded where they are computed (`update_factors`, by
-        # `stats_ok`); the guard below reads only the update and the moments.
-        updates, (count, mu, nu) = guard(stats_ok, updates, (t + 1, unflat(mu), unflat(nu)),
-                                         (state.count, state.mu, state.nu))
+        # `stats_ok`). The moments and the update need no reading either: with every leaf's
+        # sum of squares finite, m and v are convex combinations of finite numbers (moved at
+        # a refresh by an orthogonal P, or permuted), the update's entries are bounded by a
+        # small multiple of the block's m̂ over its floor, and the rotations keep them in
+        # range (the learning rate is in `stats_ok` too). Parameters with a narrower range
+        # than float32 (float16) keep the guard that reads everything, for the cast. (Reading
+        # the update and the moments for finiteness cost 0.2–0.4 ms of a 4.6 ms step on the
+        # benchmark's autoencoder.)
+        ok = stats_ok
+        narrow = any(jnp.finfo(p.dtype).max < jnp.finfo(jnp.float32).max
+                     for p in leaves(params))
+        if narrow:
+            updates, (count, mu, nu) = guard(ok, updates, (t + 1, unflat(mu), unflat(nu)),
+                                             (state.count, state.mu, state.nu))
+        else:
+            updates = tree_where(ok, updates, tree_zeros_like(updates))
+            count, mu, nu = tree_where(ok, (t + 1, unflat(mu), unflat(nu)),
+                                       (state.count, state.mu, state.nu))
         return updates, SOAPState(count, mu, nu, unflat(left), unflat(right),
                                   unflat(left_basis), unflat(right_basis))
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _row_argmax(a):
+    """`jnp.argmax(a, axis=-1)` (the first maximum) for finite `a`, by a max and a min over
+    the rows' indices: XLA:CPU's argmax (a reduction over value-index pairs) took 0.05 ms
+    per 128 × 128 block, this 0.02 ms."""
+    n = a.shape[-1]
+    top = jnp.max(a, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(a == top, jnp.arange(n), n), axis=-1)
+    return jnp.minimum(first, n - 1)
 
 
 def _apply(P, X, axis):
