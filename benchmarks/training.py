@@ -1,6 +1,7 @@
 """Kronecker-factored optimizers (`jaxopt2.optimizers.shampoo`, `soap`, `kfac`) and
-`hessian_free` against tuned AdamW, `optax.contrib.muon` and `optax.contrib.sophia` on three
-training tasks (issue 17), float32, one thread, one core.
+`hessian_free` against tuned AdamW, `optax.contrib.muon`, `optax.contrib.sophia` and PSGD Kron
+(`psgd_jax.kron`, where psgd-jax imports) on three training tasks (issue 17), float32, one
+thread, one core.
 
     python benchmarks/training.py            # all three tasks; updates RESULTS.md ("training")
     python benchmarks/training.py --quick    # a smoke run (few steps), RESULTS.md untouched
@@ -32,10 +33,12 @@ The example counterpart, for users: `examples/train_mlp.py --config
 configs/train_mlp_kronecker.yaml` trains task 1 (and the digits classifier) with soap, shampoo,
 kfac and tuned adam, with plots.
 
-Every optimizer starts from the same weights and sees the same minibatches (indices drawn
-from one key per step). AdamW (weight decay 1e-4), muon, sophia, shampoo and soap have
-their learning rate picked from one grid (`--lrs`; the rate with the lowest final training
-loss), injected with `optax.inject_hyperparams` so each optimizer compiles once; kfac sets
+Every optimizer starts from the same weights and sees the same minibatches (one shuffle of
+the examples per epoch, drawn before any timing). AdamW (weight decay 1e-4), muon, sophia,
+shampoo, soap and psgd-jax's `kron` (PSGD Kron, where psgd-jax imports: `psgd_status`) have
+their learning rate picked from one grid (`LRS`; the rate with the lowest final training
+loss; PSGD Kron, whose authors advise a rate about a third of Adam's, also gets 3e-4),
+injected with `optax.inject_hyperparams` so each optimizer compiles once; kfac sets
 its own step length (quadratic model) and hessian_free runs its defaults, once as the
 others (λ judged on the minibatch it was fitted to) and once in Martens' set-up, `hessian_free
 (Martens)`: λ judged on the next minibatch (`heldout_batch`), the curvature products on the
@@ -276,6 +279,7 @@ def optimizers(t):
     m, lf = t["model_fn"], t["loss_fn"]
     example = jax.tree.map(lambda x: x[:t["batch_size"]], t["train"])
     inject = lambda f: (lambda lr: optax.inject_hyperparams(f)(learning_rate=lr))  # noqa: E731
+    kron = psgd_kron()
     return {
         "AdamW": (inject(lambda learning_rate: optax.adamw(learning_rate, weight_decay=1e-4)),
                   LRS, None),
@@ -289,7 +293,50 @@ def optimizers(t):
         # on the first quarter of this one.
         "hessian_free (Martens)": (lambda: O.hessian_free(model_fn=m, loss_fn=lf), None,
                                    "heldout"),
+        **({} if kron is None else {
+            "psgd kron": (inject(lambda learning_rate: kron(learning_rate)), (3e-4,) + LRS,
+                          None)}),
     }
+
+
+def _import_psgd():
+    """psgd-jax 0.2.9 imports `optax._src.clipping`, which optax 0.2.8 moved to
+    `optax.transforms._clipping`, and never uses it: the old name is aliased to the new
+    module first, so that the anchor runs (flax, which it imports without declaring it,
+    must be installed too)."""
+    if "optax._src.clipping" not in sys.modules:
+        from optax.transforms import _clipping
+        sys.modules["optax._src.clipping"] = _clipping
+    import psgd_jax
+    return psgd_jax
+
+
+def psgd_kron():
+    """`psgd_jax.kron` (PSGD's Kronecker-factored preconditioner, the issue's anchor from
+    PyPI) with its defaults, or None where it does not import (`psgd_status` says why)."""
+    try:
+        return _import_psgd().kron.kron
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def psgd_status():
+    """One line for the report: whether psgd-jax imports here."""
+    try:
+        _import_psgd()
+    except Exception as e:  # noqa: BLE001
+        from importlib import metadata
+        try:
+            version = "psgd-jax " + metadata.version("psgd-jax")
+        except metadata.PackageNotFoundError:
+            return ("psgd-jax not installed (`pip install psgd-jax flax`: it imports flax "
+                    "without declaring it)")
+        return (f"{version} installed but not importable here: {type(e).__name__}: {e} "
+                f"(optax {optax.__version__}), so it has no row")
+    from importlib import metadata
+    return (f"psgd-jax {metadata.version('psgd-jax')}: `psgd_jax.kron` with its defaults is "
+            f"the row `psgd kron` (its stale import of optax._src.clipping, unused, aliased "
+            f"to optax.transforms._clipping)")
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int = 1):
@@ -459,8 +506,8 @@ def report(t, runs):
         s, tt = r["steps_to_target"], r["time_to_target"]
         rows.append([name, "—" if r["lr"] is None else f"{r['lr']:g}",
                      "—" if s is None else s, "—" if tt is None else f"{tt:.2f}",
-                     "—" if s is None else f"{s / a_steps:.2f}",
-                     "—" if tt is None else f"{tt / a_time:.2f}",
+                     "—" if s is None else f"{s / a_steps:.3f}",
+                     "—" if tt is None else f"{tt / a_time:.3f}",
                      f"{r['final']:.4g}", f"{r['metric']:.4g}", f"{r['per_step'] * 1e3:.2f}",
                      f"{r['cpu_per_step'] * 1e3:.2f}", f"{r['compile']:.1f}"])
     header = ["optimizer", "lr", "steps to target", "time to target (s)", "steps ratio",
@@ -559,7 +606,7 @@ def main(argv=None):
     head = (f"jax {jax.__version__}, optax {optax.__version__}, float32, {cpu_name()}; a "
             f"2-core machine shared with other jobs: wall times are inflated and noisy "
             f"(compare ratios within a task; process CPU time per step is given too). "
-            f"{kfac_jax_status()}.\n")
+            f"{kfac_jax_status()}. {psgd_status()}.\n")
     write_section("training", "## Training loops: Kronecker-factored optimizers (issue 17)"
                   "\n\n" + head + "\n" + "\n".join(parts))
     return 0
