@@ -84,10 +84,10 @@ def soap(
     products cost O(mn(b_r + b_c)) for block sides b, so a block near the size of a
     minibatch keeps the rotations within a few times the gradient's own O(batch·mn). On
     the benchmark's deep autoencoder (64-256-128-32-128-256-64, batch 256, float32, one
-    CPU core) the defaults (128, power refreshes) against 256 with `eigh` refreshes take
-    4.2–4.7 against 5.0–5.2 ms per step (AdamW 1.4–1.5 ms) and the same 175 steps to
-    AdamW's 1,000-step loss; on its convnet and character transformer, the same or better
-    losses (`benchmarks/training.py`).
+    CPU core) the defaults (128, power refreshes) against 256 with `eigh` refreshes took
+    4.2–4.7 against 5.0–5.2 ms per step (AdamW 1.4–1.5 ms), now 4.0–4.2 ms, and the same
+    steps to AdamW's 1,000-step loss (159 against AdamW's 993); on its convnet and
+    character transformer, the same or better losses (`benchmarks/training.py`).
 
     **Cost per step** for an m × n block: two products for the statistics and two each to
     rotate the gradient and the update, O(mn(m + n)), plus, every T steps, O(m³ + n³) for
@@ -106,7 +106,12 @@ def soap(
 
     **Dtypes, state, hyperparameters.** As `shampoo`: statistics and moments in float32 at
     least, updates in the parameters' dtypes, a `SOAPState` of fixed structure, non-finite
-    gradients skip the step, `block_size` is read by `init` only. Defaults are the paper's
+    gradients skip the step, `block_size` is read by `init` only. The skip is decided from
+    the gradient alone, before anything is computed: it is taken unless every gradient leaf
+    and its sum of squares are finite and so is the learning rate, and then every statistic,
+    moment and update is a convex combination or a bounded rotation of finite numbers, so
+    none of them is read afterwards for finiteness (float16 parameters, whose range is
+    narrower than the statistics', keep a guard that reads the update). Defaults are the paper's
     (β₁ = β₂ = 0.95, T = 10, lr 3e-3, refresh by power iteration) but for the block size
     (the paper preconditions sides up to 10,000 whole).
 
