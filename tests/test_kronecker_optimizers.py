@@ -520,6 +520,25 @@ def test_a_gradient_whose_statistics_overflow_skips_the_step(name, leaf):
 
 
 @pytest.mark.parametrize("name", ["shampoo", "soap"])
+def test_an_eps_injected_as_zero_leaves_untouched_leaves_at_rest(name):
+    """`eps` is checked positive when given, but `optax.inject_hyperparams` lets a traced 0
+    through. A matrix and a vector leaf whose gradients are all 0 then have 0/0 in Adam's
+    ratio: their step must be 0 (not NaN, nor a skipped step) while the other leaf trains."""
+    opt = optax.inject_hyperparams(FACTORIES[name])(learning_rate=1e-2, eps=1e-8)
+    params = {"W": jnp.ones((4, 3)), "V": jnp.ones((3, 3)), "b": jnp.ones(3)}
+    state = opt.init(params)
+    state.hyperparams["eps"] = jnp.asarray(0.0)
+    update = jax.jit(opt.update)
+    for i in range(3):
+        g = {"W": jax.random.normal(jax.random.key(i), (4, 3)), "V": jnp.zeros((3, 3)),
+             "b": jnp.zeros(3)}
+        updates, state = update(g, state, params)
+        assert bool(jnp.all(updates["V"] == 0)) and bool(jnp.all(updates["b"] == 0)), i
+        assert bool(jnp.all(jnp.isfinite(updates["W"]) & (updates["W"] != 0))), i
+    assert int(state.inner_state.count) == 3
+
+
+@pytest.mark.parametrize("name", ["shampoo", "soap"])
 def test_a_non_finite_learning_rate_skips_the_step(name):
     """A schedule that returns NaN at one step (finite gradients): that step's update is zero
     and the state is unchanged (so the schedule is asked again at the same count)."""

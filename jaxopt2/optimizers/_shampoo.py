@@ -125,7 +125,10 @@ def shampoo(
         direction = []
         for s, lay, m, v, QL, QR in zip(shapes, layouts, mu, nu, left_root, right_root,
                                         strict=True):
-            adam = (m / c1) / (jnp.sqrt(v / c2) + eps)
+            # (a zero denominator, from an `eps` injected as 0 where every gradient so far was
+            # 0, gives a zero step, not 0/0 and a skipped step)
+            den = jnp.sqrt(v / c2) + eps
+            adam = jnp.where(den > 0, (m / c1) / jnp.where(den > 0, den, 1), 0)
             if lay is None:
                 direction.append(adam.astype(m.dtype))
                 continue

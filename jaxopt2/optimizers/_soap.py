@@ -213,7 +213,8 @@ def soap(
                 strict=True):
             if lay is None:
                 m, v = B.adam_moments(m, v, gl, b1, b2)
-                d = (m / c1) / (jnp.sqrt(v / c2) + eps)
+                den = jnp.sqrt(v / c2) + eps
+                d = jnp.where(den > 0, (m / c1) / jnp.where(den > 0, den, 1), 0)
             else:
                 def rotate(X, QL=QL, QR=QR, side=side):
                     X = QL.swapaxes(-1, -2) @ X if side[0] else X
@@ -232,7 +233,10 @@ def soap(
                 # rounding noise at √eps of a step.
                 floor = jnp.sqrt(jnp.finfo(rms.dtype).eps) * jnp.max(
                     rms, axis=(-2, -1), keepdims=True)
-                adam = m / c1 / (jnp.maximum(rms, floor) + eps)
+                # (a zero denominator, from an `eps` injected as 0 on a block whose gradients
+                # were all 0, where m is 0 too, gives a zero step, not 0/0)
+                den = jnp.maximum(rms, floor) + eps
+                adam = jnp.where(den > 0, m / c1 / jnp.where(den > 0, den, 1), 0)
                 d = B.from_blocks(unrotate(adam), s)
             mu.append(m)
             nu.append(v)
