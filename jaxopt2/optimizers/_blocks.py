@@ -32,7 +32,7 @@ from ._checks import (
     check_number,
     static_int,
 )
-from ._common import sanitize
+from ._common import every_member_cond, sanitize
 
 
 def stat_dtype(dtype):
@@ -158,14 +158,14 @@ def update_factors(g, left, right, shapes, t, freq, transform, cached_left, cach
     """One step of the Kronecker statistics shared by Shampoo and SOAP, on flat leaf lists:
     `(layouts, left, right, left_t, right_t, carry)`. Each matrix leaf's gradient blocks are
     added to its left/right factors (`accumulate`); every `freq` steps (t % freq == 0, under
-    `lax.cond`, so the costly `transform` is skipped on the other steps)
-    `transform(factor, cached)` replaces the cached one (Shampoo: inverse 4th roots; SOAP:
-    eigenbases, refined from the cached ones). Vector and scalar leaves (layout None) pass
-    through unchanged. `sides` (one (left, right) pair of bools per leaf; default both)
-    leaves a side's factor untouched, neither accumulated nor transformed (SOAP's one-sided
-    variant). `carry` (any pytree) is returned as it is, or at a refresh as
-    `move(left_t, right_t, cached_left, cached_right, carry)`, inside the same `lax.cond`
-    (SOAP moves its moments into the new bases).
+    `every_member_cond`, so the costly `transform` is skipped on the other steps, under
+    `jax.vmap` too) `transform(factor, cached, t)` replaces the cached one (Shampoo: inverse
+    4th roots; SOAP: eigenbases, refined from the cached ones). Vector and scalar leaves
+    (layout None) pass through unchanged. `sides` (one (left, right) pair of bools per
+    leaf; default both) leaves a side's factor untouched, neither accumulated nor
+    transformed (SOAP's one-sided variant). `carry` (any pytree) is returned as it is, or at
+    a refresh as `move(left_t, right_t, cached_left, cached_right, carry)`, inside the same
+    conditional (SOAP moves its moments into the new bases).
 
     `ok` (a bool, or None: no guard): the step is taken only where `ok`; otherwise every
     factor and transform keeps its old value, and a transform that comes out non-finite is
@@ -193,18 +193,24 @@ def update_factors(g, left, right, shapes, t, freq, transform, cached_left, cach
             return new
         return jnp.where(jnp.all(jnp.isfinite(new)), new, old)
 
-    def refresh(cached_left, cached_right, carry):
-        left_t = [kept(transform(L, Q), Q) if lay and side[0] else Q
+    # Everything the refresh reads is an operand (`every_member_cond` takes no traced
+    # closures), the step count included, for a transform that branches on it.
+    def refresh(new_left, new_right, cached_left, cached_right, carry, t):
+        left_t = [kept(transform(L, Q, t), Q) if lay and side[0] else Q
                   for L, Q, lay, side in zip(new_left, cached_left, layouts, sides, strict=True)]
-        right_t = [kept(transform(R, Q), Q) if lay and side[1] else Q
+        right_t = [kept(transform(R, Q, t), Q) if lay and side[1] else Q
                    for R, Q, lay, side in zip(new_right, cached_right, layouts, sides,
                                               strict=True)]
         return left_t, right_t, (carry if move is None
                                  else move(left_t, right_t, cached_left, cached_right, carry))
 
+    def keep(new_left, new_right, cached_left, cached_right, carry, t):
+        return cached_left, cached_right, carry
+
     due = t % freq == 0 if ok is None else (t % freq == 0) & ok
-    left_t, right_t, carry = jax.lax.cond(
-        due, refresh, lambda *a: a, list(cached_left), list(cached_right), carry)
+    left_t, right_t, carry = every_member_cond(
+        due, refresh, keep, new_left, new_right, list(cached_left), list(cached_right), carry,
+        t)
     return layouts, new_left, new_right, left_t, right_t, carry
 
 

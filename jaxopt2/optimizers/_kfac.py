@@ -15,7 +15,16 @@ import optax
 from .._kronecker import FISHERS, MAX_FACTOR_SIZE, Model, statistics
 from .._tree import tree_add, tree_dot, tree_scale, tree_sub, tree_zeros_like
 from ._checks import check_init_params, check_int, check_learning_rate, check_number, check_state
-from ._common import KeyStream, adapt, bounds, guard, learning_rate_at, sanitize, scalar
+from ._common import (
+    KeyStream,
+    adapt,
+    bounds,
+    every_member_cond,
+    guard,
+    learning_rate_at,
+    sanitize,
+    scalar,
+)
 
 
 class KFACState(NamedTuple):
@@ -100,8 +109,9 @@ def kfac(
     "empirical"),
     one linearization and three Jacobian-vector products with output-space products (the
     quadratic model and ρ), one forward pass (ρ), the products aᵀa and gᵀg, and every T steps
-    `eigh` of every factor (d_in³ + d_out³ per layer; under `jax.vmap` the `lax.cond` runs
-    both branches, so every step). Memory: d_in² + d_out² per layer, twice.
+    `eigh` of every factor (d_in³ + d_out³ per layer; under `jax.vmap` too, unless the
+    members' step counts disagree, when a refresh runs both branches). Memory: d_in² +
+    d_out² per layer, twice.
 
     The state is a `KFACState` of fixed structure; statistics are in the parameters' dtype
     (float32 or float64; half-precision parameters are refused, `eigh` has no such kernel);
@@ -227,13 +237,17 @@ def kfac(
             lam = adapt(lam, rho, jnp.isfinite(rho), ~judged, grow=20 / 19, shrink=19 / 20,
                         low=low, high=high)
 
-        def inverses():
+        def inverses(A, G, lam, A_inv, G_inv):
             out = [_damped_inverses(a, gg, lam) if a.ndim == 2 else (a, gg)
                    for a, gg in zip(A, G, strict=True)]
             return [x for x, _ in out], [y for _, y in out]
 
-        A_inv, G_inv = jax.lax.cond(t % inverse_freq == 0, inverses,
-                                    lambda: (flat(state.A_inv), flat(state.G_inv)))
+        def kept(A, G, lam, A_inv, G_inv):
+            return A_inv, G_inv
+
+        # (a branch under jax.vmap too, unless the members' step counts disagree)
+        A_inv, G_inv = every_member_cond(t % inverse_freq == 0, inverses, kept, list(A),
+                                         list(G), lam, flat(state.A_inv), flat(state.G_inv))
 
         direction = []
         for gl, lay, Ai, Gi, d in zip(flat(g), model.layouts, A_inv, G_inv, diag, strict=True):

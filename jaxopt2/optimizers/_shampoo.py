@@ -59,8 +59,11 @@ def shampoo(
 
     **Cost per step** for an m × n block: O(mn(m + n)) for the statistics and the
     preconditioned direction, plus O(m³ + n³) for the eigendecompositions every T steps
-    (under `jax.vmap` a `lax.cond` runs both branches: every step pays them). Memory: two
-    moment trees like the parameters, and 2(m² + n²) per block.
+    (under `jax.vmap` over an ensemble too: the refresh stays a branch for the whole batch,
+    `_common.every_member_cond`, and runs alongside the other branch only at a refresh
+    where the members' step counts disagree; four vmapped autoencoders cost 1.12× four
+    separate runs, 3.8× while `lax.cond` turned into a select). Memory: two moment trees
+    like the parameters, and 2(m² + n²) per block.
 
     **Dtypes.** Statistics, moments and roots are float32 at least (bfloat16 parameters get
     float32 statistics, float64 parameters keep float64); updates are in the parameters'
@@ -118,7 +121,7 @@ def shampoo(
         stats_ok = B.statistics_ok(finite, leaves(g), shapes) & jnp.isfinite(lr)
         layouts, left, right, left_root, right_root, _ = B.update_factors(
             leaves(g), leaves(state.left), leaves(state.right), shapes, t, precondition_freq,
-            lambda S, _: B.inverse_root(S, 4, matrix_eps), leaves(state.left_root),
+            lambda S, _, __: B.inverse_root(S, 4, matrix_eps), leaves(state.left_root),
             leaves(state.right_root), b2, ok=stats_ok)
 
         c1, c2 = B.bias_corrections(b1, b2, t + 1, dtype)
