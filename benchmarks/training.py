@@ -322,10 +322,10 @@ def psgd_kron():
 
 def psgd_status():
     """One line for the report: whether psgd-jax imports here."""
+    from importlib import metadata
     try:
         _import_psgd()
     except Exception as e:  # noqa: BLE001
-        from importlib import metadata
         try:
             version = "psgd-jax " + metadata.version("psgd-jax")
         except metadata.PackageNotFoundError:
@@ -333,7 +333,6 @@ def psgd_status():
                     "without declaring it)")
         return (f"{version} installed but not importable here: {type(e).__name__}: {e} "
                 f"(optax {optax.__version__}), so it has no row")
-    from importlib import metadata
     return (f"psgd-jax {metadata.version('psgd-jax')}: `psgd_jax.kron` with its defaults is "
             f"the row `psgd kron` (its stale import of optax._src.clipping, unused, aliased "
             f"to optax.transforms._clipping)")
@@ -380,8 +379,11 @@ def make_chunk(t, opt, extra):
 
 
 def full_loss(t):
-    ev = t.get("eval", t["train"])  # the data the training loss is read on
-    return jax.jit(lambda p: t["loss_fn"](t["model_fn"](p, ev), ev))
+    """The jitted full training loss of task `t` (one compiled function per task)."""
+    if "full_loss" not in t:
+        ev = t.get("eval", t["train"])  # the data the training loss is read on
+        t["full_loss"] = jax.jit(lambda p: t["loss_fn"](t["model_fn"](p, ev), ev))
+    return t["full_loss"]
 
 
 def initial(t, opt, lr):
@@ -465,7 +467,8 @@ def refine(t, run, opt, compiled, target):
     return c * every + j, t0 + (t1 - t0) * j / every
 
 def run_task(t, budget_ours, log):
-    """Every optimizer's run (the best of its grid), and what `refine` needs to replay it."""
+    """Every optimizer's run (the best of its grid), its steps and time to tuned AdamW's
+    final loss made exact by `refine`."""
     runs, replays = {}, {}
     for name, (factory, grid, extra) in optimizers(t).items():
         if name in t.get("skip", ()):

@@ -278,6 +278,12 @@ def adam_moments(m, v, g, b1, b2):
     return (b1 * m + (1 - b1) * g).astype(m.dtype), (b2 * v + (1 - b2) * g * g).astype(v.dtype)
 
 
+def ratio_or_zero(a, b):
+    """a / b where b > 0, else 0: Adam's ratio m̂ / (√v̂ + ε) where every gradient so far was 0
+    and `eps` was injected as 0 (0/0), and shampoo's grafting scale of a zero block."""
+    return jnp.where(b > 0, a / jnp.where(b > 0, b, 1), 0)
+
+
 def bias_corrections(b1, b2, t, dtype):
     """1 − β₁ᵗ and 1 − β₂ᵗ after t averaged gradients (t ≥ 1)."""
     t = t.astype(dtype)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.custom_batching import custom_vmap
 
 from .._curvature import gauss_newton, hessian
 from .._linalg import damped_cg as damped_cg
@@ -390,8 +391,6 @@ def every_member_cond(pred, true_fn, false_fn, *operands):
     `true_fn` and `false_fn` must take everything they read as `operands` (no traced
     closures) and return floating-point arrays (operands may be integers: the step count);
     the JVP rule's tangent conventions for integer outputs differ between jax versions."""
-    from jax.custom_batching import custom_vmap
-
     def plain(pred, operands):
         return jax.lax.cond(pred, true_fn, false_fn, *operands)
 

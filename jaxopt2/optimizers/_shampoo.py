@@ -128,10 +128,7 @@ def shampoo(
         direction = []
         for s, lay, m, v, QL, QR in zip(shapes, layouts, mu, nu, left_root, right_root,
                                         strict=True):
-            # (a zero denominator, from an `eps` injected as 0 where every gradient so far was
-            # 0, gives a zero step, not 0/0 and a skipped step)
-            den = jnp.sqrt(v / c2) + eps
-            adam = jnp.where(den > 0, (m / c1) / jnp.where(den > 0, den, 1), 0)
+            adam = B.ratio_or_zero(m / c1, jnp.sqrt(v / c2) + eps)
             if lay is None:
                 direction.append(adam.astype(m.dtype))
                 continue
@@ -139,7 +136,7 @@ def shampoo(
             A = B.to_blocks(adam, *lay)
             norm_p = jnp.sqrt(jnp.sum(P * P, axis=(-2, -1), keepdims=True))
             norm_a = jnp.sqrt(jnp.sum(A * A, axis=(-2, -1), keepdims=True))
-            scale = jnp.where(norm_p > 0, norm_a / jnp.where(norm_p > 0, norm_p, 1), 0)
+            scale = B.ratio_or_zero(norm_a, norm_p)
             direction.append(B.from_blocks(P * scale, s).astype(m.dtype))
 
         direction = jtu.tree_unflatten(treedef, direction)
