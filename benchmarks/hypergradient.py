@@ -12,7 +12,8 @@ with per-feature L2 weights λ = exp(θ), for two inner problems
 - logistic: f(w) = mean(log(1 + exp(X w)) − y·X w) + ½ Σ λ_j w_j²,  L_val the same mean log
   loss on the validation set (labels drawn from a planted model).
 
-Data: X = Z·diag(s), Z standard normal, s log-spaced over 2 decades (0.1 … 10), a planted w,
+Data: X = Z·diag(s), Z standard normal, s log-spaced over 2 decades (0.1 … 10; `--decades 0`
+for unscaled, well-conditioned features), a planted w,
 noise; θ = log(1e-2) + 0.5·N(0, 1) per feature. Reference hypergradient: with
 H = ∇²f(w*) and v = H⁻¹ ∇L_val(w*), dL/dλ_j = −w*_j v_j and dL/dθ_j = λ_j dL/dλ_j.
 For ridge w* and v come from a NumPy/SciPy Cholesky solve (checked against central finite
@@ -133,9 +134,9 @@ def val_loss(w, data, kind):
     return jnp.mean(jax.nn.softplus(z) - data["yv"] * z)
 
 
-def make_data(kind, n, d, n_val, seed=0):
+def make_data(kind, n, d, n_val, seed=0, decades=2.0):
     rng = np.random.default_rng(seed)
-    s = np.logspace(-1, 1, d)
+    s = np.logspace(-decades / 2, decades / 2, d)
     X = rng.standard_normal((n, d)) * s
     Xv = rng.standard_normal((n_val, d)) * s
     w_true = rng.standard_normal(d) / (s * np.sqrt(d))  # every feature contributes O(1/√d)
@@ -213,8 +214,9 @@ def logistic_reference(data, theta):
     return g, float(val_loss(w, data, "logistic")), note
 
 
-def build_problem(kind, n, d, n_val):
-    data, theta = make_data(kind, n, d, n_val, seed={"ridge": 0, "logistic": 1}[kind])
+def build_problem(kind, n, d, n_val, decades=2.0):
+    data, theta = make_data(kind, n, d, n_val, seed={"ridge": 0, "logistic": 1}[kind],
+                            decades=decades)
     ref = ridge_reference if kind == "ridge" else logistic_reference
     g, L, note = ref(data, theta)
     return Problem(kind, kind, data, theta, g, L, note)
@@ -529,7 +531,8 @@ def markdown(problems, all_rows, diags, meta):
         f"(XLA flags as in run_all.py), process pinned to core {PINNED_CPU}; load average at "
         f"start {meta['load0']}, at end {meta['load1']}: timings on this shared 2-core machine "
         "are provisional, all rows of a problem are timed interleaved (medians).",
-        f"- n = {meta['n']}, d = {meta['d']}, n_val = {meta['n_val']}; float64. θ ∈ R^d, "
+        f"- n = {meta['n']}, d = {meta['d']}, n_val = {meta['n_val']}, feature scales over "
+        f"{meta['decades']:g} decades; float64. θ ∈ R^d, "
         "λ = exp(θ); *rel err* = ‖g − g_ref‖/‖g_ref‖ on dL/dθ. *fwd s*, *fwd+bwd s*: medians of "
         "process CPU seconds per call (robust to other load on the machine; one thread, so "
         "≈ wall time when unloaded); *fwd+bwd wall s* the wall-clock median; *bwd s* = "
@@ -572,6 +575,9 @@ def parse(argv=None):
     p.add_argument("--methods", nargs="+", default=None,
                    help="substrings: keep only methods whose name contains one of them")
     p.add_argument("--unroll", type=int, default=500, help="unrolled gradient-descent steps")
+    p.add_argument("--decades", type=float, default=2.0,
+                   help="the features' scales span this many decades (default 2: condition "
+                        "numbers ~3e3-7e3; 0: unscaled features, well-conditioned)")
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--d", type=int, default=None)
     p.add_argument("--n-val", type=int, default=None)
@@ -588,13 +594,14 @@ def main(argv=None):
     d = args.d or (100 if args.quick else 500)
     n_val = args.n_val or (200 if args.quick else 1000)
     repeats = args.repeats or (1 if args.quick else 3)
-    full = not args.quick and args.n is None and args.d is None and args.methods is None
+    full = (not args.quick and args.n is None and args.d is None and args.methods is None
+            and args.decades == 2.0)
     t_start = time.perf_counter()
     load0 = "/".join(f"{x:.1f}" for x in os.getloadavg())
     problems, all_rows, diags = [], {}, {}
     for kind in args.problems:
-        print(f"{kind}: n={n} d={d} n_val={n_val}", flush=True)
-        p = build_problem(kind, n, d, n_val)
+        print(f"{kind}: n={n} d={d} n_val={n_val} decades={args.decades:g}", flush=True)
+        p = build_problem(kind, n, d, n_val, args.decades)
         print(f"  reference: {p.ref_note}", flush=True)
         problems.append(p)
         if not args.no_diag:
@@ -608,7 +615,8 @@ def main(argv=None):
     meta = dict(
         command="python benchmarks/hypergradient.py" + (" --quick" if args.quick else ""),
         date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        wall=time.perf_counter() - t_start, n=n, d=d, n_val=n_val, load0=load0,
+        wall=time.perf_counter() - t_start, n=n, d=d, n_val=n_val, decades=args.decades,
+        load0=load0,
         load1="/".join(f"{x:.1f}" for x in os.getloadavg()),
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible; "
                 f"Python {platform.python_version()}",

@@ -521,12 +521,12 @@ def test_a_gradient_whose_statistics_overflow_skips_the_step(name, leaf):
 
 
 def test_every_member_cond_runs_a_branch_only_for_the_batch_that_needs_it():
-    """`_common.every_member_cond` under `jit(vmap)`: with every member's predicate false the
+    """`_branch.every_member_cond` under `jit(vmap)`: with every member's predicate false the
     costly branch never runs (its callback never fires), with all true only it runs, and
     with a mixed batch each member gets its own branch's value. Outside vmap it is
     `lax.cond`, and reverse mode through it (and vmapped over reverse mode) equals
     `lax.cond`'s."""
-    from jaxopt2.optimizers._common import every_member_cond
+    from jaxopt2._branch import every_member_cond
 
     calls = []
 
@@ -572,7 +572,7 @@ def test_every_member_cond_runs_a_branch_only_for_the_batch_that_needs_it():
 def test_every_member_cond_reverse_mode_through_vmap():
     """Reverse mode through a vmapped `every_member_cond` (a mixed batch) equals
     `lax.cond`'s."""
-    from jaxopt2.optimizers._common import every_member_cond
+    from jaxopt2._branch import every_member_cond
 
     def costly(x, k):
         return jnp.sin(x) * k, x + k

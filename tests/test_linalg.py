@@ -118,6 +118,25 @@ def test_cg_budget_exhausted_and_zero_rhs(dtype):
     np.testing.assert_array_equal(res.x, 0.0)
 
 
+def test_cg_gives_up_when_its_rate_cannot_meet_the_budget(dtype):
+    n = 200
+    eigs = jnp.logspace(0, 5, n).astype(dtype)  # condition 1e5: hundreds of iterations
+    b = jnp.ones(n, dtype)
+    slow = L.truncated_cg(lambda v: eigs * v, b, rtol=1e-10, max_iters=40, give_up_after=8)
+    assert not bool(slow.converged) and int(slow.num_iters) < 40
+    assert int(slow.num_iters) >= 8  # not before `give_up_after`
+    # the same budget without giving up runs it out; a well-conditioned system converges as
+    # it would without the rule
+    full = L.truncated_cg(lambda v: eigs * v, b, rtol=1e-10, max_iters=40)
+    assert int(full.num_iters) == 40 and not bool(full.converged)
+    fast = jnp.linspace(1.0, 3.0, n).astype(dtype)
+    rtol = 1e-10 if dtype == jnp.float64 else 1e-5
+    kept = L.truncated_cg(lambda v: fast * v, b, rtol=rtol, max_iters=40, give_up_after=8)
+    plain = L.truncated_cg(lambda v: fast * v, b, rtol=rtol, max_iters=40)
+    assert bool(kept.converged) and int(kept.num_iters) == int(plain.num_iters)
+    np.testing.assert_array_equal(kept.x, plain.x)
+
+
 def test_damped_cg_and_warm_start(dtype):
     n = 7
     c = spd(jax.random.key(8), n, dtype)

@@ -45,7 +45,7 @@ class CGResult(eqx.Module):
 
 
 def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, radius=None,
-                 energy_tol=None):
+                 energy_tol=None, give_up_after: int | None = None):
     """Preconditioned truncated CG from x₀ = 0.
 
     `precond(r)` applies M⁻¹ (symmetric positive definite) or is None. With `radius`, the
@@ -55,6 +55,10 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
     the boundary when a radius is given, so callers always get a descent direction for b = −g.
     With `energy_tol` = τ, the residual test additionally requires ‖r‖² ≤ τ·bᵀx (bᵀx = xᵀAx
     for a CG iterate: the residual small against the energy of the step taken so far).
+    With `give_up_after` = m, from iteration m on CG stops (not converged) as soon as the mean
+    rate at which the residual has fallen so far would need more than `max_iters` iterations
+    in all to reach the tolerance: a caller with a cheaper fallback does not spend the whole
+    budget on a solve that cannot finish within it.
     """
     apply_m = (lambda r: r) if precond is None else precond
     x0 = tree_zeros_like(b)
@@ -102,6 +106,13 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
         if energy_tol is not None:
             converged = converged & (rr <= energy_tol * tree_dot(b, x_new))
         stop = negative | hit | converged
+        if give_up_after is not None:
+            # (k + 1)·log(tol/‖b‖)/log(‖r‖/‖b‖) iterations in all at the rate so far (a
+            # residual that grew needs infinitely many)
+            tiny = jnp.finfo(rr.dtype).tiny
+            slow = ((k + 1) * jnp.log(jnp.maximum(tol, tiny) / b_norm)
+                    < max_iters * jnp.log(jnp.maximum(jnp.sqrt(rr), tiny) / b_norm))
+            stop = stop | ((k + 1 >= give_up_after) & slow)
         return (x_new, r_new, p_new, rz_new, k + 1, stop, converged & ~negative & ~hit,
                 negative, hit)
 

@@ -60,7 +60,7 @@ def shampoo(
     **Cost per step** for an m × n block: O(mn(m + n)) for the statistics and the
     preconditioned direction, plus O(m³ + n³) for the eigendecompositions every T steps
     (under `jax.vmap` over an ensemble too: the refresh stays a branch for the whole batch,
-    `_common.every_member_cond`, and runs alongside the other branch only at a refresh
+    `jaxopt2._branch.every_member_cond`, and runs alongside the other branch only at a refresh
     where the members' step counts disagree; four vmapped autoencoders cost 1.12× four
     separate runs, 3.8× while `lax.cond` turned into a select). Memory: two moment trees
     like the parameters, and 2(m² + n²) per block.

@@ -93,7 +93,7 @@ def soap(
     rotate the gradient and the update, O(mn(m + n)), plus, every T steps, O(m³ + n³) for
     the refresh (a product and a QR per side) and four products to move m. Under
     `jax.vmap` over an ensemble the same: the refresh (and the first refresh's `eigh`) stays
-    a branch for the whole batch (`_common.every_member_cond`; four vmapped autoencoders
+    a branch for the whole batch (`jaxopt2._branch.every_member_cond`; four vmapped autoencoders
     cost 1.18× four separate runs, 5.4× while `lax.cond` turned into a select that ran both
     branches at every step). Memory: m and v (blocked, as the parameters with padding) and
     2(m² + n²) per block.
