@@ -166,6 +166,12 @@ class ImplicitAdjoint(AbstractAdjoint):
       (BᵀB + R in one matrix product). The solution is still checked against the true
       products, so a matrix that is not ∂ₓF gives a failed (NaN, or raising) derivative,
       never a quietly wrong one.
+    - `solver_preconditioner`: optional `solver_preconditioner(out) -> (v -> M⁻¹v)`, the
+      curvature the forward solve ended with (`out`: what the primal function returned
+      beside the root), for the default small solve's conjugate gradients. `minimize` sets it
+      from the solver's `adjoint_preconditioner` (Newton's last Cholesky factor), so CG needs
+      a few products where the matrix would be formed; a preconditioner that does not help
+      only costs CG its budget, after which the matrix is formed as without it.
 
     Works in forward and reverse mode, under `vmap`, and to higher order (`jax.hessian` of an
     outer loss through a solve).
@@ -177,6 +183,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     differentiate_unconverged: bool = False
     refine: bool | None = None
     matrix: Callable | None = None
+    solver_preconditioner: Callable | None = None
 
     def __check_init__(self):
         if self.refine not in (None, True, False):
@@ -200,10 +207,10 @@ class ImplicitAdjoint(AbstractAdjoint):
                              f"∂ₓF in the flattened order of the parameters; got {A.shape}.")
         return jax.lax.stop_gradient(A.astype(result_dtype(root)))
 
-    def solve(self, matvec, rhs, root, tags, matrix=None):
+    def solve(self, matvec, rhs, root, tags, matrix=None, from_solver=None):
         """Solve matvec(x) = rhs, with `root` fixing the structure and dtype (and `matrix`,
-        from `dense_matrix`, the system as an array). Returns x, NaN where the solve
-        failed."""
+        from `dense_matrix`, the system as an array; `from_solver`, v ↦ M⁻¹v from the forward
+        solver, for the small symmetric solve). Returns x, NaN where the solve failed."""
         symmetric = lx.symmetric_tag in tags
         solver = self.linear_solver
 
@@ -224,7 +231,7 @@ class ImplicitAdjoint(AbstractAdjoint):
             elif solver is None and _size(b) <= DENSE_MAX:
                 if (matrix is None and symmetric and lx.positive_semidefinite_tag in tags
                         and not _explicitly_sharded(b)):
-                    x = _cg_then_dense(matvec, b, eps, tags)
+                    x = _cg_then_dense(matvec, b, eps, tags, from_solver)
                 else:
                     x = _dense_solve(matvec, b, symmetric, eps, matrix)
                 ok = tree_all_finite(x) & (_norm(tree_sub(matvec(x), b)) <= eps**0.5 * _norm(b))
@@ -316,7 +323,7 @@ CG_SHARE = 6
 CG_GIVE_UP = 8  # from this iteration on, CG stops as soon as its rate cannot meet the budget
 
 
-def _cg_then_dense(matvec, b, eps: float, tags):
+def _cg_then_dense(matvec, b, eps: float, tags, precond=None):
     """The default solve of a symmetric positive semi-definite system of up to `DENSE_MAX`
     unknowns: conjugate gradients within a budget of n/6 products (what forming the matrix
     costs), given up from the 8th iteration once the rate of the residual so far cannot reach
@@ -336,8 +343,15 @@ def _cg_then_dense(matvec, b, eps: float, tags):
     dense solve made it: where CG cannot get there, the dense solve does."""
     tol = eps**0.75
     n = _size(b)
+    if precond is not None:
+        apply = precond
+        precond = lambda v: jtu.tree_map(  # noqa: E731
+            lambda m, u: m.astype(u.dtype), jax.lax.stop_gradient(apply(v)), v)
     x = truncated_cg(matvec, b, rtol=tol, max_iters=max(16, n // CG_SHARE),
-                     give_up_after=CG_GIVE_UP).x
+                     precond=precond, give_up_after=CG_GIVE_UP).x
+    # (a useless preconditioner, e.g. a factor from no step at all, can leave x non-finite:
+    # the dense solve then starts from zero)
+    x = jtu.tree_map(lambda v: jnp.where(tree_all_finite(x), v, jnp.zeros_like(v)), x)
     r = tree_sub(b, matvec(x))
     # (the true residual may sit a little above the recursive one CG stopped on)
     done = tree_all_finite(x) & (_norm(r) <= 4 * tol * _norm(b))
@@ -442,14 +456,16 @@ def _implicit_jvp(primals, tangents, *, primal_fn, optimality_fn, tags, adjoint)
     _, t_inputs = tangents
     root, residual = _implicit(params0, inputs, primal_fn=primal_fn,
                                optimality_fn=optimality_fn, tags=tags, adjoint=adjoint)
+    from_solver = getattr(adjoint, "solver_preconditioner", None)
+    precond = None if from_solver is None else from_solver(jax.lax.stop_gradient(residual))
     if getattr(adjoint, "refine", False):
-        root = refine_root(optimality_fn, root, inputs, tags, adjoint)
+        root = refine_root(optimality_fn, root, inputs, tags, adjoint, precond)
     t_residual = jtu.tree_map(lambda _: None, residual)
-    t_root = implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint)
+    t_root = implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint, precond)
     return (root, residual), (t_root, t_residual)
 
 
-def refine_root(optimality_fn, root, inputs, tags, adjoint: ImplicitAdjoint):
+def refine_root(optimality_fn, root, inputs, tags, adjoint: ImplicitAdjoint, precond=None):
     """One Newton step x − (∂ₓF)⁻¹F(x) on primal values (the adjoint's linear solver, never
     raising), kept only where it is finite and lowers ‖F‖: at a regular root it squares the
     error; at a singular or failed one it is dropped and x is returned unchanged."""
@@ -457,7 +473,7 @@ def refine_root(optimality_fn, root, inputs, tags, adjoint: ImplicitAdjoint):
     F, matvec = jax.linearize(lambda y: optimality_fn(y, inputs), x)
     F = jtu.tree_map(lambda f, v: f.astype(v.dtype), F, x)
     quiet = eqx.tree_at(lambda a: a.throw, adjoint, False)
-    delta = quiet.solve(matvec, tree_neg(F), x, tags, adjoint.dense_matrix(x, inputs))
+    delta = quiet.solve(matvec, tree_neg(F), x, tags, adjoint.dense_matrix(x, inputs), precond)
     moved = tree_add(x, delta)
     F_moved = optimality_fn(moved, inputs)
     better = tree_all_finite(moved) & (_norm(F_moved) < _norm(F))
@@ -466,7 +482,8 @@ def refine_root(optimality_fn, root, inputs, tags, adjoint: ImplicitAdjoint):
     return tree_add(root, jax.lax.stop_gradient(step))
 
 
-def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: ImplicitAdjoint):
+def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: ImplicitAdjoint,
+                     precond=None):
     """−(∂ₓF)⁻¹ ∂_θF·θ̇ at x = root: the tangent of the root along the input tangent θ̇."""
     _check_square(optimality_fn, root, inputs)
     diff_inputs, static_inputs = eqx.partition(inputs, _is_differentiable)
@@ -487,7 +504,9 @@ def implicit_tangent(optimality_fn, root, inputs, t_inputs, tags, adjoint: Impli
     link = 0.0 * sum(jnp.sum(leaf) for leaf in jtu.tree_leaves(rhs))
     rhs = jtu.tree_map(lambda r: r + link.astype(r.dtype), rhs)
     matrix = adjoint.dense_matrix(root, inputs) if isinstance(adjoint, ImplicitAdjoint) else None
-    tangent = adjoint.solve(matvec, tree_neg(rhs), root, tags, matrix)
+    tangent = (adjoint.solve(matvec, tree_neg(rhs), root, tags, matrix, precond)
+               if isinstance(adjoint, ImplicitAdjoint)
+               else adjoint.solve(matvec, tree_neg(rhs), root, tags, matrix))
     stable = _jacobian_stable(optimality_fn, root, inputs, F, matvec)
     scale = jnp.where(stable, 1.0, jnp.nan).astype(result_dtype(root))
     if getattr(adjoint, "throw", False):

@@ -31,8 +31,13 @@ def _fun(w, args):
     return 0.5 * w @ (A @ w) + 0.5 * lam * jnp.sum(w**2) - c @ w
 
 
-def _loss(lam, A, c):
-    sol = jaxopt2.minimize(_fun, jnp.zeros(N), (A, c, lam), solver=jaxopt2.Newton())
+# the adjoint without the forward solver's curvature: plain CG, then the matrix
+PLAIN = jaxopt2.ImplicitAdjoint(solver_preconditioner=lambda out: None)
+
+
+def _loss(lam, A, c, solver=None, adjoint=PLAIN):
+    solver = jaxopt2.Newton() if solver is None else solver
+    sol = jaxopt2.minimize(_fun, jnp.zeros(N), (A, c, lam), solver=solver, adjoint=adjoint)
     return jnp.sum(sol.params**2)
 
 
@@ -85,6 +90,24 @@ def test_under_vmap_the_dense_solve_runs_only_for_a_batch_that_needs_it(dense_ru
     want = jnp.stack([jax.grad(_closed)(0.1, A0, c0), jax.grad(_closed)(0.2, A2, c2)])
     np.testing.assert_allclose(got, want, rtol=1e-8)
     assert dense_runs
+
+
+@pytest.mark.parametrize("solver", [jaxopt2.Newton(), jaxopt2.LBFGS(), jaxopt2.BFGS()],
+                         ids=["Newton", "LBFGS", "BFGS"])
+def test_newtons_last_factor_preconditions_the_adjoint(dense_runs, solver):
+    # condition 1e4 in a rotated basis, which plain CG cannot solve within its budget (the
+    # test above): Newton's last Cholesky factor is the exact Hessian here, so with it as
+    # the preconditioner CG finishes at once. LBFGS and BFGS keep no curvature for the
+    # adjoint: both of LBFGS's solves (the refining step and the adjoint) fall back to the
+    # matrix, and the derivative is right either way
+    A, c = _system(1e4, 1)
+    got = jax.jit(jax.grad(lambda lam: _loss(lam, A, c, solver, jaxopt2.ImplicitAdjoint())))(0.1)
+    want = jax.grad(_closed)(0.1, A, c)
+    np.testing.assert_allclose(got, want, rtol=1e-8)
+    if isinstance(solver, jaxopt2.Newton):
+        assert not dense_runs
+    else:
+        assert dense_runs
 
 
 def test_forward_mode_and_float32():

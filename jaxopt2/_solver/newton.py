@@ -21,6 +21,9 @@ from .._xla_cpu import gram
 
 class _NewtonState(eqx.Module):
     damping: jax.Array  # τ added to the Hessian at the last step; 0 when H itself was factored
+    # the lower Cholesky factor of the last step's H + τI (zeros before the first step), for
+    # the implicit derivative's solve (`adjoint_preconditioner`)
+    factor: jax.Array
 
 
 class Newton(AbstractMinimizer):
@@ -31,7 +34,9 @@ class Newton(AbstractMinimizer):
     singular), the solve uses H + τI instead, with τ increased geometrically from
     max(0, −min Hᵢᵢ) + 10⁻³‖H‖_F until the factorisation succeeds (Nocedal & Wright, Alg. 3.3).
     H + τI is positive definite, so dₖ is always a descent direction; the τ used is kept in
-    the state (`Solution.state.damping`) for diagnosis.
+    the state (`Solution.state.damping`) for diagnosis, and the last factor
+    (`Solution.state.factor`, n × n) preconditions the implicit derivative's solve, which
+    then takes a few Hessian-vector products instead of forming the Hessian again.
 
     The parameters are flattened into one vector (`jax.flatten_util.ravel_pytree`) and the
     n × n Hessian is formed with forward-over-reverse differentiation: n Hessian-vector
@@ -84,7 +89,22 @@ class Newton(AbstractMinimizer):
         check_budget("max_damping_tries", self.max_damping_tries)
 
     def init(self, fn, iterate: Iterate, args) -> _NewtonState:
-        return _NewtonState(jnp.zeros((), iterate.value.dtype))
+        x, _ = ravel(iterate.params)
+        return _NewtonState(jnp.zeros((), iterate.value.dtype),
+                            jnp.zeros((x.size, x.size), x.dtype))
+
+    def adjoint_preconditioner(self, state: _NewtonState, params):
+        """(H + τI)⁻¹ of the last step, from its Cholesky factor: at a converged solve H is
+        the Hessian a step away from the solution, so the adjoint's CG needs a few products.
+        None before any step (a zero factor: the adjoint then proceeds without it)."""
+        _, unravel = ravel(params)
+
+        def apply(v):
+            flat, _ = ravel(v)
+            out = jsl.cho_solve((state.factor.astype(flat.dtype), True), flat)
+            return unravel(out)
+
+        return apply
 
     def step(self, fn, iterate: Iterate, args, state: _NewtonState):
         x, unravel = ravel(iterate.params)
@@ -103,4 +123,4 @@ class Newton(AbstractMinimizer):
         new, counts, result = newton_line_search(fn, iterate, unravel(d), args, self.c1,
                                                  self.max_backtracks)
         counts = counts + extra
-        return new, _NewtonState(tau.astype(iterate.value.dtype)), counts, result
+        return new, _NewtonState(tau.astype(iterate.value.dtype), factor), counts, result
