@@ -200,8 +200,8 @@ def minimize(
                               is_leaf=lambda x: x is None)
     if (isinstance(adjoint, ImplicitAdjoint) and adjoint.solver_preconditioner is None
             and bounds is None and prox is None):
-        # the curvature the solve ends with, for the adjoint's CG (Newton's last factor, the
-        # quasi-Newton model); None where the solver keeps none
+        # the curvature the solve ends with, for the adjoint's CG (Newton's last factor); None
+        # where the solver keeps none
         adjoint = eqx.tree_at(lambda a: a.solver_preconditioner, adjoint,
                               lambda out: solver.adjoint_preconditioner(out.state,
                                                                         out.iterate.params),

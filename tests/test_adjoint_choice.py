@@ -110,6 +110,41 @@ def test_newtons_last_factor_preconditions_the_adjoint(dense_runs, solver):
         assert dense_runs
 
 
+def test_newton_started_at_the_solution_has_no_factor_and_still_differentiates(dense_runs):
+    # zero steps: the kept factor is still the zero of `init`, so its product is not finite;
+    # CG gives up and the matrix is formed (on a system plain CG would solve at once)
+    A, c = _system(3.0, 0)
+    lam = 0.1
+    x_star = jnp.linalg.solve(A + lam * jnp.eye(N), c)
+
+    def loss(lam):
+        sol = jaxopt2.minimize(_fun, x_star, (A, c, lam), solver=jaxopt2.Newton(atol=1e-6),
+                               adjoint=jaxopt2.ImplicitAdjoint())
+        return jnp.sum(sol.params**2), sol.stats["num_steps"]
+
+    (_, steps), got = jax.jit(jax.value_and_grad(loss, has_aux=True))(lam)
+    assert int(steps) == 0
+    np.testing.assert_allclose(got, jax.grad(_closed)(lam, A, c), rtol=1e-8)
+    assert dense_runs
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_vmap_in_both_dtypes_without_the_matrix(dense_runs, dtype):
+    (A0, c0), (A1, c1) = _system(3.0, 0), _system(2.0, 2)
+    As, cs = jnp.stack([A0, A1]).astype(dtype), jnp.stack([c0, c1]).astype(dtype)
+
+    def loss(lam, A, c):
+        sol = jaxopt2.minimize(_fun, jnp.zeros(N, dtype), (A, c, lam),
+                               solver=jaxopt2.NewtonCG(), adjoint=PLAIN)
+        return jnp.sum(sol.params**2)
+
+    got = jax.jit(jax.vmap(jax.grad(loss)))(jnp.array([0.1, 0.2], dtype), As, cs)
+    assert got.dtype == dtype
+    want = jnp.stack([jax.grad(_closed)(0.1, A0, c0), jax.grad(_closed)(0.2, A1, c1)])
+    np.testing.assert_allclose(got, want, rtol=1e-9 if dtype == jnp.float64 else 1e-4)
+    assert not dense_runs
+
+
 def test_forward_mode_and_float32():
     A, c = _system(3.0, 3)
     t = jax.jvp(lambda lam: _loss(lam, A, c), (0.1,), (1.0,))[1]

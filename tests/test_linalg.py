@@ -135,6 +135,11 @@ def test_cg_gives_up_when_its_rate_cannot_meet_the_budget(dtype):
     plain = L.truncated_cg(lambda v: fast * v, b, rtol=rtol, max_iters=40)
     assert bool(kept.converged) and int(kept.num_iters) == int(plain.num_iters)
     np.testing.assert_array_equal(kept.x, plain.x)
+    # a preconditioner with no finite product (a zero Cholesky factor) never converges: CG
+    # gives up at `give_up_after` instead of running out the budget
+    nan = L.truncated_cg(lambda v: fast * v, b, rtol=rtol, max_iters=40, give_up_after=8,
+                         precond=lambda r: r / 0.0)
+    assert not bool(nan.converged) and int(nan.num_iters) == 8
 
 
 def test_damped_cg_and_warm_start(dtype):

@@ -108,10 +108,11 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
         stop = negative | hit | converged
         if give_up_after is not None:
             # (k + 1)·log(tol/‖b‖)/log(‖r‖/‖b‖) iterations in all at the rate so far (a
-            # residual that grew needs infinitely many)
+            # residual that grew, or a NaN one, needs infinitely many)
             tiny = jnp.finfo(rr.dtype).tiny
             slow = ((k + 1) * jnp.log(jnp.maximum(tol, tiny) / b_norm)
                     < max_iters * jnp.log(jnp.maximum(jnp.sqrt(rr), tiny) / b_norm))
+            slow = slow | ~jnp.isfinite(rr)
             stop = stop | ((k + 1 >= give_up_after) & slow)
         return (x_new, r_new, p_new, rz_new, k + 1, stop, converged & ~negative & ~hit,
                 negative, hit)

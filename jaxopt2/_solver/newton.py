@@ -96,7 +96,8 @@ class Newton(AbstractMinimizer):
     def adjoint_preconditioner(self, state: _NewtonState, params):
         """(H + τI)⁻¹ of the last step, from its Cholesky factor: at a converged solve H is
         the Hessian a step away from the solution, so the adjoint's CG needs a few products.
-        None before any step (a zero factor: the adjoint then proceeds without it)."""
+        Before any step (a start at the solution) the factor is zero and the product not
+        finite: the adjoint's CG gives up after 8 iterations and forms the matrix."""
         _, unravel = ravel(params)
 
         def apply(v):
