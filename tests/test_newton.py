@@ -269,7 +269,7 @@ def test_jacobi_preconditioner_is_used():
 def test_forcing_terms():
     state = lambda g, eta: _NewtonCGState(jnp.asarray(g), jnp.asarray(eta), jnp.ones(()),
                                           jnp.zeros((), jnp.int32), jnp.inf, jnp.inf,
-                                          jnp.array(False))
+                                          jnp.array(False), jnp.asarray(200))
     ew = jaxopt2.NewtonCG()
     # choice 2: 0.9 (‖gₖ‖/‖gₖ₋₁‖)², here 0.9 · 0.1² = 0.009 ...
     np.testing.assert_allclose(ew._forcing_term(state(1.0, 0.2), 0.1), 0.009)
@@ -332,3 +332,38 @@ def test_mixed_precision_leaves():
     # 4(a − 1)³ + 2a = 0 at a ≈ 0.4102455
     np.testing.assert_allclose(sol.params["a"], 0.4102455, rtol=1e-5)
     np.testing.assert_allclose(sol.params["b"], -2.0, rtol=1e-6)
+
+
+def _rotated_quadratic(n, dtype, seed=0):
+    """½xᵀAx − bᵀx, A = Q diag(1 … 1e4, log-spaced, + 0.1) Qᵀ with a random rotation Q: CG
+    needs about 3n iterations in float64 to reach a certifying residual."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    a = (q * (np.logspace(0, 4, n) + 0.1)) @ q.T
+    b = a @ rng.standard_normal(n)
+    return jnp.asarray(a, dtype), jnp.asarray(b, dtype), np.linalg.solve(a, b)
+
+
+@pytest.mark.parametrize("preconditioner", ["auto", None])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_newton_cg_grows_its_budget_to_certify_an_ill_conditioned_minimum(dtype, preconditioner):
+    # At n = 60 the default budget, 2n = 120 products, is below the ~180 that CG needs to
+    # certify in float64: with a fixed budget the solve spun to max_steps (256 · 120 products)
+    # with x already right. The default doubles it after the certifying solve runs out.
+    n = 60
+    a, b, x_star = _rotated_quadratic(n, dtype)
+    quad = lambda x, ab: 0.5 * x @ (ab[0] @ x) - ab[1] @ x
+    sol = jaxopt2.minimize(quad, jnp.zeros(n, dtype), (a, b),
+                           solver=jaxopt2.NewtonCG(preconditioner=preconditioner), throw=False)
+    assert sol.status == RESULTS.successful, jaxopt2.status_name(sol.status)
+    tol = 1e-9 if dtype == jnp.float64 else 1e-3
+    np.testing.assert_allclose(sol.params, x_star, atol=tol * np.abs(x_star).max())
+    assert int(sol.stats["num_hvp"]) < 10 * 2 * n * 8  # a few steps, not 256 of them
+    assert int(sol.state.cg_limit) > 2 * n  # the budget grew
+    # an integer budget is the user's: fixed, and the same solve stays uncertified
+    if dtype == jnp.float64:
+        fixed = jaxopt2.minimize(quad, jnp.zeros(n, dtype), (a, b), max_steps=30, throw=False,
+                                 solver=jaxopt2.NewtonCG(preconditioner=preconditioner,
+                                                         cg_max_steps=2 * n))
+        assert fixed.status != RESULTS.successful
+        assert int(fixed.state.cg_limit) == 2 * n

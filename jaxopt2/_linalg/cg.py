@@ -45,7 +45,7 @@ class CGResult(eqx.Module):
 
 
 def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, radius=None,
-                 energy_tol=None, give_up_after: int | None = None):
+                 energy_tol=None, give_up_after: int | None = None, limit=None):
     """Preconditioned truncated CG from x₀ = 0.
 
     `precond(r)` applies M⁻¹ (symmetric positive definite) or is None. With `radius`, the
@@ -59,7 +59,11 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
     rate at which the residual has fallen so far would need more than `max_iters` iterations
     in all to reach the tolerance: a caller with a cheaper fallback does not spend the whole
     budget on a solve that cannot finish within it.
+    `limit` (traced, at most `max_iters`) caps this call's iterations below the static
+    `max_iters`, which stays the bound of an unrolled loop: a budget that a caller adapts from
+    step to step without recompiling.
     """
+    budget = max_iters if limit is None else jnp.minimum(limit, max_iters)
     apply_m = (lambda r: r) if precond is None else precond
     x0 = tree_zeros_like(b)
     z0 = apply_m(b)
@@ -76,7 +80,7 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
 
     def cond(c):
         _, r, _, _, k, stop, *_ = c
-        return ~stop & (k < max_iters)
+        return ~stop & (k < budget)
 
     def body(c):
         x, r, p, rz, k, _, conv, neg, bnd = c
@@ -111,7 +115,7 @@ def truncated_cg(matvec, b, *, rtol, atol=0.0, max_iters: int, precond=None, rad
             # residual that grew, or a NaN one, needs infinitely many)
             tiny = jnp.finfo(rr.dtype).tiny
             slow = ((k + 1) * jnp.log(jnp.maximum(tol, tiny) / b_norm)
-                    < max_iters * jnp.log(jnp.maximum(jnp.sqrt(rr), tiny) / b_norm))
+                    < budget * jnp.log(jnp.maximum(jnp.sqrt(rr), tiny) / b_norm))
             slow = slow | ~jnp.isfinite(rr)
             stop = stop | ((k + 1 >= give_up_after) & slow)
         return (x_new, r_new, p_new, rz_new, k + 1, stop, converged & ~negative & ~hit,

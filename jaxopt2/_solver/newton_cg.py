@@ -55,6 +55,15 @@ _MAX_RADIUS = 1e10
 # it, and plain CG could never certify its last step).
 _AUTO_CG = 25
 _AUTO_GAIN = 0.5
+# The default CG budget, min(2n, _CG_CAP), doubles after a certifying solve (the one that must
+# estimate the Newton step once the gradient test passes) runs out of it, up to
+# min(max(10n, _CG_CAP), _CG_GROWN). In floating point CG needs several times n on an
+# ill-conditioned spectrum (curvatures 1 … 1e4, log-spaced: 180 iterations to 1.5e-8 at n = 60,
+# 583 at n = 240), and at the fixed budget such a problem spun to `max_steps` (50,000 products
+# at n = 240) with x right to 1e-12. Doubling keeps the products of the failed attempts below
+# those of the last one; the ceiling bounds a step's cost where no budget certifies.
+_CG_CAP = 200
+_CG_GROWN = 8 * _CG_CAP
 _PLAIN, _JACOBI, _OFF, _RETRY, _FINAL = 0, 1, 2, 3, 4
 
 
@@ -81,6 +90,7 @@ class _NewtonCGState(eqx.Module):
     error: jax.Array  # ‖d‖∞ of the last CG step where it certifies ‖x − x*‖ (else ∞)
     grad_tol: jax.Array  # the stopping rule's atol + rtol·‖g₀‖∞: below it, solve CG tightly
     cut: jax.Array  # the last step was cut to the trust-region radius
+    cg_limit: jax.Array  # int32: the last step's CG budget (doubled after a certifying run-out)
     auto: _Auto | None = None  # preconditioner="auto" only
 
 
@@ -159,7 +169,11 @@ class NewtonCG(AbstractMinimizer):
       counted in `num_hvp`.
     - `cg_max_steps`: CG budget per step; `None` means min(2n, 200) for n parameters (exact
       arithmetic needs at most n; the cap bounds the cost per step on large problems, where
-      the forcing term usually stops CG much earlier).
+      the forcing term usually stops CG much earlier), doubled each time a certifying solve
+      (the accurate one after the gradient test passes) runs out of it, up to
+      min(max(10n, 200), 1600) (in floating point CG needs several times n on ill-conditioned
+      spectra): such a problem is then certified instead of spinning to `max_steps`. An
+      integer is a fixed budget.
     - `initial_radius`: the first trust-region radius (only with `trust_region=True`).
 
     Counts: every CG product is one `num_hvp` (plus one per trust-region step, for the
@@ -229,7 +243,14 @@ class NewtonCG(AbstractMinimizer):
             error=jnp.asarray(jnp.inf, dtype),
             grad_tol=(self.atol + rtol * tree_inf_norm(iterate.grad)).astype(dtype),
             cut=jnp.array(False),
+            cg_limit=jnp.asarray(self._cg_budget(tree_size(iterate.params))[0], jnp.int32),
         )
+
+    def _cg_budget(self, n: int) -> tuple[int, int]:
+        """(first, largest) CG budget per step: fixed where the user set `cg_max_steps`."""
+        if self.cg_max_steps is not None:
+            return self.cg_max_steps, self.cg_max_steps
+        return min(2 * n, _CG_CAP), min(max(10 * n, _CG_CAP), _CG_GROWN)
 
     def _certifying_forcing(self, params) -> float:
         """The forcing term of a step that may certify convergence: max(rtol, √eps), at most
@@ -268,7 +289,7 @@ class NewtonCG(AbstractMinimizer):
         return jnp.clip(jnp.sqrt(grad_norm), eps, _ETA_MAX).astype(dtype)
 
     def _preconditioning(self, objective, params, args, operator, state, n: int,
-                         max_cg: int):
+                         ran_out):
         """`(auto state to keep or None, r ↦ M⁻¹r or None, products spent building it)`."""
         if not isinstance(self.preconditioner, str):
             precond = (None if self.preconditioner is None
@@ -292,7 +313,7 @@ class NewtonCG(AbstractMinimizer):
         useless = on & (rate > _AUTO_GAIN * auto.plain_rate)
         # dropped, but plain CG ran out of its budget: try the diagonal once more (judged
         # anew; dropped for good if it fails again)
-        exhausted = (auto.mode == _OFF) & (state.cg_steps >= max_cg)
+        exhausted = (auto.mode == _OFF) & ran_out
         need = long & ~useless & (on | (auto.mode == _PLAIN) | exhausted)
         keep = ~useless & ~need
         ones = jax.tree_util.tree_map(jnp.ones_like, auto.inv_diag)
@@ -315,14 +336,19 @@ class NewtonCG(AbstractMinimizer):
         curvature = hessian if self.curvature is None else self.curvature
         operator = curvature(objective, iterate.params, args)
         n = tree_size(iterate.params)
-        max_cg = min(2 * n, 200) if self.cg_max_steps is None else self.cg_max_steps
-        auto, precond, built = self._preconditioning(objective, iterate.params, args,
-                                                     operator, state, n, max_cg)
-        grad_norm = tree_norm(iterate.grad).astype(state.eta.dtype)
-        eta = self._forcing_term(state, grad_norm)
         # Once the gradient test passes, the stopping rule asks for this step's norm as the
         # error estimate (`error_estimate`), so CG must solve accurately enough to give it.
         eta_certify = self._certifying_forcing(iterate.params)
+        _, max_cg = self._cg_budget(n)
+        ran_out = state.cg_steps >= state.cg_limit
+        # the last step was a certifying solve that ran out of its budget: double it
+        grow = ran_out & (state.eta <= eta_certify) & ~jnp.isfinite(state.error)
+        limit = jnp.where(grow, jnp.minimum(2 * state.cg_limit, max_cg),
+                          state.cg_limit).astype(jnp.int32)
+        auto, precond, built = self._preconditioning(objective, iterate.params, args,
+                                                     operator, state, n, ran_out)
+        grad_norm = tree_norm(iterate.grad).astype(state.eta.dtype)
+        eta = self._forcing_term(state, grad_norm)
         if isinstance(self.forcing, str):
             # No adaptive solve tighter than a certifying one: after the quadratic drop in ‖g‖
             # of the last steps the Eisenstat–Walker term reached 1e-13 (digits: 87 CG
@@ -342,22 +368,22 @@ class NewtonCG(AbstractMinimizer):
             cap = float(jnp.finfo(state.eta.dtype).max) ** 0.25
             radius = jnp.minimum(state.radius / gscale, cap)
         cg = truncated_cg(operator.mv, tree_scale(-1 / gscale, iterate.grad), rtol=eta,
-                          max_iters=max_cg, precond=precond, radius=radius)
+                          max_iters=max_cg, limit=limit, precond=precond, radius=radius)
         cg = eqx.tree_at(lambda c: c.x, cg, tree_scale(gscale, cg.x))
         error = self._error(cg, eta, eta_certify, state.eta.dtype)
         if self.trust_region:
             new, new_state, counts, result = self._trust_region_step(
-                fn, iterate, args, state, operator, cg, grad_norm, eta, error)
+                fn, iterate, args, state, operator, cg, grad_norm, eta, error, limit)
             return new, _with_auto(new_state, auto), counts + Counts.of(hvp=built), result
         new, counts, result = newton_line_search(fn, iterate, cg.x, args, self.c1,
                                                  self.max_backtracks)
         new_state = _NewtonCGState(grad_norm, eta, state.radius, cg.num_iters, error,
-                                   state.grad_tol, jnp.array(False))
+                                   state.grad_tol, jnp.array(False), limit)
         new_state = _with_auto(new_state, auto)
         return new, new_state, counts + Counts.of(hvp=cg.num_iters + built), result
 
     def _trust_region_step(self, fn, iterate, args, state, operator, cg, grad_norm, eta,
-                           error):
+                           error, limit):
         dtype = state.radius.dtype
         p = cg.x
         predicted = -(tree_dot(iterate.grad, p) + 0.5 * tree_dot(p, operator.mv(p)))
@@ -393,6 +419,7 @@ class NewtonCG(AbstractMinimizer):
             error=error,
             grad_tol=state.grad_tol,
             cut=cg.hit_boundary,
+            cg_limit=limit,
         )
         counts = Counts.of(fun=1, grad=accept.astype(jnp.int32), hvp=cg.num_iters + 1)
         return new, new_state, counts, result
