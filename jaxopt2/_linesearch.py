@@ -134,12 +134,13 @@ def backtracking_grad_first(fn, it: Iterate, direction, args, *, c1=1e-4, shrink
 
 
 def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials,
-                       grad_first: bool = False, same_next: bool = True):
+                       grad_first: bool = False, same_next: bool = True,
+                       with_step: bool = False):
     """Armijo backtracking from the full step, accepting a full step whose predicted decrease
     is below the rounding of f (see `backtracking`'s `noise`). `grad_first`: evaluate the
     gradient with the first trial (`backtracking_grad_first`). `same_next`: the next step
     from the same x would be the same (False for random subspaces), so a step that leaves x
-    unchanged ends the solve."""
+    unchanged ends the solve. `with_step`: also return the accepted step size t."""
     search = backtracking_grad_first if grad_first else partial(backtracking, init_step=1.0)
     ls = search(fn, iterate, direction, args, c1=c1, max_trials=max_trials,
                 noise=roundoff(iterate.value, iterate.params, LINE_SEARCH_ROUNDOFF))
@@ -148,6 +149,8 @@ def newton_line_search(fn, iterate: Iterate, direction, args, c1, max_trials,
     # same again until the step budget ran out: no representable step along d decreases f.
     moved = tree_changed(ls.iterate.params, iterate.params) if same_next else True
     result = RESULTS.where(ls.ok & moved, RESULTS.successful, RESULTS.line_search_failed)
+    if with_step:
+        return ls.iterate, ls.counts, result, ls.step_size
     return ls.iterate, ls.counts, result
 
 

@@ -269,7 +269,7 @@ def test_jacobi_preconditioner_is_used():
 def test_forcing_terms():
     state = lambda g, eta: _NewtonCGState(jnp.asarray(g), jnp.asarray(eta), jnp.ones(()),
                                           jnp.zeros((), jnp.int32), jnp.inf, jnp.inf,
-                                          jnp.array(False), jnp.asarray(200))
+                                          jnp.array(False), jnp.asarray(200), jnp.zeros(()))
     ew = jaxopt2.NewtonCG()
     # choice 2: 0.9 (‖gₖ‖/‖gₖ₋₁‖)², here 0.9 · 0.1² = 0.009 ...
     np.testing.assert_allclose(ew._forcing_term(state(1.0, 0.2), 0.1), 0.009)

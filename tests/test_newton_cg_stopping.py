@@ -4,6 +4,7 @@ estimates, fooled by loosely solved steps on the 4-D Rosenbrock valley, let floa
 stop 0.1 from any minimizer, which the final curvature check then (rightly) refused as
 `ill_conditioned`; with rtol below float32's gradient resolution they never certified."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +103,13 @@ def test_vmap_over_starts_reports_per_problem():
         assert distance <= 1e-3 * scale
 
 
+def _previous(full_step, dtype=jnp.float32):
+    """A NewtonCG state whose last step was taken whole with ‖d‖∞ = `full_step` (0: none)."""
+    p = jnp.zeros(8, dtype)
+    state = J.NewtonCG().init(None, J._base.Iterate(p, jnp.zeros((), dtype), p, None), None)
+    return eqx.tree_at(lambda s: s.full_step, state, jnp.asarray(full_step, dtype))
+
+
 def test_error_estimate_is_the_newton_step_only_for_a_tight_solve():
     rng = np.random.default_rng(0)
     Q = np.linalg.qr(rng.standard_normal((8, 8)))[0]
@@ -110,17 +118,48 @@ def test_error_estimate_is_the_newton_step_only_for_a_tight_solve():
     newton = float(jnp.max(jnp.abs(jnp.linalg.solve(A, g))))
     solver = J.NewtonCG()
     eta_certify = solver._certifying_forcing(g)
+    first = _previous(0.0)
+
+    def error(cg, eta, state=first, full=True, grad_ratio=0.0):
+        return float(solver._error(cg, jnp.asarray(eta), eta_certify, state, jnp.asarray(full),
+                                   jnp.asarray(grad_ratio, jnp.float32))[0])
+
     tight = truncated_cg(lambda v: A @ v, -g, rtol=eta_certify, max_iters=16)
-    estimate = float(solver._error(tight, jnp.asarray(eta_certify), eta_certify, jnp.float32))
-    np.testing.assert_allclose(estimate, newton, rtol=0.05)
+    np.testing.assert_allclose(error(tight, eta_certify), newton, rtol=0.05)
     # A loose solve (the forcing term far from the end) underestimates: no estimate at all.
     loose = truncated_cg(lambda v: A @ v, -g, rtol=0.5, max_iters=16)
     assert float(jnp.max(jnp.abs(loose.x))) < 0.9 * newton
-    assert np.isinf(float(solver._error(loose, jnp.asarray(0.5), eta_certify, jnp.float32)))
+    assert np.isinf(error(loose, 0.5))
     # Cut short by a trust region: not a Newton step either.
     cut = truncated_cg(lambda v: A @ v, -g, rtol=eta_certify, max_iters=16, radius=0.1 * newton)
-    assert np.isinf(float(solver._error(cut, jnp.asarray(eta_certify), eta_certify,
-                                        jnp.float32)))
+    assert np.isinf(error(cut, eta_certify))
+    # In float32 (η = 1e-3) a contracting pair of whole steps is not used: η·κ may be ~1.
+    np.testing.assert_allclose(error(tight, eta_certify, _previous(20 * newton)), newton,
+                               rtol=0.05)
+
+
+@pytest.mark.float64
+def test_error_estimate_after_two_whole_steps_is_their_contraction():
+    """(ρ/(1 − ρ) + √η)·‖dₖ‖ with ρ the larger of ‖dₖ‖/‖dₖ₋₁‖ and ‖gₖ₊₁‖/‖gₖ‖, only where
+    both steps were taken whole, η ≤ 1e-6 and ρ ≤ ½."""
+    rng = np.random.default_rng(1)
+    A = jnp.asarray(np.diag(np.logspace(0, 2, 8)))
+    g = jnp.asarray(rng.standard_normal(8))
+    solver = J.NewtonCG(rtol=1e-8)
+    eta = solver._certifying_forcing(g)  # 1.5e-8
+    cg = truncated_cg(lambda v: A @ v, -g, rtol=eta, max_iters=32)
+    d = float(jnp.max(jnp.abs(cg.x)))
+
+    def error(prev, full=True, grad_ratio=0.0):
+        return float(solver._error(cg, jnp.asarray(eta), eta, _previous(prev, jnp.float64),
+                                   jnp.asarray(full), jnp.asarray(grad_ratio))[0])
+
+    np.testing.assert_allclose(error(10 * d), (0.1 / 0.9 + eta**0.5) * d, rtol=1e-6)
+    np.testing.assert_allclose(error(10 * d, grad_ratio=0.25), (0.25 / 0.75 + eta**0.5) * d,
+                               rtol=1e-6)
+    assert error(10 * d, full=False) == pytest.approx(d)  # this step was cut by the search
+    assert error(0.0) == pytest.approx(d)  # the step before was cut (or there was none)
+    assert error(1.5 * d) == pytest.approx(d)  # ρ > ½: no contraction to speak of
 
 
 def _offset_bowl(x, ab):

@@ -64,6 +64,9 @@ _AUTO_GAIN = 0.5
 # those of the last one; the ceiling bounds a step's cost where no budget certifies.
 _CG_CAP = 200
 _CG_GROWN = 8 * _CG_CAP
+# The loosest certifying residual test under which two whole steps' contraction estimates the
+# distance left (`NewtonCG._error`): the float64 default rtol.
+_CONTRACTION_ETA = 1e-6
 _PLAIN, _JACOBI, _OFF, _RETRY, _FINAL = 0, 1, 2, 3, 4
 
 
@@ -91,6 +94,7 @@ class _NewtonCGState(eqx.Module):
     grad_tol: jax.Array  # the stopping rule's atol + rtol·‖g₀‖∞: below it, solve CG tightly
     cut: jax.Array  # the last step was cut to the trust-region radius
     cg_limit: jax.Array  # int32: the last step's CG budget (doubled after a certifying run-out)
+    full_step: jax.Array  # ‖d‖∞ of the last CG direction where it was taken whole (else 0)
     auto: _Auto | None = None  # preconditioner="auto" only
 
 
@@ -244,6 +248,7 @@ class NewtonCG(AbstractMinimizer):
             grad_tol=(self.atol + rtol * tree_inf_norm(iterate.grad)).astype(dtype),
             cut=jnp.array(False),
             cg_limit=jnp.asarray(self._cg_budget(tree_size(iterate.params))[0], jnp.int32),
+            full_step=jnp.zeros((), dtype),
         )
 
     def _cg_budget(self, n: int) -> tuple[int, int]:
@@ -263,14 +268,35 @@ class NewtonCG(AbstractMinimizer):
         floor = getattr(self.curvature, "forcing_floor", 0.0)
         return min(max(rtol, float(jnp.finfo(dtype).eps) ** 0.5, floor), 0.1)
 
-    def _error(self, cg, eta, eta_certify, dtype):
-        """‖d‖∞ of the CG step d where it estimates the Newton step ‖H⁻¹g‖∞ (CG met a
-        residual test at most `eta_certify`, with no radius or negative curvature cutting it
-        short), else ∞. CG iterates grow in norm towards H⁻¹g (Steihaug 1983, Thm 2.1), so a
-        loosely solved d is a gross underestimate: a 2-step CG at η = 0.22 on the 4-D
-        Rosenbrock valley gave ‖d‖ = 1e-3 where ‖H⁻¹g‖ = 0.09."""
+    def _error(self, cg, eta, eta_certify, state, full, grad_ratio):
+        """(error estimate, new `full_step`). Where CG met a residual test at most
+        `eta_certify`, with no radius or negative curvature cutting it short, ‖d‖∞ estimates
+        the Newton step ‖H⁻¹g‖∞, the distance from x to x*; else ∞. CG iterates grow in norm
+        towards H⁻¹g (Steihaug 1983, Thm 2.1), so a loosely solved d is a gross
+        underestimate: a 2-step CG at η = 0.22 on the 4-D Rosenbrock valley gave ‖d‖ = 1e-3
+        where ‖H⁻¹g‖ = 0.09.
+
+        Where such a step and the one before were both taken whole (`full`) and the residual
+        test was at most _CONTRACTION_ETA, the distance left *after* the step is estimated
+        instead, as (ρ/(1 − ρ) + √η)·‖d‖∞ with ρ ≤ ½ the larger of ‖dₖ‖/‖dₖ₋₁‖ and
+        ‖gₖ₊₁‖/‖gₖ‖ (`grad_ratio`). A loose dₖ₋₁ is short, so ρ errs high; √η covers the
+        error CG's residual leaves, ‖H⁻¹r‖ ≤ η·κ·‖d‖, for κ up to 1/√η. Without it the solve
+        needed one more certified step at the new point, whose gradient is often at
+        round-off there: on softmax regression (a null direction) that solve could not
+        converge, and the solve took 8 more steps and 1,900 products to certify a point
+        already right. With a looser residual (float32, products in bfloat16) η·κ nears 1
+        on ordinary problems (the 4-D Rosenbrock minimum in float32: κ = 2,300, η = 1e-3,
+        the step left 1.2e-3 of error where ρ promised 6e-5), so there it is not used."""
+        dtype = state.eta.dtype
         ok = cg.converged & (eta <= eta_certify)
-        return jnp.where(ok, tree_inf_norm(cg.x), jnp.inf).astype(dtype)
+        norm = tree_inf_norm(cg.x).astype(dtype)
+        prev = state.full_step
+        rho = jnp.where(prev > 0, norm / jnp.where(prev > 0, prev, 1), jnp.inf)
+        rho = jnp.maximum(rho, grad_ratio)
+        contracted = ok & full & (rho <= 0.5) & (eta <= _CONTRACTION_ETA)
+        factor = rho / (1 - jnp.minimum(rho, 0.5)) + jnp.sqrt(eta)
+        error = jnp.where(contracted, factor * norm, jnp.where(ok, norm, jnp.inf))
+        return error.astype(dtype), jnp.where(full, norm, 0).astype(dtype)
 
     def error_estimate(self, state: _NewtonCGState):
         return state.error
@@ -370,20 +396,21 @@ class NewtonCG(AbstractMinimizer):
         cg = truncated_cg(operator.mv, tree_scale(-1 / gscale, iterate.grad), rtol=eta,
                           max_iters=max_cg, limit=limit, precond=precond, radius=radius)
         cg = eqx.tree_at(lambda c: c.x, cg, tree_scale(gscale, cg.x))
-        error = self._error(cg, eta, eta_certify, state.eta.dtype)
         if self.trust_region:
             new, new_state, counts, result = self._trust_region_step(
-                fn, iterate, args, state, operator, cg, grad_norm, eta, error, limit)
+                fn, iterate, args, state, operator, cg, grad_norm, eta, eta_certify, limit)
             return new, _with_auto(new_state, auto), counts + Counts.of(hvp=built), result
-        new, counts, result = newton_line_search(fn, iterate, cg.x, args, self.c1,
-                                                 self.max_backtracks)
+        new, counts, result, t = newton_line_search(fn, iterate, cg.x, args, self.c1,
+                                                    self.max_backtracks, with_step=True)
+        error, full_step = self._error(cg, eta, eta_certify, state, t == 1,
+                                       tree_norm(new.grad).astype(grad_norm.dtype) / grad_norm)
         new_state = _NewtonCGState(grad_norm, eta, state.radius, cg.num_iters, error,
-                                   state.grad_tol, jnp.array(False), limit)
+                                   state.grad_tol, jnp.array(False), limit, full_step)
         new_state = _with_auto(new_state, auto)
         return new, new_state, counts + Counts.of(hvp=cg.num_iters + built), result
 
     def _trust_region_step(self, fn, iterate, args, state, operator, cg, grad_norm, eta,
-                           error, limit):
+                           eta_certify, limit):
         dtype = state.radius.dtype
         p = cg.x
         predicted = -(tree_dot(iterate.grad, p) + 0.5 * tree_dot(p, operator.mv(p)))
@@ -410,6 +437,9 @@ class NewtonCG(AbstractMinimizer):
         # an accepted noise-level step below the rounding of x: the next one would be the same
         stuck = stuck | (accept & tiny & ~tree_changed(trial, iterate.params))
         result = RESULTS.where(stuck, RESULTS.line_search_failed, RESULTS.successful)
+        # an interior step, accepted, is taken whole (a rejected one keeps ‖d‖ as the estimate)
+        error, full_step = self._error(cg, eta, eta_certify, state, accept & ~cg.hit_boundary,
+                                       tree_norm(new.grad).astype(dtype) / grad_norm)
         new_state = _NewtonCGState(
             grad_norm=jnp.where(accept, grad_norm, state.grad_norm),
             eta=jnp.where(accept, eta, state.eta),
@@ -420,6 +450,7 @@ class NewtonCG(AbstractMinimizer):
             grad_tol=state.grad_tol,
             cut=cg.hit_boundary,
             cg_limit=limit,
+            full_step=jnp.where(accept, full_step, state.full_step),
         )
         counts = Counts.of(fun=1, grad=accept.astype(jnp.int32), hvp=cg.num_iters + 1)
         return new, new_state, counts, result
