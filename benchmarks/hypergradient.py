@@ -542,9 +542,11 @@ def markdown(problems, all_rows, diags, meta):
         "default implicit-diff solve is not that accurate here).",
         f"- Inner tolerances: jaxopt2 rtol = {INNER_RTOL:g} (‖∇f‖∞ relative to ∇f(0)); jaxopt "
         f"LBFGS tol = {INNER_RTOL:g}·‖∇f(0)‖₂; optimistix BFGS rtol = atol = {INNER_RTOL:g} "
-        "(Cauchy test on steps and f). Adjoints: jaxopt2's default forms the Hessian (500 "
-        "batched HVPs) and solves by eigendecomposition, as it does up to 1000 unknowns (CG "
-        "above); 'CG 1e-12' = lineax CG rtol = atol = 1e-12; jaxopt's "
+        "(Cauchy test on steps and f). Adjoints: jaxopt2's default, up to 1000 unknowns, runs "
+        "CG first (to eps^0.75 within d/6 products, preconditioned by Newton's last Cholesky "
+        "factor when Newton is the inner solver) and forms the Hessian (d batched products "
+        "and an eigendecomposition) only for the residual CG leaves (Jacobi-preconditioned "
+        "CG above 1000 unknowns); 'CG 1e-12' = lineax CG rtol = atol = 1e-12; jaxopt's "
         "default is CG on the normal equations at jax.scipy's default tol = 1e-5.",
         "",
     ]
