@@ -120,9 +120,9 @@ def test_error_estimate_is_the_newton_step_only_for_a_tight_solve():
     eta_certify = solver._certifying_forcing(g)
     first = _previous(0.0)
 
-    def error(cg, eta, state=first, full=True, grad_ratio=0.0):
+    def error(cg, eta, state=first, full=True):
         return float(solver._error(cg, jnp.asarray(eta), eta_certify, state, jnp.asarray(full),
-                                   jnp.asarray(grad_ratio, jnp.float32))[0])
+                                   jnp.ones((), jnp.float32), jnp.zeros(8, jnp.float32))[0])
 
     tight = truncated_cg(lambda v: A @ v, -g, rtol=eta_certify, max_iters=16)
     np.testing.assert_allclose(error(tight, eta_certify), newton, rtol=0.05)
@@ -151,8 +151,10 @@ def test_error_estimate_after_two_whole_steps_is_their_contraction():
     d = float(jnp.max(jnp.abs(cg.x)))
 
     def error(prev, full=True, grad_ratio=0.0):
+        # ‖gₖ‖₂ = 2 and gₖ₊₁ of norm 2·grad_ratio
+        new_grad = jnp.zeros(8).at[0].set(2 * grad_ratio)
         return float(solver._error(cg, jnp.asarray(eta), eta, _previous(prev, jnp.float64),
-                                   jnp.asarray(full), jnp.asarray(grad_ratio))[0])
+                                   jnp.asarray(full), jnp.asarray(2.0), new_grad)[0])
 
     np.testing.assert_allclose(error(10 * d), (0.1 / 0.9 + eta**0.5) * d, rtol=1e-6)
     np.testing.assert_allclose(error(10 * d, grad_ratio=0.25), (0.25 / 0.75 + eta**0.5) * d,

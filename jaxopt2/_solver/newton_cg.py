@@ -268,7 +268,7 @@ class NewtonCG(AbstractMinimizer):
         floor = getattr(self.curvature, "forcing_floor", 0.0)
         return min(max(rtol, float(jnp.finfo(dtype).eps) ** 0.5, floor), 0.1)
 
-    def _error(self, cg, eta, eta_certify, state, full, grad_ratio):
+    def _error(self, cg, eta, eta_certify, state, full, grad_norm, new_grad):
         """(error estimate, new `full_step`). Where CG met a residual test at most
         `eta_certify`, with no radius or negative curvature cutting it short, ‖d‖∞ estimates
         the Newton step ‖H⁻¹g‖∞, the distance from x to x*; else ∞. CG iterates grow in norm
@@ -279,8 +279,9 @@ class NewtonCG(AbstractMinimizer):
         Where such a step and the one before were both taken whole (`full`) and the residual
         test was at most _CONTRACTION_ETA, the distance left *after* the step is estimated
         instead, as (ρ/(1 − ρ) + √η)·‖d‖∞ with ρ ≤ ½ the larger of ‖dₖ‖/‖dₖ₋₁‖ and
-        ‖gₖ₊₁‖/‖gₖ‖ (`grad_ratio`). A loose dₖ₋₁ is short, so ρ errs high; √η covers the
-        error CG's residual leaves, ‖H⁻¹r‖ ≤ η·κ·‖d‖, for κ up to 1/√η. Without it the solve
+        ‖gₖ₊₁‖/‖gₖ‖ (`grad_norm` = ‖gₖ‖₂, `new_grad` = gₖ₊₁). A loose dₖ₋₁ is short, so ρ
+        errs high; √η covers the error CG's residual leaves, ‖H⁻¹r‖ ≤ η·κ·‖d‖, for κ up to
+        1/√η. Without it the solve
         needed one more certified step at the new point, whose gradient is often at
         round-off there: on softmax regression (a null direction) that solve could not
         converge, and the solve took 8 more steps and 1,900 products to certify a point
@@ -292,7 +293,8 @@ class NewtonCG(AbstractMinimizer):
         norm = tree_inf_norm(cg.x).astype(dtype)
         prev = state.full_step
         rho = jnp.where(prev > 0, norm / jnp.where(prev > 0, prev, 1), jnp.inf)
-        rho = jnp.maximum(rho, grad_ratio)
+        new_norm = tree_norm(new_grad).astype(dtype)
+        rho = jnp.maximum(rho, new_norm / jnp.where(grad_norm > 0, grad_norm, 1))
         contracted = ok & full & (rho <= 0.5) & (eta <= _CONTRACTION_ETA)
         factor = rho / (1 - jnp.minimum(rho, 0.5)) + jnp.sqrt(eta)
         error = jnp.where(contracted, factor * norm, jnp.where(ok, norm, jnp.inf))
@@ -402,8 +404,8 @@ class NewtonCG(AbstractMinimizer):
             return new, _with_auto(new_state, auto), counts + Counts.of(hvp=built), result
         new, counts, result, t = newton_line_search(fn, iterate, cg.x, args, self.c1,
                                                     self.max_backtracks, with_step=True)
-        error, full_step = self._error(cg, eta, eta_certify, state, t == 1,
-                                       tree_norm(new.grad).astype(grad_norm.dtype) / grad_norm)
+        error, full_step = self._error(cg, eta, eta_certify, state, t == 1, grad_norm,
+                                       new.grad)
         new_state = _NewtonCGState(grad_norm, eta, state.radius, cg.num_iters, error,
                                    state.grad_tol, jnp.array(False), limit, full_step)
         new_state = _with_auto(new_state, auto)
@@ -439,7 +441,7 @@ class NewtonCG(AbstractMinimizer):
         result = RESULTS.where(stuck, RESULTS.line_search_failed, RESULTS.successful)
         # an interior step, accepted, is taken whole (a rejected one keeps ‖d‖ as the estimate)
         error, full_step = self._error(cg, eta, eta_certify, state, accept & ~cg.hit_boundary,
-                                       tree_norm(new.grad).astype(dtype) / grad_norm)
+                                       grad_norm, new.grad)
         new_state = _NewtonCGState(
             grad_norm=jnp.where(accept, grad_norm, state.grad_norm),
             eta=jnp.where(accept, eta, state.eta),
